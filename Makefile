@@ -1,0 +1,25 @@
+# fleetlog: `make run` starts a single-node server on 127.0.0.1:7070 (data in ./fleetlog-data);
+# `make test` runs every test. Both install missing build prerequisites first.
+#
+# The target directory lives outside the clone so RocksDB (10-20 minutes to compile) is built once
+# per machine, not once per checkout.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/fleetlog-target
+export CARGO_TARGET_DIR
+
+.PHONY: run test prerequisites build lint
+
+prerequisites:
+	@./scripts/prerequisites.sh
+
+build: prerequisites
+	cargo build --bin fleetlog
+
+run: build
+	$(CARGO_TARGET_DIR)/debug/fleetlog serve
+
+test: prerequisites
+	cargo test --workspace --all-targets
+
+lint: prerequisites
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,197 @@
+//! A small HTTP client for the CLI: JSON calls that turn API errors into [`ClientError`], and a
+//! reader for Server-Sent Events.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{message} ({code}, HTTP {status})")]
+    Api { status: u16, code: String, message: String },
+    #[error("cannot reach {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("unexpected response from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`.
+    pub fn new(base: &str) -> Result<Client, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|error| ClientError::Transport { url: base.clone(), reason: error.to_string() })?;
+        Ok(Client { base, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        let request = self.http.get(&url).query(query).timeout(Duration::from_secs(60));
+        self.send(url, request).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        let request = self.http.post(&url).json(body).timeout(Duration::from_secs(60));
+        self.send(url, request).await
+    }
+
+    pub async fn delete(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        let request = self.http.delete(&url).json(body).timeout(Duration::from_secs(60));
+        self.send(url, request).await
+    }
+
+    async fn send(&self, url: String, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| ClientError::Transport { url: url.clone(), reason: error.to_string() })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| ClientError::Transport { url: url.clone(), reason: error.to_string() })?;
+        let body: Value = serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
+            url: url.clone(),
+            reason: format!("HTTP {status}, body is not JSON: {error}"),
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let error = &body["error"];
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code: error["code"].as_str().unwrap_or("unknown").to_string(),
+            message: error["message"].as_str().unwrap_or("no message").to_string(),
+        })
+    }
+
+    /// Opens an SSE stream.
+    pub async fn stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        last_event_id: Option<u64>,
+    ) -> Result<SseReader, ClientError> {
+        let url = self.url(path);
+        let mut request = self.http.get(&url).query(query).header("accept", "text/event-stream");
+        if let Some(seen) = last_event_id {
+            request = request.header("last-event-id", seen.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| ClientError::Transport { url: url.clone(), reason: error.to_string() })?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status,
+                code: body["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+                message: body["error"]["message"].as_str().unwrap_or("no message").to_string(),
+            });
+        }
+        Ok(SseReader { url, response, buffer: Vec::new() })
+    }
+}
+
+/// One SSE message. A heartbeat is a message with only a comment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseMessage {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub comment: Option<String>,
+}
+
+/// Bytes of one SSE message the reader accepts before giving up on the stream.
+const SSE_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+pub struct SseReader {
+    url: String,
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl SseReader {
+    /// The next message, or `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<SseMessage>, ClientError> {
+        loop {
+            if let Some(end) = find_message_end(&self.buffer) {
+                let raw: Vec<u8> = self.buffer.drain(..end.0 + end.1).collect();
+                return Ok(Some(parse_message(&raw[..end.0])));
+            }
+            if self.buffer.len() > SSE_MESSAGE_BYTES_MAX {
+                return Err(ClientError::Protocol { url: self.url.clone(), reason: "SSE message too large".into() });
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(ClientError::Transport { url: self.url.clone(), reason: error.to_string() }),
+            }
+        }
+    }
+}
+
+/// Position and length of the blank line that ends the first message.
+fn find_message_end(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer.windows(2).position(|pair| pair == b"\n\n").map(|at| (at, 2));
+    let crlf = buffer.windows(4).position(|quad| quad == b"\r\n\r\n").map(|at| (at, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+pub fn parse_message(raw: &[u8]) -> SseMessage {
+    let text = String::from_utf8_lossy(raw);
+    let mut message = SseMessage::default();
+    let mut data_lines = Vec::new();
+    for line in text.lines() {
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "" => message.comment = Some(value.to_string()),
+            "id" => message.id = Some(value.to_string()),
+            "event" => message.event = Some(value.to_string()),
+            "data" => data_lines.push(value.to_string()),
+            _ => {}
+        }
+    }
+    message.data = data_lines.join("\n");
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_fields_comments_and_multiline_data() {
+        let message = parse_message(b"id: 7\nevent: wave.started\ndata: {\"a\":1}\ndata: more");
+        assert_eq!(message.id.as_deref(), Some("7"));
+        assert_eq!(message.event.as_deref(), Some("wave.started"));
+        assert_eq!(message.data, "{\"a\":1}\nmore");
+        assert_eq!(parse_message(b": head 12").comment.as_deref(), Some("head 12"));
+        assert_eq!(find_message_end(b"a\n\nb"), Some((1, 2)));
+    }
+}

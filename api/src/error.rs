@@ -1,0 +1,98 @@
+//! The API's one error type: an HTTP status, a stable machine-readable code and a sentence.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fleetlog_raft::node::WriteError;
+use fleetlog_raft::{Rejection, RejectionKind};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    /// Position of the offending event in a batch.
+    pub event_index: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code: code.to_string(), message: message.into(), event_index: None }
+    }
+
+    pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn invalid(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn not_found(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn unavailable(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
+    pub fn at(mut self, event_index: usize) -> ApiError {
+        self.event_index.get_or_insert(event_index as u32);
+        self
+    }
+
+    /// A storage or internal failure: the node is unwell, not the request.
+    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%error, "request failed inside the node");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the node failed: {error}"))
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> ApiError {
+        let status = match rejection.code.kind() {
+            RejectionKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            RejectionKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RejectionKind::Conflict => StatusCode::CONFLICT,
+        };
+        ApiError {
+            status,
+            code: rejection.code.as_str().to_string(),
+            message: rejection.message,
+            event_index: rejection.event_index,
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> ApiError {
+        let code = match &error {
+            WriteError::NotLeader { .. } => "not_leader",
+            WriteError::Timeout(_) => "write_timeout",
+            WriteError::Unavailable(_) => "unavailable",
+        };
+        ApiError::unavailable(code, error.to_string())
+    }
+}
+
+impl From<fleetlog_raft::Error> for ApiError {
+    fn from(error: fleetlog_raft::Error) -> ApiError {
+        ApiError::internal(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(index) = self.event_index {
+            error["event_index"] = index.into();
+        }
+        let mut response = (self.status, axum::Json(serde_json::json!({ "error": error }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,213 @@
+//! Reading untrusted input: bodies (size, UTF-8, JSON), append batches and query parameters.
+//! Every failure is an [`ApiError`] with a stable code; nothing here panics on bad input.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, Request};
+use fleetlog_raft::event::{ExpectedVersion, ProposedEvent};
+use fleetlog_raft::limits::{BATCH_EVENTS_MAX, EVENT_DATA_BYTES_MAX};
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, ApiResult};
+
+/// Largest request body accepted (SPEC section 7).
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Envelope fields a client may send with an event.
+const EVENT_FIELDS: [&str; 9] = ["id", "type", "stream", "service", "env", "host", "release", "deployment", "data"];
+
+/// A request body that is a JSON object (an empty body reads as `{}`).
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> ApiResult<JsonObject> {
+        let bytes = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX).await.map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+            )
+        })?;
+        parse_object(&bytes).map(JsonObject)
+    }
+}
+
+pub fn parse_object(bytes: &[u8]) -> ApiResult<Map<String, Value>> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|error| ApiError::bad_request("invalid_utf8", format!("the body is not UTF-8: {error}")))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("malformed_json", "the body must be a JSON object")),
+        Err(error) => Err(ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {error}"))),
+    }
+}
+
+/// Fails with `unknown_field` when `map` has a key outside `allowed`.
+pub fn only_fields(map: &Map<String, Value>, allowed: &[&str], what: &str) -> ApiResult<()> {
+    match map.keys().find(|key| !allowed.contains(&key.as_str())) {
+        Some(key) => Err(ApiError::invalid("unknown_field", format!("{what} has no field {key:?}"))),
+        None => Ok(()),
+    }
+}
+
+/// An optional string field; `null` counts as absent.
+pub fn optional_string(map: &Map<String, Value>, name: &str) -> ApiResult<Option<String>> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(ApiError::invalid("invalid_field", format!("{name} must be a string"))),
+    }
+}
+
+pub fn required_string(map: &Map<String, Value>, name: &str) -> ApiResult<String> {
+    optional_string(map, name)?.ok_or_else(|| ApiError::invalid("missing_field", format!("{name} is required")))
+}
+
+/// Parses `POST /v1/events`: `{"events": [...], "expected_version"?: ...}`.
+pub fn parse_append(body: &Map<String, Value>) -> ApiResult<(Vec<ProposedEvent>, ExpectedVersion)> {
+    only_fields(body, &["events", "expected_version"], "an append")?;
+    let items = match body.get("events") {
+        Some(Value::Array(items)) => items,
+        None | Some(Value::Null) => return Err(ApiError::invalid("missing_field", "events is required")),
+        Some(_) => return Err(ApiError::invalid("invalid_field", "events must be an array")),
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid("empty_batch", "a batch needs at least one event"));
+    }
+    if items.len() > BATCH_EVENTS_MAX {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("a batch holds at most {BATCH_EVENTS_MAX} events, this one has {}", items.len()),
+        ));
+    }
+    let expected = parse_expected_version(body.get("expected_version"))?;
+    let mut events = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let Value::Object(map) = item else {
+            return Err(ApiError::invalid("invalid_field", "each event must be a JSON object").at(index));
+        };
+        events.push(parse_event(map).map_err(|error| error.at(index))?);
+    }
+    Ok((events, expected))
+}
+
+fn parse_expected_version(value: Option<&Value>) -> ApiResult<ExpectedVersion> {
+    match value {
+        None | Some(Value::Null) => Ok(ExpectedVersion::Any),
+        Some(Value::String(text)) => match text.as_str() {
+            "any" => Ok(ExpectedVersion::Any),
+            "no_stream" => Ok(ExpectedVersion::NoStream),
+            "exists" => Ok(ExpectedVersion::Exists),
+            _ => Err(invalid_expected_version()),
+        },
+        Some(Value::Number(number)) => number.as_u64().map(ExpectedVersion::Exact).ok_or_else(invalid_expected_version),
+        Some(_) => Err(invalid_expected_version()),
+    }
+}
+
+fn invalid_expected_version() -> ApiError {
+    ApiError::invalid(
+        "invalid_field",
+        "expected_version is \"any\", \"no_stream\", \"exists\" or the stream's last version (a whole number)",
+    )
+}
+
+/// One event object of an append. A missing id gets a fresh UUID (then a retry is not
+/// idempotent: clients that retry send their own ids).
+pub fn parse_event(map: &Map<String, Value>) -> ApiResult<ProposedEvent> {
+    only_fields(map, &EVENT_FIELDS, "an event")?;
+    let id = optional_string(map, "id")?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut event = ProposedEvent::new(id, required_string(map, "type")?);
+    event.stream = optional_string(map, "stream")?;
+    event.service = optional_string(map, "service")?;
+    event.env = optional_string(map, "env")?;
+    event.host = optional_string(map, "host")?;
+    event.release = optional_string(map, "release")?;
+    event.deployment = optional_string(map, "deployment")?;
+    event.data = match map.get("data") {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(data @ Value::Object(_)) => canonical_data(data)?,
+        Some(_) => return Err(ApiError::invalid("data_not_object", "data must be a JSON object")),
+    };
+    Ok(event)
+}
+
+/// Canonical text of an event's data, within the size limit.
+pub fn canonical_data(data: &Value) -> ApiResult<String> {
+    let text = fleetlog_raft::canonical::to_canonical_string(data)
+        .map_err(|error| ApiError::invalid("unsafe_number", format!("data: {error}")))?;
+    if text.len() > EVENT_DATA_BYTES_MAX {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "event_too_large",
+            format!("data is {} bytes encoded; the limit is {EVENT_DATA_BYTES_MAX}", text.len()),
+        ));
+    }
+    Ok(text)
+}
+
+/// Query parameters, checked against the names an endpoint accepts.
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn new(raw: HashMap<String, String>, allowed: &[&str]) -> ApiResult<Params> {
+        if let Some(unknown) = raw.keys().find(|key| !allowed.contains(&key.as_str()) && key.as_str() != "consistency")
+        {
+            return Err(ApiError::bad_request("invalid_parameter", format!("unknown query parameter {unknown:?}")));
+        }
+        if let Some(consistency) = raw.get("consistency") {
+            if consistency != "local" && consistency != "linearizable" {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    "consistency is \"linearizable\" (the default) or \"local\"",
+                ));
+            }
+        }
+        Ok(Params(raw))
+    }
+
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+
+    pub fn number(&self, name: &str) -> ApiResult<Option<u64>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
+                ApiError::bad_request("invalid_parameter", format!("{name} must be a whole number, not {text:?}"))
+            }),
+        }
+    }
+
+    pub fn time(&self, name: &str) -> ApiResult<Option<i64>> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(text) => fleetlog_raft::event::parse_time(text).map(Some).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("{name} must be an RFC 3339 time such as 2026-11-28T06:00:00Z, not {text:?}"),
+                )
+            }),
+        }
+    }
+
+    /// `limit`, defaulting to `default` and refused above `maximum`.
+    pub fn limit(&self, default: u64, maximum: u64) -> ApiResult<usize> {
+        let limit = self.number("limit")?.unwrap_or(default);
+        if limit == 0 || limit > maximum {
+            return Err(ApiError::bad_request("invalid_parameter", format!("limit must be 1 to {maximum}")));
+        }
+        Ok(limit as usize)
+    }
+
+    /// True unless the client asked for `consistency=local`.
+    pub fn linearizable(&self) -> bool {
+        self.0.get("consistency").map(String::as_str) != Some("local")
+    }
+}

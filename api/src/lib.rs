@@ -1,0 +1,99 @@
+//! fleetlog-api: the HTTP API (routes, JSON shapes, errors) and the client the CLI uses.
+//!
+//! - `routes`: handlers. `events` (append, read, stream), `stream` (SSE subscribe and watch),
+//!   `views` (fleet, hosts, deployments, releases), `commands` (typed conveniences), `health`.
+//! - `input`: reading untrusted bodies and query strings; `error`: status + stable code;
+//!   `wire`: JSON shapes of views; `state`: the shared handle and the read/write paths.
+//! - `client`: a small HTTP client for the CLI (JSON calls and an SSE reader).
+//!
+//! Only this crate knows JSON shapes (apart from the canonical event form, which is part of the
+//! hash contract and lives in `fleetlog-raft`).
+
+pub mod client;
+pub mod error;
+pub mod input;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+pub mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use fleetlog_raft::node::Node;
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Pending connections the listener queues (the kernel caps it at somaxconn).
+pub const LISTEN_BACKLOG: u32 = 4_096;
+
+pub fn router(state: AppState) -> Router {
+    use routes::{commands, events, health, stream, views};
+    Router::new()
+        .route("/v1/events", post(events::append).get(events::read))
+        .route("/v1/events/{seq}", get(events::one))
+        .route("/v1/streams/{*stream}", get(events::stream))
+        .route("/v1/subscribe", get(stream::subscribe))
+        .route("/v1/watch/{host}", get(stream::watch))
+        .route("/v1/fleet", get(views::fleet))
+        .route("/v1/hosts/{host}", get(views::host))
+        .route("/v1/deployments", post(commands::start_deployment).get(views::deployments))
+        .route("/v1/deployments/{id}", get(views::deployment))
+        .route("/v1/deployments/{id}/waves/{wave}/start", post(commands::start_wave))
+        .route("/v1/deployments/{id}/waves/{wave}/complete", post(commands::complete_wave))
+        .route("/v1/deployments/{id}/complete", post(commands::complete_deployment))
+        .route("/v1/deployments/{id}/abort", post(commands::abort_deployment))
+        .route("/v1/releases", post(commands::create_release))
+        .route("/v1/services/{service}/releases", get(views::releases))
+        .route("/v1/services/{service}/releases/{release}/block", post(commands::block_release))
+        .route("/v1/services/{service}/releases/{release}/unblock", post(commands::unblock_release))
+        .route("/v1/rollbacks", post(commands::rollback))
+        .route("/v1/targets", post(commands::register_target))
+        .route("/v1/targets/{service}/{env}/{host}", delete(commands::deregister_target))
+        .route("/v1/reports", post(commands::report))
+        .route("/v1/freezes", post(commands::start_freeze))
+        .route("/v1/freezes/{service}/{env}", delete(commands::end_freeze))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .with_state(state)
+}
+
+/// Binds a listener with a large backlog.
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Serves the API until `shutdown` resolves, then stops accepting and lets open requests finish.
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AppState::new(node);
+    let closing = state.closing.clone();
+    let app = router(state);
+    let shutdown = async move {
+        shutdown.await;
+        // Streams never finish on their own: tell them to end so the connections can drain.
+        closing.send_replace(true);
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,83 @@
+//! Counters for `GET /metrics` (Prometheus text format).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fleetlog_raft::RejectionCode;
+
+pub struct Metrics {
+    appends: AtomicU64,
+    events_appended: AtomicU64,
+    duplicates: AtomicU64,
+    rejections: Vec<AtomicU64>,
+    pub subscribers_active: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            appends: AtomicU64::new(0),
+            events_appended: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            rejections: RejectionCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            subscribers_active: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn appended(&self, events: usize, duplicate: bool) {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        if duplicate {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.events_appended.fetch_add(events as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn rejected(&self, code: RejectionCode) {
+        if let Some(position) = RejectionCode::ALL.iter().position(|known| *known == code) {
+            self.rejections[position].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Renders the counters plus the gauges passed in.
+    pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
+        let mut text = String::new();
+        let counters = [
+            (
+                "fleetlog_append_requests_total",
+                "Append requests that were committed (including replays).",
+                &self.appends,
+            ),
+            (
+                "fleetlog_events_appended_total",
+                "Events written to the ledger by this node's clients.",
+                &self.events_appended,
+            ),
+            ("fleetlog_append_duplicates_total", "Append requests that replayed known ids.", &self.duplicates),
+        ];
+        for (name, help, value) in counters {
+            let _ =
+                writeln!(text, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(
+            text,
+            "# HELP fleetlog_rejections_total Append requests refused, by code.\n# TYPE fleetlog_rejections_total counter"
+        );
+        for (code, value) in RejectionCode::ALL.iter().zip(&self.rejections) {
+            let count = value.load(Ordering::Relaxed);
+            if count > 0 {
+                let _ = writeln!(text, "fleetlog_rejections_total{{code=\"{}\"}} {count}", code.as_str());
+            }
+        }
+        let subscribers = self.subscribers_active.load(Ordering::Relaxed) as f64;
+        let mut all_gauges: Vec<(&str, &str, f64)> =
+            vec![("fleetlog_subscribers", "Open subscribe and watch streams.", subscribers)];
+        all_gauges.extend_from_slice(gauges);
+        for (name, help, value) in all_gauges {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        text
+    }
+}

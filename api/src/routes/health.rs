@@ -1,0 +1,41 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when this node knows a leader and has applied everything in its log.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.node.is_ready() {
+        (StatusCode::OK, Json(json!({ "status": "ready", "head_seq": app.node.feed().head_seq() }))).into_response()
+    } else {
+        ApiError::unavailable("not_ready", "this node has no leader or is still applying its log").into_response()
+    }
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let raft = app.node.metrics();
+    let is_leader = raft.current_leader == Some(raft.id);
+    let gauges = [
+        ("fleetlog_head_seq", "Seq of the last applied event.", app.node.feed().head_seq() as f64),
+        ("fleetlog_raft_term", "Current Raft term.", raft.current_term as f64),
+        ("fleetlog_raft_last_log_index", "Index of the last Raft log entry.", raft.last_log_index.unwrap_or(0) as f64),
+        (
+            "fleetlog_raft_applied_index",
+            "Index of the last applied Raft log entry.",
+            raft.last_applied.map(|id| id.index).unwrap_or(0) as f64,
+        ),
+        ("fleetlog_raft_is_leader", "1 when this node is the leader.", if is_leader { 1.0 } else { 0.0 }),
+    ];
+    let body = app.metrics.render(&gauges);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

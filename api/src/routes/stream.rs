@@ -1,0 +1,290 @@
+//! Server-Sent Events: `GET /v1/subscribe` (the log, filtered) and `GET /v1/watch/{host}` (one
+//! host's desired releases).
+//!
+//! Each stream is one task: it catches up from disk, then follows the live feed. It remembers
+//! the next seq it owes the client; a live batch that starts past it (the task lagged behind the
+//! feed's ring) sends it back to disk, so there is never a gap, and anything below it is skipped,
+//! so there is never a duplicate. The channel to the client is small and bounded: a slow client
+//! slows only its own task, which then falls behind the ring and reads from disk.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use fleetlog_raft::feed::CommittedEvent;
+use fleetlog_raft::views::{self, EventFilter};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{ApiError, ApiResult};
+use crate::input::Params;
+use crate::routes::events::{beyond_head, parse_filter, FILTER_PARAMS};
+use crate::state::AppState;
+use crate::wire;
+
+/// A `: head <seq>` comment goes out at least this often.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Messages buffered per stream between its task and the client connection.
+const STREAM_BUFFER_MESSAGES: usize = 64;
+/// Events read from disk per catch-up step.
+const CATCH_UP_EVENTS: usize = 1_000;
+
+/// Holds a subscriber slot for the life of a stream.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    app: AppState,
+}
+
+impl Slot {
+    fn take(app: &AppState) -> ApiResult<Slot> {
+        let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable(
+                "too_many_subscribers",
+                "this node serves its maximum number of streams; try another node",
+            )
+        })?;
+        app.metrics.subscribers_active.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot { _permit: permit, app: app.clone() })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.app.metrics.subscribers_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn sse_response(receiver: mpsc::Receiver<SseEvent>) -> Response {
+    Sse::new(ReceiverStream::new(receiver).map(Ok::<_, Infallible>)).into_response()
+}
+
+fn event_message(event: &CommittedEvent) -> SseEvent {
+    SseEvent::default().id(event.event.seq.to_string()).event(event.event.event_type.as_str()).data(event.json.as_str())
+}
+
+fn heartbeat(head_seq: u64) -> SseEvent {
+    SseEvent::default().comment(format!("head {head_seq}"))
+}
+
+/// The seq to resume from: `Last-Event-ID` (the last seq the client saw) wins over `from_seq`.
+fn resume_seq(headers: &HeaderMap, params: &Params) -> ApiResult<Option<u64>> {
+    if let Some(value) = headers.get("last-event-id") {
+        let text = value.to_str().unwrap_or_default();
+        let seen: u64 = text.trim().parse().map_err(|_| {
+            ApiError::bad_request("invalid_parameter", format!("Last-Event-ID must be a seq, not {text:?}"))
+        })?;
+        return Ok(Some(seen + 1));
+    }
+    params.number("from_seq")
+}
+
+pub async fn subscribe(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let mut allowed = FILTER_PARAMS.to_vec();
+    allowed.push("from_seq");
+    let params = Params::new(raw, &allowed)?;
+    let filter = parse_filter(&params)?;
+    let head = app.node.feed().head_seq();
+    let next = resume_seq(&headers, &params)?.unwrap_or(head + 1).max(1);
+    if next > head + 1 {
+        return Err(beyond_head(next, head));
+    }
+    let slot = Slot::take(&app)?;
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(error) = follow_log(&app, &filter, next, &sender).await {
+            tracing::debug!(%error, "subscription ended");
+        }
+    });
+    Ok(sse_response(receiver))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("the client went away")]
+    ClientGone,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("reading the log failed: {0}")]
+    Read(ApiError),
+}
+
+async fn send(sender: &mpsc::Sender<SseEvent>, message: SseEvent) -> Result<(), StreamEnd> {
+    sender.send(message).await.map_err(|_| StreamEnd::ClientGone)
+}
+
+async fn follow_log(
+    app: &AppState,
+    filter: &EventFilter,
+    mut next: u64,
+    sender: &mpsc::Sender<SseEvent>,
+) -> Result<(), StreamEnd> {
+    let feed = app.node.feed().clone();
+    // Subscribe before reading the disk, so nothing committed in between is missed.
+    let mut live = feed.subscribe();
+    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut closing = app.closing.subscribe();
+    if *closing.borrow_and_update() {
+        return Err(StreamEnd::ShuttingDown);
+    }
+    loop {
+        while next <= feed.head_seq() {
+            let wanted = filter.clone();
+            let page = app
+                .read(false, move |kv| views::read_events(kv, &wanted, next, CATCH_UP_EVENTS))
+                .await
+                .map_err(StreamEnd::Read)?;
+            for event in page.events {
+                send(sender, event_message(&CommittedEvent::new(event))).await?;
+            }
+            if page.next_seq <= next {
+                break;
+            }
+            next = page.next_seq;
+        }
+        'live: loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(batch) => {
+                        let Some(first) = batch.events.first() else { continue };
+                        if first.event.seq > next {
+                            break 'live;
+                        }
+                        for event in &batch.events {
+                            if event.event.seq < next {
+                                continue;
+                            }
+                            if filter.matches(&event.event) {
+                                send(sender, event_message(event)).await?;
+                            }
+                            next = event.event.seq + 1;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break 'live,
+                    Err(broadcast::error::RecvError::Closed) => return Err(StreamEnd::ShuttingDown),
+                },
+                _ = beat.tick() => send(sender, heartbeat(feed.head_seq())).await?,
+                _ = sender.closed() => return Err(StreamEnd::ClientGone),
+                _ = closing.changed() => return Err(StreamEnd::ShuttingDown),
+            }
+        }
+    }
+}
+
+pub async fn watch(
+    State(app): State<AppState>,
+    Path(host): Path<String>,
+    headers: HeaderMap,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    fleetlog_raft::ledger::validate::check_name(
+        "host",
+        &host,
+        fleetlog_raft::limits::NAME_CHARS_MAX,
+        fleetlog_raft::ledger::validate::is_name_char,
+    )
+    .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))?;
+    let params = Params::new(raw, &["from_seq"])?;
+    let from = resume_seq(&headers, &params)?;
+    let head = app.node.feed().head_seq();
+    if let Some(from) = from {
+        if from > head + 1 {
+            return Err(beyond_head(from, head));
+        }
+    }
+    let slot = Slot::take(&app)?;
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(error) = follow_host(&app, &host, from, &sender).await {
+            tracing::debug!(%error, host, "watch ended");
+        }
+    });
+    Ok(sse_response(receiver))
+}
+
+/// Sends the host's state (unless resuming), then every directive for it.
+async fn follow_host(
+    app: &AppState,
+    host: &str,
+    from: Option<u64>,
+    sender: &mpsc::Sender<SseEvent>,
+) -> Result<(), StreamEnd> {
+    let feed = app.node.feed().clone();
+    let mut live = feed.subscribe();
+    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut closing = app.closing.subscribe();
+    if *closing.borrow_and_update() {
+        return Err(StreamEnd::ShuttingDown);
+    }
+    let mut next = match from {
+        Some(from) => from.max(1),
+        None => {
+            let name = host.to_string();
+            let (seq, records) =
+                app.read(false, move |kv| views::watch_state(kv, &name)).await.map_err(StreamEnd::Read)?;
+            let state = json!({
+                "seq": seq,
+                "host": host,
+                "targets": records.iter().map(wire::host).collect::<Vec<_>>(),
+            });
+            send(sender, SseEvent::default().id(seq.to_string()).event("state").data(state.to_string())).await?;
+            seq + 1
+        }
+    };
+    loop {
+        let head = feed.head_seq();
+        if next <= head {
+            let name = host.to_string();
+            let directives = app
+                .read(false, move |kv| views::directives_between(kv, &name, next, head))
+                .await
+                .map_err(StreamEnd::Read)?;
+            for directive in &directives {
+                send(sender, directive_message(directive)).await?;
+            }
+            next = head + 1;
+        }
+        'live: loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(batch) => {
+                        let Some(first) = batch.events.first() else { continue };
+                        if first.event.seq > next {
+                            break 'live;
+                        }
+                        if batch.head_seq < next {
+                            continue;
+                        }
+                        if let Some(directives) = batch.directives.get(host) {
+                            for directive in directives.iter().filter(|directive| directive.seq >= next) {
+                                send(sender, directive_message(directive)).await?;
+                            }
+                        }
+                        next = batch.head_seq + 1;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break 'live,
+                    Err(broadcast::error::RecvError::Closed) => return Err(StreamEnd::ShuttingDown),
+                },
+                _ = beat.tick() => send(sender, heartbeat(feed.head_seq())).await?,
+                _ = sender.closed() => return Err(StreamEnd::ClientGone),
+                _ = closing.changed() => return Err(StreamEnd::ShuttingDown),
+            }
+        }
+    }
+}
+
+fn directive_message(directive: &fleetlog_raft::ledger::Directive) -> SseEvent {
+    SseEvent::default().id(directive.seq.to_string()).event("directive").data(wire::directive(directive).to_string())
+}

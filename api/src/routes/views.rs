@@ -1,0 +1,186 @@
+//! Views derived from the log: fleet, hosts, deployments, releases. Every one can be asked
+//! `at_seq` or `at_time`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use fleetlog_raft::kv::KvRead;
+use fleetlog_raft::records::DeploymentState;
+use fleetlog_raft::views::{self, DeploymentFilter};
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::input::Params;
+use crate::routes::events::beyond_head;
+use crate::state::AppState;
+use crate::wire;
+
+const HOST_HISTORY_DEFAULT: u64 = 20;
+const DEPLOYMENT_LIST_MAX: u64 = 1_000;
+
+/// The moment a view is asked about: `at_seq`, `at_time`, or now.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    Now,
+    Seq(u64),
+    Time(i64),
+}
+
+fn moment(params: &Params) -> ApiResult<Moment> {
+    match (params.number("at_seq")?, params.time("at_time")?) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("invalid_parameter", "give at_seq or at_time, not both")),
+        (Some(seq), None) => Ok(Moment::Seq(seq)),
+        (None, Some(time)) => Ok(Moment::Time(time)),
+        (None, None) => Ok(Moment::Now),
+    }
+}
+
+/// Resolves a moment to `Some(seq)` (or `None` for now), refusing moments the ledger never had.
+fn resolve(kv: &dyn KvRead, moment: Moment) -> fleetlog_raft::Result<Result<Option<u64>, ApiError>> {
+    let head = views::head(kv)?.seq;
+    Ok(match moment {
+        Moment::Now => Ok(None),
+        Moment::Seq(seq) if seq > head => Err(beyond_head(seq, head)),
+        Moment::Seq(seq) => Ok(Some(seq)),
+        Moment::Time(time) => match views::seq_at_time(kv, time)? {
+            Some(seq) => Ok(Some(seq)),
+            None => Err(ApiError::not_found(
+                "before_first_event",
+                format!("{} is before the first event of the ledger", fleetlog_raft::event::format_time(time)),
+            )),
+        },
+    })
+}
+
+fn name_param(params: &Params, name: &str) -> ApiResult<Option<String>> {
+    match params.text(name) {
+        Some(value) => {
+            fleetlog_raft::ledger::validate::check_name(
+                name,
+                &value,
+                fleetlog_raft::limits::NAME_CHARS_MAX,
+                fleetlog_raft::ledger::validate::is_release_char,
+            )
+            .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))?;
+            Ok(Some(value))
+        }
+        None => Ok(None),
+    }
+}
+
+pub async fn fleet(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+    let params = Params::new(raw, &["service", "env", "at_seq", "at_time"])?;
+    let service = name_param(&params, "service")?;
+    let env = name_param(&params, "env")?;
+    let moment = moment(&params)?;
+    let view = app
+        .read(params.linearizable(), move |kv| {
+            Ok(match resolve(kv, moment)? {
+                Ok(at_seq) => Ok(views::fleet(kv, service.as_deref(), env.as_deref(), at_seq)?),
+                Err(error) => Err(error),
+            })
+        })
+        .await??;
+    Ok(Json(wire::fleet(&view)))
+}
+
+pub async fn host(
+    State(app): State<AppState>,
+    Path(host): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let params = Params::new(raw, &["at_seq", "at_time", "limit"])?;
+    let moment = moment(&params)?;
+    let limit = params.limit(HOST_HISTORY_DEFAULT, 1_000)?;
+    let name = host.clone();
+    let (as_of_seq, states, history) = app
+        .read(params.linearizable(), move |kv| {
+            let at_seq = match resolve(kv, moment)? {
+                Ok(at_seq) => at_seq,
+                Err(error) => return Ok(Err(error)),
+            };
+            let as_of_seq = at_seq.unwrap_or(views::head(kv)?.seq);
+            let states = views::host_state(kv, &name, at_seq)?;
+            let history: Vec<_> = views::host_history(kv, &name, limit)?
+                .into_iter()
+                .filter(|version| version.changed_seq <= as_of_seq)
+                .collect();
+            Ok(Ok((as_of_seq, states, history)))
+        })
+        .await??;
+    if states.is_empty() && history.is_empty() {
+        return Err(ApiError::not_found("host_not_found", format!("host {host:?} was never registered")));
+    }
+    Ok(Json(json!({
+        "host": host,
+        "as_of_seq": as_of_seq,
+        "targets": states.iter().map(wire::host).collect::<Vec<_>>(),
+        "history": history.iter().map(wire::host).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn deployment(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let params = Params::new(raw, &["at_seq", "at_time"])?;
+    let moment = moment(&params)?;
+    let name = id.clone();
+    let record = app
+        .read(params.linearizable(), move |kv| {
+            Ok(match resolve(kv, moment)? {
+                Ok(at_seq) => Ok(views::deployment(kv, &name, at_seq)?),
+                Err(error) => Err(error),
+            })
+        })
+        .await??;
+    match record {
+        Some(record) => Ok(Json(wire::deployment(&record))),
+        None => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist (then)"))),
+    }
+}
+
+pub async fn deployments(
+    State(app): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let params = Params::new(raw, &["service", "env", "state", "release", "limit"])?;
+    let state = match params.text("state").as_deref() {
+        None => None,
+        Some("active") => Some(DeploymentState::Active),
+        Some("completed") => Some(DeploymentState::Completed),
+        Some("aborted") => Some(DeploymentState::Aborted),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("state is active, completed or aborted, not {other:?}"),
+            ))
+        }
+    };
+    let filter = DeploymentFilter {
+        service: name_param(&params, "service")?,
+        env: name_param(&params, "env")?,
+        release: name_param(&params, "release")?,
+        state,
+    };
+    let limit = params.limit(100, DEPLOYMENT_LIST_MAX)?;
+    let records = app.read(params.linearizable(), move |kv| views::deployments(kv, &filter, limit)).await?;
+    Ok(Json(json!({ "deployments": records.iter().map(wire::deployment).collect::<Vec<_>>() })))
+}
+
+pub async fn releases(
+    State(app): State<AppState>,
+    Path(service): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let params = Params::new(raw, &[])?;
+    let name = service.clone();
+    let (releases, environments) = app.read(params.linearizable(), move |kv| views::releases(kv, &name)).await?;
+    Ok(Json(json!({
+        "service": service,
+        "releases": releases.iter().map(wire::release).collect::<Vec<_>>(),
+        "environments": environments.iter().map(wire::environment).collect::<Vec<_>>(),
+    })))
+}

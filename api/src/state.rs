@@ -1,0 +1,88 @@
+//! What every handler shares: the node, metrics and limits, and the two paths every request
+//! takes: a write through Raft, or a read from one consistent snapshot of the state machine.
+
+use std::sync::Arc;
+
+use fleetlog_raft::event::{AppendOutcome, AppendRequest, Event};
+use fleetlog_raft::kv::KvRead;
+use fleetlog_raft::ledger::validate;
+use fleetlog_raft::node::Node;
+use fleetlog_raft::records;
+use tokio::sync::{watch, Semaphore};
+
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+
+/// Concurrent SSE streams (subscribe and watch) one node serves.
+pub const SUBSCRIBERS_MAX: usize = 20_000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Node,
+    pub metrics: Arc<Metrics>,
+    pub subscribers: Arc<Semaphore>,
+    /// Turns true when the server shuts down, so open streams end and connections drain.
+    pub closing: Arc<watch::Sender<bool>>,
+}
+
+impl AppState {
+    pub fn new(node: Node) -> AppState {
+        AppState {
+            node,
+            metrics: Arc::new(Metrics::default()),
+            subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
+            closing: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// The principal events are attributed to. Authentication is not built yet, so every
+    /// request is anonymous.
+    pub fn actor(&self) -> String {
+        "anonymous".to_string()
+    }
+
+    /// Checks the request statically, then proposes it and waits for its outcome.
+    pub async fn append(&self, request: AppendRequest) -> ApiResult<AppendOutcome> {
+        if let Err(rejection) = validate::check_request(&request) {
+            self.metrics.rejected(rejection.code);
+            return Err(rejection.into());
+        }
+        let outcome = self.node.append(request).await?;
+        match &outcome {
+            AppendOutcome::Appended { events, duplicate } => self.metrics.appended(events.len(), *duplicate),
+            AppendOutcome::Rejected(rejection) => self.metrics.rejected(rejection.code),
+        }
+        Ok(outcome)
+    }
+
+    /// Runs `query` on a blocking thread against one consistent snapshot. Linearizable unless
+    /// the client asked for local reads: the leader confirms it still leads and waits until it
+    /// has applied everything committed before the read began.
+    pub async fn read<T, F>(&self, linearizable: bool, query: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn KvRead) -> fleetlog_raft::Result<T> + Send + 'static,
+    {
+        if linearizable {
+            self.node.ensure_linearizable().await?;
+        }
+        let database = self.node.database().clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = database.snapshot_reader();
+            query(&reader)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+    }
+
+    /// Reads one committed event.
+    pub async fn event(&self, seq: u64) -> ApiResult<Option<Event>> {
+        self.read(false, move |kv| fleetlog_raft::views::event(kv, seq)).await
+    }
+
+    /// Seq of the ledger head in this node's applied state.
+    pub async fn head_seq(&self) -> ApiResult<u64> {
+        self.read(false, |kv| Ok(records::head(kv)?.seq)).await
+    }
+}

@@ -1,0 +1,154 @@
+//! JSON shapes of the views. Events are served as their canonical JSON text (see
+//! `fleetlog_raft::event::Event::canonical_json`), never re-serialised.
+
+use fleetlog_raft::event::format_time;
+use fleetlog_raft::ledger::validate::Selector;
+use fleetlog_raft::ledger::Directive;
+use fleetlog_raft::records::{DeploymentRecord, EnvironmentRecord, HostRecord, Step, TimelineEntry};
+use fleetlog_raft::views::{FleetView, ReleaseView};
+use serde_json::{json, Value};
+
+pub fn step(step: &Step) -> Value {
+    json!({ "seq": step.seq, "time": format_time(step.time_micros), "actor": step.actor })
+}
+
+fn optional_step(value: &Option<Step>) -> Value {
+    value.as_ref().map(step).unwrap_or(Value::Null)
+}
+
+pub fn host(record: &HostRecord) -> Value {
+    let desired = record.desired.as_ref();
+    let observed = record.observed.as_ref();
+    json!({
+        "host": record.host,
+        "service": record.service,
+        "env": record.env,
+        "group": record.group,
+        "labels": record.labels,
+        "registered": record.registered,
+        "desired_release": desired.map(|d| d.release.clone()),
+        "desired_seq": desired.map(|d| d.seq),
+        "desired_cause": desired.map(|d| d.cause.clone()),
+        "deployment": desired.and_then(|d| d.deployment.clone()),
+        "observed_release": observed.map(|o| o.release.clone()),
+        "status": observed.map(|o| o.status.as_str()),
+        "applied_seq": observed.map(|o| o.applied_seq),
+        "reported_seq": observed.map(|o| o.reported_seq),
+        "reported_at": observed.map(|o| format_time(o.reported_micros)),
+        "converged": record.converged(),
+        "changed_seq": record.changed_seq,
+    })
+}
+
+pub fn fleet(view: &FleetView) -> Value {
+    json!({
+        "as_of_seq": view.as_of_seq,
+        "hosts": view.hosts.iter().map(host).collect::<Vec<_>>(),
+        "summary": {
+            "desired": view.desired,
+            "observed": view.observed,
+            "converged": view.converged,
+            "total": view.hosts.len(),
+        },
+    })
+}
+
+fn selector(selector: &Selector) -> Value {
+    match selector {
+        Selector::Hosts(hosts) => json!({ "hosts": hosts }),
+        Selector::Group(group) => json!({ "group": group }),
+        Selector::Percent(percent) => json!({ "percent": percent }),
+    }
+}
+
+pub fn deployment(record: &DeploymentRecord) -> Value {
+    json!({
+        "deployment": record.id,
+        "service": record.service,
+        "env": record.env,
+        "release": record.release,
+        "state": record.state.as_str(),
+        "started": step(&record.started),
+        "ended": optional_step(&record.ended),
+        "end_reason": record.end_reason,
+        "rolled_back_by": record.rolled_back_by,
+        "selected_total": record.selected_total,
+        "waves": record.waves.iter().map(|wave| {
+            let mut value = json!({
+                "name": wave.name,
+                "state": wave.state.as_str(),
+                "started": optional_step(&wave.started),
+                "completed": optional_step(&wave.completed),
+                "hosts": { "selected": wave.selected, "converged": wave.converged, "failed": wave.failed },
+            });
+            value["selector"] = selector(&wave.selector);
+            value
+        }).collect::<Vec<_>>(),
+    })
+}
+
+pub fn timeline_entry(entry: &TimelineEntry) -> Value {
+    json!({
+        "kind": entry.kind,
+        "seq": entry.step.seq,
+        "time": format_time(entry.step.time_micros),
+        "actor": entry.step.actor,
+        "env": entry.env,
+        "deployment": entry.deployment,
+        "wave": entry.wave,
+        "detail": entry.detail,
+    })
+}
+
+pub fn release(view: &ReleaseView) -> Value {
+    json!({
+        "service": view.record.service,
+        "release": view.record.release,
+        "created": step(&view.record.created),
+        "blocked": view.record.blocked.is_some(),
+        "blocked_reason": view.record.blocked.as_ref().map(|block| block.reason.clone()),
+        "timeline": view.timeline.iter().map(timeline_entry).collect::<Vec<_>>(),
+    })
+}
+
+pub fn environment(record: &EnvironmentRecord) -> Value {
+    json!({
+        "service": record.service,
+        "env": record.env,
+        "desired_release": record.desired_release,
+        "active_deployment": record.active_deployment,
+        "frozen": record.freeze.is_some(),
+        "freeze_reason": record.freeze.as_ref().map(|freeze| freeze.reason.clone()),
+    })
+}
+
+pub fn directive(directive: &Directive) -> Value {
+    json!({
+        "seq": directive.seq,
+        "host": directive.host,
+        "service": directive.service,
+        "env": directive.env,
+        "release": directive.release,
+        "cause": directive.cause,
+        "deployment": directive.deployment,
+    })
+}
+
+/// `{"events":[…],…}` built from already-rendered event JSON texts plus extra members.
+pub fn events_document(events: &[String], extra: &[(&str, Value)]) -> String {
+    let total: usize = events.iter().map(String::len).sum();
+    let mut text = String::with_capacity(total + events.len() + 64);
+    text.push_str("{\"events\":[");
+    for (index, event) in events.iter().enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(event);
+    }
+    text.push(']');
+    for (name, value) in extra {
+        text.push_str(&format!(",\"{name}\":{value}"));
+    }
+    text.push('}');
+    text
+}

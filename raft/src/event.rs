@@ -1,0 +1,277 @@
+//! The event envelope, the commands that propose events, and their outcomes.
+//!
+//! These types travel through the Raft log and the state machine (bincode via `codec`), so they
+//! carry no serde attributes that change the field layout. JSON shapes belong to `fleetlog-api`,
+//! except the canonical form below, which is part of the hash contract (SPEC section 2).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::canonical::write_string;
+
+/// `prev_hash` of the first event.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// An event as a client proposes it, after the leader filled in a missing id and canonicalised
+/// `data`. Everything else (seq, version, time, hashes) is decided when it is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposedEvent {
+    pub id: String,
+    pub event_type: String,
+    pub stream: Option<String>,
+    pub service: Option<String>,
+    pub env: Option<String>,
+    pub host: Option<String>,
+    pub release: Option<String>,
+    pub deployment: Option<String>,
+    /// Canonical JSON text of a JSON object.
+    pub data: String,
+}
+
+impl ProposedEvent {
+    /// A new proposal of `event_type` with every optional field empty and `data` = `{}`.
+    pub fn new(id: impl Into<String>, event_type: impl Into<String>) -> ProposedEvent {
+        ProposedEvent {
+            id: id.into(),
+            event_type: event_type.into(),
+            stream: None,
+            service: None,
+            env: None,
+            host: None,
+            release: None,
+            deployment: None,
+            data: "{}".to_string(),
+        }
+    }
+
+    /// SHA-256 over the canonical JSON of what the client chose. Two proposals with the same id
+    /// are the same request exactly when their fingerprints are equal; canonical JSON keeps the
+    /// fingerprint stable across codec changes.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut text = String::with_capacity(self.data.len() + 160);
+        text.push('{');
+        text.push_str("\"data\":");
+        text.push_str(&self.data);
+        let fields = [
+            ("deployment", &self.deployment),
+            ("env", &self.env),
+            ("host", &self.host),
+            ("release", &self.release),
+            ("service", &self.service),
+            ("stream", &self.stream),
+        ];
+        for (name, value) in fields {
+            text.push(',');
+            write_string(&mut text, name);
+            text.push(':');
+            write_optional(&mut text, value.as_deref());
+        }
+        text.push_str(",\"type\":");
+        write_string(&mut text, &self.event_type);
+        text.push('}');
+        Sha256::digest(text.as_bytes()).into()
+    }
+}
+
+/// Optimistic concurrency condition on the stream of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ExpectedVersion {
+    #[default]
+    Any,
+    NoStream,
+    Exists,
+    Exact(u64),
+}
+
+/// One client request: a batch that commits atomically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendRequest {
+    pub events: Vec<ProposedEvent>,
+    pub expected_version: ExpectedVersion,
+    /// Authenticated principal; "anonymous" when auth is off.
+    pub actor: String,
+}
+
+/// The payload of one Raft entry: requests gathered by the leader, stamped with the leader's
+/// clock so that every replica computes identical events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCommand {
+    pub time_micros: i64,
+    pub requests: Vec<AppendRequest>,
+}
+
+/// A committed event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub id: String,
+    pub stream: String,
+    pub version: u64,
+    pub event_type: String,
+    pub time_micros: i64,
+    pub actor: String,
+    pub service: Option<String>,
+    pub env: Option<String>,
+    pub host: Option<String>,
+    pub release: Option<String>,
+    pub deployment: Option<String>,
+    /// Canonical JSON text of a JSON object.
+    pub data: String,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+impl Event {
+    /// RFC 8785 text of the event without `hash`: the bytes that are hashed.
+    pub fn canonical_without_hash(&self) -> String {
+        self.render(false)
+    }
+
+    /// RFC 8785 text of the event with `hash`: what every endpoint serves.
+    pub fn canonical_json(&self) -> String {
+        self.render(true)
+    }
+
+    /// SHA-256 of [`Event::canonical_without_hash`].
+    pub fn compute_hash(&self) -> [u8; 32] {
+        Sha256::digest(self.canonical_without_hash().as_bytes()).into()
+    }
+
+    fn render(&self, with_hash: bool) -> String {
+        // Member names are ASCII and written here in the JCS order (sorted by code unit).
+        let mut out = String::with_capacity(self.data.len() + 400);
+        out.push_str("{\"actor\":");
+        write_string(&mut out, &self.actor);
+        out.push_str(",\"data\":");
+        out.push_str(&self.data);
+        out.push_str(",\"deployment\":");
+        write_optional(&mut out, self.deployment.as_deref());
+        out.push_str(",\"env\":");
+        write_optional(&mut out, self.env.as_deref());
+        if with_hash {
+            out.push_str(",\"hash\":\"");
+            out.push_str(&hex::encode(self.hash));
+            out.push('"');
+        }
+        out.push_str(",\"host\":");
+        write_optional(&mut out, self.host.as_deref());
+        out.push_str(",\"id\":");
+        write_string(&mut out, &self.id);
+        out.push_str(",\"prev_hash\":\"");
+        out.push_str(&hex::encode(self.prev_hash));
+        out.push_str("\",\"release\":");
+        write_optional(&mut out, self.release.as_deref());
+        out.push_str(",\"seq\":");
+        out.push_str(&self.seq.to_string());
+        out.push_str(",\"service\":");
+        write_optional(&mut out, self.service.as_deref());
+        out.push_str(",\"stream\":");
+        write_string(&mut out, &self.stream);
+        out.push_str(",\"time\":\"");
+        out.push_str(&format_time(self.time_micros));
+        out.push_str("\",\"type\":");
+        write_string(&mut out, &self.event_type);
+        out.push_str(",\"version\":");
+        out.push_str(&self.version.to_string());
+        out.push('}');
+        out
+    }
+}
+
+fn write_optional(out: &mut String, value: Option<&str>) {
+    match value {
+        Some(text) => write_string(out, text),
+        None => out.push_str("null"),
+    }
+}
+
+/// RFC 3339 UTC with exactly six fractional digits, e.g. `2026-11-28T06:00:00.123456Z`.
+pub fn format_time(time_micros: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(time_micros) {
+        Some(moment) => moment.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        None => "1970-01-01T00:00:00.000000Z".to_string(),
+    }
+}
+
+/// Parses an RFC 3339 timestamp with any offset into microseconds since the epoch.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let moment = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    Some(moment.timestamp_micros())
+}
+
+/// The position and hash of one committed event, as reported to the client that appended it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendedEvent {
+    pub seq: u64,
+    pub id: String,
+    pub hash: [u8; 32],
+}
+
+/// What happened to one [`AppendRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendOutcome {
+    /// The batch is in the ledger. `duplicate`: every id was already there, nothing was written
+    /// and these are the original positions.
+    Appended {
+        events: Vec<AppendedEvent>,
+        duplicate: bool,
+    },
+    Rejected(crate::Rejection),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        Event {
+            seq: 1,
+            id: "e-1".into(),
+            stream: "checkout/prod".into(),
+            version: 0,
+            event_type: "release.created".into(),
+            time_micros: 1_795_824_000_123_456,
+            actor: "alice".into(),
+            service: Some("checkout".into()),
+            env: None,
+            host: None,
+            release: Some("1.4.2".into()),
+            deployment: None,
+            data: r#"{"notes":"first"}"#.into(),
+            prev_hash: GENESIS_HASH,
+            hash: [0; 32],
+        }
+    }
+
+    #[test]
+    fn canonical_form_equals_generic_jcs_of_the_same_object() {
+        let event = sample();
+        let value: serde_json::Value = serde_json::from_str(&event.canonical_without_hash()).unwrap();
+        let generic = crate::canonical::to_canonical_string(&value).unwrap();
+        assert_eq!(generic, event.canonical_without_hash());
+        assert!(generic.contains("\"time\":\"2026-11-28T00:00:00.123456Z\""), "{generic}");
+        assert!(generic.contains("\"prev_hash\":\"0000000000000000000000000000000000000000000000000000000000000000\""));
+        let served: serde_json::Value = serde_json::from_str(&event.canonical_json()).unwrap();
+        assert_eq!(crate::canonical::to_canonical_string(&served).unwrap(), event.canonical_json());
+    }
+
+    #[test]
+    fn fingerprint_is_jcs_of_client_fields() {
+        let mut proposal = ProposedEvent::new("x", "app.thing");
+        proposal.service = Some("svc".into());
+        let text = r#"{"data":{},"deployment":null,"env":null,"host":null,"release":null,"service":"svc","stream":null,"type":"app.thing"}"#;
+        let expected: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        assert_eq!(proposal.fingerprint(), expected);
+        let mut other = proposal.clone();
+        other.data = r#"{"a":1}"#.into();
+        assert_ne!(other.fingerprint(), proposal.fingerprint());
+    }
+
+    #[test]
+    fn times_format_with_six_digits_and_parse_back() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000000Z");
+        let micros = parse_time("2026-11-28T07:00:00.5+01:00").unwrap();
+        assert_eq!(format_time(micros), "2026-11-28T06:00:00.500000Z");
+        assert!(parse_time("yesterday").is_none());
+    }
+}

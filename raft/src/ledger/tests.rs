@@ -1,0 +1,781 @@
+//! Table-driven tests of every domain rule, run on the pure ledger over an in-memory store.
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::event::{ProposedEvent, GENESIS_HASH};
+use crate::kv::MemoryKv;
+use crate::records::{DeploymentState, HostRecord, WaveState};
+use crate::views;
+
+/// A ledger over plain memory with a controllable clock.
+struct Bench {
+    kv: MemoryKv,
+    time_micros: i64,
+    next_id: u64,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        Bench { kv: MemoryKv::new(), time_micros: 1_000_000, next_id: 0 }
+    }
+
+    fn request(&mut self, events: Vec<ProposedEvent>, expected: ExpectedVersion) -> AppendOutcome {
+        let command = LedgerCommand {
+            time_micros: self.time_micros,
+            requests: vec![AppendRequest { events, expected_version: expected, actor: "alice".into() }],
+        };
+        self.time_micros += 1_000;
+        let mut overlay = Overlay::new(&self.kv);
+        let applied = apply_command(&mut overlay, &command).expect("no storage failure in memory");
+        let writes = overlay.into_writes();
+        self.kv.apply(writes);
+        applied.outcomes.into_iter().next().unwrap()
+    }
+
+    fn append(&mut self, events: Vec<ProposedEvent>) -> AppendOutcome {
+        self.request(events, ExpectedVersion::Any)
+    }
+
+    fn ok(&mut self, event: ProposedEvent) -> u64 {
+        match self.append(vec![event.clone()]) {
+            AppendOutcome::Appended { events, duplicate: false } => events[0].seq,
+            other => panic!("{} should be appended, got {other:?}", event.event_type),
+        }
+    }
+
+    fn refused(&mut self, event: ProposedEvent) -> RejectionCode {
+        let before = self.kv.len();
+        match self.append(vec![event.clone()]) {
+            AppendOutcome::Rejected(rejection) => {
+                assert_eq!(self.kv.len(), before, "a rejected {} wrote something", event.event_type);
+                rejection.code
+            }
+            other => panic!("{} should be refused, got {other:?}", event.event_type),
+        }
+    }
+
+    fn event(&mut self, event_type: &str, fields: &[(&str, &str)], data: Value) -> ProposedEvent {
+        self.next_id += 1;
+        let mut event = ProposedEvent::new(format!("id-{}", self.next_id), event_type);
+        for (name, value) in fields {
+            let slot = match *name {
+                "service" => &mut event.service,
+                "env" => &mut event.env,
+                "host" => &mut event.host,
+                "release" => &mut event.release,
+                "deployment" => &mut event.deployment,
+                "stream" => &mut event.stream,
+                other => panic!("unknown field {other}"),
+            };
+            *slot = Some(value.to_string());
+        }
+        event.data = crate::canonical::to_canonical_string(&data).unwrap();
+        event
+    }
+
+    fn host(&self, host: &str) -> HostRecord {
+        records::host(&self.kv, "web", "prod", host).unwrap().expect("host exists")
+    }
+
+    fn desired(&self, host: &str) -> Option<String> {
+        self.host(host).desired.map(|desired| desired.release)
+    }
+
+    fn deployment(&self, id: &str) -> records::DeploymentRecord {
+        records::deployment(&self.kv, id).unwrap().expect("deployment exists")
+    }
+
+    // Builders for the common events of service "web", env "prod".
+
+    fn release(&mut self, release: &str) -> ProposedEvent {
+        self.event("release.created", &[("service", "web"), ("release", release)], json!({}))
+    }
+
+    fn register(&mut self, host: &str, group: &str) -> ProposedEvent {
+        self.event("target.registered", &[("host", host), ("service", "web"), ("env", "prod")], json!({"group": group}))
+    }
+
+    fn start(&mut self, deployment: &str, release: &str, waves: Value) -> ProposedEvent {
+        self.event(
+            "deployment.started",
+            &[("deployment", deployment), ("service", "web"), ("env", "prod"), ("release", release)],
+            json!({ "waves": waves }),
+        )
+    }
+
+    fn wave(&mut self, kind: &str, deployment: &str, wave: &str) -> ProposedEvent {
+        self.event(kind, &[("deployment", deployment)], json!({ "wave": wave }))
+    }
+
+    fn complete(&mut self, deployment: &str) -> ProposedEvent {
+        self.event("deployment.completed", &[("deployment", deployment)], json!({}))
+    }
+
+    fn rollback(&mut self, release: Option<&str>) -> ProposedEvent {
+        let mut fields = vec![("service", "web"), ("env", "prod")];
+        if let Some(release) = release {
+            fields.push(("release", release));
+        }
+        self.event("rollback", &fields, json!({"reason": "errors up"}))
+    }
+
+    fn report(&mut self, host: &str, release: &str, status: &str) -> ProposedEvent {
+        self.event(
+            "host.reported",
+            &[("host", host), ("service", "web"), ("env", "prod"), ("release", release)],
+            json!({"status": status, "applied_seq": 1}),
+        )
+    }
+
+    fn freeze(&mut self, kind: &str) -> ProposedEvent {
+        self.event(kind, &[("service", "web"), ("env", "prod")], json!({"reason": "holiday"}))
+    }
+
+    /// Releases 1.0 and 2.0, hosts a..d (a, b in group "canary"), and 1.0 fully deployed.
+    fn fleet() -> Bench {
+        let mut bench = Bench::new();
+        for release in ["1.0", "2.0"] {
+            let event = bench.release(release);
+            bench.ok(event);
+        }
+        for (host, group) in [("a", "canary"), ("b", "canary"), ("c", "main"), ("d", "main")] {
+            let event = bench.register(host, group);
+            bench.ok(event);
+        }
+        bench.deploy_fully("d1", "1.0");
+        bench
+    }
+
+    fn deploy_fully(&mut self, deployment: &str, release: &str) {
+        let event = self.start(deployment, release, json!([{"name": "all", "percent": 100}]));
+        self.ok(event);
+        let event = self.wave("wave.started", deployment, "all");
+        self.ok(event);
+        let event = self.wave("wave.completed", deployment, "all");
+        self.ok(event);
+        let event = self.complete(deployment);
+        self.ok(event);
+    }
+}
+
+#[test]
+fn every_domain_rule_refuses_what_it_should() {
+    type Setup = fn(&mut Bench);
+    type Make = fn(&mut Bench) -> ProposedEvent;
+    let nothing: Setup = |_| {};
+    let cases: Vec<(&str, Setup, Make, RejectionCode)> = vec![
+        ("release exists", nothing, |b| b.release("1.0"), RejectionCode::ReleaseExists),
+        (
+            "block unknown release",
+            nothing,
+            |b| b.event("release.blocked", &[("service", "web"), ("release", "9")], json!({"reason": "bad"})),
+            RejectionCode::UnknownRelease,
+        ),
+        (
+            "block twice",
+            |b| {
+                let e = b.event("release.blocked", &[("service", "web"), ("release", "2.0")], json!({"reason": "bad"}));
+                b.ok(e);
+            },
+            |b| b.event("release.blocked", &[("service", "web"), ("release", "2.0")], json!({"reason": "bad"})),
+            RejectionCode::ReleaseAlreadyBlocked,
+        ),
+        (
+            "unblock unblocked",
+            nothing,
+            |b| b.event("release.unblocked", &[("service", "web"), ("release", "2.0")], json!({"reason": "ok"})),
+            RejectionCode::ReleaseNotBlocked,
+        ),
+        (
+            "deregister unknown host",
+            nothing,
+            |b| b.event("target.deregistered", &[("host", "zz"), ("service", "web"), ("env", "prod")], json!({})),
+            RejectionCode::UnknownHost,
+        ),
+        (
+            "deploy unknown release",
+            nothing,
+            |b| b.start("d2", "9.9", json!([{"name": "all", "percent": 100}])),
+            RejectionCode::UnknownRelease,
+        ),
+        (
+            "deploy blocked release",
+            |b| {
+                let e = b.event("release.blocked", &[("service", "web"), ("release", "2.0")], json!({"reason": "cve"}));
+                b.ok(e);
+            },
+            |b| b.start("d2", "2.0", json!([{"name": "all", "percent": 100}])),
+            RejectionCode::ReleaseBlocked,
+        ),
+        (
+            "second active deployment",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "all", "percent": 100}]));
+                b.ok(e);
+            },
+            |b| b.start("d3", "2.0", json!([{"name": "all", "percent": 100}])),
+            RejectionCode::DeploymentActive,
+        ),
+        (
+            "deployment id reused",
+            nothing,
+            |b| b.start("d1", "2.0", json!([{"name": "all", "percent": 100}])),
+            RejectionCode::DeploymentExists,
+        ),
+        (
+            "deploy while frozen",
+            |b| {
+                let e = b.freeze("freeze.started");
+                b.ok(e);
+            },
+            |b| b.start("d2", "2.0", json!([{"name": "all", "percent": 100}])),
+            RejectionCode::Frozen,
+        ),
+        (
+            "wave while frozen",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "all", "percent": 100}]));
+                b.ok(e);
+                let e = b.freeze("freeze.started");
+                b.ok(e);
+            },
+            |b| b.wave("wave.started", "d2", "all"),
+            RejectionCode::Frozen,
+        ),
+        (
+            "wave of unknown deployment",
+            nothing,
+            |b| b.wave("wave.started", "nope", "all"),
+            RejectionCode::UnknownDeployment,
+        ),
+        (
+            "wave out of order",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 50}, {"name": "two", "percent": 100}]));
+                b.ok(e);
+            },
+            |b| b.wave("wave.started", "d2", "two"),
+            RejectionCode::WaveOutOfOrder,
+        ),
+        (
+            "next wave before previous completed",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 50}, {"name": "two", "percent": 100}]));
+                b.ok(e);
+                let e = b.wave("wave.started", "d2", "one");
+                b.ok(e);
+            },
+            |b| b.wave("wave.started", "d2", "two"),
+            RejectionCode::WaveOutOfOrder,
+        ),
+        (
+            "wave started twice",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 100}]));
+                b.ok(e);
+                let e = b.wave("wave.started", "d2", "one");
+                b.ok(e);
+            },
+            |b| b.wave("wave.started", "d2", "one"),
+            RejectionCode::WaveOutOfOrder,
+        ),
+        (
+            "unknown wave",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 100}]));
+                b.ok(e);
+            },
+            |b| b.wave("wave.started", "d2", "zzz"),
+            RejectionCode::UnknownWave,
+        ),
+        (
+            "wave names unregistered host",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "hosts": ["a", "ghost"]}]));
+                b.ok(e);
+            },
+            |b| b.wave("wave.started", "d2", "one"),
+            RejectionCode::UnknownHost,
+        ),
+        (
+            "wave of completed deployment",
+            nothing,
+            |b| b.wave("wave.started", "d1", "all"),
+            RejectionCode::DeploymentNotActive,
+        ),
+        (
+            "complete unstarted wave",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 100}]));
+                b.ok(e);
+            },
+            |b| b.wave("wave.completed", "d2", "one"),
+            RejectionCode::WaveNotStarted,
+        ),
+        (
+            "complete wave twice",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 100}]));
+                b.ok(e);
+                let e = b.wave("wave.started", "d2", "one");
+                b.ok(e);
+                let e = b.wave("wave.completed", "d2", "one");
+                b.ok(e);
+            },
+            |b| b.wave("wave.completed", "d2", "one"),
+            RejectionCode::WaveAlreadyCompleted,
+        ),
+        (
+            "complete deployment with open wave",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 100}]));
+                b.ok(e);
+                let e = b.wave("wave.started", "d2", "one");
+                b.ok(e);
+            },
+            |b| b.complete("d2"),
+            RejectionCode::WavesIncomplete,
+        ),
+        (
+            "abort without reason",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 100}]));
+                b.ok(e);
+            },
+            |b| b.event("deployment.aborted", &[("deployment", "d2")], json!({})),
+            RejectionCode::MissingField,
+        ),
+        (
+            "step names the wrong service",
+            |b| {
+                let e = b.start("d2", "2.0", json!([{"name": "one", "percent": 100}]));
+                b.ok(e);
+            },
+            |b| b.event("wave.started", &[("deployment", "d2"), ("service", "api")], json!({"wave": "one"})),
+            RejectionCode::FieldMismatch,
+        ),
+        (
+            "rollback to blocked release",
+            |b| {
+                let e = b.event("release.blocked", &[("service", "web"), ("release", "2.0")], json!({"reason": "cve"}));
+                b.ok(e);
+            },
+            |b| b.rollback(Some("2.0")),
+            RejectionCode::ReleaseBlocked,
+        ),
+        ("rollback to unknown release", nothing, |b| b.rollback(Some("7.7")), RejectionCode::UnknownRelease),
+        (
+            "rollback with only one release ever deployed",
+            nothing,
+            |b| b.rollback(None),
+            RejectionCode::NoRollbackTarget,
+        ),
+        ("report from unregistered host", nothing, |b| b.report("ghost", "1.0", "running"), RejectionCode::UnknownHost),
+        ("report with bad status", nothing, |b| b.report("a", "1.0", "sleeping"), RejectionCode::InvalidField),
+        (
+            "report from deregistered host",
+            |b| {
+                let e =
+                    b.event("target.deregistered", &[("host", "a"), ("service", "web"), ("env", "prod")], json!({}));
+                b.ok(e);
+            },
+            |b| b.report("a", "1.0", "running"),
+            RejectionCode::UnknownHost,
+        ),
+        (
+            "freeze twice",
+            |b| {
+                let e = b.freeze("freeze.started");
+                b.ok(e);
+            },
+            |b| b.freeze("freeze.started"),
+            RejectionCode::AlreadyFrozen,
+        ),
+        ("end missing freeze", nothing, |b| b.freeze("freeze.ended"), RejectionCode::NotFrozen),
+        (
+            "unknown domain type",
+            nothing,
+            |b| b.event("release.deleted", &[("service", "web"), ("release", "1.0")], json!({})),
+            RejectionCode::UnknownType,
+        ),
+        ("client type without namespace", nothing, |b| b.event("thing", &[], json!({})), RejectionCode::InvalidType),
+        ("type not lowercase", nothing, |b| b.event("App.Thing", &[], json!({})), RejectionCode::InvalidType),
+        (
+            "unknown data field",
+            nothing,
+            |b| b.event("release.created", &[("service", "web"), ("release", "3.0")], json!({"colour": "red"})),
+            RejectionCode::UnknownField,
+        ),
+        (
+            "field the type does not take",
+            nothing,
+            |b| b.event("release.created", &[("service", "web"), ("release", "3.0"), ("host", "a")], json!({})),
+            RejectionCode::FieldNotAllowed,
+        ),
+        (
+            "missing envelope field",
+            nothing,
+            |b| b.event("release.created", &[("service", "web")], json!({})),
+            RejectionCode::MissingField,
+        ),
+        (
+            "wrong data type",
+            nothing,
+            |b| {
+                b.event("target.registered", &[("host", "e"), ("service", "web"), ("env", "prod")], json!({"group": 5}))
+            },
+            RejectionCode::InvalidField,
+        ),
+        (
+            "invalid name",
+            nothing,
+            |b| b.event("release.created", &[("service", "we b"), ("release", "3.0")], json!({})),
+            RejectionCode::InvalidName,
+        ),
+        (
+            "invalid stream",
+            nothing,
+            |b| b.event("app.note", &[("stream", "a b")], json!({})),
+            RejectionCode::InvalidName,
+        ),
+        (
+            "wave without selector",
+            nothing,
+            |b| b.start("d2", "2.0", json!([{"name": "one"}])),
+            RejectionCode::InvalidWaves,
+        ),
+        (
+            "wave with two selectors",
+            nothing,
+            |b| b.start("d2", "2.0", json!([{"name": "one", "percent": 5, "group": "x"}])),
+            RejectionCode::InvalidWaves,
+        ),
+        (
+            "percent above 100",
+            nothing,
+            |b| b.start("d2", "2.0", json!([{"name": "one", "percent": 101}])),
+            RejectionCode::InvalidWaves,
+        ),
+        (
+            "duplicate wave names",
+            nothing,
+            |b| b.start("d2", "2.0", json!([{"name": "one", "percent": 5}, {"name": "one", "percent": 100}])),
+            RejectionCode::InvalidWaves,
+        ),
+        ("no waves", nothing, |b| b.start("d2", "2.0", json!([])), RejectionCode::InvalidWaves),
+        (
+            "data too large",
+            nothing,
+            |b| b.event("app.blob", &[], json!({"x": "y".repeat(70_000)})),
+            RejectionCode::EventTooLarge,
+        ),
+    ];
+    for (name, setup, make, expected) in cases {
+        let mut bench = Bench::fleet();
+        setup(&mut bench);
+        let event = make(&mut bench);
+        assert_eq!(bench.refused(event), expected, "case: {name}");
+    }
+}
+
+#[test]
+fn waves_select_by_percent_group_and_hosts_in_host_order() {
+    let mut bench = Bench::fleet();
+    let start = bench.start(
+        "d2",
+        "2.0",
+        json!([{"name": "canary", "group": "canary"}, {"name": "first", "hosts": ["d", "a"]}, {"name": "half", "percent": 75}, {"name": "rest", "percent": 100}]),
+    );
+    bench.ok(start);
+    let steps = [("canary", vec!["a", "b"]), ("first", vec!["d"]), ("half", vec![]), ("rest", vec!["c"])];
+    let mut moved: Vec<&str> = Vec::new();
+    for (wave, newly) in steps {
+        let started = bench.wave("wave.started", "d2", wave);
+        bench.ok(started);
+        moved.extend(newly.iter().copied());
+        for host in ["a", "b", "c", "d"] {
+            let expected = if moved.contains(&host) { "2.0" } else { "1.0" };
+            assert_eq!(bench.desired(host).as_deref(), Some(expected), "after wave {wave}, host {host}");
+        }
+        let record = bench.deployment("d2");
+        let wave_record = record.waves.iter().find(|w| w.name == wave).unwrap();
+        assert_eq!(wave_record.selected, newly.len() as u64, "wave {wave} selected");
+        let completed = bench.wave("wave.completed", "d2", wave);
+        bench.ok(completed);
+    }
+    let done = bench.complete("d2");
+    bench.ok(done);
+    assert_eq!(bench.deployment("d2").state, DeploymentState::Completed);
+}
+
+#[test]
+fn percent_rounds_up_and_counts_earlier_waves() {
+    let mut bench = Bench::fleet();
+    let start = bench.start("d2", "2.0", json!([{"name": "one", "percent": 30}, {"name": "two", "percent": 60}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "one");
+    bench.ok(wave);
+    // 30% of 4 hosts rounded up is 2: hosts a and b, in name order.
+    assert_eq!(bench.deployment("d2").waves[0].selected, 2);
+    let wave = bench.wave("wave.completed", "d2", "one");
+    bench.ok(wave);
+    let wave = bench.wave("wave.started", "d2", "two");
+    bench.ok(wave);
+    // 60% of 4 rounded up is 3: one more host.
+    assert_eq!(bench.deployment("d2").waves[1].selected, 1);
+    assert_eq!(bench.desired("c").as_deref(), Some("2.0"));
+    assert_eq!(bench.desired("d").as_deref(), Some("1.0"));
+}
+
+#[test]
+fn rollback_is_one_event_that_moves_every_host_and_aborts_the_deployment() {
+    let mut bench = Bench::fleet();
+    let start = bench.start("d2", "2.0", json!([{"name": "one", "percent": 50}, {"name": "two", "percent": 100}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "one");
+    bench.ok(wave);
+    assert_eq!(bench.desired("a").as_deref(), Some("2.0"));
+    let rollback = bench.rollback(None);
+    let outcome = bench.append(vec![rollback]);
+    let AppendOutcome::Appended { events, .. } = outcome else { panic!("rollback refused: {outcome:?}") };
+    assert_eq!(events.len(), 1, "a rollback is a single event");
+    for host in ["a", "b", "c", "d"] {
+        assert_eq!(bench.desired(host).as_deref(), Some("1.0"), "host {host}");
+        assert_eq!(bench.host(host).desired.unwrap().cause, "rollback");
+    }
+    let deployment = bench.deployment("d2");
+    assert_eq!(deployment.state, DeploymentState::Aborted);
+    assert_eq!(deployment.rolled_back_by, Some(events[0].seq));
+    let stored = views::event(&bench.kv, events[0].seq).unwrap().unwrap();
+    assert_eq!(stored.release.as_deref(), Some("1.0"), "the ledger records the target it chose");
+    assert_eq!(stored.deployment.as_deref(), Some("d2"));
+    // The environment is free for a new deployment.
+    let next = bench.start("d3", "2.0", json!([{"name": "all", "percent": 100}]));
+    bench.ok(next);
+}
+
+#[test]
+fn rollback_after_completed_deployments_skips_blocked_and_same_release() {
+    let mut bench = Bench::fleet();
+    bench.deploy_fully("d2", "2.0");
+    let created = bench.release("3.0");
+    bench.ok(created);
+    bench.deploy_fully("d3", "3.0");
+    let block = bench.event("release.blocked", &[("service", "web"), ("release", "2.0")], json!({"reason": "cve"}));
+    bench.ok(block);
+    // Rolling back 3.0: 2.0 is blocked, so the target is 1.0.
+    let rollback = bench.rollback(None);
+    bench.ok(rollback);
+    assert_eq!(bench.desired("c").as_deref(), Some("1.0"));
+}
+
+#[test]
+fn rollback_is_allowed_during_a_freeze() {
+    let mut bench = Bench::fleet();
+    bench.deploy_fully("d2", "2.0");
+    let freeze = bench.freeze("freeze.started");
+    bench.ok(freeze);
+    let rollback = bench.rollback(None);
+    bench.ok(rollback);
+    assert_eq!(bench.desired("a").as_deref(), Some("1.0"));
+}
+
+#[test]
+fn reports_move_observed_state_and_wave_counters() {
+    let mut bench = Bench::fleet();
+    let start = bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "all");
+    bench.ok(wave);
+    for (host, status) in [("a", "running"), ("b", "failed"), ("c", "applying")] {
+        let report = bench.report(host, "2.0", status);
+        bench.ok(report);
+    }
+    let wave = &bench.deployment("d2").waves[0];
+    assert_eq!((wave.selected, wave.converged, wave.failed), (4, 1, 1));
+    assert!(bench.host("a").converged());
+    assert!(!bench.host("c").converged());
+    // b recovers: failed → running moves it from failed to converged.
+    let report = bench.report("b", "2.0", "running");
+    bench.ok(report);
+    let wave = &bench.deployment("d2").waves[0];
+    assert_eq!((wave.converged, wave.failed), (2, 0));
+    assert_eq!(wave.state, WaveState::Started);
+}
+
+#[test]
+fn registering_twice_is_idempotent_for_the_view() {
+    let mut bench = Bench::fleet();
+    let before = bench.host("a");
+    let again = bench.register("a", "canary");
+    bench.ok(again);
+    let after = bench.host("a");
+    assert_eq!((after.registered, after.group, after.desired), (before.registered, before.group, before.desired));
+}
+
+#[test]
+fn same_id_same_body_returns_the_original_seq_and_writes_nothing() {
+    let mut bench = Bench::new();
+    let event = bench.event("app.note", &[], json!({"text": "hi"}));
+    let first = bench.ok(event.clone());
+    let size = bench.kv.len();
+    match bench.append(vec![event.clone()]) {
+        AppendOutcome::Appended { events, duplicate: true } => assert_eq!(events[0].seq, first),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert_eq!(bench.kv.len(), size);
+    let mut changed = event.clone();
+    changed.data = r#"{"text":"other"}"#.into();
+    assert_eq!(bench.refused(changed), RejectionCode::IdConflict);
+    let fresh = bench.event("app.note", &[], json!({}));
+    assert_eq!(bench.refused_batch(vec![event.clone(), fresh]), RejectionCode::PartialReplay);
+    assert_eq!(bench.refused_batch(vec![event.clone(), event]), RejectionCode::DuplicateIdInBatch);
+}
+
+impl Bench {
+    fn refused_batch(&mut self, events: Vec<ProposedEvent>) -> RejectionCode {
+        let before = self.kv.len();
+        match self.append(events) {
+            AppendOutcome::Rejected(rejection) => {
+                assert_eq!(self.kv.len(), before);
+                rejection.code
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn expected_version_guards_the_stream() {
+    let mut bench = Bench::new();
+    let note = |bench: &mut Bench| bench.event("app.note", &[("stream", "notes")], json!({}));
+    let first = note(&mut bench);
+    assert!(
+        matches!(bench.request(vec![first], ExpectedVersion::Exists), AppendOutcome::Rejected(r) if r.code == RejectionCode::WrongExpectedVersion)
+    );
+    let first = note(&mut bench);
+    assert!(matches!(bench.request(vec![first], ExpectedVersion::NoStream), AppendOutcome::Appended { .. }));
+    let second = note(&mut bench);
+    assert!(
+        matches!(bench.request(vec![second], ExpectedVersion::NoStream), AppendOutcome::Rejected(r) if r.code == RejectionCode::WrongExpectedVersion)
+    );
+    let (second, third) = (note(&mut bench), note(&mut bench));
+    assert!(matches!(bench.request(vec![second, third], ExpectedVersion::Exact(0)), AppendOutcome::Appended { .. }));
+    let stale = note(&mut bench);
+    assert!(
+        matches!(bench.request(vec![stale], ExpectedVersion::Exact(0)), AppendOutcome::Rejected(r) if r.code == RejectionCode::WrongExpectedVersion)
+    );
+    let (events, _) = views::read_stream(&bench.kv, "notes", 0, 10).unwrap();
+    assert_eq!(events.iter().map(|event| event.version).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let other = bench.event("app.note", &[("stream", "elsewhere")], json!({}));
+    let mine = note(&mut bench);
+    assert!(
+        matches!(bench.request(vec![mine, other], ExpectedVersion::Exact(2)), AppendOutcome::Rejected(r) if r.code == RejectionCode::ExpectedVersionMultipleStreams)
+    );
+}
+
+#[test]
+fn a_batch_is_atomic_even_when_a_later_event_fails_a_rule() {
+    let mut bench = Bench::fleet();
+    let before = bench.kv.len();
+    let good = bench.release("5.0");
+    let bad = bench.start("d9", "no-such-release", json!([{"name": "all", "percent": 100}]));
+    match bench.append(vec![good, bad]) {
+        AppendOutcome::Rejected(rejection) => {
+            assert_eq!(rejection.code, RejectionCode::UnknownRelease);
+            assert_eq!(rejection.event_index, Some(1));
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(bench.kv.len(), before);
+    assert!(records::release(&bench.kv, "web", "5.0").unwrap().is_none());
+}
+
+#[test]
+fn later_events_of_a_batch_see_earlier_ones() {
+    let mut bench = Bench::fleet();
+    let release = bench.release("5.0");
+    let start = bench.start("d9", "5.0", json!([{"name": "all", "percent": 100}]));
+    let wave = bench.wave("wave.started", "d9", "all");
+    let AppendOutcome::Appended { events, .. } = bench.append(vec![release, start, wave]) else { panic!("refused") };
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, vec![seqs[0], seqs[0] + 1, seqs[0] + 2], "consecutive seqs");
+    assert_eq!(bench.desired("a").as_deref(), Some("5.0"));
+}
+
+#[test]
+fn the_chain_links_every_event_and_time_never_goes_back() {
+    let mut bench = Bench::fleet();
+    bench.time_micros -= 500_000; // the leader's clock steps back
+    let event = bench.event("app.note", &[], json!({}));
+    bench.ok(event);
+    let page = views::read_events(&bench.kv, &views::EventFilter::default(), 1, 1_000).unwrap();
+    let mut previous_hash = GENESIS_HASH;
+    let mut previous_time = i64::MIN;
+    for (position, event) in page.events.iter().enumerate() {
+        assert_eq!(event.seq, position as u64 + 1);
+        assert_eq!(event.prev_hash, previous_hash);
+        assert_eq!(event.hash, event.compute_hash());
+        assert!(event.time_micros >= previous_time);
+        previous_hash = event.hash;
+        previous_time = event.time_micros;
+    }
+    assert_eq!(page.next_seq, page.events.len() as u64 + 1);
+}
+
+#[test]
+fn wave_events_carry_the_deployment_s_service_env_and_release() {
+    let mut bench = Bench::fleet();
+    let page = views::read_events(
+        &bench.kv,
+        &views::EventFilter { event_type: Some("wave.".into()), ..Default::default() },
+        1,
+        100,
+    )
+    .unwrap();
+    assert_eq!(page.events.len(), 2);
+    for event in &page.events {
+        assert_eq!(
+            (event.service.as_deref(), event.env.as_deref(), event.release.as_deref()),
+            (Some("web"), Some("prod"), Some("1.0"))
+        );
+        assert_eq!(event.stream, "web/prod");
+    }
+    let note = bench.event("app.note", &[], json!({}));
+    let seq = bench.ok(note);
+    assert_eq!(views::event(&bench.kv, seq).unwrap().unwrap().stream, "_global");
+}
+
+#[test]
+fn fleet_as_of_a_past_seq_shows_the_state_then() {
+    let mut bench = Bench::fleet();
+    let before_second = records::head(&bench.kv).unwrap().seq;
+    bench.deploy_fully("d2", "2.0");
+    let late = bench.register("e", "main");
+    bench.ok(late);
+    let now = views::fleet(&bench.kv, Some("web"), Some("prod"), None).unwrap();
+    assert_eq!(now.hosts.len(), 5);
+    assert_eq!(now.desired.get("2.0"), Some(&4));
+    let then = views::fleet(&bench.kv, Some("web"), Some("prod"), Some(before_second)).unwrap();
+    assert_eq!(then.as_of_seq, before_second);
+    assert_eq!(then.hosts.len(), 4, "host e did not exist yet");
+    assert!(then.hosts.iter().all(|host| host.desired.as_ref().unwrap().release == "1.0"));
+    let at_start = views::fleet(&bench.kv, Some("web"), Some("prod"), Some(0)).unwrap();
+    assert!(at_start.hosts.is_empty());
+}
+
+#[test]
+fn directives_from_history_match_the_live_ones() {
+    let mut bench = Bench::fleet();
+    let start = bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "all");
+    let wave_seq = bench.ok(wave);
+    let rollback = bench.rollback(None);
+    let rollback_seq = bench.ok(rollback);
+    let directives = views::directives_between(&bench.kv, "a", wave_seq, u64::MAX).unwrap();
+    let summary: Vec<(u64, &str, &str)> =
+        directives.iter().map(|d| (d.seq, d.release.as_str(), d.cause.as_str())).collect();
+    assert_eq!(summary, vec![(wave_seq, "2.0", "wave.started"), (rollback_seq, "1.0", "rollback")]);
+}

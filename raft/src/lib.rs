@@ -1,0 +1,32 @@
+//! fleetlog-raft: the ledger domain, its storage and the consensus glue.
+//!
+//! - `ledger`: the pure rules. `ledger::apply_command` turns a command into events and view
+//!   changes over a key-value [`kv::Overlay`]; `ledger::validate` holds the static checks.
+//! - `event`, `rejection`: the event envelope, commands, outcomes and stable rejection codes.
+//! - `canonical`, `codec`: RFC 8785 JSON for hashes; bincode with a version byte for storage.
+//! - `kv`, `keys`, `records`: the key-value interface, key layout and the view records.
+//! - `views`: read-side queries (log reads, fleet, hosts, deployments, releases, as-of reads).
+//! - `storage`: RocksDB; the Raft log store (group commit), the state machine, snapshots.
+//! - `node`: the openraft type config and a running node: proposing, reading, the live feed.
+//!
+//! Only this crate touches RocksDB and openraft.
+
+pub mod canonical;
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod feed;
+pub mod keys;
+pub mod kv;
+pub mod ledger;
+pub mod limits;
+pub mod network;
+pub mod node;
+pub mod records;
+pub mod rejection;
+pub mod storage;
+pub mod types;
+pub mod views;
+
+pub use error::{Error, Result};
+pub use rejection::{Rejection, RejectionCode, RejectionKind};

@@ -1,0 +1,341 @@
+//! The view records derived from the log, and typed access to them over any [`KvRead`].
+//!
+//! Versioned records are written twice: the current value in `Space::State` and the same value
+//! under `key ++ seq` in `Space::History`, so "as of seq N" is one reverse seek per record instead
+//! of a replay.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::Result;
+use crate::keys::{prefix_end, Key, RecordTag, META_HEAD};
+use crate::kv::{Direction, KvRead, Overlay, Space};
+use crate::ledger::validate::{HostStatus, Selector};
+
+/// The last event of the ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub time_micros: i64,
+}
+
+/// Durable idempotency: where the event with this id went and what it asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRecord {
+    pub seq: u64,
+    pub fingerprint: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// One host in one (service, env): its registration, desired and observed state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host: String,
+    pub service: String,
+    pub env: String,
+    pub registered: bool,
+    pub group: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub registered_seq: u64,
+    pub desired: Option<Desired>,
+    pub observed: Option<Observed>,
+    /// Seq of the event that last changed this record.
+    pub changed_seq: u64,
+}
+
+impl HostRecord {
+    /// Observed equals desired and the host says it runs it.
+    pub fn converged(&self) -> bool {
+        match (&self.desired, &self.observed) {
+            (Some(desired), Some(observed)) => {
+                observed.release == desired.release && observed.status == HostStatus::Running
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub release: String,
+    pub seq: u64,
+    /// Type of the event that set it: `wave.started` or `rollback`.
+    pub cause: String,
+    pub deployment: Option<String>,
+    pub wave: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub release: String,
+    pub status: HostStatus,
+    pub applied_seq: u64,
+    pub reported_seq: u64,
+    pub reported_micros: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeploymentState {
+    Active,
+    Completed,
+    Aborted,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Active => "active",
+            DeploymentState::Completed => "completed",
+            DeploymentState::Aborted => "aborted",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaveState {
+    Pending,
+    Started,
+    Completed,
+}
+
+impl WaveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaveState::Pending => "pending",
+            WaveState::Started => "started",
+            WaveState::Completed => "completed",
+        }
+    }
+}
+
+/// Who did something, when, at which seq.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub seq: u64,
+    pub time_micros: i64,
+    pub actor: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveRecord {
+    pub name: String,
+    pub selector: Selector,
+    pub state: WaveState,
+    pub started: Option<Step>,
+    pub completed: Option<Step>,
+    pub selected: u64,
+    pub converged: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub service: String,
+    pub env: String,
+    pub release: String,
+    pub state: DeploymentState,
+    pub waves: Vec<WaveRecord>,
+    pub started: Step,
+    pub ended: Option<Step>,
+    pub end_reason: Option<String>,
+    /// Seq of the rollback that aborted it, if one did.
+    pub rolled_back_by: Option<u64>,
+    /// Hosts selected by all waves so far.
+    pub selected_total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub service: String,
+    pub release: String,
+    pub created: Step,
+    pub blocked: Option<Block>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub reason: String,
+    pub step: Step,
+}
+
+/// One line of a release's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub step: Step,
+    /// `created`, `blocked`, `unblocked`, `deployment.started`, `wave.started`, `wave.completed`,
+    /// `deployment.completed`, `deployment.aborted`, `rolled_back` (away from it), `rollback_target`.
+    pub kind: String,
+    pub env: Option<String>,
+    pub deployment: Option<String>,
+    pub wave: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// One (service, env).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRecord {
+    pub service: String,
+    pub env: String,
+    pub active_deployment: Option<String>,
+    pub freeze: Option<Block>,
+    /// Release most recently assigned to the hosts (by a wave or a rollback).
+    pub desired_release: Option<String>,
+}
+
+// ---- keys ----
+
+pub fn host_key(service: &str, env: &str, host: &str) -> Key {
+    Key::record(RecordTag::Host).text(service).text(env).text(host)
+}
+
+pub fn host_environment_key(host: &str, service: &str, env: &str) -> Key {
+    Key::record(RecordTag::HostEnvironment).text(host).text(service).text(env)
+}
+
+pub fn deployment_key(id: &str) -> Key {
+    Key::record(RecordTag::Deployment).text(id)
+}
+
+pub fn release_key(service: &str, release: &str) -> Key {
+    Key::record(RecordTag::Release).text(service).text(release)
+}
+
+pub fn timeline_key(service: &str, release: &str, seq: u64) -> Key {
+    Key::record(RecordTag::Timeline).text(service).text(release).number(seq)
+}
+
+pub fn environment_key(service: &str, env: &str) -> Key {
+    Key::record(RecordTag::Environment).text(service).text(env)
+}
+
+pub fn deployment_by_environment_key(service: &str, env: &str, seq: u64) -> Key {
+    Key::record(RecordTag::DeploymentByEnvironment).text(service).text(env).number(seq)
+}
+
+pub fn deployment_by_seq_key(seq: u64) -> Key {
+    Key::record(RecordTag::DeploymentBySeq).number(seq)
+}
+
+// ---- generic access ----
+
+pub fn read<T: DeserializeOwned>(kv: &dyn KvRead, space: Space, key: &[u8]) -> Result<Option<T>> {
+    match kv.get(space, key)? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+pub fn write<T: Serialize>(overlay: &mut Overlay<'_>, space: Space, key: Vec<u8>, value: &T) -> Result<()> {
+    overlay.put(space, key, codec::encode(value)?);
+    Ok(())
+}
+
+/// Writes the current value and its version at `seq`.
+pub fn write_versioned<T: Serialize>(overlay: &mut Overlay<'_>, key: &Key, seq: u64, value: &T) -> Result<()> {
+    let bytes = codec::encode(value)?;
+    overlay.put(Space::History, key.clone().number(seq).into_bytes(), bytes.clone());
+    overlay.put(Space::State, key.bytes().to_vec(), bytes);
+    Ok(())
+}
+
+/// The version of a record as of `seq` (the last one written at or before it).
+pub fn read_at<T: DeserializeOwned>(kv: &dyn KvRead, key: &Key, seq: u64) -> Result<Option<T>> {
+    let start = key.clone().number(0).into_bytes();
+    let end = match seq.checked_add(1) {
+        Some(next) => key.clone().number(next).into_bytes(),
+        None => prefix_end(key.bytes()),
+    };
+    match kv.last_in(Space::History, &start, &end)? {
+        Some((_, bytes)) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Current value, or the value as of `at_seq` when given.
+pub fn read_current_or_at<T: DeserializeOwned>(kv: &dyn KvRead, key: &Key, at_seq: Option<u64>) -> Result<Option<T>> {
+    match at_seq {
+        Some(seq) => read_at(kv, key, seq),
+        None => read(kv, Space::State, key.bytes()),
+    }
+}
+
+/// Decodes every record of `Space::State` whose key starts with `prefix`, in key order.
+pub fn scan_records<T: DeserializeOwned>(kv: &dyn KvRead, prefix: &Key) -> Result<Vec<(Vec<u8>, T)>> {
+    let mut records = Vec::new();
+    let mut failure = None;
+    kv.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Forward, &mut |key, value| {
+        match codec::decode(value) {
+            Ok(record) => {
+                records.push((key.to_vec(), record));
+                true
+            }
+            Err(error) => {
+                failure = Some(error);
+                false
+            }
+        }
+    })?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(records),
+    }
+}
+
+pub fn head(kv: &dyn KvRead) -> Result<Head> {
+    Ok(read(kv, Space::Meta, META_HEAD)?.unwrap_or_default())
+}
+
+pub fn host(kv: &dyn KvRead, service: &str, env: &str, host: &str) -> Result<Option<HostRecord>> {
+    read(kv, Space::State, host_key(service, env, host).bytes())
+}
+
+pub fn deployment(kv: &dyn KvRead, id: &str) -> Result<Option<DeploymentRecord>> {
+    read(kv, Space::State, deployment_key(id).bytes())
+}
+
+pub fn release(kv: &dyn KvRead, service: &str, release: &str) -> Result<Option<ReleaseRecord>> {
+    read(kv, Space::State, release_key(service, release).bytes())
+}
+
+pub fn environment(kv: &dyn KvRead, service: &str, env: &str) -> Result<EnvironmentRecord> {
+    Ok(read(kv, Space::State, environment_key(service, env).bytes())?.unwrap_or_else(|| EnvironmentRecord {
+        service: service.to_string(),
+        env: env.to_string(),
+        ..EnvironmentRecord::default()
+    }))
+}
+
+/// Every host ever registered in (service, env), registered or not, ordered by host name.
+pub fn hosts_of(kv: &dyn KvRead, service: &str, env: &str) -> Result<Vec<HostRecord>> {
+    let prefix = Key::record(RecordTag::Host).text(service).text(env);
+    Ok(scan_records::<HostRecord>(kv, &prefix)?.into_iter().map(|(_, record)| record).collect())
+}
+
+/// Deployment ids of (service, env), newest first, visited until `visit` returns false.
+pub fn deployments_of_newest_first(
+    kv: &dyn KvRead,
+    service: &str,
+    env: &str,
+    visit: &mut dyn FnMut(&str) -> bool,
+) -> Result<()> {
+    let prefix = Key::record(RecordTag::DeploymentByEnvironment).text(service).text(env);
+    let mut failure = None;
+    kv.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Reverse, &mut |_, value| {
+        match std::str::from_utf8(value) {
+            Ok(id) => visit(id),
+            Err(_) => {
+                failure = Some(crate::Error::Corrupt("deployment index holds a non-UTF-8 id".into()));
+                false
+            }
+        }
+    })?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

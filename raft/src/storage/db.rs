@@ -1,0 +1,174 @@
+//! Opening the one RocksDB that holds the Raft log, the vote and the state machine, and reading
+//! it through [`KvRead`].
+//!
+//! All column families share one write-ahead log, so a multi-family `WriteBatch` is atomic and a
+//! synced write (or `flush_wal(true)`) makes everything written before it durable.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions,
+    SnapshotWithThreadMode, WriteBatch, WriteOptions, DB,
+};
+
+use crate::error::{Error, Result};
+use crate::kv::{Direction, KvRead, Space, Writes};
+
+/// Column family of Raft log entries, keyed by index.
+pub const LOG_FAMILY: &str = "raft_log";
+/// Column family of the vote, the committed log id and the last purged log id.
+pub const RAFT_META_FAMILY: &str = "raft_meta";
+
+/// Block cache shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// Rarely written families pin old WAL files; past this size RocksDB flushes them.
+const WAL_TOTAL_BYTES_MAX: u64 = 512 * 1024 * 1024;
+
+/// The opened database.
+#[derive(Clone)]
+pub struct Database {
+    db: Arc<DB>,
+}
+
+impl Database {
+    pub fn open(path: &Path) -> Result<Database> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_max_total_wal_size(WAL_TOTAL_BYTES_MAX);
+        options.increase_parallelism(2);
+        // PointInTime (the default) accepts the torn WAL tail a crash leaves; never relax
+        // ordering of writes.
+        options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut families = vec![
+            ColumnFamilyDescriptor::new(LOG_FAMILY, family_options(&cache, false)),
+            ColumnFamilyDescriptor::new(RAFT_META_FAMILY, family_options(&cache, false)),
+        ];
+        for space in Space::ALL {
+            let point_lookups = matches!(space, Space::EventIds | Space::StreamHeads | Space::State | Space::Meta);
+            families.push(ColumnFamilyDescriptor::new(space.name(), family_options(&cache, point_lookups)));
+        }
+        let db = DB::open_cf_descriptors(&options, path, families)
+            .map_err(|error| Error::Corrupt(format!("cannot open the database at {}: {error}", path.display())))?;
+        Ok(Database { db: Arc::new(db) })
+    }
+
+    pub fn family(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("every column family is created at open")
+    }
+
+    pub fn space(&self, space: Space) -> &ColumnFamily {
+        self.family(space.name())
+    }
+
+    pub fn raw(&self) -> &DB {
+        &self.db
+    }
+
+    /// Reads the current state (no snapshot).
+    pub fn reader(&self) -> Reader<'_> {
+        Reader { database: self, snapshot: None }
+    }
+
+    /// Reads one consistent point in time.
+    pub fn snapshot_reader(&self) -> Reader<'_> {
+        Reader { database: self, snapshot: Some(self.db.snapshot()) }
+    }
+
+    /// Adds state machine writes to a batch.
+    pub fn add_writes(&self, batch: &mut WriteBatch, writes: Writes) {
+        for ((space, key), value) in writes {
+            match value {
+                Some(value) => batch.put_cf(self.space(space), key, value),
+                None => batch.delete_cf(self.space(space), key),
+            }
+        }
+    }
+
+    /// Writes without waiting for fsync: for data the Raft log can rebuild.
+    pub fn write_unsynced(&self, batch: WriteBatch) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        Ok(self.db.write_opt(batch, &options)?)
+    }
+
+    /// Writes and fsyncs the WAL before returning.
+    pub fn write_synced(&self, batch: WriteBatch) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        Ok(self.db.write_opt(batch, &options)?)
+    }
+
+    /// Makes every write so far durable: one fsync of the shared WAL.
+    pub fn sync_wal(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+}
+
+fn family_options(cache: &Cache, point_lookups: bool) -> Options {
+    let mut options = Options::default();
+    options.set_compression_type(DBCompressionType::Lz4);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    if point_lookups {
+        table.set_bloom_filter(10.0, false);
+    }
+    options.set_block_based_table_factory(&table);
+    options
+}
+
+/// [`KvRead`] over the database, optionally pinned to a snapshot.
+pub struct Reader<'db> {
+    database: &'db Database,
+    snapshot: Option<SnapshotWithThreadMode<'db, DB>>,
+}
+
+impl Reader<'_> {
+    fn options(&self) -> ReadOptions {
+        let mut options = ReadOptions::default();
+        if let Some(snapshot) = &self.snapshot {
+            options.set_snapshot(snapshot);
+        }
+        options
+    }
+}
+
+impl KvRead for Reader<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.database.db.get_cf_opt(self.database.space(space), key, &self.options())?)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        direction: Direction,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let mut options = self.options();
+        options.set_iterate_lower_bound(start.to_vec());
+        options.set_iterate_upper_bound(end.to_vec());
+        let mut iterator = self.database.db.raw_iterator_cf_opt(self.database.space(space), options);
+        match direction {
+            Direction::Forward => iterator.seek_to_first(),
+            Direction::Reverse => iterator.seek_to_last(),
+        }
+        while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+            if !visit(key, value) {
+                break;
+            }
+            match direction {
+                Direction::Forward => iterator.next(),
+                Direction::Reverse => iterator.prev(),
+            }
+        }
+        iterator.status()?;
+        Ok(())
+    }
+}

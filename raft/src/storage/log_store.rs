@@ -1,0 +1,223 @@
+//! The Raft log and vote in RocksDB, with group commit.
+//!
+//! `append` writes entries without fsync (they are readable at once, as openraft requires) and
+//! hands the flush callback to one flusher thread. The flusher takes every callback waiting, does
+//! one `flush_wal(true)` for all of them and only then reports them durable: many appends, one
+//! fsync, and no acknowledgement before the data is on disk.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use rocksdb::WriteBatch;
+use tokio::sync::mpsc;
+
+use super::db::{Database, LOG_FAMILY, RAFT_META_FAMILY};
+use crate::codec;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
+const PURGED_KEY: &[u8] = b"last_purged";
+
+/// Flush callbacks waiting for the flusher thread.
+const PENDING_FLUSHES_MAX: usize = 65_536;
+
+/// The Raft log store. Cloning shares the database and the flusher.
+#[derive(Clone)]
+pub struct LogStore {
+    database: Database,
+    /// The flusher thread ends when the last clone is dropped and this channel closes.
+    flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    pub fn new(database: Database) -> LogStore {
+        let (flushes, mut pending) = mpsc::channel::<LogFlushed<TypeConfig>>(PENDING_FLUSHES_MAX);
+        let flusher_database = database.clone();
+        std::thread::Builder::new()
+            .name("fleetlog-log-flusher".into())
+            .spawn(move || {
+                while let Some(first) = pending.blocking_recv() {
+                    let mut callbacks = vec![first];
+                    while let Ok(more) = pending.try_recv() {
+                        callbacks.push(more);
+                    }
+                    // The durability point of the log: one fsync for every append above.
+                    let result = flusher_database.sync_wal();
+                    for callback in callbacks {
+                        let outcome = match &result {
+                            Ok(()) => Ok(()),
+                            Err(error) => Err(std::io::Error::other(error.to_string())),
+                        };
+                        callback.log_io_completed(outcome);
+                    }
+                }
+            })
+            .expect("spawn the log flusher thread");
+        LogStore { database, flushes }
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let family = self.database.family(RAFT_META_FAMILY);
+        match self.database.raw().get_cf(family, key).map_err(|error| read_error(&error))? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(|error| read_error(&error))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Database) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let database = self.database.clone();
+        tokio::task::spawn_blocking(move || work(database))
+            .await
+            .map_err(|error| write_error(&format!("storage task failed: {error}")))?
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        let family = self.database.family(LOG_FAMILY);
+        let mut iterator = self.database.raw().raw_iterator_cf(family);
+        iterator.seek_to_last();
+        match iterator.value() {
+            Some(bytes) => {
+                let entry: Entry = codec::decode(bytes).map_err(|error| read_error(&error))?;
+                Ok(Some(entry.log_id))
+            }
+            None => {
+                iterator.status().map_err(|error| read_error(&error))?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn read_error(error: &dyn std::fmt::Display) -> StorageError {
+    StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Read, openraft::AnyError::error(error.to_string())).into()
+}
+
+fn write_error(error: &dyn std::fmt::Display) -> StorageError {
+    StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Write, openraft::AnyError::error(error.to_string())).into()
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(index) => *index,
+            Bound::Excluded(index) => index + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(index) => index.checked_add(1),
+            Bound::Excluded(index) => Some(*index),
+            Bound::Unbounded => None,
+        };
+        self.blocking(move |database| {
+            let family = database.family(LOG_FAMILY);
+            let mut options = rocksdb::ReadOptions::default();
+            if let Some(end) = end {
+                options.set_iterate_upper_bound(index_key(end).to_vec());
+            }
+            let mut iterator = database.raw().raw_iterator_cf_opt(family, options);
+            iterator.seek(index_key(start));
+            let mut entries = Vec::new();
+            while let Some(bytes) = iterator.value() {
+                let entry: Entry = codec::decode(bytes).map_err(|error| read_error(&error))?;
+                entries.push(entry);
+                iterator.next();
+            }
+            iterator.status().map_err(|error| read_error(&error))?;
+            Ok(entries)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(PURGED_KEY)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let bytes = codec::encode(vote).map_err(|error| write_error(&error))?;
+        self.blocking(move |database| {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(database.family(RAFT_META_FAMILY), VOTE_KEY, bytes);
+            // A vote must survive a crash before the node acts on it.
+            database.write_synced(batch).map_err(|error| write_error(&error))
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(VOTE_KEY)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Called on every commit; losing it only means re-learning the commit index, so no fsync.
+        let bytes = codec::encode(&committed).map_err(|error| write_error(&error))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.database.family(RAFT_META_FAMILY), COMMITTED_KEY, bytes);
+        self.database.write_unsynced(batch).map_err(|error| write_error(&error))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::default();
+        let family = self.database.family(LOG_FAMILY);
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(|error| write_error(&error))?;
+            batch.put_cf(family, index_key(entry.log_id.index), bytes);
+        }
+        self.blocking(move |database| database.write_unsynced(batch).map_err(|error| write_error(&error))).await?;
+        // Durable only once the flusher has synced the WAL; it fires the callback then.
+        self.flushes.send(callback).await.map_err(|_| write_error(&"the log flusher has stopped"))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.blocking(move |database| {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(database.family(LOG_FAMILY), index_key(log_id.index), index_key(u64::MAX));
+            // Synced: conflicting entries must not come back after a crash.
+            database.write_synced(batch).map_err(|error| write_error(&error))
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let bytes = codec::encode(&log_id).map_err(|error| write_error(&error))?;
+        self.blocking(move |database| {
+            let mut batch = WriteBatch::default();
+            // The purge mark and the deletion go in one batch, so a crash never leaves a hole.
+            batch.put_cf(database.family(RAFT_META_FAMILY), PURGED_KEY, bytes);
+            batch.delete_range_cf(database.family(LOG_FAMILY), index_key(0), index_key(log_id.index + 1));
+            database.write_unsynced(batch).map_err(|error| write_error(&error))
+        })
+        .await
+    }
+}

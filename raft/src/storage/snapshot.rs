@@ -1,0 +1,329 @@
+//! Snapshots of the state machine as files, never held in memory.
+//!
+//! A snapshot is a dump of every state machine column family read from one RocksDB snapshot:
+//!
+//! ```text
+//! "FLSNAP01" | u32 meta length | meta (codec) | records… | 0xFF | u64 record count | sha256
+//! record = u8 space tag | u32 key length | key | u32 value length | value
+//! ```
+//!
+//! The trailing SHA-256 covers every byte before it, so a damaged or truncated transfer is
+//! refused before anything is installed.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use rocksdb::WriteBatch;
+use sha2::{Digest, Sha256};
+
+use super::db::Database;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::keys::{META_APPLIED, META_MEMBERSHIP};
+use crate::kv::{Direction, KvRead, Space};
+use crate::types::{LogId, SnapshotMeta, StoredMembership};
+
+const MAGIC: &[u8; 8] = b"FLSNAP01";
+const END_MARK: u8 = 0xFF;
+/// Bytes of records written per batch while installing.
+const INSTALL_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Largest key or value a snapshot may hold (events are far smaller).
+const RECORD_BYTES_MAX: u32 = 64 * 1024 * 1024;
+const CURRENT_FILE: &str = "current";
+/// Meta key set while a snapshot is being installed; a restart that finds it installs again.
+pub const META_INSTALLING: &[u8] = b"installing";
+
+/// Where snapshots live: `<data>/snapshots/`.
+#[derive(Clone, Debug)]
+pub struct SnapshotFiles {
+    directory: PathBuf,
+}
+
+impl SnapshotFiles {
+    pub fn new(directory: PathBuf) -> Result<SnapshotFiles> {
+        fs::create_dir_all(&directory)?;
+        Ok(SnapshotFiles { directory })
+    }
+
+    /// A fresh path for a snapshot being received.
+    pub fn incoming_path(&self) -> PathBuf {
+        self.directory.join(format!("incoming-{}.snap", unique_suffix()))
+    }
+
+    /// Moves a received snapshot file into this directory under its snapshot id, so a later
+    /// transfer cannot overwrite it. A file from elsewhere is copied.
+    pub fn adopt(&self, received: &Path, snapshot_id: &str) -> Result<PathBuf> {
+        let kept = self.directory.join(format!("{snapshot_id}.snap"));
+        if received == kept {
+            return Ok(kept);
+        }
+        if received.parent() == Some(self.directory.as_path()) {
+            fs::rename(received, &kept)?;
+        } else {
+            fs::copy(received, &kept)?;
+            File::open(&kept)?.sync_all()?;
+        }
+        Ok(kept)
+    }
+
+    /// The current snapshot: its meta and file.
+    pub fn current(&self) -> Result<Option<(SnapshotMeta, PathBuf)>> {
+        let pointer = self.directory.join(CURRENT_FILE);
+        let bytes = match fs::read(&pointer) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let (meta, name): (SnapshotMeta, String) = codec::decode(&bytes)?;
+        Ok(Some((meta, self.directory.join(name))))
+    }
+
+    /// Makes `path` the current snapshot (atomically) and deletes older snapshot files.
+    pub fn set_current(&self, meta: &SnapshotMeta, path: &Path) -> Result<()> {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .ok_or_else(|| Error::Corrupt(format!("snapshot path {} has no file name", path.display())))?
+            .to_string();
+        let temporary = self.directory.join(format!("{CURRENT_FILE}.tmp"));
+        let mut file = File::create(&temporary)?;
+        file.write_all(&codec::encode(&(meta.clone(), name.clone()))?)?;
+        file.sync_all()?;
+        fs::rename(&temporary, self.directory.join(CURRENT_FILE))?;
+        File::open(&self.directory)?.sync_all()?;
+        for entry in fs::read_dir(&self.directory)? {
+            let entry = entry?;
+            let other = entry.file_name();
+            let other = other.to_string_lossy();
+            if other.ends_with(".snap") && other != name && !other.starts_with("incoming-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Dumps the state machine, as of one consistent point, into a new snapshot file.
+    pub fn build(&self, database: &Database) -> Result<(SnapshotMeta, PathBuf)> {
+        let reader = database.snapshot_reader();
+        let last_log_id: Option<LogId> = read_meta(&reader, META_APPLIED)?.flatten();
+        let last_membership: StoredMembership = read_meta(&reader, META_MEMBERSHIP)?.unwrap_or_default();
+        let snapshot_id = match &last_log_id {
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, unique_suffix()),
+            None => format!("empty-{}", unique_suffix()),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id: snapshot_id.clone() };
+        let path = self.directory.join(format!("{snapshot_id}.snap"));
+        let temporary = self.directory.join(format!("{snapshot_id}.partial"));
+        let mut writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, File::create(&temporary)?));
+        writer.write_all(MAGIC)?;
+        let meta_bytes = codec::encode(&meta)?;
+        writer.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
+        writer.write_all(&meta_bytes)?;
+        let mut count = 0u64;
+        let mut failure: Option<std::io::Error> = None;
+        for space in Space::ALL {
+            reader.scan(space, &[], &[0xFF; 32], Direction::Forward, &mut |key, value| {
+                let written = (|| {
+                    writer.write_all(&[space.tag()])?;
+                    writer.write_all(&(key.len() as u32).to_be_bytes())?;
+                    writer.write_all(key)?;
+                    writer.write_all(&(value.len() as u32).to_be_bytes())?;
+                    writer.write_all(value)
+                })();
+                count += 1;
+                match written {
+                    Ok(()) => true,
+                    Err(error) => {
+                        failure = Some(error);
+                        false
+                    }
+                }
+            })?;
+            if let Some(error) = failure.take() {
+                return Err(error.into());
+            }
+        }
+        writer.write_all(&[END_MARK])?;
+        writer.write_all(&count.to_be_bytes())?;
+        let digest = writer.digest();
+        let mut inner = writer.into_inner();
+        inner.write_all(&digest)?;
+        let file = inner.into_inner().map_err(|error| Error::Io(error.into_error()))?;
+        file.sync_all()?;
+        fs::rename(&temporary, &path)?;
+        self.set_current(&meta, &path)?;
+        Ok((meta, path))
+    }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(reader: &dyn KvRead, key: &[u8]) -> Result<Option<T>> {
+    match reader.get(Space::Meta, key)? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Checks a snapshot file end to end (magic, structure, count, checksum) and returns its meta.
+pub fn verify(path: &Path) -> Result<SnapshotMeta> {
+    read_records(path, &mut |_, _, _| Ok(()))
+}
+
+/// Replaces the state machine with the snapshot at `path`. The file is verified first; the
+/// installing mark makes a crash halfway through resume on the next start.
+pub fn install(database: &Database, path: &Path) -> Result<SnapshotMeta> {
+    let meta = verify(path)?;
+    let mut mark = WriteBatch::default();
+    mark.put_cf(database.space(Space::Meta), META_INSTALLING, path.to_string_lossy().as_bytes());
+    database.write_synced(mark)?;
+
+    let mut clear = WriteBatch::default();
+    for space in Space::ALL {
+        clear.delete_range_cf(database.space(space), &[][..], &[0xFFu8; 32][..]);
+    }
+    database.write_unsynced(clear)?;
+
+    let mut batch = WriteBatch::default();
+    read_records(path, &mut |space, key, value| {
+        if space == Space::Meta && key == META_INSTALLING {
+            return Ok(());
+        }
+        batch.put_cf(database.space(space), key, value);
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            database.write_unsynced(std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    let mut finish = batch;
+    finish.put_cf(database.space(Space::Meta), META_APPLIED, codec::encode(&meta.last_log_id)?);
+    finish.put_cf(database.space(Space::Meta), META_MEMBERSHIP, codec::encode(&meta.last_membership)?);
+    finish.delete_cf(database.space(Space::Meta), META_INSTALLING);
+    database.write_synced(finish)?;
+    Ok(meta)
+}
+
+fn read_records(path: &Path, visit: &mut dyn FnMut(Space, &[u8], &[u8]) -> Result<()>) -> Result<SnapshotMeta> {
+    let corrupt = |what: &str| Error::Corrupt(format!("snapshot {}: {what}", path.display()));
+    let file = File::open(path)?;
+    let length = file.metadata()?.len();
+    if length < (MAGIC.len() + 4 + 1 + 8 + 32) as u64 {
+        return Err(corrupt("too short"));
+    }
+    let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file).take(length - 32));
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(corrupt("not a fleetlog snapshot"));
+    }
+    let meta_bytes = read_block(&mut reader, RECORD_BYTES_MAX)?;
+    let meta: SnapshotMeta = codec::decode(&meta_bytes)?;
+    let mut count = 0u64;
+    let mut key = Vec::new();
+    let mut value = Vec::new();
+    loop {
+        let mut tag = [0u8; 1];
+        reader.read_exact(&mut tag)?;
+        if tag[0] == END_MARK {
+            break;
+        }
+        let space = Space::from_tag(tag[0]).ok_or_else(|| corrupt("unknown key space"))?;
+        read_block_into(&mut reader, RECORD_BYTES_MAX, &mut key)?;
+        read_block_into(&mut reader, RECORD_BYTES_MAX, &mut value)?;
+        visit(space, &key, &value)?;
+        count += 1;
+    }
+    let mut stored_count = [0u8; 8];
+    reader.read_exact(&mut stored_count)?;
+    if u64::from_be_bytes(stored_count) != count {
+        return Err(corrupt("record count does not match"));
+    }
+    let digest = reader.digest();
+    let mut inner = reader.into_inner().into_inner();
+    let mut stored_digest = [0u8; 32];
+    inner.read_exact(&mut stored_digest)?;
+    if stored_digest != digest {
+        return Err(corrupt("checksum does not match"));
+    }
+    Ok(meta)
+}
+
+fn read_block(reader: &mut impl Read, bytes_max: u32) -> Result<Vec<u8>> {
+    let mut block = Vec::new();
+    read_block_into(reader, bytes_max, &mut block)?;
+    Ok(block)
+}
+
+fn read_block_into(reader: &mut impl Read, bytes_max: u32, block: &mut Vec<u8>) -> Result<()> {
+    let mut length = [0u8; 4];
+    reader.read_exact(&mut length)?;
+    let length = u32::from_be_bytes(length);
+    if length > bytes_max {
+        return Err(Error::Corrupt(format!("snapshot record of {length} bytes exceeds the limit")));
+    }
+    block.resize(length as usize, 0);
+    reader.read_exact(block)?;
+    Ok(())
+}
+
+fn unique_suffix() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}-{}", now.as_micros(), std::process::id())
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new() }
+    }
+
+    fn digest(&mut self) -> [u8; 32] {
+        std::mem::take(&mut self.hasher).finalize().into()
+    }
+
+    fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct HashingReader<R: Read> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader { inner, hasher: Sha256::new() }
+    }
+
+    fn digest(&mut self) -> [u8; 32] {
+        std::mem::take(&mut self.hasher).finalize().into()
+    }
+
+    fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.hasher.update(&buffer[..read]);
+        Ok(read)
+    }
+}

@@ -1,0 +1,233 @@
+//! The replicated state machine: applies committed entries through the ledger into RocksDB.
+//!
+//! Each `apply` call writes one atomic batch (events, indexes, views, `last_applied`) without
+//! fsync: the Raft log is already durable, and because `last_applied` is in the same batch a
+//! restart replays exactly the entries whose effects were lost. The next group-commit fsync of
+//! the shared WAL makes these writes durable too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::WriteBatch;
+
+use super::db::Database;
+use super::snapshot::{self, SnapshotFiles, META_INSTALLING};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::feed::{AppliedBatch, CommittedEvent, Feed};
+use crate::keys::{META_APPLIED, META_MEMBERSHIP};
+use crate::kv::{KvRead, Overlay, Space};
+use crate::ledger;
+use crate::records;
+use crate::types::{Entry, LedgerResponse, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+#[derive(Clone)]
+pub struct StateMachine {
+    database: Database,
+    feed: Feed,
+    snapshots: SnapshotFiles,
+}
+
+impl StateMachine {
+    /// Opens the state machine, finishing a snapshot install a crash interrupted.
+    pub fn open(database: Database, snapshots: SnapshotFiles) -> Result<StateMachine> {
+        if let Some(path) = database.reader().get(Space::Meta, META_INSTALLING)? {
+            let path = std::path::PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+            tracing::warn!(snapshot = %path.display(), "resuming an interrupted snapshot install");
+            let meta = snapshot::install(&database, &path)?;
+            snapshots.set_current(&meta, &path)?;
+        }
+        let head = records::head(&database.reader())?;
+        Ok(StateMachine { database, feed: Feed::new(head.seq), snapshots })
+    }
+
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+}
+
+fn storage_error(subject: ErrorSubject<u64>, verb: ErrorVerb, error: &dyn std::fmt::Display) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::error(error.to_string())).into()
+}
+
+fn apply_error(error: &dyn std::fmt::Display) -> StorageError {
+    storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, error)
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(database: &Database, key: &[u8]) -> Result<Option<T>> {
+    match database.reader().get(Space::Meta, key)? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Applies entries in order and writes their effects in one batch. Runs on a blocking thread.
+fn apply_entries(database: &Database, entries: Vec<Entry>) -> Result<(Vec<LedgerResponse>, AppliedBatch)> {
+    let reader = database.reader();
+    let mut overlay = Overlay::new(&reader);
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut published = AppliedBatch::default();
+    let mut directives: HashMap<String, Vec<ledger::Directive>> = HashMap::new();
+    let mut last_applied: Option<LogId> = None;
+    let mut membership: Option<StoredMembership> = None;
+    for entry in entries {
+        if let Some(previous) = &last_applied {
+            // Invariant: the applied index only moves forward, one entry at a time.
+            assert!(entry.log_id.index == previous.index + 1, "apply skipped from {previous} to {}", entry.log_id);
+        }
+        last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => responses.push(LedgerResponse::default()),
+            EntryPayload::Normal(command) => {
+                let applied = ledger::apply_command(&mut overlay, &command)?;
+                responses.push(LedgerResponse { outcomes: applied.outcomes });
+                published.events.extend(applied.events.into_iter().map(|event| Arc::new(CommittedEvent::new(event))));
+                for directive in applied.directives {
+                    directives.entry(directive.host.clone()).or_default().push(directive);
+                }
+            }
+            EntryPayload::Membership(members) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), members));
+                responses.push(LedgerResponse::default());
+            }
+        }
+    }
+    check_chain(&published)?;
+    published.head_seq = records::head(&overlay)?.seq;
+    published.directives = directives;
+    overlay.put(Space::Meta, META_APPLIED.to_vec(), codec::encode(&last_applied)?);
+    if let Some(membership) = &membership {
+        overlay.put(Space::Meta, META_MEMBERSHIP.to_vec(), codec::encode(membership)?);
+    }
+    let writes = overlay.into_writes();
+    let mut batch = WriteBatch::default();
+    database.add_writes(&mut batch, writes);
+    database.write_unsynced(batch)?;
+    Ok((responses, published))
+}
+
+/// Invariant: seqs are gapless and each event links to the previous hash.
+fn check_chain(batch: &AppliedBatch) -> Result<()> {
+    for pair in batch.events.windows(2) {
+        let (earlier, later) = (&pair[0].event, &pair[1].event);
+        if later.seq != earlier.seq + 1 || later.prev_hash != earlier.hash {
+            return Err(Error::Corrupt(format!("chain broken between seq {} and {}", earlier.seq, later.seq)));
+        }
+    }
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let read = |key| read_meta(&self.database, key);
+        let applied: Option<LogId> = read(META_APPLIED)
+            .map_err(|error| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &error))?
+            .flatten();
+        let membership: StoredMembership = read_meta(&self.database, META_MEMBERSHIP)
+            .map_err(|error| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &error))?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<LedgerResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let database = self.database.clone();
+        let (responses, published) = tokio::task::spawn_blocking(move || apply_entries(&database, entries))
+            .await
+            .map_err(|error| apply_error(&error))?
+            .map_err(|error| apply_error(&error))?;
+        self.feed.publish(published);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshots.incoming_path();
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|error| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, &error))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let error = |error: &dyn std::fmt::Display| {
+            storage_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, error)
+        };
+        let file = snapshot.into_std().await;
+        file.sync_all().map_err(|e| error(&e))?;
+        let path = received_path(&file).map_err(|e| error(&e))?;
+        let database = self.database.clone();
+        let snapshots = self.snapshots.clone();
+        let expected = meta.clone();
+        let installed = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta> {
+            let kept = snapshots.adopt(&path, &expected.snapshot_id)?;
+            let installed = snapshot::install(&database, &kept)?;
+            if installed.last_log_id != expected.last_log_id {
+                return Err(Error::Corrupt("snapshot file does not match its announced meta".into()));
+            }
+            snapshots.set_current(&expected, &kept)?;
+            Ok(installed)
+        })
+        .await
+        .map_err(|e| error(&e))?
+        .map_err(|e| error(&e))?;
+        let head = records::head(&self.database.reader()).map_err(|e| error(&e))?;
+        tracing::info!(snapshot = %installed.snapshot_id, head = head.seq, "installed snapshot");
+        self.feed.reset_head(head.seq);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let read_error =
+            |error: &dyn std::fmt::Display| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, error);
+        let Some((meta, path)) = self.snapshots.current().map_err(|e| read_error(&e))? else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path).await.map_err(|e| read_error(&e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+/// The path of a file received through `begin_receiving_snapshot`, found from its descriptor.
+fn received_path(file: &std::fs::File) -> Result<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    Ok(std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let database = self.database.clone();
+        let snapshots = self.snapshots.clone();
+        let error =
+            |error: &dyn std::fmt::Display| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, error);
+        let (meta, path) = tokio::task::spawn_blocking(move || snapshots.build(&database))
+            .await
+            .map_err(|e| error(&e))?
+            .map_err(|e| error(&e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| error(&e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}

@@ -1,0 +1,461 @@
+//! Read-side queries over the stored log and views. Every query takes a [`KvRead`] that the
+//! caller pins to one consistent point (a RocksDB snapshot), so a response never mixes two
+//! heads. "As of seq N" reads use the `History` space: one seek per record, independent of the
+//! length of history.
+
+use std::collections::BTreeMap;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::keys::{decode_u64, leading_text, prefix_end, seq_key, time_key, trailing_u64, IndexField, Key, RecordTag};
+use crate::kv::{Direction, KvRead, Space};
+use crate::ledger::Directive;
+use crate::records::{
+    self, DeploymentRecord, DeploymentState, EnvironmentRecord, Head, HostRecord, ReleaseRecord, TimelineEntry,
+};
+
+/// Events visited per log read before the page is cut short (the reply's `next_seq` resumes).
+pub const SCAN_BUDGET_EVENTS: usize = 100_000;
+
+/// Filters of a log read; all given filters must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Exact type, or a prefix when it ends with a dot (`wave.`).
+    pub event_type: Option<String>,
+    pub stream: Option<String>,
+    pub service: Option<String>,
+    pub env: Option<String>,
+    pub host: Option<String>,
+    pub release: Option<String>,
+    pub deployment: Option<String>,
+    pub actor: Option<String>,
+    pub since_micros: Option<i64>,
+    pub until_micros: Option<i64>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, event: &Event) -> bool {
+        let type_matches = match &self.event_type {
+            None => true,
+            Some(wanted) if wanted.ends_with('.') => event.event_type.starts_with(wanted.as_str()),
+            Some(wanted) => event.event_type == *wanted,
+        };
+        let optional = |wanted: &Option<String>, actual: &Option<String>| match wanted {
+            None => true,
+            Some(wanted) => actual.as_deref() == Some(wanted.as_str()),
+        };
+        let exact = |wanted: &Option<String>, actual: &str| wanted.as_deref().is_none_or(|wanted| wanted == actual);
+        type_matches
+            && exact(&self.stream, &event.stream)
+            && exact(&self.actor, &event.actor)
+            && optional(&self.service, &event.service)
+            && optional(&self.env, &event.env)
+            && optional(&self.host, &event.host)
+            && optional(&self.release, &event.release)
+            && optional(&self.deployment, &event.deployment)
+            && self.since_micros.is_none_or(|since| event.time_micros >= since)
+            && self.until_micros.is_none_or(|until| event.time_micros <= until)
+    }
+
+    /// The most selective index to drive a read with, if any filter has one.
+    fn driving_index(&self) -> Option<(IndexField, &str)> {
+        let candidates = [
+            (IndexField::Host, &self.host),
+            (IndexField::Deployment, &self.deployment),
+            (IndexField::Release, &self.release),
+            (IndexField::Stream, &self.stream),
+            (IndexField::Env, &self.env),
+            (IndexField::Service, &self.service),
+            (IndexField::Type, &self.event_type),
+            (IndexField::Actor, &self.actor),
+        ];
+        candidates.into_iter().find_map(|(field, value)| value.as_deref().map(|value| (field, value)))
+    }
+}
+
+/// A page of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Where the next read continues; `head + 1` once the reader has seen everything.
+    pub next_seq: u64,
+    pub head_seq: u64,
+}
+
+pub fn event(kv: &dyn KvRead, seq: u64) -> Result<Option<Event>> {
+    match kv.get(Space::Events, &seq_key(seq))? {
+        Some(bytes) => Ok(Some(check_event(seq, codec::decode(&bytes)?)?)),
+        None => Ok(None),
+    }
+}
+
+/// Refuses an event whose stored seq disagrees with its key: storage is damaged.
+fn check_event(seq: u64, event: Event) -> Result<Event> {
+    if event.seq != seq {
+        return Err(Error::Corrupt(format!("event stored at seq {seq} says seq {}", event.seq)));
+    }
+    Ok(event)
+}
+
+/// Reads up to `limit` events with seq ≥ `from_seq` that match `filter`.
+pub fn read_events(kv: &dyn KvRead, filter: &EventFilter, from_seq: u64, limit: usize) -> Result<EventPage> {
+    let head = records::head(kv)?;
+    let mut lower = from_seq.max(1);
+    let mut upper = head.seq;
+    if let Some(since) = filter.since_micros {
+        lower = lower.max(first_seq_at_or_after(kv, since)?.unwrap_or(head.seq + 1));
+    }
+    if let Some(until) = filter.until_micros {
+        upper = upper.min(seq_at_time(kv, until)?.unwrap_or(0));
+    }
+    let mut page = EventPage { events: Vec::new(), next_seq: head.seq + 1, head_seq: head.seq };
+    if lower > upper || limit == 0 {
+        page.next_seq = if limit == 0 { lower } else { head.seq.max(lower.saturating_sub(1)) + 1 };
+        return Ok(page);
+    }
+    let mut failure = None;
+    let mut scanned = 0usize;
+    let mut last_visited = lower - 1;
+    let mut take = |seq: u64, event: Event, page: &mut EventPage| -> bool {
+        scanned += 1;
+        last_visited = seq;
+        if filter.matches(&event) {
+            page.events.push(event);
+        }
+        page.events.len() < limit && scanned < SCAN_BUDGET_EVENTS
+    };
+    match filter.driving_index() {
+        Some((field, value)) => {
+            let start = Key::index(field).text(value).number(lower).into_bytes();
+            let end = Key::index(field).text(value).number(upper + 1).into_bytes();
+            kv.scan(Space::EventIndex, &start, &end, Direction::Forward, &mut |key, _| {
+                let result = trailing_u64(key)
+                    .ok_or_else(|| Error::Corrupt("event index key without seq".into()))
+                    .and_then(|seq| {
+                        Ok((
+                            seq,
+                            event(kv, seq)?
+                                .ok_or_else(|| Error::Corrupt(format!("index names missing event {seq}")))?,
+                        ))
+                    });
+                match result {
+                    Ok((seq, event)) => take(seq, event, &mut page),
+                    Err(error) => {
+                        failure = Some(error);
+                        false
+                    }
+                }
+            })?;
+        }
+        None => {
+            kv.scan(Space::Events, &seq_key(lower), &seq_key(upper + 1), Direction::Forward, &mut |key, value| {
+                let result = decode_u64(key)
+                    .ok_or_else(|| Error::Corrupt("event key is not 8 bytes".into()))
+                    .and_then(|seq| Ok((seq, check_event(seq, codec::decode(value)?)?)));
+                match result {
+                    Ok((seq, event)) => take(seq, event, &mut page),
+                    Err(error) => {
+                        failure = Some(error);
+                        false
+                    }
+                }
+            })?;
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    let cut_short = page.events.len() >= limit || scanned >= SCAN_BUDGET_EVENTS;
+    page.next_seq = if cut_short { last_visited + 1 } else { upper.max(last_visited) + 1 };
+    if !cut_short && filter.until_micros.is_none() {
+        page.next_seq = head.seq + 1;
+    }
+    Ok(page)
+}
+
+/// Events of one stream by version.
+pub fn read_stream(
+    kv: &dyn KvRead,
+    stream: &str,
+    from_version: u64,
+    limit: usize,
+) -> Result<(Vec<Event>, Option<u64>)> {
+    let prefix = Key::empty().text(stream);
+    let start = prefix.clone().number(from_version).into_bytes();
+    let mut seqs = Vec::new();
+    kv.scan(Space::StreamVersions, &start, &prefix_end(prefix.bytes()), Direction::Forward, &mut |_, value| {
+        seqs.push(value.to_vec());
+        seqs.len() < limit
+    })?;
+    let mut events = Vec::with_capacity(seqs.len());
+    for bytes in seqs {
+        let seq = decode_u64(&bytes).ok_or_else(|| Error::Corrupt("stream position is not 8 bytes".into()))?;
+        events.push(event(kv, seq)?.ok_or_else(|| Error::Corrupt(format!("stream names missing event {seq}")))?);
+    }
+    let last_version = match kv.get(Space::StreamHeads, stream.as_bytes())? {
+        Some(bytes) => Some(decode_u64(&bytes).ok_or_else(|| Error::Corrupt("stream head is not 8 bytes".into()))?),
+        None => None,
+    };
+    Ok((events, last_version))
+}
+
+/// Seq of the last event with time ≤ `time_micros`.
+pub fn seq_at_time(kv: &dyn KvRead, time_micros: i64) -> Result<Option<u64>> {
+    let end = match time_micros.checked_add(1) {
+        Some(next) => time_key(next, 0).to_vec(),
+        None => vec![0xFF; 17],
+    };
+    Ok(kv.last_in(Space::Times, &[], &end)?.and_then(|(key, _)| trailing_u64(&key)))
+}
+
+/// Seq of the first event with time ≥ `time_micros`.
+pub fn first_seq_at_or_after(kv: &dyn KvRead, time_micros: i64) -> Result<Option<u64>> {
+    let mut found = None;
+    kv.scan(Space::Times, &time_key(time_micros, 0), &[0xFF; 17], Direction::Forward, &mut |key, _| {
+        found = trailing_u64(key);
+        false
+    })?;
+    Ok(found)
+}
+
+/// Hosts of the fleet as of a seq, and counts by release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetView {
+    pub as_of_seq: u64,
+    pub hosts: Vec<HostRecord>,
+    pub desired: BTreeMap<String, u64>,
+    pub observed: BTreeMap<String, u64>,
+    pub converged: u64,
+}
+
+/// The registered hosts of `service` (and `env`), now or as of `at_seq`.
+pub fn fleet(kv: &dyn KvRead, service: Option<&str>, env: Option<&str>, at_seq: Option<u64>) -> Result<FleetView> {
+    let head = records::head(kv)?;
+    let as_of_seq = at_seq.map_or(head.seq, |seq| seq.min(head.seq));
+    let prefix = match (service, env) {
+        (Some(service), Some(env)) => Key::record(RecordTag::Host).text(service).text(env),
+        (Some(service), None) => Key::record(RecordTag::Host).text(service),
+        _ => Key::record(RecordTag::Host),
+    };
+    let current: Vec<(Vec<u8>, HostRecord)> = records::scan_records(kv, &prefix)?;
+    let mut hosts = Vec::with_capacity(current.len());
+    for (key, record) in current {
+        if env.is_some_and(|env| record.env != env) {
+            continue;
+        }
+        let record = if at_seq.is_some() && record.changed_seq > as_of_seq {
+            let key = Key::record_from_bytes(key);
+            match records::read_at::<HostRecord>(kv, &key, as_of_seq)? {
+                Some(record) => record,
+                None => continue,
+            }
+        } else {
+            record
+        };
+        if record.registered {
+            hosts.push(record);
+        }
+    }
+    let mut view =
+        FleetView { as_of_seq, hosts: Vec::new(), desired: BTreeMap::new(), observed: BTreeMap::new(), converged: 0 };
+    for host in &hosts {
+        if let Some(desired) = &host.desired {
+            *view.desired.entry(desired.release.clone()).or_default() += 1;
+        }
+        if let Some(observed) = &host.observed {
+            *view.observed.entry(observed.release.clone()).or_default() += 1;
+        }
+        if host.converged() {
+            view.converged += 1;
+        }
+    }
+    view.hosts = hosts;
+    Ok(view)
+}
+
+/// One host in every (service, env) it belongs to, now or as of `at_seq`.
+pub fn host_state(kv: &dyn KvRead, host: &str, at_seq: Option<u64>) -> Result<Vec<HostRecord>> {
+    let mut states = Vec::new();
+    for (service, env) in environments_of_host(kv, host)? {
+        let key = records::host_key(&service, &env, host);
+        if let Some(record) = records::read_current_or_at::<HostRecord>(kv, &key, at_seq)? {
+            states.push(record);
+        }
+    }
+    Ok(states)
+}
+
+/// The (service, env) pairs a host was ever registered in.
+pub fn environments_of_host(kv: &dyn KvRead, host: &str) -> Result<Vec<(String, String)>> {
+    let prefix = Key::record(RecordTag::HostEnvironment).text(host);
+    let mut pairs = Vec::new();
+    let mut corrupt = false;
+    kv.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Forward, &mut |key, _| {
+        let rest = &key[prefix.bytes().len()..];
+        match leading_text(rest).and_then(|(service, rest)| Some((service, leading_text(rest)?.0))) {
+            Some((service, env)) => {
+                pairs.push((service.to_string(), env.to_string()));
+                true
+            }
+            None => {
+                corrupt = true;
+                false
+            }
+        }
+    })?;
+    if corrupt {
+        return Err(Error::Corrupt(format!("host index of {host:?} is malformed")));
+    }
+    Ok(pairs)
+}
+
+/// The newest `limit` versions of a host's records across its environments, newest first.
+pub fn host_history(kv: &dyn KvRead, host: &str, limit: usize) -> Result<Vec<HostRecord>> {
+    let mut versions = Vec::new();
+    for (service, env) in environments_of_host(kv, host)? {
+        let prefix = records::host_key(&service, &env, host);
+        let mut failure = None;
+        kv.scan(Space::History, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Reverse, &mut |_, value| {
+            match codec::decode::<HostRecord>(value) {
+                Ok(record) => versions.push(record),
+                Err(error) => failure = Some(error),
+            }
+            failure.is_none() && versions.len() < limit * 4
+        })?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+    }
+    versions.sort_by(|left, right| right.changed_seq.cmp(&left.changed_seq));
+    versions.truncate(limit);
+    Ok(versions)
+}
+
+/// The host's desired releases as of now, and the seq they are as of.
+pub fn watch_state(kv: &dyn KvRead, host: &str) -> Result<(u64, Vec<HostRecord>)> {
+    let head = records::head(kv)?;
+    Ok((head.seq, host_state(kv, host, None)?))
+}
+
+/// Changes of `host`'s desired release at seqs in `[from_seq, until_seq]`, in seq order.
+pub fn directives_between(kv: &dyn KvRead, host: &str, from_seq: u64, until_seq: u64) -> Result<Vec<Directive>> {
+    let mut directives = Vec::new();
+    for (service, env) in environments_of_host(kv, host)? {
+        let key = records::host_key(&service, &env, host);
+        let mut previous_release = match from_seq.checked_sub(1) {
+            Some(before) => records::read_at::<HostRecord>(kv, &key, before)?
+                .and_then(|record| record.desired.map(|desired| desired.release)),
+            None => None,
+        };
+        let start = key.clone().number(from_seq).into_bytes();
+        let end = match until_seq.checked_add(1) {
+            Some(next) => key.clone().number(next).into_bytes(),
+            None => prefix_end(key.bytes()),
+        };
+        let mut failure = None;
+        kv.scan(Space::History, &start, &end, Direction::Forward, &mut |_, value| match codec::decode::<HostRecord>(
+            value,
+        ) {
+            Ok(record) => {
+                if let Some(desired) = &record.desired {
+                    let changed = previous_release.as_deref() != Some(desired.release.as_str());
+                    if desired.seq == record.changed_seq && changed {
+                        directives.push(Directive {
+                            host: record.host.clone(),
+                            service: record.service.clone(),
+                            env: record.env.clone(),
+                            release: desired.release.clone(),
+                            seq: desired.seq,
+                            cause: desired.cause.clone(),
+                            deployment: desired.deployment.clone(),
+                        });
+                    }
+                    previous_release = Some(desired.release.clone());
+                }
+                true
+            }
+            Err(error) => {
+                failure = Some(error);
+                false
+            }
+        })?;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+    }
+    directives.sort_by_key(|directive| directive.seq);
+    Ok(directives)
+}
+
+pub fn deployment(kv: &dyn KvRead, id: &str, at_seq: Option<u64>) -> Result<Option<DeploymentRecord>> {
+    records::read_current_or_at(kv, &records::deployment_key(id), at_seq)
+}
+
+/// Filters of a deployment listing.
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentFilter {
+    pub service: Option<String>,
+    pub env: Option<String>,
+    pub state: Option<DeploymentState>,
+    pub release: Option<String>,
+}
+
+/// Deployments newest first.
+pub fn deployments(kv: &dyn KvRead, filter: &DeploymentFilter, limit: usize) -> Result<Vec<DeploymentRecord>> {
+    let prefix = Key::record(RecordTag::DeploymentBySeq);
+    let mut ids = Vec::new();
+    kv.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Reverse, &mut |_, value| {
+        ids.push(value.to_vec());
+        ids.len() < SCAN_BUDGET_EVENTS
+    })?;
+    let mut found = Vec::new();
+    for id in ids {
+        let id = String::from_utf8(id).map_err(|_| Error::Corrupt("deployment id is not UTF-8".into()))?;
+        let Some(record) = records::deployment(kv, &id)? else {
+            return Err(Error::Corrupt(format!("deployment index names missing deployment {id:?}")));
+        };
+        let keep = filter.service.as_ref().is_none_or(|service| *service == record.service)
+            && filter.env.as_ref().is_none_or(|env| *env == record.env)
+            && filter.release.as_ref().is_none_or(|release| *release == record.release)
+            && filter.state.is_none_or(|state| state == record.state);
+        if keep {
+            found.push(record);
+            if found.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A release and its history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseView {
+    pub record: ReleaseRecord,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// Releases of a service with their timelines (oldest first), and its environments.
+pub fn releases(kv: &dyn KvRead, service: &str) -> Result<(Vec<ReleaseView>, Vec<EnvironmentRecord>)> {
+    let release_records: Vec<(Vec<u8>, ReleaseRecord)> =
+        records::scan_records(kv, &Key::record(RecordTag::Release).text(service))?;
+    let mut views = Vec::with_capacity(release_records.len());
+    for (_, record) in release_records {
+        let prefix = Key::record(RecordTag::Timeline).text(service).text(&record.release);
+        let timeline =
+            records::scan_records::<TimelineEntry>(kv, &prefix)?.into_iter().map(|(_, entry)| entry).collect();
+        views.push(ReleaseView { record, timeline });
+    }
+    views.sort_by_key(|view| view.record.created.seq);
+    let environments =
+        records::scan_records::<EnvironmentRecord>(kv, &Key::record(RecordTag::Environment).text(service))?
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect();
+    Ok((views, environments))
+}
+
+pub fn head(kv: &dyn KvRead) -> Result<Head> {
+    records::head(kv)
+}

@@ -1,0 +1,371 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "fleetlog", version, about = "A replicated, append-only release ledger and event store")]
+pub struct Cli {
+    /// Server to talk to.
+    #[arg(long, global = true, env = "FLEETLOG_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node. Without flags: a single-node cluster in ./fleetlog-data on 127.0.0.1:7070.
+    Serve(ServeArgs),
+    /// Releases of a service.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Hosts of the fleet.
+    #[command(subcommand)]
+    Target(TargetCommand),
+    /// Report what a host runs (what an agent does).
+    Report(ReportArgs),
+    /// Deployments in waves.
+    #[command(subcommand)]
+    Deploy(DeployCommand),
+    /// Roll an environment back with one event.
+    Rollback(RollbackArgs),
+    /// Deployment freezes.
+    #[command(subcommand)]
+    Freeze(FreezeCommand),
+    /// What should run and does run on every host, now or at a past moment.
+    Fleet(FleetArgs),
+    /// One host in every environment, with its recent history.
+    Host(HostArgs),
+    /// Read the log.
+    History(HistoryArgs),
+    /// Follow the log as it grows.
+    Tail(TailArgs),
+    /// Append an event of any type.
+    Append(AppendArgs),
+    /// Load generators that measure a running server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Closed-loop appends: latency percentiles and throughput.
+    Append(BenchAppendArgs),
+    /// Time the fleet view of many registered hosts, now and at a past seq.
+    Fleet(BenchFleetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchAppendArgs {
+    /// Concurrent closed-loop clients.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Approximate bytes of each event's data.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Events to append in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchFleetArgs {
+    /// Hosts to register.
+    #[arg(long, default_value_t = 10_000)]
+    pub hosts: usize,
+    /// Fleet requests per measurement.
+    #[arg(long, default_value_t = 20)]
+    pub repeat: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: String,
+    /// Data directory.
+    #[arg(long, default_value = "./fleetlog-data")]
+    pub data: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReleaseCommand {
+    /// Record that a release of a service exists.
+    Create {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        release: String,
+        #[arg(long)]
+        artifact: Option<String>,
+        #[arg(long)]
+        notes: Option<String>,
+        /// A commit in the release (repeatable).
+        #[arg(long = "commit")]
+        commits: Vec<String>,
+        /// Idempotency key: retrying with the same id never appends twice.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Forbid deploying a release or rolling back to it.
+    Block {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        release: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Allow a blocked release again.
+    Unblock {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        release: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Releases of a service with their timelines.
+    List {
+        #[arg(long)]
+        service: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TargetCommand {
+    /// Add a host to the fleet of (service, env).
+    Register {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        group: Option<String>,
+        /// key=value (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Remove a host from the fleet (its history stays).
+    Deregister {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        host: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[arg(long)]
+    pub service: String,
+    #[arg(long)]
+    pub env: String,
+    #[arg(long)]
+    pub host: String,
+    #[arg(long)]
+    pub release: String,
+    /// applying, running or failed.
+    #[arg(long)]
+    pub status: String,
+    /// Seq of the directive the host applied.
+    #[arg(long, default_value_t = 0)]
+    pub applied_seq: u64,
+    #[arg(long)]
+    pub message: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeployCommand {
+    /// Start a deployment of a release in waves.
+    Start {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        release: String,
+        /// NAME:percent=N, NAME:group=G or NAME:hosts=a,b (repeatable, in order).
+        #[arg(long = "wave", required = true)]
+        waves: Vec<String>,
+        /// Deployment id (generated when absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Start a wave (or complete it with --complete).
+    Wave {
+        deployment: String,
+        wave: String,
+        #[arg(long)]
+        complete: bool,
+    },
+    /// Complete a deployment whose waves are all completed.
+    Complete { deployment: String },
+    /// Abort a deployment (hosts keep their desired release; use rollback to revert).
+    Abort {
+        deployment: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// One deployment's progress, or the latest deployments.
+    Status {
+        deployment: Option<String>,
+        #[command(flatten)]
+        moment: MomentArgs,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[arg(long)]
+    pub service: String,
+    #[arg(long)]
+    pub env: String,
+    #[arg(long)]
+    pub reason: String,
+    /// Target release (default: the last completed release before the one rolled back).
+    #[arg(long)]
+    pub release: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FreezeCommand {
+    Start {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        reason: String,
+    },
+    End {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long, default_value = "freeze ended")]
+        reason: String,
+    },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct MomentArgs {
+    /// As of this seq.
+    #[arg(long, conflicts_with = "at")]
+    pub at_seq: Option<u64>,
+    /// As of this time (RFC 3339): the state after the last event at or before it.
+    #[arg(long)]
+    pub at: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FleetArgs {
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long)]
+    pub env: Option<String>,
+    #[command(flatten)]
+    pub moment: MomentArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    pub host: String,
+    #[command(flatten)]
+    pub moment: MomentArgs,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Event type, or a prefix ending in a dot (wave.).
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    #[arg(long)]
+    pub stream: Option<String>,
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long)]
+    pub env: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub release: Option<String>,
+    #[arg(long)]
+    pub deployment: Option<String>,
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Events at or before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[arg(long, default_value_t = 1)]
+    pub from_seq: u64,
+    /// Events to print at most.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Start here instead of at the next new event.
+    #[arg(long)]
+    pub from_seq: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct AppendArgs {
+    #[arg(long = "type")]
+    pub event_type: String,
+    #[arg(long)]
+    pub stream: Option<String>,
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long)]
+    pub env: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub release: Option<String>,
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// JSON object.
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long)]
+    pub id: Option<String>,
+    /// any, no_stream, exists or a version number.
+    #[arg(long)]
+    pub expected_version: Option<String>,
+}

@@ -1,0 +1,39 @@
+//! fleetlog: the binary's library. `cli` defines the arguments, `serve` runs a node,
+//! `commands` append (releases, deployments, rollbacks, …), `reads` query and follow the log,
+//! `output` prints tables or JSON. The server itself lives in `fleetlog-raft` (ledger, storage,
+//! consensus) and `fleetlog-api` (HTTP).
+
+pub mod bench;
+pub mod cli;
+pub mod commands;
+pub mod output;
+pub mod reads;
+pub mod serve;
+
+use anyhow::Result;
+use fleetlog_api::client::Client;
+
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let output = cli.output;
+    if let Command::Serve(args) = cli.command {
+        return serve::serve(args).await;
+    }
+    let client = Client::new(&cli.server)?;
+    match cli.command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Release(command) => commands::release(&client, output, command).await,
+        Command::Target(command) => commands::target(&client, output, command).await,
+        Command::Report(args) => commands::report(&client, output, args).await,
+        Command::Deploy(command) => commands::deploy(&client, output, command).await,
+        Command::Rollback(args) => commands::rollback(&client, output, args).await,
+        Command::Freeze(command) => commands::freeze(&client, output, command).await,
+        Command::Fleet(args) => reads::fleet(&client, output, args).await,
+        Command::Host(args) => reads::host(&client, output, args).await,
+        Command::History(args) => reads::history(&client, output, args).await,
+        Command::Tail(args) => reads::tail(&client, output, args).await,
+        Command::Append(args) => commands::append(&client, output, args).await,
+        Command::Bench(command) => bench::run(&cli.server, command).await,
+    }
+}

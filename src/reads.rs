@@ -1,0 +1,322 @@
+//! Commands that read: fleet, host, deployments, releases, history, tail.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use fleetlog_api::client::{Client, ClientError};
+use serde_json::Value;
+
+use crate::cli::{FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs};
+use crate::output::{cell, print, Table};
+
+fn moment_query(moment: &MomentArgs) -> Vec<(&'static str, String)> {
+    let mut query = Vec::new();
+    if let Some(seq) = moment.at_seq {
+        query.push(("at_seq", seq.to_string()));
+    }
+    if let Some(time) = &moment.at {
+        query.push(("at_time", time.clone()));
+    }
+    query
+}
+
+fn filter_query(filter: &FilterArgs) -> Vec<(&'static str, String)> {
+    let fields = [
+        ("type", &filter.event_type),
+        ("stream", &filter.stream),
+        ("service", &filter.service),
+        ("env", &filter.env),
+        ("host", &filter.host),
+        ("release", &filter.release),
+        ("deployment", &filter.deployment),
+        ("actor", &filter.actor),
+        ("since", &filter.since),
+        ("until", &filter.until),
+    ];
+    fields.into_iter().filter_map(|(name, value)| value.clone().map(|value| (name, value))).collect()
+}
+
+pub async fn fleet(client: &Client, output: Output, args: FleetArgs) -> Result<()> {
+    let mut query = moment_query(&args.moment);
+    if let Some(service) = args.service {
+        query.push(("service", service));
+    }
+    if let Some(env) = args.env {
+        query.push(("env", env));
+    }
+    let response = client.get("/v1/fleet", &query).await?;
+    print(output, &response, |view| {
+        let mut table = Table::new(&["HOST", "SERVICE", "ENV", "GROUP", "DESIRED", "OBSERVED", "STATUS", "CONVERGED"]);
+        for host in view["hosts"].as_array().into_iter().flatten() {
+            table.row(vec![
+                cell(&host["host"]),
+                cell(&host["service"]),
+                cell(&host["env"]),
+                cell(&host["group"]),
+                cell(&host["desired_release"]),
+                cell(&host["observed_release"]),
+                cell(&host["status"]),
+                if host["converged"] == Value::Bool(true) { "yes".into() } else { "no".into() },
+            ]);
+        }
+        let summary = &view["summary"];
+        format!(
+            "{}as of seq {}: {} hosts, {} converged; desired {}; observed {}\n",
+            table.render(),
+            cell(&view["as_of_seq"]),
+            cell(&summary["total"]),
+            cell(&summary["converged"]),
+            counts(&summary["desired"]),
+            counts(&summary["observed"]),
+        )
+    });
+    Ok(())
+}
+
+fn counts(value: &Value) -> String {
+    let parts: Vec<String> =
+        value.as_object().into_iter().flatten().map(|(release, count)| format!("{release}×{}", cell(count))).collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+pub async fn host(client: &Client, output: Output, args: HostArgs) -> Result<()> {
+    let response = client.get(&format!("/v1/hosts/{}", args.host), &moment_query(&args.moment)).await?;
+    print(output, &response, |view| {
+        let mut table = Table::new(&["SERVICE", "ENV", "REGISTERED", "DESIRED", "CAUSE", "OBSERVED", "STATUS"]);
+        for target in view["targets"].as_array().into_iter().flatten() {
+            table.row(vec![
+                cell(&target["service"]),
+                cell(&target["env"]),
+                cell(&target["registered"]),
+                cell(&target["desired_release"]),
+                cell(&target["desired_cause"]),
+                cell(&target["observed_release"]),
+                cell(&target["status"]),
+            ]);
+        }
+        let mut history = Table::new(&["SEQ", "SERVICE", "ENV", "DESIRED", "OBSERVED", "STATUS"]);
+        for version in view["history"].as_array().into_iter().flatten() {
+            history.row(vec![
+                cell(&version["changed_seq"]),
+                cell(&version["service"]),
+                cell(&version["env"]),
+                cell(&version["desired_release"]),
+                cell(&version["observed_release"]),
+                cell(&version["status"]),
+            ]);
+        }
+        format!("{}\nrecent changes:\n{}", table.render(), history.render())
+    });
+    Ok(())
+}
+
+pub async fn deployment_status(
+    client: &Client,
+    output: Output,
+    deployment: Option<String>,
+    moment: MomentArgs,
+    service: Option<String>,
+    env: Option<String>,
+) -> Result<()> {
+    match deployment {
+        Some(id) => {
+            let response = client.get(&format!("/v1/deployments/{id}"), &moment_query(&moment)).await?;
+            print(output, &response, render_deployment);
+        }
+        None => {
+            let mut query = Vec::new();
+            if let Some(service) = service {
+                query.push(("service", service));
+            }
+            if let Some(env) = env {
+                query.push(("env", env));
+            }
+            let response = client.get("/v1/deployments", &query).await?;
+            print(output, &response, |list| {
+                let mut table = Table::new(&["DEPLOYMENT", "SERVICE", "ENV", "RELEASE", "STATE", "STARTED", "BY"]);
+                for deployment in list["deployments"].as_array().into_iter().flatten() {
+                    table.row(vec![
+                        cell(&deployment["deployment"]),
+                        cell(&deployment["service"]),
+                        cell(&deployment["env"]),
+                        cell(&deployment["release"]),
+                        cell(&deployment["state"]),
+                        cell(&deployment["started"]["time"]),
+                        cell(&deployment["started"]["actor"]),
+                    ]);
+                }
+                table.render()
+            });
+        }
+    }
+    Ok(())
+}
+
+fn render_deployment(deployment: &Value) -> String {
+    let mut text = format!(
+        "deployment {} of {}@{} to {}: {}\n",
+        cell(&deployment["deployment"]),
+        cell(&deployment["service"]),
+        cell(&deployment["release"]),
+        cell(&deployment["env"]),
+        cell(&deployment["state"]),
+    );
+    let mut table = Table::new(&["WAVE", "SELECTOR", "STATE", "SELECTED", "CONVERGED", "FAILED", "STARTED BY"]);
+    for wave in deployment["waves"].as_array().into_iter().flatten() {
+        table.row(vec![
+            cell(&wave["name"]),
+            wave["selector"].to_string(),
+            cell(&wave["state"]),
+            cell(&wave["hosts"]["selected"]),
+            cell(&wave["hosts"]["converged"]),
+            cell(&wave["hosts"]["failed"]),
+            cell(&wave["started"]["actor"]),
+        ]);
+    }
+    text.push_str(&table.render());
+    if !deployment["end_reason"].is_null() {
+        text.push_str(&format!("ended: {}\n", cell(&deployment["end_reason"])));
+    }
+    text
+}
+
+pub fn render_releases(view: &Value) -> String {
+    let mut text = String::new();
+    for release in view["releases"].as_array().into_iter().flatten() {
+        let blocked = if release["blocked"] == Value::Bool(true) { " [blocked]" } else { "" };
+        text.push_str(&format!("{}@{}{}\n", cell(&release["service"]), cell(&release["release"]), blocked));
+        for entry in release["timeline"].as_array().into_iter().flatten() {
+            let mut line = format!(
+                "  seq {:>6}  {}  {:<20} by {}",
+                cell(&entry["seq"]),
+                cell(&entry["time"]),
+                cell(&entry["kind"]),
+                cell(&entry["actor"])
+            );
+            for field in ["env", "deployment", "wave", "detail"] {
+                if !entry[field].is_null() {
+                    line.push_str(&format!(" {field}={}", cell(&entry[field])));
+                }
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let mut environments = Table::new(&["ENV", "DESIRED", "ACTIVE DEPLOYMENT", "FROZEN"]);
+    for environment in view["environments"].as_array().into_iter().flatten() {
+        environments.row(vec![
+            cell(&environment["env"]),
+            cell(&environment["desired_release"]),
+            cell(&environment["active_deployment"]),
+            cell(&environment["frozen"]),
+        ]);
+    }
+    text.push_str(&environments.render());
+    text
+}
+
+fn event_line(event: &Value) -> String {
+    let mut line = format!(
+        "{:>6}  {}  {:<22} {:<18} {}",
+        cell(&event["seq"]),
+        cell(&event["time"]),
+        cell(&event["type"]),
+        cell(&event["stream"]),
+        cell(&event["actor"]),
+    );
+    for field in ["host", "release", "deployment"] {
+        if !event[field].is_null() {
+            line.push_str(&format!(" {field}={}", cell(&event[field])));
+        }
+    }
+    if event["data"].as_object().is_some_and(|data| !data.is_empty()) {
+        line.push_str(&format!(" {}", event["data"]));
+    }
+    line
+}
+
+pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Result<()> {
+    let mut remaining = args.limit;
+    let mut from_seq = args.from_seq;
+    let mut events = Vec::new();
+    while remaining > 0 {
+        let mut query = filter_query(&args.filter);
+        query.push(("from_seq", from_seq.to_string()));
+        query.push(("limit", remaining.min(10_000).to_string()));
+        let page = client.get("/v1/events", &query).await?;
+        let batch = page["events"].as_array().cloned().unwrap_or_default();
+        remaining = remaining.saturating_sub(batch.len() as u64);
+        events.extend(batch);
+        let next = page["next_seq"].as_u64().unwrap_or(from_seq);
+        let head = page["head_seq"].as_u64().unwrap_or(0);
+        if next <= from_seq || next > head {
+            break;
+        }
+        from_seq = next;
+    }
+    match output {
+        Output::Json => {
+            for event in &events {
+                println!("{event}");
+            }
+        }
+        Output::Table => {
+            for event in &events {
+                println!("{}", event_line(event));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Follows the log, reconnecting with `Last-Event-ID` after a dropped connection.
+pub async fn tail(client: &Client, output: Output, args: TailArgs) -> Result<()> {
+    let mut last_seen: Option<u64> = args.from_seq.and_then(|seq| seq.checked_sub(1));
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut query = filter_query(&args.filter);
+        if last_seen.is_none() {
+            if let Some(from_seq) = args.from_seq {
+                query.push(("from_seq", from_seq.to_string()));
+            }
+        }
+        let mut stream = match client.stream("/v1/subscribe", &query, last_seen.filter(|seq| *seq > 0)).await {
+            Ok(stream) => stream,
+            Err(ClientError::Transport { url, reason }) => {
+                eprintln!("cannot reach {url} ({reason}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        backoff = Duration::from_millis(200);
+        loop {
+            match stream.next().await {
+                Ok(Some(message)) => {
+                    if message.data.is_empty() {
+                        continue;
+                    }
+                    if let Some(id) = message.id.as_deref().and_then(|id| id.parse::<u64>().ok()) {
+                        last_seen = Some(id);
+                    }
+                    match output {
+                        Output::Json => println!("{}", message.data),
+                        Output::Table => {
+                            let event: Value = serde_json::from_str(&message.data).unwrap_or(Value::Null);
+                            println!("{}", event_line(&event));
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    eprintln!("stream closed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! End-to-end tests over HTTP against a real `fleetlog serve` process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{deploy_fully, seed_fleet, verify_chain, Server};
+use fleetlog_api::client::Client;
+use serde_json::{json, Value};
+
+/// A release goes out in three waves; each wave moves exactly the hosts it selects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_goes_out_in_three_waves() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    server
+        .ok(
+            "/v1/deployments",
+            &json!({"deployment": "d-2", "service": "shop", "env": "prod", "release": "2.0", "waves": [
+                {"name": "canary", "group": "canary"},
+                {"name": "half", "percent": 50},
+                {"name": "rest", "percent": 100},
+            ]}),
+        )
+        .await;
+    let expected_on_new = [("canary", 2), ("half", 3), ("rest", 6)];
+    for (wave, on_new) in expected_on_new {
+        let started = server.ok(&format!("/v1/deployments/d-2/waves/{wave}/start"), &json!({})).await;
+        assert_eq!(started["event"]["type"], "wave.started");
+        assert_eq!(started["event"]["release"], "2.0", "the ledger fills the deployment's release");
+        let desired = server.desired("service=shop&env=prod").await;
+        let moved = desired.iter().filter(|(_, release)| *release == "2.0").count();
+        assert_eq!(moved, on_new, "after wave {wave}: {desired:?}");
+        // Waves start in order: the next one is refused until this one completes.
+        if wave != "rest" {
+            let (status, error) = server.post("/v1/deployments/d-2/waves/rest/start", &json!({})).await;
+            assert_eq!((status, error["error"]["code"].as_str()), (409, Some("wave_out_of_order")));
+        }
+        server.ok(&format!("/v1/deployments/d-2/waves/{wave}/complete"), &json!({})).await;
+    }
+    server.ok("/v1/deployments/d-2/complete", &json!({})).await;
+    let (_, deployment) = server.get("/v1/deployments/d-2").await;
+    assert_eq!(deployment["state"], "completed");
+    let selected: Vec<u64> =
+        deployment["waves"].as_array().unwrap().iter().map(|w| w["hosts"]["selected"].as_u64().unwrap()).collect();
+    assert_eq!(selected, vec![2, 1, 3]);
+    verify_chain(&server.all_events().await);
+}
+
+/// A rollback is one appended event that changes every host's desired release, and the fleet
+/// before it can still be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_one_event_that_moves_every_host() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    deploy_fully(&server, "d-2", "2.0").await;
+    let before_rollback = server.head().await;
+    let before_time = server.all_events().await.last().unwrap()["time"].as_str().unwrap().to_string();
+
+    let response = server.ok("/v1/rollbacks", &json!({"service": "shop", "env": "prod", "reason": "errors"})).await;
+    assert_eq!(response["event"]["release"], "1.0", "the target the ledger chose is in the event");
+    assert_eq!(server.head().await, before_rollback + 1, "exactly one event");
+    for (host, desired) in server.desired("service=shop&env=prod").await {
+        assert_eq!(desired, "1.0", "host {host}");
+    }
+    // The fleet as it was just before the rollback, by seq and by time.
+    for query in [format!("at_seq={before_rollback}"), format!("at_time={before_time}")] {
+        let view = server.fleet(&format!("service=shop&env=prod&{query}")).await;
+        assert_eq!(view["as_of_seq"], before_rollback);
+        assert_eq!(view["summary"]["desired"], json!({"2.0": 6}), "{query}");
+    }
+    let (_, history) = server.get("/v1/events?type=rollback").await;
+    assert_eq!(history["events"].as_array().unwrap().len(), 1);
+}
+
+/// A retried append with the same id returns the original seq and writes nothing; the same id
+/// with another body is a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_idempotent() {
+    let server = Server::start().await;
+    let append = json!({"events": [{"id": "evt-1", "type": "app.deployed", "data": {"n": 1}}]});
+    let (status, first) = server.post("/v1/events", &append).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = server.post("/v1/events", &append).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["first_seq"], first["first_seq"]);
+    assert_eq!(again["events"][0]["hash"], first["events"][0]["hash"]);
+    assert_eq!(server.head().await, 1);
+    let other = json!({"events": [{"id": "evt-1", "type": "app.deployed", "data": {"n": 2}}]});
+    let (status, error) = server.post("/v1/events", &other).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (409, Some("id_conflict")));
+}
+
+/// `expected_version` guards a stream: a stale writer gets 409 and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_version_conflicts_write_nothing() {
+    let server = Server::start().await;
+    let event = |n: u64| json!({"type": "app.note", "stream": "orders/42", "data": {"n": n}});
+    let (status, _) = server.post("/v1/events", &json!({"events": [event(0)], "expected_version": "no_stream"})).await;
+    assert_eq!(status, 201);
+    let (status, _) = server.post("/v1/events", &json!({"events": [event(1), event(2)], "expected_version": 0})).await;
+    assert_eq!(status, 201);
+    let (status, error) = server.post("/v1/events", &json!({"events": [event(3)], "expected_version": 0})).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (409, Some("wrong_expected_version")));
+    let (status, stream) = server.get("/v1/streams/orders/42").await;
+    assert_eq!(status, 200);
+    assert_eq!(stream["last_version"], 2);
+    let versions: Vec<u64> =
+        stream["events"].as_array().unwrap().iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, vec![0, 1, 2]);
+    assert_eq!(server.head().await, 3);
+}
+
+/// A subscriber that disconnects and resumes with Last-Event-ID sees every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_resumes_without_gap_or_duplicate() {
+    let server = Server::start().await;
+    let client = Client::new(&server.url).unwrap();
+    let note = |n: u64| json!({"events": [{"type": "app.note", "data": {"n": n}}]});
+    for n in 0..5 {
+        server.ok("/v1/events", &note(n)).await;
+    }
+    let mut seen: Vec<u64> = Vec::new();
+    let mut stream = client.stream("/v1/subscribe", &[("from_seq", "1".into())], None).await.unwrap();
+    while seen.len() < 5 {
+        let message = stream.next().await.unwrap().unwrap();
+        if let Some(id) = message.id {
+            seen.push(id.parse().unwrap());
+        }
+    }
+    // Live: events appended while connected arrive too.
+    for n in 5..8 {
+        server.ok("/v1/events", &note(n)).await;
+    }
+    while seen.len() < 8 {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+        if let Some(id) = message.id {
+            seen.push(id.parse().unwrap());
+        }
+    }
+    drop(stream);
+    // Events appended while disconnected.
+    for n in 8..20 {
+        server.ok("/v1/events", &note(n)).await;
+    }
+    let last = *seen.last().unwrap();
+    let mut stream = client.stream("/v1/subscribe", &[], Some(last)).await.unwrap();
+    server.ok("/v1/events", &note(20)).await;
+    while seen.len() < 21 {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+        if let Some(id) = message.id {
+            seen.push(id.parse().unwrap());
+            assert_eq!(message.event.as_deref(), Some("app.note"));
+            let event: Value = serde_json::from_str(&message.data).unwrap();
+            assert_eq!(event["seq"].as_u64(), Some(*seen.last().unwrap()));
+        }
+    }
+    assert_eq!(seen, (1..=21).collect::<Vec<u64>>());
+}
+
+/// A filtered subscription sends only matching events, and a heartbeat names the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_filters_by_type_prefix() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let client = Client::new(&server.url).unwrap();
+    let mut stream =
+        client.stream("/v1/subscribe", &[("from_seq", "1".into()), ("type", "wave.".into())], None).await.unwrap();
+    let mut types = Vec::new();
+    let mut heads = Vec::new();
+    while types.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+        match (message.event, message.comment) {
+            (Some(event_type), _) => types.push(event_type),
+            (None, Some(comment)) => heads.push(comment),
+            _ => {}
+        }
+    }
+    assert_eq!(types, vec!["wave.started", "wave.completed"]);
+    let message = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+    let head = server.head().await;
+    assert!(heads.contains(&format!("head {head}")) || message.comment == Some(format!("head {head}")));
+}
+
+/// A watching agent gets its host's state, then a directive for each wave and rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_sends_state_then_directives() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let client = Client::new(&server.url).unwrap();
+    let mut watch = client.stream("/v1/watch/web-1", &[], None).await.unwrap();
+    let state = watch.next().await.unwrap().unwrap();
+    assert_eq!(state.event.as_deref(), Some("state"));
+    let state: Value = serde_json::from_str(&state.data).unwrap();
+    assert_eq!(state["targets"][0]["desired_release"], "1.0");
+    deploy_fully(&server, "d-2", "2.0").await;
+    server.ok("/v1/rollbacks", &json!({"service": "shop", "env": "prod", "reason": "errors"})).await;
+    let mut directives = Vec::new();
+    while directives.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().unwrap().unwrap();
+        if message.event.as_deref() == Some("directive") {
+            let directive: Value = serde_json::from_str(&message.data).unwrap();
+            directives.push((
+                directive["release"].as_str().unwrap().to_string(),
+                directive["cause"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert_eq!(directives, vec![("2.0".into(), "wave.started".into()), ("1.0".into(), "rollback".into())]);
+    // Resuming from a seq replays the directives since then from disk.
+    let first_directive_seq = {
+        let (_, events) = server.get("/v1/events?type=wave.started&deployment=d-2").await;
+        events["events"][0]["seq"].as_u64().unwrap()
+    };
+    let mut resumed =
+        client.stream("/v1/watch/web-1", &[("from_seq", first_directive_seq.to_string())], None).await.unwrap();
+    let mut releases = Vec::new();
+    while releases.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), resumed.next()).await.unwrap().unwrap().unwrap();
+        if message.event.as_deref() == Some("directive") {
+            let directive: Value = serde_json::from_str(&message.data).unwrap();
+            releases.push(directive["release"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(releases, vec!["2.0", "1.0"]);
+}
+
+/// Acknowledged events survive kill -9 and come back with the same chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_kill_9() {
+    let mut server = Server::start().await;
+    seed_fleet(&server).await;
+    let before = server.all_events().await;
+    server.kill_and_restart().await;
+    let after = server.all_events().await;
+    assert_eq!(after, before);
+    verify_chain(&after);
+    let fleet = server.fleet("service=shop&env=prod").await;
+    assert_eq!(fleet["summary"]["desired"], json!({"1.0": 6}));
+}
