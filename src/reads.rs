@@ -1,5 +1,6 @@
 //! Commands that read: fleet, host, deployments, releases, history, tail.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -243,6 +244,12 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
     let mut remaining = args.limit;
     let mut from_seq = args.from_seq;
     let mut events = Vec::new();
+    // Long reads show progress on a terminal; short ones and pipes stay quiet.
+    let progress = if args.limit > 10_000 && std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(args.limit)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     while remaining > 0 {
         let mut query = filter_query(&args.filter);
         query.push(("from_seq", from_seq.to_string()));
@@ -250,6 +257,7 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
         let page = client.get("/v1/events", &query).await?;
         let batch = page["events"].as_array().cloned().unwrap_or_default();
         remaining = remaining.saturating_sub(batch.len() as u64);
+        progress.inc(batch.len() as u64);
         events.extend(batch);
         let next = page["next_seq"].as_u64().unwrap_or(from_seq);
         let head = page["head_seq"].as_u64().unwrap_or(0);
@@ -258,6 +266,7 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
         }
         from_seq = next;
     }
+    progress.finish_and_clear();
     match output {
         Output::Json => {
             for event in &events {

@@ -170,6 +170,9 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         ("unknown stream", "/v1/streams/none/here".into(), 404, "stream_not_found"),
         ("unknown endpoint", "/v1/nothing".into(), 404, "not_found"),
         ("bad consistency", "/v1/fleet?consistency=eventual".into(), 400, "invalid_parameter"),
+        ("control character in a host name", "/v1/hosts/web%00one".into(), 400, "invalid_parameter"),
+        ("control character in a watched host", "/v1/watch/web%00one".into(), 400, "invalid_parameter"),
+        ("control character in a filter", "/v1/events?host=web%00one".into(), 400, "invalid_parameter"),
     ];
     for (name, path, status, code) in reads {
         let (got, error) = server.get(&path).await;

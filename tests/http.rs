@@ -239,3 +239,25 @@ async fn acknowledged_events_survive_kill_9() {
     let fleet = server.fleet("service=shop&env=prod").await;
     assert_eq!(fleet["summary"]["desired"], json!({"1.0": 6}));
 }
+
+/// SIGTERM ends open streams, stops the node and exits cleanly; the data is intact after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_with_open_streams() {
+    let mut server = Server::start().await;
+    seed_fleet(&server).await;
+    let client = Client::new(&server.url).unwrap();
+    let mut stream = client.stream("/v1/subscribe", &[("from_seq", "1".into())], None).await.unwrap();
+    assert!(stream.next().await.unwrap().is_some());
+    let before = server.all_events().await;
+    let status = server.terminate().await;
+    assert!(status.success(), "exit status {status}: {}", server.log());
+    // The stream ended instead of holding the shutdown open.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await.expect("stream ended") {
+            Ok(Some(_)) => continue,
+            _ => break,
+        }
+    }
+    server.kill_and_restart().await;
+    assert_eq!(server.all_events().await, before);
+}

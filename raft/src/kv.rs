@@ -69,6 +69,9 @@ impl Space {
     }
 }
 
+/// What a scan calls for each entry: `Ok(true)` to go on, `Ok(false)` to stop.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// Scan direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -81,22 +84,16 @@ pub trait KvRead {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
     /// Visits the entries with `start <= key < end` in `direction` order until `visit` returns
-    /// false.
-    fn scan(
-        &self,
-        space: Space,
-        start: &[u8],
-        end: &[u8],
-        direction: Direction,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()>;
+    /// false or fails (the failure is returned).
+    fn scan(&self, space: Space, start: &[u8], end: &[u8], direction: Direction, visit: &mut Visitor<'_>)
+        -> Result<()>;
 
     /// The entry with the greatest key in `[start, end)`.
     fn last_in(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut found = None;
         self.scan(space, start, end, Direction::Reverse, &mut |key, value| {
             found = Some((key.to_vec(), value.to_vec()));
-            false
+            Ok(false)
         })?;
         Ok(found)
     }
@@ -152,7 +149,7 @@ impl KvRead for Overlay<'_> {
         start: &[u8],
         end: &[u8],
         direction: Direction,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        visit: &mut Visitor<'_>,
     ) -> Result<()> {
         let range =
             self.writes.range((Bound::Included((space, start.to_vec())), Bound::Excluded((space, end.to_vec()))));
@@ -169,34 +166,35 @@ impl KvRead for Overlay<'_> {
         let mut next_pending = 0;
         let mut keep_going = true;
         self.base.scan(space, start, end, direction, &mut |key, value| {
+            // Pending writes that sort before this base key come first.
             while next_pending < pending.len() && before(pending[next_pending].0, key) {
                 let (pending_key, pending_value) = pending[next_pending];
                 next_pending += 1;
                 if let Some(pending_value) = pending_value {
-                    if !visit(pending_key, pending_value) {
-                        keep_going = false;
-                        return false;
+                    keep_going = visit(pending_key, pending_value)?;
+                    if !keep_going {
+                        return Ok(false);
                     }
                 }
             }
-            if next_pending < pending.len() && pending[next_pending].0 == key {
-                let (pending_key, pending_value) = pending[next_pending];
-                next_pending += 1;
-                return match pending_value {
-                    Some(pending_value) => {
-                        keep_going = visit(pending_key, pending_value);
-                        keep_going
+            // A pending write of the same key replaces (or deletes) the base value.
+            let (key, value) = match pending.get(next_pending) {
+                Some((pending_key, pending_value)) if *pending_key == key => {
+                    next_pending += 1;
+                    match pending_value {
+                        Some(pending_value) => (key, *pending_value),
+                        None => return Ok(true),
                     }
-                    None => true,
-                };
-            }
-            keep_going = visit(key, value);
-            keep_going
+                }
+                _ => (key, value),
+            };
+            keep_going = visit(key, value)?;
+            Ok(keep_going)
         })?;
         if keep_going {
             for (pending_key, pending_value) in &pending[next_pending..] {
                 if let Some(pending_value) = pending_value {
-                    if !visit(pending_key, pending_value) {
+                    if !visit(pending_key, pending_value)? {
                         break;
                     }
                 }
@@ -250,7 +248,7 @@ impl KvRead for MemoryKv {
         start: &[u8],
         end: &[u8],
         direction: Direction,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        visit: &mut Visitor<'_>,
     ) -> Result<()> {
         if start >= end {
             return Ok(());
@@ -260,14 +258,14 @@ impl KvRead for MemoryKv {
         match direction {
             Direction::Forward => {
                 for ((_, key), value) in range {
-                    if !visit(key, value) {
+                    if !visit(key, value)? {
                         break;
                     }
                 }
             }
             Direction::Reverse => {
                 for ((_, key), value) in range.rev() {
-                    if !visit(key, value) {
+                    if !visit(key, value)? {
                         break;
                     }
                 }
@@ -285,7 +283,7 @@ mod tests {
         let mut seen = Vec::new();
         kv.scan(Space::State, b"a", b"z", direction, &mut |key, value| {
             seen.push((key.to_vec(), value.to_vec()));
-            true
+            Ok(true)
         })
         .unwrap();
         seen
@@ -332,7 +330,7 @@ mod tests {
         overlay
             .scan(Space::State, b"a", b"z", Direction::Forward, &mut |_, _| {
                 seen += 1;
-                seen < 2
+                Ok(seen < 2)
             })
             .unwrap();
         assert_eq!(seen, 2);

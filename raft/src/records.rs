@@ -267,23 +267,11 @@ pub fn read_current_or_at<T: DeserializeOwned>(kv: &dyn KvRead, key: &Key, at_se
 /// Decodes every record of `Space::State` whose key starts with `prefix`, in key order.
 pub fn scan_records<T: DeserializeOwned>(kv: &dyn KvRead, prefix: &Key) -> Result<Vec<(Vec<u8>, T)>> {
     let mut records = Vec::new();
-    let mut failure = None;
     kv.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Forward, &mut |key, value| {
-        match codec::decode(value) {
-            Ok(record) => {
-                records.push((key.to_vec(), record));
-                true
-            }
-            Err(error) => {
-                failure = Some(error);
-                false
-            }
-        }
+        records.push((key.to_vec(), codec::decode(value)?));
+        Ok(true)
     })?;
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(records),
-    }
+    Ok(records)
 }
 
 pub fn head(kv: &dyn KvRead) -> Result<Head> {
@@ -321,21 +309,12 @@ pub fn deployments_of_newest_first(
     kv: &dyn KvRead,
     service: &str,
     env: &str,
-    visit: &mut dyn FnMut(&str) -> bool,
+    visit: &mut dyn FnMut(&str) -> Result<bool>,
 ) -> Result<()> {
     let prefix = Key::record(RecordTag::DeploymentByEnvironment).text(service).text(env);
-    let mut failure = None;
     kv.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Reverse, &mut |_, value| {
-        match std::str::from_utf8(value) {
-            Ok(id) => visit(id),
-            Err(_) => {
-                failure = Some(crate::Error::Corrupt("deployment index holds a non-UTF-8 id".into()));
-                false
-            }
-        }
-    })?;
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
+        let id = std::str::from_utf8(value)
+            .map_err(|_| crate::Error::Corrupt("deployment index holds a non-UTF-8 id".into()))?;
+        visit(id)
+    })
 }

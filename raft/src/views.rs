@@ -114,7 +114,6 @@ pub fn read_events(kv: &dyn KvRead, filter: &EventFilter, from_seq: u64, limit: 
         page.next_seq = if limit == 0 { lower } else { head.seq.max(lower.saturating_sub(1)) + 1 };
         return Ok(page);
     }
-    let mut failure = None;
     let mut scanned = 0usize;
     let mut last_visited = lower - 1;
     let mut take = |seq: u64, event: Event, page: &mut EventPage| -> bool {
@@ -130,41 +129,18 @@ pub fn read_events(kv: &dyn KvRead, filter: &EventFilter, from_seq: u64, limit: 
             let start = Key::index(field).text(value).number(lower).into_bytes();
             let end = Key::index(field).text(value).number(upper + 1).into_bytes();
             kv.scan(Space::EventIndex, &start, &end, Direction::Forward, &mut |key, _| {
-                let result = trailing_u64(key)
-                    .ok_or_else(|| Error::Corrupt("event index key without seq".into()))
-                    .and_then(|seq| {
-                        Ok((
-                            seq,
-                            event(kv, seq)?
-                                .ok_or_else(|| Error::Corrupt(format!("index names missing event {seq}")))?,
-                        ))
-                    });
-                match result {
-                    Ok((seq, event)) => take(seq, event, &mut page),
-                    Err(error) => {
-                        failure = Some(error);
-                        false
-                    }
-                }
+                let seq = trailing_u64(key).ok_or_else(|| Error::Corrupt("event index key without seq".into()))?;
+                let found =
+                    event(kv, seq)?.ok_or_else(|| Error::Corrupt(format!("index names missing event {seq}")))?;
+                Ok(take(seq, found, &mut page))
             })?;
         }
         None => {
             kv.scan(Space::Events, &seq_key(lower), &seq_key(upper + 1), Direction::Forward, &mut |key, value| {
-                let result = decode_u64(key)
-                    .ok_or_else(|| Error::Corrupt("event key is not 8 bytes".into()))
-                    .and_then(|seq| Ok((seq, check_event(seq, codec::decode(value)?)?)));
-                match result {
-                    Ok((seq, event)) => take(seq, event, &mut page),
-                    Err(error) => {
-                        failure = Some(error);
-                        false
-                    }
-                }
+                let seq = decode_u64(key).ok_or_else(|| Error::Corrupt("event key is not 8 bytes".into()))?;
+                Ok(take(seq, check_event(seq, codec::decode(value)?)?, &mut page))
             })?;
         }
-    }
-    if let Some(error) = failure {
-        return Err(error);
     }
     let cut_short = page.events.len() >= limit || scanned >= SCAN_BUDGET_EVENTS;
     page.next_seq = if cut_short { last_visited + 1 } else { upper.max(last_visited) + 1 };
@@ -186,7 +162,7 @@ pub fn read_stream(
     let mut seqs = Vec::new();
     kv.scan(Space::StreamVersions, &start, &prefix_end(prefix.bytes()), Direction::Forward, &mut |_, value| {
         seqs.push(value.to_vec());
-        seqs.len() < limit
+        Ok(seqs.len() < limit)
     })?;
     let mut events = Vec::with_capacity(seqs.len());
     for bytes in seqs {
@@ -214,7 +190,7 @@ pub fn first_seq_at_or_after(kv: &dyn KvRead, time_micros: i64) -> Result<Option
     let mut found = None;
     kv.scan(Space::Times, &time_key(time_micros, 0), &[0xFF; 17], Direction::Forward, &mut |key, _| {
         found = trailing_u64(key);
-        false
+        Ok(false)
     })?;
     Ok(found)
 }
@@ -290,24 +266,18 @@ pub fn host_state(kv: &dyn KvRead, host: &str, at_seq: Option<u64>) -> Result<Ve
 pub fn environments_of_host(kv: &dyn KvRead, host: &str) -> Result<Vec<(String, String)>> {
     let prefix = Key::record(RecordTag::HostEnvironment).text(host);
     let mut pairs = Vec::new();
-    let mut corrupt = false;
     kv.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Forward, &mut |key, _| {
         let rest = &key[prefix.bytes().len()..];
-        match leading_text(rest).and_then(|(service, rest)| Some((service, leading_text(rest)?.0))) {
-            Some((service, env)) => {
-                pairs.push((service.to_string(), env.to_string()));
-                true
-            }
-            None => {
-                corrupt = true;
-                false
-            }
-        }
+        let (service, rest) = leading_text(rest).ok_or_else(|| malformed_host_index(host))?;
+        let (env, _) = leading_text(rest).ok_or_else(|| malformed_host_index(host))?;
+        pairs.push((service.to_string(), env.to_string()));
+        Ok(true)
     })?;
-    if corrupt {
-        return Err(Error::Corrupt(format!("host index of {host:?} is malformed")));
-    }
     Ok(pairs)
+}
+
+fn malformed_host_index(host: &str) -> Error {
+    Error::Corrupt(format!("host index of {host:?} is malformed"))
 }
 
 /// The newest `limit` versions of a host's records across its environments, newest first.
@@ -315,17 +285,10 @@ pub fn host_history(kv: &dyn KvRead, host: &str, limit: usize) -> Result<Vec<Hos
     let mut versions = Vec::new();
     for (service, env) in environments_of_host(kv, host)? {
         let prefix = records::host_key(&service, &env, host);
-        let mut failure = None;
         kv.scan(Space::History, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Reverse, &mut |_, value| {
-            match codec::decode::<HostRecord>(value) {
-                Ok(record) => versions.push(record),
-                Err(error) => failure = Some(error),
-            }
-            failure.is_none() && versions.len() < limit * 4
+            versions.push(codec::decode::<HostRecord>(value)?);
+            Ok(versions.len() < limit * 4)
         })?;
-        if let Some(error) = failure {
-            return Err(error);
-        }
     }
     versions.sort_by(|left, right| right.changed_seq.cmp(&left.changed_seq));
     versions.truncate(limit);
@@ -353,36 +316,25 @@ pub fn directives_between(kv: &dyn KvRead, host: &str, from_seq: u64, until_seq:
             Some(next) => key.clone().number(next).into_bytes(),
             None => prefix_end(key.bytes()),
         };
-        let mut failure = None;
-        kv.scan(Space::History, &start, &end, Direction::Forward, &mut |_, value| match codec::decode::<HostRecord>(
-            value,
-        ) {
-            Ok(record) => {
-                if let Some(desired) = &record.desired {
-                    let changed = previous_release.as_deref() != Some(desired.release.as_str());
-                    if desired.seq == record.changed_seq && changed {
-                        directives.push(Directive {
-                            host: record.host.clone(),
-                            service: record.service.clone(),
-                            env: record.env.clone(),
-                            release: desired.release.clone(),
-                            seq: desired.seq,
-                            cause: desired.cause.clone(),
-                            deployment: desired.deployment.clone(),
-                        });
-                    }
-                    previous_release = Some(desired.release.clone());
+        kv.scan(Space::History, &start, &end, Direction::Forward, &mut |_, value| {
+            let record = codec::decode::<HostRecord>(value)?;
+            if let Some(desired) = &record.desired {
+                let changed = previous_release.as_deref() != Some(desired.release.as_str());
+                if desired.seq == record.changed_seq && changed {
+                    directives.push(Directive {
+                        host: record.host.clone(),
+                        service: record.service.clone(),
+                        env: record.env.clone(),
+                        release: desired.release.clone(),
+                        seq: desired.seq,
+                        cause: desired.cause.clone(),
+                        deployment: desired.deployment.clone(),
+                    });
                 }
-                true
+                previous_release = Some(desired.release.clone());
             }
-            Err(error) => {
-                failure = Some(error);
-                false
-            }
+            Ok(true)
         })?;
-        if let Some(error) = failure {
-            return Err(error);
-        }
     }
     directives.sort_by_key(|directive| directive.seq);
     Ok(directives)
@@ -407,7 +359,7 @@ pub fn deployments(kv: &dyn KvRead, filter: &DeploymentFilter, limit: usize) -> 
     let mut ids = Vec::new();
     kv.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Reverse, &mut |_, value| {
         ids.push(value.to_vec());
-        ids.len() < SCAN_BUDGET_EVENTS
+        Ok(ids.len() < SCAN_BUDGET_EVENTS)
     })?;
     let mut found = Vec::new();
     for id in ids {

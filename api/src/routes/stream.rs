@@ -1,11 +1,11 @@
 //! Server-Sent Events: `GET /v1/subscribe` (the log, filtered) and `GET /v1/watch/{host}` (one
 //! host's desired releases).
 //!
-//! Each stream is one task: it catches up from disk, then follows the live feed. It remembers
-//! the next seq it owes the client; a live batch that starts past it (the task lagged behind the
-//! feed's ring) sends it back to disk, so there is never a gap, and anything below it is skipped,
-//! so there is never a duplicate. The channel to the client is small and bounded: a slow client
-//! slows only its own task, which then falls behind the ring and reads from disk.
+//! Each stream is one task running [`follow`]: it catches up from disk, then follows the live
+//! feed. It remembers the next seq it owes the client; a live batch that starts past it (the task
+//! fell behind the feed's ring) sends it back to disk, so there is never a gap, and anything below
+//! it is skipped, so there is never a duplicate. The channel to the client is small and bounded: a
+//! slow client slows only its own task, which then falls behind the ring and reads from disk.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,7 +16,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
-use fleetlog_raft::feed::CommittedEvent;
+use fleetlog_raft::feed::{AppliedBatch, CommittedEvent};
+use fleetlog_raft::ledger::Directive;
 use fleetlog_raft::views::{self, EventFilter};
 use futures::StreamExt;
 use serde_json::json;
@@ -61,12 +62,109 @@ impl Drop for Slot {
     }
 }
 
-fn sse_response(receiver: mpsc::Receiver<SseEvent>) -> Response {
-    Sse::new(ReceiverStream::new(receiver).map(Ok::<_, Infallible>)).into_response()
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("the client went away")]
+    ClientGone,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("reading the log failed: {0}")]
+    Read(ApiError),
 }
 
-fn event_message(event: &CommittedEvent) -> SseEvent {
-    SseEvent::default().id(event.event.seq.to_string()).event(event.event.event_type.as_str()).data(event.json.as_str())
+/// What one kind of stream sends, from disk and from live batches.
+trait Source: Send + Sync + 'static {
+    /// Messages for seqs from `from` up to `until` read from disk (possibly a first part of
+    /// them), and the seq owed next.
+    fn read_disk(
+        &self,
+        app: &AppState,
+        from: u64,
+        until: u64,
+    ) -> impl std::future::Future<Output = Result<(Vec<SseEvent>, u64), StreamEnd>> + Send;
+
+    /// Messages of a live batch for seqs at or after `from`.
+    fn read_batch(&self, batch: &AppliedBatch, from: u64) -> Vec<SseEvent>;
+}
+
+/// Starts a stream task and answers with its SSE response.
+fn spawn_stream<S: Source>(app: AppState, source: S, first: Option<SseEvent>, next: u64) -> ApiResult<Response> {
+    let slot = Slot::take(&app)?;
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let result = async {
+            if let Some(first) = first {
+                send(&sender, first).await?;
+            }
+            follow(&app, &source, next, &sender).await
+        };
+        if let Err(end) = result.await {
+            tracing::debug!(%end, "stream ended");
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(receiver).map(Ok::<_, Infallible>)).into_response())
+}
+
+async fn send(sender: &mpsc::Sender<SseEvent>, message: SseEvent) -> Result<(), StreamEnd> {
+    sender.send(message).await.map_err(|_| StreamEnd::ClientGone)
+}
+
+/// Catch up from disk, follow the live feed, and go back to disk whenever the feed skipped ahead.
+async fn follow<S: Source>(
+    app: &AppState,
+    source: &S,
+    mut next: u64,
+    sender: &mpsc::Sender<SseEvent>,
+) -> Result<(), StreamEnd> {
+    let feed = app.node.feed().clone();
+    // Subscribe before reading the disk, so nothing committed in between is missed.
+    let mut live = feed.subscribe();
+    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut closing = app.closing.subscribe();
+    if *closing.borrow_and_update() {
+        return Err(StreamEnd::ShuttingDown);
+    }
+    loop {
+        loop {
+            let head = feed.head_seq();
+            if next > head {
+                break;
+            }
+            let (messages, after) = source.read_disk(app, next, head).await?;
+            for message in messages {
+                send(sender, message).await?;
+            }
+            if after <= next {
+                break;
+            }
+            next = after;
+        }
+        'live: loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(batch) => {
+                        let Some(first) = batch.events.first() else { continue };
+                        if first.event.seq > next {
+                            break 'live;
+                        }
+                        if batch.head_seq < next {
+                            continue;
+                        }
+                        for message in source.read_batch(&batch, next) {
+                            send(sender, message).await?;
+                        }
+                        next = batch.head_seq + 1;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break 'live,
+                    Err(broadcast::error::RecvError::Closed) => return Err(StreamEnd::ShuttingDown),
+                },
+                _ = beat.tick() => send(sender, heartbeat(feed.head_seq())).await?,
+                _ = sender.closed() => return Err(StreamEnd::ClientGone),
+                _ = closing.changed() => return Err(StreamEnd::ShuttingDown),
+            }
+        }
+    }
 }
 
 fn heartbeat(head_seq: u64) -> SseEvent {
@@ -80,9 +178,39 @@ fn resume_seq(headers: &HeaderMap, params: &Params) -> ApiResult<Option<u64>> {
         let seen: u64 = text.trim().parse().map_err(|_| {
             ApiError::bad_request("invalid_parameter", format!("Last-Event-ID must be a seq, not {text:?}"))
         })?;
-        return Ok(Some(seen + 1));
+        return Ok(Some(seen.saturating_add(1)));
     }
     params.number("from_seq")
+}
+
+/// The log, filtered.
+struct LogSource {
+    filter: EventFilter,
+}
+
+fn event_message(event: &CommittedEvent) -> SseEvent {
+    SseEvent::default().id(event.event.seq.to_string()).event(event.event.event_type.as_str()).data(event.json.as_str())
+}
+
+impl Source for LogSource {
+    async fn read_disk(&self, app: &AppState, from: u64, _until: u64) -> Result<(Vec<SseEvent>, u64), StreamEnd> {
+        let filter = self.filter.clone();
+        let page = app
+            .read(false, move |kv| views::read_events(kv, &filter, from, CATCH_UP_EVENTS))
+            .await
+            .map_err(StreamEnd::Read)?;
+        let messages = page.events.into_iter().map(|event| event_message(&CommittedEvent::new(event))).collect();
+        Ok((messages, page.next_seq))
+    }
+
+    fn read_batch(&self, batch: &AppliedBatch, from: u64) -> Vec<SseEvent> {
+        batch
+            .events
+            .iter()
+            .filter(|event| event.event.seq >= from && self.filter.matches(&event.event))
+            .map(|event| event_message(event))
+            .collect()
+    }
 }
 
 pub async fn subscribe(
@@ -99,85 +227,34 @@ pub async fn subscribe(
     if next > head + 1 {
         return Err(beyond_head(next, head));
     }
-    let slot = Slot::take(&app)?;
-    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(error) = follow_log(&app, &filter, next, &sender).await {
-            tracing::debug!(%error, "subscription ended");
-        }
-    });
-    Ok(sse_response(receiver))
+    spawn_stream(app, LogSource { filter }, None, next)
 }
 
-#[derive(Debug, thiserror::Error)]
-enum StreamEnd {
-    #[error("the client went away")]
-    ClientGone,
-    #[error("the node is shutting down")]
-    ShuttingDown,
-    #[error("reading the log failed: {0}")]
-    Read(ApiError),
+/// One host's directives.
+struct HostSource {
+    host: String,
 }
 
-async fn send(sender: &mpsc::Sender<SseEvent>, message: SseEvent) -> Result<(), StreamEnd> {
-    sender.send(message).await.map_err(|_| StreamEnd::ClientGone)
+fn directive_message(directive: &Directive) -> SseEvent {
+    SseEvent::default().id(directive.seq.to_string()).event("directive").data(wire::directive(directive).to_string())
 }
 
-async fn follow_log(
-    app: &AppState,
-    filter: &EventFilter,
-    mut next: u64,
-    sender: &mpsc::Sender<SseEvent>,
-) -> Result<(), StreamEnd> {
-    let feed = app.node.feed().clone();
-    // Subscribe before reading the disk, so nothing committed in between is missed.
-    let mut live = feed.subscribe();
-    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
-    let mut closing = app.closing.subscribe();
-    if *closing.borrow_and_update() {
-        return Err(StreamEnd::ShuttingDown);
+impl Source for HostSource {
+    async fn read_disk(&self, app: &AppState, from: u64, until: u64) -> Result<(Vec<SseEvent>, u64), StreamEnd> {
+        let host = self.host.clone();
+        let directives = app
+            .read(false, move |kv| views::directives_between(kv, &host, from, until))
+            .await
+            .map_err(StreamEnd::Read)?;
+        Ok((directives.iter().map(directive_message).collect(), until + 1))
     }
-    loop {
-        while next <= feed.head_seq() {
-            let wanted = filter.clone();
-            let page = app
-                .read(false, move |kv| views::read_events(kv, &wanted, next, CATCH_UP_EVENTS))
-                .await
-                .map_err(StreamEnd::Read)?;
-            for event in page.events {
-                send(sender, event_message(&CommittedEvent::new(event))).await?;
+
+    fn read_batch(&self, batch: &AppliedBatch, from: u64) -> Vec<SseEvent> {
+        match batch.directives.get(&self.host) {
+            Some(directives) => {
+                directives.iter().filter(|directive| directive.seq >= from).map(directive_message).collect()
             }
-            if page.next_seq <= next {
-                break;
-            }
-            next = page.next_seq;
-        }
-        'live: loop {
-            tokio::select! {
-                received = live.recv() => match received {
-                    Ok(batch) => {
-                        let Some(first) = batch.events.first() else { continue };
-                        if first.event.seq > next {
-                            break 'live;
-                        }
-                        for event in &batch.events {
-                            if event.event.seq < next {
-                                continue;
-                            }
-                            if filter.matches(&event.event) {
-                                send(sender, event_message(event)).await?;
-                            }
-                            next = event.event.seq + 1;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => break 'live,
-                    Err(broadcast::error::RecvError::Closed) => return Err(StreamEnd::ShuttingDown),
-                },
-                _ = beat.tick() => send(sender, heartbeat(feed.head_seq())).await?,
-                _ = sender.closed() => return Err(StreamEnd::ClientGone),
-                _ = closing.changed() => return Err(StreamEnd::ShuttingDown),
-            }
+            None => Vec::new(),
         }
     }
 }
@@ -196,95 +273,21 @@ pub async fn watch(
     )
     .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))?;
     let params = Params::new(raw, &["from_seq"])?;
-    let from = resume_seq(&headers, &params)?;
     let head = app.node.feed().head_seq();
-    if let Some(from) = from {
-        if from > head + 1 {
-            return Err(beyond_head(from, head));
-        }
-    }
-    let slot = Slot::take(&app)?;
-    let (sender, receiver) = mpsc::channel(STREAM_BUFFER_MESSAGES);
-    tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(error) = follow_host(&app, &host, from, &sender).await {
-            tracing::debug!(%error, host, "watch ended");
-        }
-    });
-    Ok(sse_response(receiver))
-}
-
-/// Sends the host's state (unless resuming), then every directive for it.
-async fn follow_host(
-    app: &AppState,
-    host: &str,
-    from: Option<u64>,
-    sender: &mpsc::Sender<SseEvent>,
-) -> Result<(), StreamEnd> {
-    let feed = app.node.feed().clone();
-    let mut live = feed.subscribe();
-    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
-    let mut closing = app.closing.subscribe();
-    if *closing.borrow_and_update() {
-        return Err(StreamEnd::ShuttingDown);
-    }
-    let mut next = match from {
-        Some(from) => from.max(1),
+    match resume_seq(&headers, &params)? {
+        Some(from) if from > head + 1 => Err(beyond_head(from, head)),
+        // Resuming: directives only; the agent has its state.
+        Some(from) => spawn_stream(app, HostSource { host }, None, from.max(1)),
         None => {
-            let name = host.to_string();
-            let (seq, records) =
-                app.read(false, move |kv| views::watch_state(kv, &name)).await.map_err(StreamEnd::Read)?;
+            let name = host.clone();
+            let (seq, records) = app.read(false, move |kv| views::watch_state(kv, &name)).await?;
             let state = json!({
                 "seq": seq,
                 "host": host,
                 "targets": records.iter().map(wire::host).collect::<Vec<_>>(),
             });
-            send(sender, SseEvent::default().id(seq.to_string()).event("state").data(state.to_string())).await?;
-            seq + 1
-        }
-    };
-    loop {
-        let head = feed.head_seq();
-        if next <= head {
-            let name = host.to_string();
-            let directives = app
-                .read(false, move |kv| views::directives_between(kv, &name, next, head))
-                .await
-                .map_err(StreamEnd::Read)?;
-            for directive in &directives {
-                send(sender, directive_message(directive)).await?;
-            }
-            next = head + 1;
-        }
-        'live: loop {
-            tokio::select! {
-                received = live.recv() => match received {
-                    Ok(batch) => {
-                        let Some(first) = batch.events.first() else { continue };
-                        if first.event.seq > next {
-                            break 'live;
-                        }
-                        if batch.head_seq < next {
-                            continue;
-                        }
-                        if let Some(directives) = batch.directives.get(host) {
-                            for directive in directives.iter().filter(|directive| directive.seq >= next) {
-                                send(sender, directive_message(directive)).await?;
-                            }
-                        }
-                        next = batch.head_seq + 1;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => break 'live,
-                    Err(broadcast::error::RecvError::Closed) => return Err(StreamEnd::ShuttingDown),
-                },
-                _ = beat.tick() => send(sender, heartbeat(feed.head_seq())).await?,
-                _ = sender.closed() => return Err(StreamEnd::ClientGone),
-                _ = closing.changed() => return Err(StreamEnd::ShuttingDown),
-            }
+            let first = SseEvent::default().id(seq.to_string()).event("state").data(state.to_string());
+            spawn_stream(app, HostSource { host }, Some(first), seq + 1)
         }
     }
-}
-
-fn directive_message(directive: &fleetlog_raft::ledger::Directive) -> SseEvent {
-    SseEvent::default().id(directive.seq.to_string()).event("directive").data(wire::directive(directive).to_string())
 }

@@ -56,17 +56,22 @@ fn resolve(kv: &dyn KvRead, moment: Moment) -> fleetlog_raft::Result<Result<Opti
 fn name_param(params: &Params, name: &str) -> ApiResult<Option<String>> {
     match params.text(name) {
         Some(value) => {
-            fleetlog_raft::ledger::validate::check_name(
-                name,
-                &value,
-                fleetlog_raft::limits::NAME_CHARS_MAX,
-                fleetlog_raft::ledger::validate::is_release_char,
-            )
-            .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))?;
+            path_name(name, &value)?;
             Ok(Some(value))
         }
         None => Ok(None),
     }
+}
+
+/// A name taken from the path, checked before it becomes part of a storage key.
+fn path_name(what: &str, value: &str) -> ApiResult<()> {
+    fleetlog_raft::ledger::validate::check_name(
+        what,
+        value,
+        fleetlog_raft::limits::NAME_CHARS_MAX,
+        fleetlog_raft::ledger::validate::is_release_char,
+    )
+    .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))
 }
 
 pub async fn fleet(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
@@ -90,6 +95,7 @@ pub async fn host(
     Path(host): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    path_name("host", &host)?;
     let params = Params::new(raw, &["at_seq", "at_time", "limit"])?;
     let moment = moment(&params)?;
     let limit = params.limit(HOST_HISTORY_DEFAULT, 1_000)?;
@@ -125,6 +131,7 @@ pub async fn deployment(
     Path(id): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    path_name("deployment", &id)?;
     let params = Params::new(raw, &["at_seq", "at_time"])?;
     let moment = moment(&params)?;
     let name = id.clone();
@@ -175,6 +182,7 @@ pub async fn releases(
     Path(service): Path<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    path_name("service", &service)?;
     let params = Params::new(raw, &[])?;
     let name = service.clone();
     let (releases, environments) = app.read(params.linearizable(), move |kv| views::releases(kv, &name)).await?;

@@ -433,49 +433,40 @@ fn rollback(
     // The release being rolled back: the active deployment's, else the last completed one's.
     let rolled_back_release = match &active {
         Some(deployment) => Some(deployment.release.clone()),
-        None => last_completed(state, &service, &env, |_| true)?.map(|deployment| deployment.release),
+        None => last_completed(state, &service, &env, |_| Ok(true))?.map(|deployment| deployment.release),
     };
-    let target =
-        match &context.proposal.release {
-            Some(release) => {
-                deployable(state, &service, release)?;
-                release.clone()
-            }
-            None => {
-                let Some(from) = &rolled_back_release else {
-                    return reject(
-                        RejectionCode::NoRollbackTarget,
-                        format!("{service}/{env} has no completed deployment to roll back to; name a release"),
-                    );
-                };
-                let mut blocked_failure = None;
-                let candidate = last_completed(state, &service, &env, |deployment| {
-                    if deployment.release == *from {
-                        return false;
-                    }
-                    match records::release(state, &service, &deployment.release) {
-                        Ok(Some(release)) => release.blocked.is_none(),
-                        Ok(None) => false,
-                        Err(error) => {
-                            blocked_failure = Some(error);
-                            true
-                        }
-                    }
-                })?;
-                if let Some(error) = blocked_failure {
-                    return Err(error.into());
+    let target = match &context.proposal.release {
+        Some(release) => {
+            deployable(state, &service, release)?;
+            release.clone()
+        }
+        None => {
+            let Some(from) = &rolled_back_release else {
+                return reject(
+                    RejectionCode::NoRollbackTarget,
+                    format!("{service}/{env} has no completed deployment to roll back to; name a release"),
+                );
+            };
+            let candidate = last_completed(state, &service, &env, |deployment| {
+                if deployment.release == *from {
+                    return Ok(false);
                 }
-                match candidate {
-                    Some(deployment) => deployment.release,
-                    None => return reject(
+                let release = records::release(state, &service, &deployment.release)?;
+                Ok(release.is_some_and(|release| release.blocked.is_none()))
+            })?;
+            match candidate {
+                Some(deployment) => deployment.release,
+                None => {
+                    return reject(
                         RejectionCode::NoRollbackTarget,
                         format!(
                             "{service}/{env} has no earlier completed release other than {from} that is not blocked"
                         ),
-                    ),
+                    )
                 }
             }
-        };
+        }
+    };
     envelope.release = Some(target.clone());
 
     if let Some(mut deployment) = active {
@@ -532,25 +523,17 @@ fn last_completed(
     state: &Overlay<'_>,
     service: &str,
     env: &str,
-    mut accept: impl FnMut(&DeploymentRecord) -> bool,
+    mut accept: impl FnMut(&DeploymentRecord) -> crate::Result<bool>,
 ) -> Step<Option<DeploymentRecord>> {
     let mut found = None;
-    let mut failure = None;
-    records::deployments_of_newest_first(state, service, env, &mut |id| match records::deployment(state, id) {
-        Ok(Some(deployment)) if deployment.state == DeploymentState::Completed && accept(&deployment) => {
+    records::deployments_of_newest_first(state, service, env, &mut |id| match records::deployment(state, id)? {
+        Some(deployment) if deployment.state == DeploymentState::Completed && accept(&deployment)? => {
             found = Some(deployment);
-            false
+            Ok(false)
         }
-        Ok(_) => true,
-        Err(error) => {
-            failure = Some(error);
-            false
-        }
+        _ => Ok(true),
     })?;
-    match failure {
-        Some(error) => Err(error.into()),
-        None => Ok(found),
-    }
+    Ok(found)
 }
 
 fn host_reported(state: &mut Overlay<'_>, context: &Context<'_>, status: HostStatus, applied_seq: u64) -> Step<()> {

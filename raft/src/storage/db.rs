@@ -13,7 +13,7 @@ use rocksdb::{
 };
 
 use crate::error::{Error, Result};
-use crate::kv::{Direction, KvRead, Space, Writes};
+use crate::kv::{Direction, KvRead, Space, Visitor, Writes};
 
 /// Column family of Raft log entries, keyed by index.
 pub const LOG_FAMILY: &str = "raft_log";
@@ -146,7 +146,7 @@ impl KvRead for Reader<'_> {
         start: &[u8],
         end: &[u8],
         direction: Direction,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        visit: &mut Visitor<'_>,
     ) -> Result<()> {
         if start >= end {
             return Ok(());
@@ -160,7 +160,7 @@ impl KvRead for Reader<'_> {
             Direction::Reverse => iterator.seek_to_last(),
         }
         while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
-            if !visit(key, value) {
+            if !visit(key, value)? {
                 break;
             }
             match direction {

@@ -105,6 +105,8 @@ impl SnapshotFiles {
 
     /// Dumps the state machine, as of one consistent point, into a new snapshot file.
     pub fn build(&self, database: &Database) -> Result<(SnapshotMeta, PathBuf)> {
+        // The Raft log is purged behind a snapshot: make every applied write durable first.
+        database.sync_wal()?;
         let reader = database.snapshot_reader();
         let last_log_id: Option<LogId> = read_meta(&reader, META_APPLIED)?.flatten();
         let last_membership: StoredMembership = read_meta(&reader, META_MEMBERSHIP)?.unwrap_or_default();
@@ -121,28 +123,16 @@ impl SnapshotFiles {
         writer.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
         writer.write_all(&meta_bytes)?;
         let mut count = 0u64;
-        let mut failure: Option<std::io::Error> = None;
         for space in Space::ALL {
             reader.scan(space, &[], &[0xFF; 32], Direction::Forward, &mut |key, value| {
-                let written = (|| {
-                    writer.write_all(&[space.tag()])?;
-                    writer.write_all(&(key.len() as u32).to_be_bytes())?;
-                    writer.write_all(key)?;
-                    writer.write_all(&(value.len() as u32).to_be_bytes())?;
-                    writer.write_all(value)
-                })();
+                writer.write_all(&[space.tag()])?;
+                writer.write_all(&(key.len() as u32).to_be_bytes())?;
+                writer.write_all(key)?;
+                writer.write_all(&(value.len() as u32).to_be_bytes())?;
+                writer.write_all(value)?;
                 count += 1;
-                match written {
-                    Ok(()) => true,
-                    Err(error) => {
-                        failure = Some(error);
-                        false
-                    }
-                }
+                Ok(true)
             })?;
-            if let Some(error) = failure.take() {
-                return Err(error.into());
-            }
         }
         writer.write_all(&[END_MARK])?;
         writer.write_all(&count.to_be_bytes())?;
