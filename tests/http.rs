@@ -252,12 +252,7 @@ async fn sigterm_shuts_down_cleanly_with_open_streams() {
     let status = server.terminate().await;
     assert!(status.success(), "exit status {status}: {}", server.log());
     // The stream ended instead of holding the shutdown open.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await.expect("stream ended") {
-            Ok(Some(_)) => continue,
-            _ => break,
-        }
-    }
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await.expect("stream ended") {}
     server.kill_and_restart().await;
     assert_eq!(server.all_events().await, before);
 }

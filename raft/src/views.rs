@@ -290,7 +290,7 @@ pub fn host_history(kv: &dyn KvRead, host: &str, limit: usize) -> Result<Vec<Hos
             Ok(versions.len() < limit * 4)
         })?;
     }
-    versions.sort_by(|left, right| right.changed_seq.cmp(&left.changed_seq));
+    versions.sort_by_key(|version| std::cmp::Reverse(version.changed_seq));
     versions.truncate(limit);
     Ok(versions)
 }

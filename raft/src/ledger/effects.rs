@@ -678,42 +678,47 @@ fn mark(record: &HostRecord) -> Option<((String, u32), Mark)> {
     }
 }
 
-/// Changes of wave counters gathered over one event, written once per deployment.
+/// How much one wave's counters move.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct CounterDelta {
+    converged: i64,
+    failed: i64,
+}
+
+/// Changes of wave counters gathered over one event, written once per deployment. Keyed by
+/// deployment, then wave index, so each deployment record is read and written once.
 #[derive(Default)]
 struct Counters {
-    deltas: BTreeMap<(String, u32), (i64, i64)>,
+    deltas: BTreeMap<String, BTreeMap<u32, CounterDelta>>,
 }
 
 impl Counters {
     fn add(&mut self, marked: Option<((String, u32), Mark)>, sign: i64) {
-        if let Some((wave, mark)) = marked {
-            let delta = self.deltas.entry(wave).or_default();
+        if let Some(((deployment, wave), mark)) = marked {
+            let delta = self.deltas.entry(deployment).or_default().entry(wave).or_default();
             match mark {
-                Mark::Converged => delta.0 += sign,
-                Mark::Failed => delta.1 += sign,
+                Mark::Converged => delta.converged += sign,
+                Mark::Failed => delta.failed += sign,
             }
         }
     }
 
     fn flush(self, state: &mut Overlay<'_>, seq: u64) -> Step<()> {
-        let mut by_deployment: BTreeMap<String, Vec<(u32, (i64, i64))>> = BTreeMap::new();
-        for ((deployment, wave), delta) in self.deltas {
-            if delta != (0, 0) {
-                by_deployment.entry(deployment).or_default().push((wave, delta));
+        for (id, waves) in self.deltas {
+            if waves.values().all(|delta| *delta == CounterDelta::default()) {
+                continue;
             }
-        }
-        for (id, changes) in by_deployment {
             let Some(mut deployment) = records::deployment(state, &id)? else {
                 return Err(crate::Error::Corrupt(format!("host names missing deployment {id:?}")).into());
             };
-            for (wave, (converged, failed)) in changes {
+            for (wave, delta) in waves {
                 let Some(record) = deployment.waves.get_mut(wave as usize) else {
                     return Err(crate::Error::Corrupt(format!("host names missing wave {wave} of {id:?}")).into());
                 };
-                record.converged = record.converged.checked_add_signed(converged).ok_or_else(|| {
+                record.converged = record.converged.checked_add_signed(delta.converged).ok_or_else(|| {
                     crate::Error::Corrupt(format!("converged count of {id:?} wave {wave} went below zero"))
                 })?;
-                record.failed = record.failed.checked_add_signed(failed).ok_or_else(|| {
+                record.failed = record.failed.checked_add_signed(delta.failed).ok_or_else(|| {
                     crate::Error::Corrupt(format!("failed count of {id:?} wave {wave} went below zero"))
                 })?;
             }

@@ -1,8 +1,11 @@
 //! RocksDB-backed storage for openraft: the log store, the state machine and snapshot files.
 
 pub mod db;
+// openraft's trait methods return its `StorageError`, which is large; the helpers follow suit.
+#[allow(clippy::result_large_err)]
 pub mod log_store;
 pub mod snapshot;
+#[allow(clippy::result_large_err)]
 pub mod state_machine;
 
 pub use db::Database;

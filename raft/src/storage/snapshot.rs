@@ -192,7 +192,10 @@ pub fn install(database: &Database, path: &Path) -> Result<SnapshotMeta> {
     Ok(meta)
 }
 
-fn read_records(path: &Path, visit: &mut dyn FnMut(Space, &[u8], &[u8]) -> Result<()>) -> Result<SnapshotMeta> {
+/// What reading a snapshot calls for each record.
+type RecordVisitor<'a> = dyn FnMut(Space, &[u8], &[u8]) -> Result<()> + 'a;
+
+fn read_records(path: &Path, visit: &mut RecordVisitor<'_>) -> Result<SnapshotMeta> {
     let corrupt = |what: &str| Error::Corrupt(format!("snapshot {}: {what}", path.display()));
     let file = File::open(path)?;
     let length = file.metadata()?.len();
