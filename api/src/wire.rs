@@ -6,6 +6,7 @@ use fleetlog_raft::ledger::validate::Selector;
 use fleetlog_raft::ledger::Directive;
 use fleetlog_raft::records::{DeploymentRecord, EnvironmentRecord, HostRecord, Step, TimelineEntry};
 use fleetlog_raft::views::{FleetView, ReleaseView};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 pub fn step(step: &Step) -> Value {
@@ -16,41 +17,79 @@ fn optional_step(value: &Option<Step>) -> Value {
     value.as_ref().map(step).unwrap_or(Value::Null)
 }
 
-pub fn host(record: &HostRecord) -> Value {
-    let desired = record.desired.as_ref();
-    let observed = record.observed.as_ref();
-    json!({
-        "host": record.host,
-        "service": record.service,
-        "env": record.env,
-        "group": record.group,
-        "labels": record.labels,
-        "registered": record.registered,
-        "desired_release": desired.map(|d| d.release.clone()),
-        "desired_seq": desired.map(|d| d.seq),
-        "desired_cause": desired.map(|d| d.cause.clone()),
-        "deployment": desired.and_then(|d| d.deployment.clone()),
-        "observed_release": observed.map(|o| o.release.clone()),
-        "status": observed.map(|o| o.status.as_str()),
-        "applied_seq": observed.map(|o| o.applied_seq),
-        "reported_seq": observed.map(|o| o.reported_seq),
-        "reported_at": observed.map(|o| format_time(o.reported_micros)),
-        "converged": record.converged(),
-        "changed_seq": record.changed_seq,
-    })
+/// One host in one (service, env), as served. Serialised straight from the record: a fleet view
+/// of ten thousand hosts must not build ten thousand JSON trees.
+#[derive(Serialize)]
+pub struct HostView<'a> {
+    host: &'a str,
+    service: &'a str,
+    env: &'a str,
+    group: Option<&'a str>,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    registered: bool,
+    desired_release: Option<&'a str>,
+    desired_seq: Option<u64>,
+    desired_cause: Option<&'a str>,
+    deployment: Option<&'a str>,
+    observed_release: Option<&'a str>,
+    status: Option<&'static str>,
+    applied_seq: Option<u64>,
+    reported_seq: Option<u64>,
+    reported_at: Option<String>,
+    converged: bool,
+    changed_seq: u64,
 }
 
-pub fn fleet(view: &FleetView) -> Value {
-    json!({
-        "as_of_seq": view.as_of_seq,
-        "hosts": view.hosts.iter().map(host).collect::<Vec<_>>(),
-        "summary": {
-            "desired": view.desired,
-            "observed": view.observed,
-            "converged": view.converged,
-            "total": view.hosts.len(),
+pub fn host(record: &HostRecord) -> HostView<'_> {
+    let desired = record.desired.as_ref();
+    let observed = record.observed.as_ref();
+    HostView {
+        host: &record.host,
+        service: &record.service,
+        env: &record.env,
+        group: record.group.as_deref(),
+        labels: &record.labels,
+        registered: record.registered,
+        desired_release: desired.map(|d| d.release.as_str()),
+        desired_seq: desired.map(|d| d.seq),
+        desired_cause: desired.map(|d| d.cause.as_str()),
+        deployment: desired.and_then(|d| d.deployment.as_deref()),
+        observed_release: observed.map(|o| o.release.as_str()),
+        status: observed.map(|o| o.status.as_str()),
+        applied_seq: observed.map(|o| o.applied_seq),
+        reported_seq: observed.map(|o| o.reported_seq),
+        reported_at: observed.map(|o| format_time(o.reported_micros)),
+        converged: record.converged(),
+        changed_seq: record.changed_seq,
+    }
+}
+
+#[derive(Serialize)]
+pub struct FleetSummary<'a> {
+    desired: &'a std::collections::BTreeMap<String, u64>,
+    observed: &'a std::collections::BTreeMap<String, u64>,
+    converged: u64,
+    total: usize,
+}
+
+#[derive(Serialize)]
+pub struct FleetDocument<'a> {
+    as_of_seq: u64,
+    hosts: Vec<HostView<'a>>,
+    summary: FleetSummary<'a>,
+}
+
+pub fn fleet(view: &FleetView) -> FleetDocument<'_> {
+    FleetDocument {
+        as_of_seq: view.as_of_seq,
+        hosts: view.hosts.iter().map(host).collect(),
+        summary: FleetSummary {
+            desired: &view.desired,
+            observed: &view.observed,
+            converged: view.converged,
+            total: view.hosts.len(),
         },
-    })
+    }
 }
 
 fn selector(selector: &Selector) -> Value {

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetlog_raft::kv::KvRead;
 use fleetlog_raft::records::DeploymentState;
@@ -74,7 +76,7 @@ fn path_name(what: &str, value: &str) -> ApiResult<()> {
     .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))
 }
 
-pub async fn fleet(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+pub async fn fleet(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Response> {
     let params = Params::new(raw, &["service", "env", "at_seq", "at_time"])?;
     let service = name_param(&params, "service")?;
     let env = name_param(&params, "env")?;
@@ -87,7 +89,10 @@ pub async fn fleet(State(app): State<AppState>, Query(raw): Query<HashMap<String
             })
         })
         .await??;
-    Ok(Json(wire::fleet(&view)))
+    // Sized up front: a large fleet is megabytes, and growing the buffer by doubling copies it.
+    let mut body = Vec::with_capacity(256 + view.hosts.len() * 400);
+    serde_json::to_writer(&mut body, &wire::fleet(&view)).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 pub async fn host(
