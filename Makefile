@@ -11,8 +11,9 @@ export CARGO_TARGET_DIR
 prerequisites:
 	@./scripts/prerequisites.sh
 
+# Builds every target, as `make test` does: the same feature set, so RocksDB is compiled once for both.
 build: prerequisites
-	cargo build --bin fleetlog
+	cargo build --workspace --all-targets
 
 run: build
 	$(CARGO_TARGET_DIR)/debug/fleetlog serve
