@@ -173,6 +173,8 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         ("control character in a host name", "/v1/hosts/web%00one".into(), 400, "invalid_parameter"),
         ("control character in a watched host", "/v1/watch/web%00one".into(), 400, "invalid_parameter"),
         ("control character in a filter", "/v1/events?host=web%00one".into(), 400, "invalid_parameter"),
+        ("invalid UTF-8 in a path", "/v1/hosts/%ff".into(), 400, "invalid_parameter"),
+        ("invalid UTF-8 in a seq", "/v1/events/%ff".into(), 400, "invalid_parameter"),
     ];
     for (name, path, status, code) in reads {
         let (got, error) = server.get(&path).await;

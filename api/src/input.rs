@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use fleetlog_raft::event::{ExpectedVersion, ProposedEvent};
 use fleetlog_raft::limits::{BATCH_EVENTS_MAX, EVENT_DATA_BYTES_MAX};
 use serde_json::{Map, Value};
@@ -31,6 +32,21 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             )
         })?;
         parse_object(&bytes).map(JsonObject)
+    }
+}
+
+/// Path parameters; a malformed path (such as invalid UTF-8 in a percent escape) is a 400 with
+/// the API's error shape instead of axum's plain-text rejection.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<PathParams<T>> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParams(value)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_parameter", rejection.body_text())),
+        }
     }
 }
 

@@ -2,14 +2,14 @@
 //! the same path as `POST /v1/events`. Body fields that are not envelope fields become the
 //! event's `data`, so the ledger's own checks (unknown fields, required reasons) apply.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
-use crate::input::{canonical_data, optional_string, JsonObject};
+use crate::input::{canonical_data, optional_string, JsonObject, PathParams};
 use crate::state::AppState;
 
 /// One domain event built from a request.
@@ -109,7 +109,7 @@ pub async fn create_release(
 
 pub async fn block_release(
     State(app): State<AppState>,
-    Path((service, release)): Path<(String, String)>,
+    PathParams((service, release)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -119,7 +119,7 @@ pub async fn block_release(
 
 pub async fn unblock_release(
     State(app): State<AppState>,
-    Path((service, release)): Path<(String, String)>,
+    PathParams((service, release)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -141,7 +141,7 @@ pub async fn start_deployment(
 
 pub async fn start_wave(
     State(app): State<AppState>,
-    Path((deployment, wave)): Path<(String, String)>,
+    PathParams((deployment, wave)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -151,7 +151,7 @@ pub async fn start_wave(
 
 pub async fn complete_wave(
     State(app): State<AppState>,
-    Path((deployment, wave)): Path<(String, String)>,
+    PathParams((deployment, wave)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -161,7 +161,7 @@ pub async fn complete_wave(
 
 pub async fn complete_deployment(
     State(app): State<AppState>,
-    Path(deployment): Path<String>,
+    PathParams(deployment): PathParams<String>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -170,7 +170,7 @@ pub async fn complete_deployment(
 
 pub async fn abort_deployment(
     State(app): State<AppState>,
-    Path(deployment): Path<String>,
+    PathParams(deployment): PathParams<String>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -195,7 +195,7 @@ pub async fn register_target(
 
 pub async fn deregister_target(
     State(app): State<AppState>,
-    Path((service, env, host)): Path<(String, String, String)>,
+    PathParams((service, env, host)): PathParams<(String, String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -222,7 +222,7 @@ pub async fn start_freeze(
 
 pub async fn end_freeze(
     State(app): State<AppState>,
-    Path((service, env)): Path<(String, String)>,
+    PathParams((service, env)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetlog_raft::event::{AppendOutcome, AppendRequest};
@@ -10,7 +10,7 @@ use fleetlog_raft::views::{self, EventFilter};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
-use crate::input::{parse_append, JsonObject, Params};
+use crate::input::{parse_append, JsonObject, Params, PathParams};
 use crate::state::AppState;
 use crate::wire;
 
@@ -116,7 +116,7 @@ pub fn parse_seq(text: &str) -> ApiResult<u64> {
         .ok_or_else(|| ApiError::bad_request("invalid_parameter", format!("a seq is a whole number ≥ 1, not {text:?}")))
 }
 
-pub async fn one(State(app): State<AppState>, Path(seq): Path<String>) -> ApiResult<Response> {
+pub async fn one(State(app): State<AppState>, PathParams(seq): PathParams<String>) -> ApiResult<Response> {
     let seq = parse_seq(&seq)?;
     let (event, head) = app.read(true, move |kv| Ok((views::event(kv, seq)?, views::head(kv)?.seq))).await?;
     match event {
@@ -127,7 +127,7 @@ pub async fn one(State(app): State<AppState>, Path(seq): Path<String>) -> ApiRes
 
 pub async fn stream(
     State(app): State<AppState>,
-    Path(stream): Path<String>,
+    PathParams(stream): PathParams<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     fleetlog_raft::ledger::validate::check_stream_name(&stream)

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, ApiResult};
-use crate::input::Params;
+use crate::input::{Params, PathParams};
 use crate::routes::events::{beyond_head, parse_filter, FILTER_PARAMS};
 use crate::state::AppState;
 use crate::wire;
@@ -261,7 +261,7 @@ impl Source for HostSource {
 
 pub async fn watch(
     State(app): State<AppState>,
-    Path(host): Path<String>,
+    PathParams(host): PathParams<String>,
     headers: HeaderMap,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {

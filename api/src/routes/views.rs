@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +13,7 @@ use fleetlog_raft::views::{self, DeploymentFilter};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
-use crate::input::Params;
+use crate::input::{Params, PathParams};
 use crate::routes::events::beyond_head;
 use crate::state::AppState;
 use crate::wire;
@@ -97,7 +97,7 @@ pub async fn fleet(State(app): State<AppState>, Query(raw): Query<HashMap<String
 
 pub async fn host(
     State(app): State<AppState>,
-    Path(host): Path<String>,
+    PathParams(host): PathParams<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     path_name("host", &host)?;
@@ -133,7 +133,7 @@ pub async fn host(
 
 pub async fn deployment(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     path_name("deployment", &id)?;
@@ -184,7 +184,7 @@ pub async fn deployments(
 
 pub async fn releases(
     State(app): State<AppState>,
-    Path(service): Path<String>,
+    PathParams(service): PathParams<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     path_name("service", &service)?;
