@@ -20,6 +20,7 @@ fn command(events: usize, offset: usize) -> LedgerCommand {
             expected_version: ExpectedVersion::Any,
             actor: "bench".into(),
         }],
+        identity: None,
     }
 }
 

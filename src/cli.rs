@@ -27,6 +27,11 @@ pub enum Output {
 pub enum Command {
     /// Run a node. Without flags: a single-node cluster in ./fleetlog-data on 127.0.0.1:7070.
     Serve(ServeArgs),
+    /// Membership: form a cluster, add, promote and remove nodes, show status.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Run a local cluster of several nodes in child processes (for trying things out).
+    Dev(DevArgs),
     /// Releases of a service.
     #[command(subcommand)]
     Release(ReleaseCommand),
@@ -94,11 +99,76 @@ pub struct BenchFleetArgs {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to serve the API on.
+    /// Address to serve the API and peer traffic on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: String,
     /// Data directory.
     #[arg(long, default_value = "./fleetlog-data")]
+    pub data: PathBuf,
+    /// Run as member N of a cluster: wait to be initialised (`fleetlog cluster init`) or added
+    /// (`fleetlog cluster add-learner`). Without it: a single-node cluster that initialises itself.
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Address other nodes and clients reach this node at (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Dial peer ID at HOST:PORT instead of its member address (a proxy or tunnel); repeatable.
+    #[arg(long = "peer-route", value_name = "ID=HOST:PORT")]
+    pub peer_routes: Vec<String>,
+    /// Secret every peer call must present; give every member the same one.
+    #[arg(long, env = "FLEETLOG_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Raft log entries between snapshots; the log behind a snapshot is purged.
+    #[arg(long, default_value_t = fleetlog_raft::node::SNAPSHOT_EVERY_ENTRIES)]
+    pub snapshot_every: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Form a cluster from members started with `serve --node-id`.
+    Init(ClusterInitArgs),
+    /// Add a node that copies the log without voting (a read replica, or a voter-to-be).
+    AddLearner(ClusterAddLearnerArgs),
+    /// Make a learner a voter.
+    Promote(ClusterNodeArgs),
+    /// Remove a node from the cluster.
+    Remove(ClusterNodeArgs),
+    /// Leader, term, and every node's log, applied index and lag.
+    Status,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterInitArgs {
+    /// Members as ID=HOST:PORT,ID=HOST:PORT,...
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub members: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterAddLearnerArgs {
+    #[arg(long)]
+    pub node_id: u64,
+    /// Address the new node serves on.
+    #[arg(long)]
+    pub addr: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterNodeArgs {
+    #[arg(long)]
+    pub node_id: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Nodes in the local cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Node N listens on 127.0.0.1:(base-port + N - 1).
+    #[arg(long, default_value_t = 7071)]
+    pub base_port: u16,
+    /// Parent directory of the nodes' data directories.
+    #[arg(long, default_value = "./fleetlog-dev")]
     pub data: PathBuf,
 }
 

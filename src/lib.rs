@@ -1,11 +1,13 @@
 //! fleetlog: the binary's library. `cli` defines the arguments, `serve` runs a node,
-//! `commands` append (releases, deployments, rollbacks, …), `reads` query and follow the log,
+//! `cluster` membership, `dev` a local multi-node cluster, `commands` append (releases, deployments, rollbacks, …), `reads` query and follow the log,
 //! `output` prints tables or JSON. The server itself lives in `fleetlog-raft` (ledger, storage,
 //! consensus) and `fleetlog-api` (HTTP).
 
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
+pub mod dev;
 pub mod output;
 pub mod reads;
 pub mod serve;
@@ -17,12 +19,15 @@ use crate::cli::{Cli, Command};
 
 pub async fn run(cli: Cli) -> Result<()> {
     let output = cli.output;
-    if let Command::Serve(args) = cli.command {
-        return serve::serve(args).await;
+    match cli.command {
+        Command::Serve(args) => return serve::serve(args).await,
+        Command::Dev(args) => return dev::run(output, args).await,
+        _ => {}
     }
     let client = Client::new(&cli.server)?;
     match cli.command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Dev(_) => unreachable!("handled above"),
+        Command::Cluster(command) => cluster::run(&client, output, command).await,
         Command::Release(command) => commands::release(&client, output, command).await,
         Command::Target(command) => commands::target(&client, output, command).await,
         Command::Report(args) => commands::report(&client, output, args).await,

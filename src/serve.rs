@@ -1,32 +1,72 @@
-//! `fleetlog serve`: one process, one node, the API on one address.
+//! `fleetlog serve`: one process, one node, the API and peer traffic on one address.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
-use fleetlog_raft::node::{Node, NodeConfig};
+use anyhow::{bail, Context, Result};
+use fleetlog_raft::node::{Bootstrap, Node, NodeConfig};
 
 use crate::cli::ServeArgs;
-
-/// Node id of the embedded single-node cluster.
-const SINGLE_NODE_ID: u64 = 1;
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let address: SocketAddr =
         args.listen.parse().with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?;
-    let config = NodeConfig { node_id: SINGLE_NODE_ID, data_dir: args.data.clone(), advertise: args.listen.clone() };
+    let config = node_config(&args)?;
     let listener = fleetlog_api::bind(address).with_context(|| format!("cannot listen on {address}"))?;
-    let node = Node::start_single(config)
+    let node = Node::start(config.clone())
         .await
         .with_context(|| format!("cannot start a node with data in {}", args.data.display()))?;
-    tracing::info!(%address, data = %args.data.display(), "fleetlog serving (single node, no authentication)");
+    match config.bootstrap {
+        Bootstrap::SingleNode => {
+            tracing::info!(%address, data = %args.data.display(), "fleetlog serving (single node, no authentication)")
+        }
+        Bootstrap::AwaitMembership => tracing::info!(
+            %address,
+            node = config.node_id,
+            advertise = %config.advertise,
+            data = %args.data.display(),
+            peer_secret = config.cluster_secret.is_some(),
+            "fleetlog serving as a cluster member (no client authentication)"
+        ),
+    }
     let served = fleetlog_api::serve(node.clone(), listener, shutdown_signal()).await;
     tracing::info!("stopped accepting; shutting down raft");
     node.shutdown().await;
     served.context("the HTTP server failed")
 }
 
+fn node_config(args: &ServeArgs) -> Result<NodeConfig> {
+    let mut config =
+        NodeConfig::single(args.data.clone(), args.advertise.clone().unwrap_or_else(|| args.listen.clone()));
+    config.snapshot_every = args.snapshot_every;
+    config.cluster_secret = args.cluster_secret.clone().filter(|secret| !secret.is_empty());
+    config.peer_routes = parse_routes(&args.peer_routes)?;
+    if let Some(node_id) = args.node_id {
+        if node_id == 0 {
+            bail!("--node-id must be a positive integer");
+        }
+        config.node_id = node_id;
+        config.bootstrap = Bootstrap::AwaitMembership;
+    } else if args.advertise.is_some() || !args.peer_routes.is_empty() {
+        bail!("--advertise and --peer-route are for cluster members: add --node-id");
+    }
+    Ok(config)
+}
+
+fn parse_routes(routes: &[String]) -> Result<HashMap<u64, String>> {
+    routes
+        .iter()
+        .map(|route| {
+            let (id, address) =
+                route.split_once('=').with_context(|| format!("--peer-route {route:?} is not ID=HOST:PORT"))?;
+            let id = id.parse().with_context(|| format!("--peer-route {route:?}: {id:?} is not a node id"))?;
+            Ok((id, address.to_string()))
+        })
+        .collect()
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(signal) => signal,

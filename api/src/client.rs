@@ -58,6 +58,23 @@ impl Client {
         self.send(url, request).await
     }
 
+    /// Any method, with a body when given, and a caller-chosen timeout (membership changes wait
+    /// for a learner to catch up).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        let mut request = self.http.request(method, &url).timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(url, request).await
+    }
+
     async fn send(&self, url: String, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let response = request
             .send()

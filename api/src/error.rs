@@ -67,6 +67,7 @@ impl From<Rejection> for ApiError {
 impl From<WriteError> for ApiError {
     fn from(error: WriteError) -> ApiError {
         let code = match &error {
+            WriteError::NoLeader => "no_leader",
             WriteError::NotLeader { .. } => "not_leader",
             WriteError::Timeout(_) => "write_timeout",
             WriteError::Unavailable(_) => "unavailable",

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use fleetlog_raft::node::Node;
 use tokio::net::{TcpListener, TcpSocket};
@@ -33,7 +33,7 @@ use crate::state::AppState;
 pub const LISTEN_BACKLOG: u32 = 4_096;
 
 pub fn router(state: AppState) -> Router {
-    use routes::{commands, events, health, stream, views};
+    use routes::{cluster, commands, events, health, peer, stream, views};
     Router::new()
         .route("/v1/events", post(events::append).get(events::read))
         .route("/v1/events/{seq}", get(events::one))
@@ -58,6 +58,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports", post(commands::report))
         .route("/v1/freezes", post(commands::start_freeze))
         .route("/v1/freezes/{service}/{env}", delete(commands::end_freeze))
+        .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/init", post(cluster::init))
+        .route("/v1/cluster/learners", post(cluster::add_learner))
+        .route("/v1/cluster/members", put(cluster::set_members))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove))
+        .route("/v1/cluster/members/{id}/promote", post(cluster::promote))
+        .merge(peer::routes())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -98,6 +98,14 @@ pub struct AppendRequest {
 pub struct LedgerCommand {
     pub time_micros: i64,
     pub requests: Vec<AppendRequest>,
+    /// Set by a leader that finds the cluster without an identity; the first one applied wins.
+    pub identity: Option<ClusterIdentity>,
+}
+
+/// Facts about the cluster itself that every replica must agree on, decided once by a leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    pub cluster_id: String,
 }
 
 /// A committed event.

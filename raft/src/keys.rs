@@ -133,6 +133,7 @@ pub fn ordered_time(time_micros: i64) -> u64 {
 pub const META_HEAD: &[u8] = b"head";
 pub const META_APPLIED: &[u8] = b"applied";
 pub const META_MEMBERSHIP: &[u8] = b"membership";
+pub const META_CLUSTER: &[u8] = b"cluster";
 
 #[cfg(test)]
 mod tests {

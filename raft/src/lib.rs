@@ -12,6 +12,7 @@
 //! Only this crate touches RocksDB and openraft.
 
 pub mod canonical;
+pub mod cluster;
 pub mod codec;
 pub mod error;
 pub mod event;
@@ -22,6 +23,7 @@ pub mod ledger;
 pub mod limits;
 pub mod network;
 pub mod node;
+pub mod peers;
 pub mod records;
 pub mod rejection;
 pub mod storage;

@@ -1,25 +1,46 @@
 //! A running fleetlog node: storage, the Raft instance, and the operations the API calls.
+//!
+//! Any node accepts writes and linearizable reads. A follower forwards a write to the leader
+//! (over [`crate::peers`]) and, for a read, asks the leader for its read index and waits until
+//! its own state machine has applied that far.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::event::{AppendOutcome, AppendRequest, LedgerCommand};
+use crate::event::{AppendOutcome, AppendRequest, ClusterIdentity, LedgerCommand};
 use crate::feed::Feed;
-use crate::network::SingleNodeNetwork;
+use crate::network::PeerNetwork;
+use crate::peers::{path, PeerError, Peers};
 use crate::storage::{Database, LogStore, SnapshotFiles, StateMachine};
 use crate::types::{NodeId, Raft};
 
 /// How long a write may wait for commit before its outcome is reported unknown.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Entries between snapshots. A snapshot dumps the whole ledger, so this is large; the Raft log
-/// behind the last snapshot is purged.
+/// Default number of entries between snapshots. A snapshot dumps the whole ledger, so this is
+/// large; the Raft log behind the last snapshot is purged.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 500_000;
+/// Entries kept in the log behind a snapshot, so a briefly absent follower catches up from the
+/// log rather than with a whole snapshot.
+const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 10_000;
+/// Pause between attempts while no leader is known or the known one is unreachable.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How a node comes to belong to a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The embedded default: a cluster of this one node, initialised on first start.
+    SingleNode,
+    /// A cluster member: waits to be initialised (`/v1/cluster/init`) or added as a learner.
+    AwaitMembership,
+}
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -27,11 +48,35 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Address peers and clients reach this node at.
     pub advertise: String,
+    pub bootstrap: Bootstrap,
+    /// Where to dial particular peers instead of their member address (proxies, tunnels).
+    pub peer_routes: HashMap<NodeId, String>,
+    /// Required on every peer call when set.
+    pub cluster_secret: Option<String>,
+    pub snapshot_every: u64,
 }
 
-/// Why a write did not produce an outcome.
-#[derive(Debug, thiserror::Error)]
+impl NodeConfig {
+    /// The embedded single-node default.
+    pub fn single(data_dir: PathBuf, advertise: String) -> NodeConfig {
+        NodeConfig {
+            node_id: 1,
+            data_dir,
+            advertise,
+            bootstrap: Bootstrap::SingleNode,
+            peer_routes: HashMap::new(),
+            cluster_secret: None,
+            snapshot_every: SNAPSHOT_EVERY_ENTRIES,
+        }
+    }
+}
+
+/// Why a write (or a linearizable read) did not produce an outcome. Travels between nodes when
+/// a follower forwards a write.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum WriteError {
+    #[error("no leader is known; the cluster may be electing one or may have lost its majority")]
+    NoLeader,
     #[error("this node is not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<(NodeId, String)> },
     #[error("the write was not committed within {0:?}; its outcome is unknown, retry with the same ids")]
@@ -47,48 +92,75 @@ pub struct Node {
 
 struct NodeInner {
     id: NodeId,
+    advertise: String,
     raft: Raft,
     database: Database,
     feed: Feed,
+    peers: Arc<Peers>,
 }
 
-fn raft_config() -> Result<Config> {
+fn raft_config(snapshot_every: u64) -> Result<Config> {
     let config = Config {
         cluster_name: "fleetlog".into(),
+        // Tuned for 2-core machines: a busy node still answers heartbeats within an election timeout.
         heartbeat_interval: 100,
         election_timeout_min: 1_000,
         election_timeout_max: 2_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-        max_in_snapshot_log_to_keep: 10_000,
+        // The last chunk of a snapshot is answered after the whole ledger is installed.
+        install_snapshot_timeout: 120_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: snapshot_every.min(LOG_KEPT_BEHIND_SNAPSHOT),
+        max_payload_entries: 100,
         ..Config::default()
     };
     config.validate().map_err(|error| Error::Raft(error.to_string()))
 }
 
+fn raft_error(error: impl std::fmt::Display) -> Error {
+    Error::Raft(error.to_string())
+}
+
 impl Node {
     /// Opens storage and starts Raft. A single-node cluster initialises itself on first start.
-    pub async fn start_single(config: NodeConfig) -> Result<Node> {
+    pub async fn start(config: NodeConfig) -> Result<Node> {
         std::fs::create_dir_all(&config.data_dir)?;
         let database = Database::open(&config.data_dir.join("db"))?;
         let snapshots = SnapshotFiles::new(config.data_dir.join("snapshots"))?;
         let state_machine = StateMachine::open(database.clone(), snapshots)?;
         let feed = state_machine.feed().clone();
         let log_store = LogStore::new(database.clone());
-        let raft = Raft::new(config.node_id, Arc::new(raft_config()?), SingleNodeNetwork, log_store, state_machine)
-            .await
-            .map_err(|error| Error::Raft(error.to_string()))?;
-        let initialized = raft.is_initialized().await.map_err(|error| Error::Raft(error.to_string()))?;
-        if !initialized {
-            let mut members = BTreeMap::new();
-            members.insert(config.node_id, BasicNode { addr: config.advertise.clone() });
-            raft.initialize(members).await.map_err(|error| Error::Raft(error.to_string()))?;
+        let peers = Arc::new(Peers::new(config.peer_routes.clone(), config.cluster_secret.clone())?);
+        let network = PeerNetwork::new(peers.clone());
+        let raft_config = Arc::new(raft_config(config.snapshot_every)?);
+        let raft =
+            Raft::new(config.node_id, raft_config, network, log_store, state_machine).await.map_err(raft_error)?;
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                id: config.node_id,
+                advertise: config.advertise.clone(),
+                raft,
+                database,
+                feed,
+                peers,
+            }),
+        };
+        if config.bootstrap == Bootstrap::SingleNode && !node.raft().is_initialized().await.map_err(raft_error)? {
+            node.raft()
+                .initialize(BTreeMap::from([(config.node_id, BasicNode { addr: config.advertise.clone() })]))
+                .await
+                .map_err(raft_error)?;
             tracing::info!(node = config.node_id, "initialised a new single-node cluster");
         }
-        Ok(Node { inner: Arc::new(NodeInner { id: config.node_id, raft, database, feed }) })
+        tokio::spawn(record_identity_when_leading(node.clone()));
+        Ok(node)
     }
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    pub fn advertise(&self) -> &str {
+        &self.inner.advertise
     }
 
     pub fn raft(&self) -> &Raft {
@@ -103,10 +175,51 @@ impl Node {
         &self.inner.feed
     }
 
-    /// Proposes one request and waits until it is committed on a majority and applied.
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let address = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, address))
+    }
+
+    /// Proposes one request and waits until it is committed on a majority and applied, on the
+    /// leader: a follower forwards it. Retrying is safe because every event carries an id the
+    /// ledger deduplicates, so a retry after a lost leader yields the original positions.
     pub async fn append(&self, request: AppendRequest) -> std::result::Result<AppendOutcome, WriteError> {
-        let command = LedgerCommand { time_micros: now_micros(), requests: vec![request] };
-        let written = tokio::time::timeout(WRITE_TIMEOUT, self.inner.raft.client_write(command))
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = match self.append_here(request.clone(), remaining).await {
+                Err(WriteError::NotLeader { leader: Some((leader, address)) }) if leader != self.id() => {
+                    self.forward_append(leader, &address, &request, remaining).await
+                }
+                other => other,
+            };
+            match attempt {
+                // Nothing was written by this attempt; another leader may be taking over.
+                Err(WriteError::NoLeader | WriteError::NotLeader { .. }) if Instant::now() + RETRY_PAUSE < deadline => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(WriteError::NotLeader { .. }) => return Err(WriteError::NoLeader),
+                other => return other,
+            }
+        }
+    }
+
+    /// Proposes on this node without forwarding; the endpoint followers forward to calls this.
+    pub async fn append_here(
+        &self,
+        request: AppendRequest,
+        timeout: Duration,
+    ) -> std::result::Result<AppendOutcome, WriteError> {
+        let command = LedgerCommand { time_micros: now_micros(), requests: vec![request], identity: None };
+        let written = tokio::time::timeout(timeout, self.inner.raft.client_write(command))
             .await
             .map_err(|_| WriteError::Timeout(WRITE_TIMEOUT))?;
         match written {
@@ -116,24 +229,105 @@ impl Node {
                 .into_iter()
                 .next()
                 .ok_or_else(|| WriteError::Unavailable("the state machine returned no outcome".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(WriteError::NotLeader { leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)) })
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => match forward.leader_id {
+                Some(leader) => Err(WriteError::NotLeader {
+                    leader: Some((leader, forward.leader_node.map(|node| node.addr).unwrap_or_default())),
+                }),
+                None => Err(WriteError::NoLeader),
+            },
             Err(error) => Err(WriteError::Unavailable(error.to_string())),
         }
     }
 
-    /// Confirms leadership and waits until the state machine has applied everything committed
-    /// before this call: reads after it are linearizable.
+    async fn forward_append(
+        &self,
+        leader: NodeId,
+        address: &str,
+        request: &AppendRequest,
+        timeout: Duration,
+    ) -> std::result::Result<AppendOutcome, WriteError> {
+        let answer = self
+            .peers()
+            .call::<_, std::result::Result<AppendOutcome, WriteError>>(
+                leader,
+                address,
+                path::FORWARD_APPEND,
+                request,
+                timeout,
+            )
+            .await;
+        match answer {
+            Ok(outcome) => outcome,
+            // The request never left: as good as no leader, try again.
+            Err(PeerError::Unreachable { .. }) => Err(WriteError::NoLeader),
+            Err(PeerError::NoAnswer { .. }) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
+            Err(error @ PeerError::Refused { .. }) => Err(WriteError::Unavailable(error.to_string())),
+        }
+    }
+
+    /// Waits until reads on this node are linearizable: everything committed before this call
+    /// is applied here. The leader confirms its leadership with a quorum (read index); a
+    /// follower asks the leader for that index and waits until it has applied it.
     pub async fn ensure_linearizable(&self) -> std::result::Result<(), WriteError> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.inner.raft.ensure_linearizable()).await {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let read_index = match self.leader() {
+                Some((leader, _)) if leader == self.id() => self.read_index_here(remaining).await,
+                Some((leader, address)) => self.forward_read_index(leader, &address, remaining).await,
+                None => Err(WriteError::NoLeader),
+            };
+            match read_index {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(WriteError::NoLeader | WriteError::NotLeader { .. }) if Instant::now() + RETRY_PAUSE < deadline => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(WriteError::NotLeader { .. }) => return Err(WriteError::NoLeader),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// On the leader: the log index a linearizable read must see applied.
+    pub async fn read_index_here(&self, timeout: Duration) -> std::result::Result<Option<u64>, WriteError> {
+        match tokio::time::timeout(timeout, self.inner.raft.get_read_log_id()).await {
             Err(_) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(WriteError::NotLeader { leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)) })
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|log_id| log_id.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                Err(WriteError::NotLeader { leader: forward.leader_id.map(|leader| (leader, String::new())) })
             }
             Ok(Err(error)) => Err(WriteError::Unavailable(error.to_string())),
         }
+    }
+
+    async fn forward_read_index(
+        &self,
+        leader: NodeId,
+        address: &str,
+        timeout: Duration,
+    ) -> std::result::Result<Option<u64>, WriteError> {
+        let answer = self
+            .peers()
+            .call::<_, std::result::Result<Option<u64>, WriteError>>(leader, address, path::READ_INDEX, &(), timeout)
+            .await;
+        match answer {
+            Ok(index) => index,
+            Err(PeerError::Unreachable { .. }) => Err(WriteError::NoLeader),
+            Err(PeerError::NoAnswer { .. }) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
+            Err(error @ PeerError::Refused { .. }) => Err(WriteError::Unavailable(error.to_string())),
+        }
+    }
+
+    async fn wait_applied(&self, index: Option<u64>, deadline: Instant) -> std::result::Result<(), WriteError> {
+        let Some(index) = index else { return Ok(()) };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.inner
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| WriteError::Timeout(WRITE_TIMEOUT))
     }
 
     /// True when this node knows a leader and has applied what it knows to be committed.
@@ -147,6 +341,11 @@ impl Node {
         self.inner.raft.metrics().borrow().clone()
     }
 
+    /// The cluster's identity, once recorded.
+    pub fn identity(&self) -> Result<Option<ClusterIdentity>> {
+        crate::ledger::cluster_identity(&self.inner.database.reader())
+    }
+
     /// Stops Raft; the database closes when the last handle is dropped.
     pub async fn shutdown(&self) {
         if let Err(error) = self.inner.raft.shutdown().await {
@@ -156,6 +355,40 @@ impl Node {
             tracing::warn!(%error, "final WAL sync");
         }
     }
+}
+
+/// Whenever this node leads a cluster that has no identity yet, it proposes one. Ends once the
+/// identity is applied here.
+async fn record_identity_when_leading(node: Node) {
+    let mut metrics = node.raft().metrics();
+    loop {
+        match node.identity() {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the cluster identity"),
+        }
+        let leading = metrics.borrow().state == ServerState::Leader;
+        if leading {
+            let identity = ClusterIdentity { cluster_id: new_cluster_id() };
+            let command = LedgerCommand { time_micros: now_micros(), requests: Vec::new(), identity: Some(identity) };
+            match tokio::time::timeout(WRITE_TIMEOUT, node.raft().client_write(command)).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => tracing::warn!(%error, "cannot record the cluster identity yet"),
+                Err(_) => tracing::warn!("recording the cluster identity timed out"),
+            }
+        }
+        // Wake on any change of role or applied index, and look again now and then regardless.
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await {
+            return; // Raft stopped.
+        }
+    }
+}
+
+fn new_cluster_id() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
 }
 
 /// The leader's clock, read once per proposal.

@@ -386,6 +386,7 @@ proptest! {
             let command = LedgerCommand {
                 time_micros: 1_000 + counter as i64,
                 requests: vec![AppendRequest { events: vec![event], expected_version: ExpectedVersion::Any, actor: "prop".into() }],
+                identity: None,
             };
             let mut overlay = Overlay::new(&kv);
             let outcome = apply_command(&mut overlay, &command).unwrap().outcomes.remove(0);

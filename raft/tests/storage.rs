@@ -38,10 +38,10 @@ fn note(id: &str, text: &str) -> ProposedEvent {
 }
 
 async fn start(directory: &Path) -> Node {
-    let config = NodeConfig { node_id: 1, data_dir: directory.to_path_buf(), advertise: "127.0.0.1:1".into() };
+    let config = NodeConfig::single(directory.to_path_buf(), "127.0.0.1:1".into());
     // The previous node's threads may still hold the database lock for a moment.
     for _ in 0..100 {
-        match Node::start_single(config.clone()).await {
+        match Node::start(config.clone()).await {
             Ok(node) => {
                 wait_ready(&node).await;
                 return node;

@@ -1,7 +1,9 @@
 //! HTTP handlers, one file per area.
 
+pub mod cluster;
 pub mod commands;
 pub mod events;
 pub mod health;
+pub mod peer;
 pub mod stream;
 pub mod views;

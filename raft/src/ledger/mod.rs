@@ -11,8 +11,10 @@ use sha2::Digest;
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::event::{AppendOutcome, AppendRequest, AppendedEvent, Event, ExpectedVersion, LedgerCommand};
-use crate::keys::{decode_u64, seq_key, time_key, IndexField, Key, META_HEAD};
+use crate::event::{
+    AppendOutcome, AppendRequest, AppendedEvent, ClusterIdentity, Event, ExpectedVersion, LedgerCommand,
+};
+use crate::keys::{decode_u64, seq_key, time_key, IndexField, Key, META_CLUSTER, META_HEAD};
 use crate::kv::{KvRead, Overlay, Space};
 use crate::records::{self, Head, IdRecord};
 use crate::rejection::{Rejection, RejectionCode};
@@ -82,7 +84,18 @@ pub fn apply_command(state: &mut Overlay<'_>, command: &LedgerCommand) -> Result
         }
         applied.outcomes.push(outcome);
     }
+    if let Some(identity) = &command.identity {
+        // Two leaders may each propose an identity before seeing the other's: the first applied wins.
+        if state.get(Space::Meta, META_CLUSTER)?.is_none() {
+            state.put(Space::Meta, META_CLUSTER.to_vec(), codec::encode(identity)?);
+        }
+    }
     Ok(applied)
+}
+
+/// The cluster's identity, once a leader has recorded it.
+pub fn cluster_identity(state: &dyn KvRead) -> Result<Option<ClusterIdentity>> {
+    state.get(Space::Meta, META_CLUSTER)?.map(|bytes| codec::decode(&bytes)).transpose()
 }
 
 fn appended(event: &Event) -> AppendedEvent {

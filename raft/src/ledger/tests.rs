@@ -24,6 +24,7 @@ impl Bench {
         let command = LedgerCommand {
             time_micros: self.time_micros,
             requests: vec![AppendRequest { events, expected_version: expected, actor: "alice".into() }],
+            identity: None,
         };
         self.time_micros += 1_000;
         let mut overlay = Overlay::new(&self.kv);

@@ -1,0 +1,180 @@
+//! Membership and status: forming a cluster, adding learners, changing voters, and the status
+//! document gathered from every member. Changes run on the leader; elsewhere they report
+//! [`MembershipError::NotLeader`] and the API layer passes the request on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+
+use crate::node::Node;
+use crate::peers::{path, NodeStatus};
+use crate::types::NodeId;
+
+/// How long membership changes may take (a learner catching up included).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long `status` waits for each member's own report.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("the cluster is already initialised")]
+    AlreadyInitialized,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the membership change did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// One member as `GET /v1/cluster` shows it.
+#[derive(Clone, Debug)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub voter: bool,
+    /// The member's own report; `None` when it did not answer.
+    pub report: Option<NodeStatus>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterStatus {
+    pub cluster_id: Option<String>,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub members: Vec<MemberStatus>,
+    pub this_node: NodeStatus,
+}
+
+impl Node {
+    /// Forms a new cluster of `members` (this node among them).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), MembershipError> {
+        if !members.contains_key(&self.id()) {
+            return Err(MembershipError::Invalid(format!(
+                "the members must include the node that receives the request (node {})",
+                self.id()
+            )));
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+        match self.raft().initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(MembershipError::AlreadyInitialized),
+            Err(RaftError::APIError(InitializeError::NotInMembers(error))) => {
+                Err(MembershipError::Invalid(error.to_string()))
+            }
+            Err(error) => Err(MembershipError::Unavailable(error.to_string())),
+        }
+    }
+
+    /// Adds a non-voting member and waits until it has caught up with the log.
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), MembershipError> {
+        if self.metrics().membership_config.membership().get_node(&id).is_some() {
+            return Err(MembershipError::Invalid(format!("node {id} is already a member; node ids are never reused")));
+        }
+        let change = self.raft().add_learner(id, BasicNode { addr }, true);
+        self.finish_change(change).await
+    }
+
+    /// Makes exactly `voters` the voting members. Voters left out leave the cluster; learners
+    /// stay learners.
+    pub async fn set_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), MembershipError> {
+        if voters.is_empty() {
+            return Err(MembershipError::Invalid("a cluster needs at least one voter".into()));
+        }
+        let change = self.raft().change_membership(ChangeMembers::ReplaceAllVoters(voters), false);
+        self.finish_change(change).await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), MembershipError> {
+        let change = self.raft().change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false);
+        self.finish_change(change).await
+    }
+
+    /// Removes a member, voter or learner.
+    pub async fn remove(&self, id: NodeId) -> Result<(), MembershipError> {
+        let membership = self.metrics().membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            return Err(MembershipError::Invalid(format!("node {id} is not a member")));
+        }
+        if membership.voter_ids().any(|voter| voter == id) {
+            let change = self.raft().change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false);
+            self.finish_change(change).await?;
+        }
+        let change = self.raft().change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false);
+        self.finish_change(change).await
+    }
+
+    async fn finish_change<T>(
+        &self,
+        change: impl std::future::Future<Output = Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>>,
+    ) -> Result<(), MembershipError> {
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, change).await {
+            Err(_) => Err(MembershipError::Timeout(MEMBERSHIP_TIMEOUT)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(MembershipError::NotLeader {
+                    leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)),
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => Err(match error {
+                ChangeMembershipError::InProgress(_) => MembershipError::Unavailable(error.to_string()),
+                _ => MembershipError::Invalid(error.to_string()),
+            }),
+            Ok(Err(error)) => Err(MembershipError::Unavailable(error.to_string())),
+        }
+    }
+
+    /// What this node knows about itself.
+    pub fn local_status(&self) -> NodeStatus {
+        let metrics = self.metrics();
+        NodeStatus {
+            id: self.id(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|log_id| log_id.index),
+            snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
+            purged_index: metrics.purged.map(|log_id| log_id.index),
+        }
+    }
+
+    /// The membership as this node knows it, with every member's own report (asked in parallel).
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let reports = membership.nodes().map(|(&id, node)| {
+            let address = node.addr.clone();
+            async move {
+                if id == self.id() {
+                    return Some(self.local_status());
+                }
+                self.peers().call::<_, NodeStatus>(id, &address, path::STATUS, &(), STATUS_TIMEOUT).await.ok()
+            }
+        });
+        let reports = futures::future::join_all(reports).await;
+        let members = membership
+            .nodes()
+            .zip(reports)
+            .map(|((&id, node), report)| MemberStatus {
+                id,
+                addr: node.addr.clone(),
+                voter: voters.contains(&id),
+                report,
+            })
+            .collect();
+        ClusterStatus {
+            cluster_id: self.identity().ok().flatten().map(|identity| identity.cluster_id),
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            members,
+            this_node: self.local_status(),
+        }
+    }
+}
