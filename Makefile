@@ -6,7 +6,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/fleetlog-target
 export CARGO_TARGET_DIR
 
-.PHONY: run test prerequisites build lint
+.PHONY: run test cluster prerequisites build lint
 
 prerequisites:
 	@./scripts/prerequisites.sh
@@ -17,6 +17,10 @@ build: prerequisites
 
 run: build
 	$(CARGO_TARGET_DIR)/debug/fleetlog serve
+
+# A local 3-node cluster on 127.0.0.1:7071-7073 (data in ./fleetlog-dev), until Ctrl-C.
+cluster: build
+	$(CARGO_TARGET_DIR)/debug/fleetlog dev --nodes 3
 
 test: prerequisites
 	cargo test --workspace --all-targets

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Measurements of a real 3-node fleetlog cluster on this machine (127.0.0.1), each printed with
+# what it measured. Nothing here is asserted: these are numbers for docs and closing notes.
+#
+#   benches/cluster.sh throughput        appends/s and latency with 1 and 64 clients
+#   benches/cluster.sh failover [N]      leader killed (SIGKILL) -> first acknowledged write, N times
+#   benches/cluster.sh learner [EVENTS]  load EVENTS events (default 1,000,000), then time a new
+#                                        learner catching up; checks it serves the same chain head
+#
+# Uses the debug binary `make test` builds (dependencies -O2, workspace -O1). Set FLEETLOG to use
+# another, SNAPSHOT_EVERY to change the snapshot interval (entries) the nodes run with.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fleetlog-target}"
+FLEETLOG="${FLEETLOG:-$CARGO_TARGET_DIR/debug/fleetlog}"
+BASE_PORT="${BASE_PORT:-7401}"
+SNAPSHOT_EVERY="${SNAPSHOT_EVERY:-500000}"
+WORK="$(mktemp -d /tmp/fleetlog-bench.XXXXXX)"
+declare -A PIDS
+
+address() { echo "127.0.0.1:$((BASE_PORT + $1 - 1))"; }
+
+start_node() {
+  local id=$1
+  "$FLEETLOG" serve --node-id "$id" --listen "$(address "$id")" --data "$WORK/node-$id" \
+    --snapshot-every "$SNAPSHOT_EVERY" 2>>"$WORK/node-$id.log" >/dev/null &
+  PIDS[$id]=$!
+  for _ in $(seq 1 300); do
+    curl -sf "http://$(address "$id")/healthz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "node $id did not start; log: $WORK/node-$id.log" >&2
+  exit 1
+}
+
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+wait_ready() {
+  for _ in $(seq 1 600); do
+    curl -sf "http://$(address "$1")/readyz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "node $1 never became ready" >&2
+  exit 1
+}
+
+start_cluster() {
+  for id in 1 2 3; do start_node "$id"; done
+  "$FLEETLOG" --server "http://$(address 1)" cluster init \
+    --members "1=$(address 1),2=$(address 2),3=$(address 3)" >/dev/null
+  for id in 1 2 3; do wait_ready "$id"; done
+}
+
+leader() {
+  curl -sf "http://$(address "$1")/v1/cluster" | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader_id"] or "")'
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+throughput() {
+  start_cluster
+  for clients in 1 64; do
+    echo "== $clients client(s), single-event requests, 256-byte payloads, sent to the leader"
+    "$FLEETLOG" --server "http://$(address "$(leader 1)")" bench append \
+      --clients "$clients" --batch 1 --payload-bytes 256 --total $((clients == 1 ? 5000 : 30000))
+  done
+}
+
+failover() {
+  local rounds=${1:-3}
+  start_cluster
+  for round in $(seq 1 "$rounds"); do
+    local old
+    old=$(leader 1)
+    local survivor=$(( old % 3 + 1 ))
+    kill -9 "${PIDS[$old]}"
+    local killed_at
+    killed_at=$(now_ms)
+    local attempt=0
+    # Writes go to a surviving node, which forwards them to whichever leader is elected.
+    while true; do
+      attempt=$((attempt + 1))
+      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST "http://$(address "$survivor")/v1/events" \
+        -d "{\"events\":[{\"id\":\"failover-$round-$attempt\",\"type\":\"bench.failover\",\"data\":{}}]}" || true)
+      [ "$code" = 201 ] && break
+      [ -n "${VERBOSE:-}" ] && echo "  $(( $(now_ms) - killed_at )) ms: HTTP $code"
+    done
+    local acked_at
+    acked_at=$(now_ms)
+    echo "round $round: leader $old killed; first acknowledged write after $((acked_at - killed_at)) ms (new leader $(leader "$survivor"))"
+    start_node "$old"
+    wait_ready "$old"
+    sleep 1
+  done
+}
+
+learner() {
+  local events=${1:-1000000}
+  start_cluster
+  echo "== loading $events events (batches of 1,000 events, 8 clients)"
+  local started
+  started=$(now_ms)
+  "$FLEETLOG" --server "http://$(address "$(leader 1)")" bench append \
+    --clients 8 --batch 1000 --payload-bytes 256 --total "$events" >/dev/null
+  echo "loaded in $(( $(now_ms) - started )) ms"
+  curl -sf "http://$(address 1)/v1/cluster" | python3 -c 'import json,sys; d=json.load(sys.stdin)["this_node"]; print("node 1: snapshot_index", d["snapshot_index"], "purged_index", d["purged_index"])'
+  start_node 4
+  echo "== adding node 4 as a learner (returns once it has caught up)"
+  started=$(now_ms)
+  "$FLEETLOG" --server "http://$(address 1)" cluster add-learner --node-id 4 --addr "$(address 4)" >/dev/null
+  echo "learner caught up in $(( $(now_ms) - started )) ms"
+  local head leader_head learner_head
+  head=$(curl -sf "http://$(address 1)/v1/events?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["head_seq"])')
+  wait_ready 4
+  leader_head=$(curl -sf "http://$(address 1)/v1/events/$head" | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
+  learner_head=$(curl -sf "http://$(address 4)/v1/events/$head" | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
+  echo "head seq $head: leader hash $leader_head, learner hash $learner_head"
+  [ "$leader_head" = "$learner_head" ] && echo "learner serves the same chain head" || { echo "MISMATCH"; exit 1; }
+}
+
+case "${1:-}" in
+  throughput) throughput ;;
+  failover) failover "${2:-3}" ;;
+  learner) learner "${2:-1000000}" ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
