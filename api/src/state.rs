@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fleetlog_raft::event::{AppendOutcome, AppendRequest, Event};
 use fleetlog_raft::kv::KvRead;
 use fleetlog_raft::ledger::validate;
-use fleetlog_raft::node::Node;
+use fleetlog_raft::node::{Node, WRITE_TIMEOUT};
 use fleetlog_raft::records;
 use tokio::sync::{watch, Semaphore};
 
@@ -74,6 +74,23 @@ impl AppState {
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from)
+    }
+
+    /// Waits until this node has applied `seq`. A write acknowledged through a follower is
+    /// committed, but the follower may apply it a moment after the leader answered.
+    pub async fn wait_applied(&self, seq: u64) -> ApiResult<()> {
+        let mut head = self.node.feed().head();
+        let reached = tokio::time::timeout(WRITE_TIMEOUT, head.wait_for(|head| *head >= seq))
+            .await
+            .map(|waited| waited.map(|_| ()));
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::unavailable("unavailable", "the node is shutting down")),
+            Err(_) => Err(ApiError::unavailable(
+                "apply_timeout",
+                format!("seq {seq} is committed but this node has not applied it within {WRITE_TIMEOUT:?}"),
+            )),
+        }
     }
 
     /// Reads one committed event.

@@ -2,6 +2,10 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod history;
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

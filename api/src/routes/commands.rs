@@ -93,6 +93,7 @@ async fn run(app: AppState, headers: HeaderMap, body: Map<String, Value>, comman
         AppendOutcome::Appended { events, duplicate } => (events[0].seq, duplicate),
         AppendOutcome::Rejected(rejection) => return Err(rejection.into()),
     };
+    app.wait_applied(seq).await?;
     let event = app.event(seq).await?.ok_or_else(|| ApiError::internal(format!("appended event {seq} is missing")))?;
     let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
     let body = format!("{{\"seq\":{seq},\"duplicate\":{duplicate},\"event\":{}}}", event.canonical_json());
