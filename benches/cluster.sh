@@ -37,7 +37,7 @@ stop_all() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap 'stop_all; rm -rf "$WORK"' EXIT
+trap 'stop_all; [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
 
 wait_ready() {
   for _ in $(seq 1 600); do
@@ -112,10 +112,18 @@ learner() {
   echo "== adding node 4 as a learner (returns once it has caught up)"
   started=$(now_ms)
   "$FLEETLOG" --server "http://$(address 1)" cluster add-learner --node-id 4 --addr "$(address 4)" >/dev/null
-  echo "learner caught up in $(( $(now_ms) - started )) ms"
-  local head leader_head learner_head
+  echo "leader has replicated its whole log to the learner after $(( $(now_ms) - started )) ms"
+  local head
   head=$(curl -sf "http://$(address 1)/v1/events?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["head_seq"])')
-  wait_ready 4
+  # Caught up = the learner has applied (and serves) every event the cluster holds.
+  for _ in $(seq 1 6000); do
+    applied=$(curl -sf "http://$(address 4)/readyz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["head_seq"])' 2>/dev/null || echo 0)
+    [ "$applied" -ge "$head" ] && break
+    sleep 0.1
+  done
+  echo "learner caught up (applied seq $applied of $head) in $(( $(now_ms) - started )) ms"
+  curl -sf "http://$(address 4)/v1/cluster" | python3 -c 'import json,sys; d=json.load(sys.stdin)["this_node"]; print("learner: snapshot_index", d["snapshot_index"], "applied_index", d["applied_index"])'
+  local leader_head learner_head
   leader_head=$(curl -sf "http://$(address 1)/v1/events/$head" | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
   learner_head=$(curl -sf "http://$(address 4)/v1/events/$head" | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
   echo "head seq $head: leader hash $leader_head, learner hash $learner_head"

@@ -76,8 +76,31 @@ impl Node {
         if self.metrics().membership_config.membership().get_node(&id).is_some() {
             return Err(MembershipError::Invalid(format!("node {id} is already a member; node ids are never reused")));
         }
-        let change = self.raft().add_learner(id, BasicNode { addr }, true);
-        self.finish_change(change).await
+        let change = self.raft().add_learner(id, BasicNode { addr }, false);
+        self.finish_change(change).await?;
+        self.wait_replicated(id).await
+    }
+
+    /// Waits until `id` holds the whole log as it stands now. (openraft's own blocking
+    /// `add_learner` settles for "within `replication_lag_threshold` entries", which with large
+    /// entries can be most of a ledger.)
+    async fn wait_replicated(&self, id: NodeId) -> Result<(), MembershipError> {
+        let target = self.metrics().last_log_index;
+        let caught_up = self
+            .raft()
+            .wait(Some(MEMBERSHIP_TIMEOUT))
+            .metrics(
+                |metrics| match &metrics.replication {
+                    // No longer leading: the new leader replicates to the learner instead.
+                    None => true,
+                    Some(replication) => {
+                        replication.get(&id).is_some_and(|matched| matched.map(|log_id| log_id.index) >= target)
+                    }
+                },
+                "learner has the whole log",
+            )
+            .await;
+        caught_up.map(|_| ()).map_err(|_| MembershipError::Timeout(MEMBERSHIP_TIMEOUT))
     }
 
     /// Makes exactly `voters` the voting members. Voters left out leave the cluster; learners
