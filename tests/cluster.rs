@@ -390,6 +390,33 @@ async fn whole_cluster_restart_keeps_log_and_views() {
     eprintln!("{} events survived a full restart; the cluster was back in {}", before.len(), seconds(back_in));
 }
 
+/// With a cluster secret every member runs as usual, and a peer call without the secret, or with
+/// another one, is refused before it reaches Raft (nothing changes on the node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_calls_need_the_cluster_secret() {
+    let options = Options { cluster_secret: Some("correct horse".into()), ..Options::default() };
+    let cluster = Cluster::start(options).await;
+    let leader = cluster.wait_leader().await;
+    let follower = cluster.members().into_iter().find(|&id| id != leader).unwrap();
+    let note = json!({"events": [{"id": "secret-1", "type": "note.added", "stream": "s-1", "data": {}}]});
+    let (status, body) = cluster.post(follower, "/v1/events", &note).await;
+    cluster.check(status == 201, || format!("a write forwarded between members with the secret: {status} {body}"));
+
+    let term_before = cluster.status(leader).await.unwrap()["term"].clone();
+    // An empty body would not even decode; the secret check must come first either way.
+    for presented in [None, Some("wrong horse")] {
+        let mut request = cluster.http.post(format!("{}/raft/vote", cluster.url(leader))).body(vec![1u8, 0, 0]);
+        if let Some(secret) = presented {
+            request = request.header("x-fleetlog-cluster-secret", secret);
+        }
+        let status = request.send().await.unwrap().status().as_u16();
+        cluster.check(status == 401, || format!("peer call with secret {presented:?} answered {status}"));
+    }
+    let term_after = cluster.status(leader).await.unwrap()["term"].clone();
+    cluster.check(term_before == term_after, || format!("term moved from {term_before} to {term_after}"));
+    let events = cluster.converged_log().await;
+    cluster.check(events.len() == 1, || format!("expected the one note, found {} events", events.len()));
+}
 /// Any node serves: a write sent to a follower is acknowledged (forwarded to the leader); a
 /// linearizable read on the other follower right after the ack sees it; `consistency=local`
 /// says `as_of_seq`; a subscriber on a follower receives events appended through other nodes.

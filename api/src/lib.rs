@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
+use axum::serve::ListenerExt;
 use axum::Router;
 use fleetlog_raft::node::Node;
 use tokio::net::{TcpListener, TcpSocket};
@@ -102,5 +103,11 @@ pub async fn serve(
         // Streams never finish on their own: tell them to end so the connections can drain.
         closing.send_replace(true);
     };
+    // Small request/response pairs (Raft RPCs above all) must not wait for Nagle's algorithm.
+    let listener = listener.tap_io(|connection| {
+        if let Err(error) = connection.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -40,11 +40,13 @@ pub struct Options {
     pub snapshot_every: Option<u64>,
     /// Initialise with `fleetlog cluster init` instead of `POST /v1/cluster/init`.
     pub cli_init: bool,
+    /// `--cluster-secret` for every node.
+    pub cluster_secret: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { voters: 3, snapshot_every: None, cli_init: false }
+        Options { voters: 3, snapshot_every: None, cli_init: false, cluster_secret: None }
     }
 }
 
@@ -77,6 +79,7 @@ pub struct Cluster {
     /// Current voters, in the order they joined.
     voters: Vec<u64>,
     snapshot_every: Option<u64>,
+    cluster_secret: Option<String>,
     pub http: reqwest::Client,
     directory: Option<tempfile::TempDir>,
     pub started: Instant,
@@ -157,6 +160,7 @@ impl Cluster {
             proxies,
             voters: (1..=options.voters).collect(),
             snapshot_every: options.snapshot_every,
+            cluster_secret: options.cluster_secret.clone(),
             http,
             directory: Some(directory),
             started: Instant::now(),
@@ -207,6 +211,9 @@ impl Cluster {
         }
         if let Some(every) = self.snapshot_every {
             command.args(["--snapshot-every", &every.to_string()]);
+        }
+        if let Some(secret) = &self.cluster_secret {
+            command.args(["--cluster-secret", secret]);
         }
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("open node log");
         let _ = writeln!(
