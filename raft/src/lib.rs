@@ -11,6 +11,7 @@
 //!
 //! Only this crate touches RocksDB and openraft.
 
+pub mod batcher;
 pub mod canonical;
 pub mod cluster;
 pub mod codec;

@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::batcher::Batcher;
 use crate::error::{Error, Result};
 use crate::event::{AppendOutcome, AppendRequest, ClusterIdentity, LedgerCommand};
 use crate::feed::Feed;
@@ -73,7 +74,7 @@ impl NodeConfig {
 
 /// Why a write (or a linearizable read) did not produce an outcome. Travels between nodes when
 /// a follower forwards a write.
-#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+#[derive(Clone, Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum WriteError {
     #[error("no leader is known; the cluster may be electing one or may have lost its majority")]
     NoLeader,
@@ -97,6 +98,7 @@ struct NodeInner {
     database: Database,
     feed: Feed,
     peers: Arc<Peers>,
+    batcher: Batcher,
 }
 
 fn raft_config(snapshot_every: u64) -> Result<Config> {
@@ -138,6 +140,7 @@ impl Node {
             inner: Arc::new(NodeInner {
                 id: config.node_id,
                 advertise: config.advertise.clone(),
+                batcher: Batcher::start(raft.clone()),
                 raft,
                 database,
                 feed,
@@ -212,31 +215,14 @@ impl Node {
         }
     }
 
-    /// Proposes on this node without forwarding; the endpoint followers forward to calls this.
+    /// Proposes on this node without forwarding (gathered with concurrent requests into one
+    /// entry); the endpoint followers forward to calls this.
     pub async fn append_here(
         &self,
         request: AppendRequest,
         timeout: Duration,
     ) -> std::result::Result<AppendOutcome, WriteError> {
-        let command = LedgerCommand { time_micros: now_micros(), requests: vec![request], identity: None };
-        let written = tokio::time::timeout(timeout, self.inner.raft.client_write(command))
-            .await
-            .map_err(|_| WriteError::Timeout(WRITE_TIMEOUT))?;
-        match written {
-            Ok(response) => response
-                .data
-                .outcomes
-                .into_iter()
-                .next()
-                .ok_or_else(|| WriteError::Unavailable("the state machine returned no outcome".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => match forward.leader_id {
-                Some(leader) => Err(WriteError::NotLeader {
-                    leader: Some((leader, forward.leader_node.map(|node| node.addr).unwrap_or_default())),
-                }),
-                None => Err(WriteError::NoLeader),
-            },
-            Err(error) => Err(WriteError::Unavailable(error.to_string())),
-        }
+        self.inner.batcher.append(request, timeout).await
     }
 
     async fn forward_append(

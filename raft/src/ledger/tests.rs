@@ -780,3 +780,49 @@ fn directives_from_history_match_the_live_ones() {
         directives.iter().map(|d| (d.seq, d.release.as_str(), d.cause.as_str())).collect();
     assert_eq!(summary, vec![(wave_seq, "2.0", "wave.started"), (rollback_seq, "1.0", "rollback")]);
 }
+
+/// Requests gathered into one entry behave as if proposed one after another: each has its own
+/// outcome, a replay inside the entry is a duplicate with the original seq, `expected_version`
+/// sees the requests before it, and a rejected request leaves no gap in the seqs.
+#[test]
+fn requests_gathered_into_one_entry_keep_their_own_outcomes() {
+    let bench = Bench::new();
+    let note = |id: &str| {
+        let mut event = ProposedEvent::new(id, "test.note");
+        event.stream = Some("notes".into());
+        event
+    };
+    let request = |events: Vec<ProposedEvent>, expected_version: ExpectedVersion| AppendRequest {
+        events,
+        expected_version,
+        actor: "alice".into(),
+    };
+    let command = LedgerCommand {
+        time_micros: bench.time_micros,
+        requests: vec![
+            request(vec![note("a")], ExpectedVersion::NoStream),
+            request(vec![note("a")], ExpectedVersion::Any),
+            request(vec![note("b")], ExpectedVersion::NoStream),
+            request(vec![note("c"), note("d")], ExpectedVersion::Exact(0)),
+        ],
+        identity: None,
+    };
+    let mut overlay = Overlay::new(&bench.kv);
+    let applied = apply_command(&mut overlay, &command).unwrap();
+    let seqs = |outcome: &AppendOutcome| match outcome {
+        AppendOutcome::Appended { events, duplicate } => {
+            (events.iter().map(|event| event.seq).collect::<Vec<_>>(), *duplicate)
+        }
+        AppendOutcome::Rejected(rejection) => panic!("unexpected rejection {rejection:?}"),
+    };
+    assert_eq!(applied.outcomes.len(), 4);
+    assert_eq!(seqs(&applied.outcomes[0]), (vec![1], false));
+    assert_eq!(seqs(&applied.outcomes[1]), (vec![1], true), "a replay inside the entry");
+    assert!(
+        matches!(&applied.outcomes[2], AppendOutcome::Rejected(rejection) if rejection.code == RejectionCode::WrongExpectedVersion),
+        "the stream exists by then: {:?}",
+        applied.outcomes[2]
+    );
+    assert_eq!(seqs(&applied.outcomes[3]), (vec![2, 3], false), "no gap after the rejected request");
+    assert_eq!(applied.events.iter().map(|event| event.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+}

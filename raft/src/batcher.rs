@@ -1,0 +1,125 @@
+//! Gathers concurrent append requests into one Raft entry.
+//!
+//! openraft 0.9 makes every `client_write` its own log entry, and the leader handles entries one
+//! at a time. Under load, requests wait here while a few proposals are in flight; the next
+//! proposal takes everything that waited (up to a size bound) as one `LedgerCommand`. A lone
+//! client never waits: with a free slot its request is proposed at once. The ledger applies the
+//! requests of a command in order, each with its own outcome, so per-request results,
+//! `expected_version` and idempotency are exactly as if they had been proposed one by one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::event::{AppendOutcome, AppendRequest, LedgerCommand};
+use crate::node::{now_micros, WriteError, WRITE_TIMEOUT};
+use crate::types::Raft;
+
+/// Proposals awaiting commit at once. Fewer means larger batches under load; more means less
+/// waiting at low load. Four keeps the log store and replication busy on 2 cores.
+const PROPOSALS_IN_FLIGHT: usize = 4;
+/// Bounds of one entry.
+const REQUESTS_PER_ENTRY_MAX: usize = 512;
+const BYTES_PER_ENTRY_MAX: usize = 4 * 1024 * 1024;
+/// Requests waiting for a slot; beyond this, senders wait (back-pressure).
+const WAITING_MAX: usize = 16_384;
+/// Rough bytes of an event beyond its data, for the size bound.
+const EVENT_OVERHEAD_BYTES: usize = 256;
+
+type Reply = oneshot::Sender<Result<AppendOutcome, WriteError>>;
+
+struct Waiting {
+    request: AppendRequest,
+    reply: Reply,
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    waiting: mpsc::Sender<Waiting>,
+}
+
+impl Batcher {
+    pub fn start(raft: Raft) -> Batcher {
+        let (waiting, receiver) = mpsc::channel(WAITING_MAX);
+        tokio::spawn(gather(raft, receiver));
+        Batcher { waiting }
+    }
+
+    /// Proposes `request` (with whatever else is waiting) and returns its own outcome.
+    pub async fn append(&self, request: AppendRequest, timeout: Duration) -> Result<AppendOutcome, WriteError> {
+        let (reply, outcome) = oneshot::channel();
+        let sent = tokio::time::timeout(timeout, self.waiting.send(Waiting { request, reply })).await;
+        match sent {
+            Err(_) => return Err(WriteError::Timeout(WRITE_TIMEOUT)),
+            Ok(Err(_)) => return Err(WriteError::Unavailable("the node is shutting down".into())),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout(timeout, outcome).await {
+            Err(_) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
+            Ok(Err(_)) => Err(WriteError::Unavailable("the node is shutting down".into())),
+            Ok(Ok(outcome)) => outcome,
+        }
+    }
+}
+
+async fn gather(raft: Raft, mut receiver: mpsc::Receiver<Waiting>) {
+    let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+    loop {
+        // Take a slot first: while none is free, requests pile up and the next entry takes them all.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = receiver.recv().await else { return };
+        let mut bytes = request_bytes(&first.request);
+        let mut batch = vec![first];
+        while batch.len() < REQUESTS_PER_ENTRY_MAX && bytes < BYTES_PER_ENTRY_MAX {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    bytes += request_bytes(&next.request);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+fn request_bytes(request: &AppendRequest) -> usize {
+    request.events.iter().map(|event| event.data.len() + EVENT_OVERHEAD_BYTES).sum()
+}
+
+async fn propose(raft: &Raft, batch: Vec<Waiting>) {
+    let (requests, replies): (Vec<AppendRequest>, Vec<Reply>) =
+        batch.into_iter().map(|waiting| (waiting.request, waiting.reply)).unzip();
+    let count = requests.len();
+    let command = LedgerCommand { time_micros: now_micros(), requests, identity: None };
+    let written = tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(command)).await;
+    let failure = match written {
+        Ok(Ok(response)) if response.data.outcomes.len() == count => {
+            for (reply, outcome) in replies.into_iter().zip(response.data.outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+            return;
+        }
+        Ok(Ok(response)) => WriteError::Unavailable(format!(
+            "the state machine returned {} outcomes for {count} requests",
+            response.data.outcomes.len()
+        )),
+        Err(_) => WriteError::Timeout(WRITE_TIMEOUT),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => match forward.leader_id {
+            Some(leader) => WriteError::NotLeader {
+                leader: Some((leader, forward.leader_node.map(|node| node.addr).unwrap_or_default())),
+            },
+            None => WriteError::NoLeader,
+        },
+        Ok(Err(error)) => WriteError::Unavailable(error.to_string()),
+    };
+    for reply in replies {
+        let _ = reply.send(Err(failure.clone()));
+    }
+}
