@@ -101,6 +101,15 @@ failover() {
 learner() {
   local events=${1:-1000000}
   start_cluster
+  # A small fleet and a deployment first, so the learner must also rebuild views, not only events.
+  local cli=("$FLEETLOG" --server "http://$(address 1)")
+  "${cli[@]}" release create --service shop --release 1.0 >/dev/null
+  "${cli[@]}" release create --service shop --release 2.0 >/dev/null
+  for host in 1 2 3 4 5 6; do
+    "${cli[@]}" target register --service shop --env prod --host "web-$host" >/dev/null
+  done
+  "${cli[@]}" deploy start --service shop --env prod --release 2.0 --id d-1 --wave all:percent=100 >/dev/null
+  "${cli[@]}" deploy wave d-1 all >/dev/null
   echo "== loading $events events (batches of 1,000 events, 8 clients)"
   local started
   started=$(now_ms)
@@ -128,6 +137,16 @@ learner() {
   learner_head=$(curl -sf "http://$(address 4)/v1/events/$head" | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
   echo "head seq $head: leader hash $leader_head, learner hash $learner_head"
   [ "$leader_head" = "$learner_head" ] && echo "learner serves the same chain head" || { echo "MISMATCH"; exit 1; }
+  for view in "/v1/fleet?consistency=local" "/v1/deployments?consistency=local" "/v1/hosts/web-3?consistency=local"; do
+    local on_leader on_learner
+    on_leader=$(curl -sf "http://$(address 1)$view" || true)
+    on_learner=$(curl -sf "http://$(address 4)$view" || true)
+    if [ -n "$on_leader" ] && [ "$on_leader" = "$on_learner" ]; then
+      echo "identical on leader and learner: $view"
+    else
+      echo "VIEW MISMATCH: $view"; exit 1
+    fi
+  done
 }
 
 case "${1:-}" in

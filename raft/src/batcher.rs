@@ -22,7 +22,7 @@ use crate::types::Raft;
 const PROPOSALS_IN_FLIGHT: usize = 4;
 /// Bounds of one entry.
 const REQUESTS_PER_ENTRY_MAX: usize = 512;
-const BYTES_PER_ENTRY_MAX: usize = 4 * 1024 * 1024;
+const BYTES_PER_ENTRY_MAX: usize = 1024 * 1024;
 /// Requests waiting for a slot; beyond this, senders wait (back-pressure).
 const WAITING_MAX: usize = 16_384;
 /// Rough bytes of an event beyond its data, for the size bound.
