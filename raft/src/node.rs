@@ -104,10 +104,11 @@ struct NodeInner {
 fn raft_config(snapshot_every: u64) -> Result<Config> {
     let config = Config {
         cluster_name: "fleetlog".into(),
-        // Tuned for 2-core machines: a busy node still answers heartbeats within an election timeout.
+        // Tuned for 2-core machines: a busy node still answers heartbeats within an election
+        // timeout. Failover takes about a leader lease (= the maximum) plus one election timeout.
         heartbeat_interval: 100,
-        election_timeout_min: 1_000,
-        election_timeout_max: 2_000,
+        election_timeout_min: 800,
+        election_timeout_max: 1_200,
         // The last chunk of a snapshot is answered after the whole ledger is installed.
         install_snapshot_timeout: 120_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
