@@ -233,19 +233,24 @@ impl Node {
         request: &AppendRequest,
         timeout: Duration,
     ) -> std::result::Result<AppendOutcome, WriteError> {
-        let answer = self
-            .peers()
-            .call::<_, std::result::Result<AppendOutcome, WriteError>>(
-                leader,
-                address,
-                path::FORWARD_APPEND,
-                request,
-                timeout,
-            )
-            .await;
+        self.ask_leader(leader, address, path::FORWARD_APPEND, request, timeout).await
+    }
+
+    /// One call to the leader whose answer is itself a write result. A request that never left
+    /// is as good as no leader (the caller tries again); one that got no answer has an unknown
+    /// outcome.
+    async fn ask_leader<Request: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        leader: NodeId,
+        address: &str,
+        path: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> std::result::Result<T, WriteError> {
+        let answer =
+            self.peers().call::<_, std::result::Result<T, WriteError>>(leader, address, path, request, timeout).await;
         match answer {
-            Ok(outcome) => outcome,
-            // The request never left: as good as no leader, try again.
+            Ok(result) => result,
             Err(PeerError::Unreachable { .. }) => Err(WriteError::NoLeader),
             Err(PeerError::NoAnswer { .. }) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
             Err(error @ PeerError::Refused { .. }) => Err(WriteError::Unavailable(error.to_string())),
@@ -261,7 +266,7 @@ impl Node {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let read_index = match self.leader() {
                 Some((leader, _)) if leader == self.id() => self.read_index_here(remaining).await,
-                Some((leader, address)) => self.forward_read_index(leader, &address, remaining).await,
+                Some((leader, address)) => self.ask_leader(leader, &address, path::READ_INDEX, &(), remaining).await,
                 None => Err(WriteError::NoLeader),
             };
             match read_index {
@@ -284,24 +289,6 @@ impl Node {
                 Err(WriteError::NotLeader { leader: forward.leader_id.map(|leader| (leader, String::new())) })
             }
             Ok(Err(error)) => Err(WriteError::Unavailable(error.to_string())),
-        }
-    }
-
-    async fn forward_read_index(
-        &self,
-        leader: NodeId,
-        address: &str,
-        timeout: Duration,
-    ) -> std::result::Result<Option<u64>, WriteError> {
-        let answer = self
-            .peers()
-            .call::<_, std::result::Result<Option<u64>, WriteError>>(leader, address, path::READ_INDEX, &(), timeout)
-            .await;
-        match answer {
-            Ok(index) => index,
-            Err(PeerError::Unreachable { .. }) => Err(WriteError::NoLeader),
-            Err(PeerError::NoAnswer { .. }) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
-            Err(error @ PeerError::Refused { .. }) => Err(WriteError::Unavailable(error.to_string())),
         }
     }
 
