@@ -22,7 +22,8 @@ use crate::state::AppState;
 
 /// Marks a request one node passed on to the leader, so it is never passed on twice.
 const FORWARDED_HEADER: &str = "x-fleetlog-forwarded";
-/// How long a new cluster may take to elect its first leader before `init` answers anyway.
+/// How long a new cluster may take to elect its first leader and record its id before `init`
+/// answers anyway.
 const FIRST_ELECTION_WAIT: Duration = Duration::from_secs(10);
 /// Upper bound for a passed-on change (adding a learner waits for it to catch up).
 const FORWARDED_CHANGE_TIMEOUT: Duration = Duration::from_secs(660);
@@ -35,9 +36,13 @@ pub async fn init(State(app): State<AppState>, JsonObject(body): JsonObject) -> 
     only_fields(&body, &["members"], "a cluster init")?;
     let members = parse_members(body.get("members"))?;
     app.node.initialize(members).await.map_err(membership_error)?;
-    let mut metrics = app.node.raft().metrics();
-    let _ =
-        tokio::time::timeout(FIRST_ELECTION_WAIT, metrics.wait_for(|metrics| metrics.current_leader.is_some())).await;
+    // Answer with the formed cluster: a leader elected and the cluster id it records applied here.
+    let formed = async {
+        while !matches!(app.node.identity(), Ok(Some(_))) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(FIRST_ELECTION_WAIT, formed).await;
     Ok(Json(status_document(&app.node.cluster_status().await)))
 }
 
