@@ -47,6 +47,17 @@ fn start_readers(
         .collect()
 }
 
+/// The standard load: six writers spread over every node, and one linearizable and one local
+/// reader per node.
+fn start_full_load(cluster: &Cluster) -> (Arc<History>, Arc<Stop>, Vec<JoinHandle<()>>) {
+    let history = History::new();
+    let stop = Stop::new();
+    let mut tasks = start_writers(&history, &cluster.shared_endpoints(), 6, &stop);
+    tasks.extend(start_readers(&history, cluster, &cluster.members(), true, &stop));
+    tasks.extend(start_readers(&history, cluster, &cluster.members(), false, &stop));
+    (history, stop, tasks)
+}
+
 /// Stops the clients and waits for them (a client panicking fails the test).
 async fn finish(cluster: &Cluster, stop: &Stop, tasks: Vec<JoinHandle<()>>) {
     stop.stop();
@@ -79,12 +90,7 @@ fn seconds(duration: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_under_load_then_restarted() {
     let mut cluster = Cluster::start(Options::default()).await;
-    let history = History::new();
-    let stop = Stop::new();
-    let endpoints = cluster.shared_endpoints();
-    let mut tasks = start_writers(&history, &endpoints, 6, &stop);
-    tasks.extend(start_readers(&history, &cluster, &cluster.members(), true, &stop));
-    tasks.extend(start_readers(&history, &cluster, &cluster.members(), false, &stop));
+    let (history, stop, tasks) = start_full_load(&cluster);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let leader = cluster.wait_leader().await;
@@ -114,12 +120,7 @@ async fn leader_killed_under_load_then_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_killed_under_load_catches_up() {
     let mut cluster = Cluster::start(Options::default()).await;
-    let history = History::new();
-    let stop = Stop::new();
-    let endpoints = cluster.shared_endpoints();
-    let mut tasks = start_writers(&history, &endpoints, 6, &stop);
-    tasks.extend(start_readers(&history, &cluster, &cluster.members(), true, &stop));
-    tasks.extend(start_readers(&history, &cluster, &cluster.members(), false, &stop));
+    let (history, stop, tasks) = start_full_load(&cluster);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let leader = cluster.wait_leader().await;
@@ -746,12 +747,7 @@ fn the_history_checker_catches_each_violation() {
 #[ignore = "long: about a minute"]
 async fn soak_repeated_partitions() {
     let cluster = Cluster::start(Options { snapshot_every: Some(200), ..Options::default() }).await;
-    let history = History::new();
-    let stop = Stop::new();
-    let endpoints = cluster.shared_endpoints();
-    let mut tasks = start_writers(&history, &endpoints, 6, &stop);
-    tasks.extend(start_readers(&history, &cluster, &cluster.members(), true, &stop));
-    tasks.extend(start_readers(&history, &cluster, &cluster.members(), false, &stop));
+    let (history, stop, tasks) = start_full_load(&cluster);
     for round in 0..8 {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let leader = cluster.wait_leader().await;
