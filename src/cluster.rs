@@ -17,7 +17,7 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(900);
 pub async fn run(client: &Client, output: Output, command: ClusterCommand) -> Result<()> {
     let status = match command {
         ClusterCommand::Init(args) => {
-            let members = parse_members(&args.members)?;
+            let members = parse_node_addresses(&args.members, "--members")?;
             client.call(Method::POST, "/v1/cluster/init", Some(&json!({ "members": members })), CHANGE_TIMEOUT).await?
         }
         ClusterCommand::AddLearner(args) => {
@@ -38,14 +38,19 @@ pub async fn run(client: &Client, output: Output, command: ClusterCommand) -> Re
     Ok(())
 }
 
-/// `1=HOST:PORT,2=HOST:PORT` as the API's members object.
-pub fn parse_members(members: &[String]) -> Result<BTreeMap<String, String>> {
+/// `ID=HOST:PORT` items (`cluster init --members`, `serve --peer-route`) by node id; `flag` names
+/// the option in errors.
+pub fn parse_node_addresses(items: &[String], flag: &str) -> Result<BTreeMap<u64, String>> {
     let mut parsed = BTreeMap::new();
-    for member in members {
-        let (id, address) = member.split_once('=').with_context(|| format!("member {member:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id.trim().parse().with_context(|| format!("member id {id:?} is not a number"))?;
-        if parsed.insert(id.to_string(), address.trim().to_string()).is_some() {
-            bail!("member {id} is given twice");
+    for item in items {
+        let (id, address) = item.split_once('=').with_context(|| format!("{flag} {item:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("{flag} {item:?}: {id:?} is not a node id"))?;
+        let address = address.trim();
+        if id == 0 || address.is_empty() {
+            bail!("{flag} {item:?}: node ids are positive and the address is HOST:PORT");
+        }
+        if parsed.insert(id, address.to_string()).is_some() {
+            bail!("{flag}: node {id} is given twice");
         }
     }
     Ok(parsed)
@@ -80,10 +85,15 @@ mod tests {
 
     #[test]
     fn members_parse_and_refuse_repeats() {
-        let members = parse_members(&["1=127.0.0.1:7071".into(), "2=127.0.0.1:7072".into()]).unwrap();
-        assert_eq!(members.get("2").map(String::as_str), Some("127.0.0.1:7072"));
-        assert!(parse_members(&["1=a:1".into(), "1=b:2".into()]).is_err());
-        assert!(parse_members(&["x=a:1".into()]).is_err());
-        assert!(parse_members(&["127.0.0.1:7071".into()]).is_err());
+        let parse = |items: &[&str]| {
+            parse_node_addresses(&items.iter().map(|item| item.to_string()).collect::<Vec<_>>(), "--members")
+        };
+        let members = parse(&["1=127.0.0.1:7071", "2=127.0.0.1:7072"]).unwrap();
+        assert_eq!(members.get(&2).map(String::as_str), Some("127.0.0.1:7072"));
+        assert!(parse(&["1=a:1", "1=b:2"]).is_err());
+        assert!(parse(&["x=a:1"]).is_err());
+        assert!(parse(&["0=a:1"]).is_err());
+        assert!(parse(&["3="]).is_err());
+        assert!(parse(&["127.0.0.1:7071"]).is_err());
     }
 }

@@ -56,16 +56,15 @@ pub async fn run(output: Output, args: DevArgs) -> Result<()> {
     }
     let first = Client::new(&format!("http://{}", members[0].1))?;
     for (_, address) in &members {
-        wait_listening(&Client::new(&format!("http://{address}"))?).await?;
+        wait_until_ok(&Client::new(&format!("http://{address}"))?, "/healthz", "did not start listening").await?;
     }
-    let by_id: BTreeMap<String, &String> = members.iter().map(|(id, address)| (id.to_string(), address)).collect();
-    let body = json!({ "members": by_id });
+    let body = json!({ "members": members.iter().cloned().collect::<BTreeMap<u64, String>>() });
     match first.call(Method::POST, "/v1/cluster/init", Some(&body), Duration::from_secs(60)).await {
         Ok(_) => eprintln!("formed a new {}-node cluster", args.nodes),
         Err(ClientError::Api { code, .. }) if code == "already_initialized" => eprintln!("cluster already formed"),
         Err(error) => return Err(error.into()),
     }
-    wait_leader(&first).await?;
+    wait_until_ok(&first, "/readyz", "has no leader").await?;
     print(output, &first.get("/v1/cluster", &[]).await?, render_status);
     eprintln!("try: fleetlog --server http://{} cluster status; Ctrl-C stops the cluster", members[0].1);
     crate::serve::shutdown_signal().await;
@@ -74,24 +73,14 @@ pub async fn run(output: Output, args: DevArgs) -> Result<()> {
     Ok(())
 }
 
-async fn wait_listening(client: &Client) -> Result<()> {
+/// Polls `path` on `client` until it answers 2xx, for up to a minute.
+async fn wait_until_ok(client: &Client, path: &str, failure: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if client.get("/healthz", &[]).await.is_ok() {
+        if client.get(path, &[]).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("{} did not start listening within a minute; see its log", client.base())
-}
-
-async fn wait_leader(client: &Client) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if client.get("/readyz", &[]).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the cluster elected no leader within a minute; see the node logs")
+    bail!("{} {failure} within a minute; see the node logs", client.base())
 }

@@ -1,12 +1,12 @@
 //! `fleetlog serve`: one process, one node, the API and peer traffic on one address.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
 use fleetlog_raft::node::{Bootstrap, Node, NodeConfig};
 
 use crate::cli::ServeArgs;
+use crate::cluster::parse_node_addresses;
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let address: SocketAddr =
@@ -40,7 +40,10 @@ fn node_config(args: &ServeArgs) -> Result<NodeConfig> {
         NodeConfig::single(args.data.clone(), args.advertise.clone().unwrap_or_else(|| args.listen.clone()));
     config.snapshot_every = args.snapshot_every;
     config.cluster_secret = args.cluster_secret.clone().filter(|secret| !secret.is_empty());
-    config.peer_routes = parse_routes(&args.peer_routes)?;
+    config.peer_routes = parse_node_addresses(&args.peer_routes, "--peer-route")?.into_iter().collect();
+    if args.snapshot_every == 0 {
+        bail!("--snapshot-every must be at least 1 (Raft log entries between snapshots)");
+    }
     if let Some(node_id) = args.node_id {
         if node_id == 0 {
             bail!("--node-id must be a positive integer");
@@ -51,18 +54,6 @@ fn node_config(args: &ServeArgs) -> Result<NodeConfig> {
         bail!("--advertise and --peer-route are for cluster members: add --node-id");
     }
     Ok(config)
-}
-
-fn parse_routes(routes: &[String]) -> Result<HashMap<u64, String>> {
-    routes
-        .iter()
-        .map(|route| {
-            let (id, address) =
-                route.split_once('=').with_context(|| format!("--peer-route {route:?} is not ID=HOST:PORT"))?;
-            let id = id.parse().with_context(|| format!("--peer-route {route:?}: {id:?} is not a node id"))?;
-            Ok((id, address.to_string()))
-        })
-        .collect()
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

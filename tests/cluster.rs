@@ -580,6 +580,19 @@ async fn cli_drives_membership() {
     // Listening but not a member: alive, not ready.
     let (code, body) = cluster.get(fresh, "/readyz").await;
     cluster.check(code == 503, || format!("/readyz on a node not yet added → {code} {body}"));
+    // A wrong id or an address nobody answers on is refused at once, and adds nobody.
+    let unused = fresh + 100;
+    for (id, addr) in [(unused, cluster.address(fresh)), (unused, "127.0.0.1:1".to_string())] {
+        let started = Instant::now();
+        let (code, body) = cluster.post(leader, "/v1/cluster/learners", &json!({"node_id": id, "addr": addr})).await;
+        cluster.check(code == 422 && body["error"]["code"] == "invalid_membership", || {
+            format!("add-learner {id} at {addr} → {code} {body}")
+        });
+        cluster.check(started.elapsed() < Duration::from_secs(10), || format!("refusing took {:?}", started.elapsed()));
+    }
+    let status = cluster.status(leader).await.unwrap_or(Value::Null);
+    let members = status["nodes"].as_array().map_or(0, Vec::len);
+    cluster.check(members == 2, || format!("a refused learner joined anyway: {status}"));
     let (ok, output) = cluster
         .cli(&[
             "cluster",

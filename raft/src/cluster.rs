@@ -76,9 +76,32 @@ impl Node {
         if self.metrics().membership_config.membership().get_node(&id).is_some() {
             return Err(MembershipError::Invalid(format!("node {id} is already a member; node ids are never reused")));
         }
+        self.check_newcomer(id, &addr).await?;
         let change = self.raft().add_learner(id, BasicNode { addr }, false);
         self.finish_change(change).await?;
         self.wait_replicated(id).await
+    }
+
+    /// A mistyped address or id would otherwise leave a member nobody can reach and a caller
+    /// waiting for it to catch up; a node with a log of its own belongs to another cluster.
+    async fn check_newcomer(&self, id: NodeId, addr: &str) -> Result<(), MembershipError> {
+        let report = self
+            .peers()
+            .call::<_, NodeStatus>(id, addr, path::STATUS, &(), STATUS_TIMEOUT)
+            .await
+            .map_err(|error| MembershipError::Invalid(format!("cannot add node {id}: {error}")))?;
+        if report.id != id {
+            return Err(MembershipError::Invalid(format!(
+                "the node at {addr} runs as node {}, not node {id}",
+                report.id
+            )));
+        }
+        if report.last_log_index.is_some() {
+            return Err(MembershipError::Invalid(format!(
+                "node {id} at {addr} already holds a Raft log; a new member starts with an empty data directory"
+            )));
+        }
+        Ok(())
     }
 
     /// Waits until `id` holds the whole log as it stands now. (openraft's own blocking
