@@ -58,6 +58,9 @@ pub enum Command {
     Tail(TailArgs),
     /// Append an event of any type.
     Append(AppendArgs),
+    /// Keep one host of one environment on its desired release: watch the ledger, run a command
+    /// for every directive, report the outcome. `--server` may list several URLs, comma-separated.
+    Agent(AgentArgs),
     /// Load generators that measure a running server.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -98,6 +101,33 @@ pub struct BenchFleetArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The host this agent runs on, as registered in the fleet.
+    #[arg(long)]
+    pub host: String,
+    #[arg(long)]
+    pub service: String,
+    #[arg(long)]
+    pub env: String,
+    /// Shell command run for each directive, with FLEETLOG_SERVICE, FLEETLOG_ENV, FLEETLOG_RELEASE,
+    /// FLEETLOG_SEQ, FLEETLOG_CAUSE (and FLEETLOG_HOST, FLEETLOG_DEPLOYMENT) set; exit 0 means running.
+    #[arg(long)]
+    pub exec: String,
+    /// Where the agent keeps its position and current release (default ./fleetlog-agent-HOST).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds the command may run before it is killed and reported failed.
+    #[arg(long, default_value_t = 600)]
+    pub exec_timeout: u64,
+    /// Group the host registers in (for wave selection by group).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// A label the host registers with; repeatable.
+    #[arg(long = "label", value_name = "NAME=VALUE")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to serve the API and peer traffic on.
     #[arg(long, default_value = "127.0.0.1:7070")]
@@ -121,6 +151,9 @@ pub struct ServeArgs {
     /// Raft log entries between snapshots; the log behind a snapshot is purged.
     #[arg(long, default_value_t = fleetlog_raft::node::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every: u64,
+    /// Concurrent streams (watch and subscribe) this node serves; beyond it: 503 too_many_subscribers.
+    #[arg(long, default_value_t = fleetlog_api::state::SUBSCRIBERS_MAX)]
+    pub max_subscribers: usize,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,8 +1,9 @@
 //! fleetlog: the binary's library. `cli` defines the arguments, `serve` runs a node,
-//! `cluster` membership, `dev` a local multi-node cluster, `commands` append (releases, deployments, rollbacks, …), `reads` query and follow the log,
+//! `cluster` membership, `agent` the host agent, `dev` a local multi-node cluster, `commands` append (releases, deployments, rollbacks, …), `reads` query and follow the log,
 //! `output` prints tables or JSON. The server itself lives in `fleetlog-raft` (ledger, storage,
 //! consensus) and `fleetlog-api` (HTTP).
 
+pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
@@ -22,11 +23,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => return serve::serve(args).await,
         Command::Dev(args) => return dev::run(output, args).await,
+        Command::Agent(args) => return agent::run(&cli.server, args).await,
         _ => {}
     }
     let client = Client::new(&cli.server)?;
     match cli.command {
-        Command::Serve(_) | Command::Dev(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) => unreachable!("handled above"),
         Command::Cluster(command) => cluster::run(&client, output, command).await,
         Command::Release(command) => commands::release(&client, output, command).await,
         Command::Target(command) => commands::target(&client, output, command).await,

@@ -4,7 +4,11 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() {
     let filter = EnvFilter::try_from_env("FLEETLOG_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = fleetlog::cli::Cli::parse();
     if let Err(error) = fleetlog::run(cli).await {
         eprintln!("error: {error:#}");

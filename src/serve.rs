@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
+use fleetlog_api::state::ApiOptions;
 use fleetlog_raft::node::{Bootstrap, Node, NodeConfig};
 
 use crate::cli::ServeArgs;
@@ -12,6 +13,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let address: SocketAddr =
         args.listen.parse().with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?;
     let config = node_config(&args)?;
+    if args.max_subscribers == 0 {
+        bail!("--max-subscribers must be at least 1");
+    }
+    let options = ApiOptions { subscribers_max: args.max_subscribers };
     let listener = fleetlog_api::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     let node = Node::start(config.clone())
         .await
@@ -29,7 +34,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "fleetlog serving as a cluster member (no client authentication)"
         ),
     }
-    let served = fleetlog_api::serve(node.clone(), listener, shutdown_signal()).await;
+    let served = fleetlog_api::serve(node.clone(), listener, options, shutdown_signal()).await;
     tracing::info!("stopped accepting; shutting down raft");
     node.shutdown().await;
     served.context("the HTTP server failed")

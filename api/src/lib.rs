@@ -28,7 +28,7 @@ use fleetlog_raft::node::Node;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{ApiOptions, AppState};
 
 /// Pending connections the listener queues (the kernel caps it at somaxconn).
 pub const LISTEN_BACKLOG: u32 = 4_096;
@@ -93,9 +93,10 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     node: Node,
     listener: TcpListener,
+    options: ApiOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = AppState::new(node);
+    let state = AppState::new(node, &options);
     let closing = state.closing.clone();
     let app = router(state);
     let shutdown = async move {

@@ -13,8 +13,22 @@ use tokio::sync::{watch, Semaphore};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 
-/// Concurrent SSE streams (subscribe and watch) one node serves.
-pub const SUBSCRIBERS_MAX: usize = 20_000;
+/// Concurrent SSE streams (subscribe and watch) one node serves unless configured otherwise.
+/// A process may hold 20,000 open files here; the rest is headroom for peers and other requests.
+pub const SUBSCRIBERS_MAX: usize = 15_000;
+
+/// Settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    /// Concurrent SSE streams beyond which a new one gets 503 `too_many_subscribers`.
+    pub subscribers_max: usize,
+}
+
+impl Default for ApiOptions {
+    fn default() -> ApiOptions {
+        ApiOptions { subscribers_max: SUBSCRIBERS_MAX }
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -26,11 +40,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(node: Node) -> AppState {
+    pub fn new(node: Node, options: &ApiOptions) -> AppState {
         AppState {
             node,
             metrics: Arc::new(Metrics::default()),
-            subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
+            subscribers: Arc::new(Semaphore::new(options.subscribers_max)),
             closing: Arc::new(watch::channel(false).0),
         }
     }

@@ -1,0 +1,283 @@
+//! `fleetlog agent`: keeps one host of one (service, env) on its desired release.
+//!
+//! Three tasks: the watcher follows `/v1/watch/{host}` (reconnecting across servers and resuming
+//! after the last seq it passed on), the main loop keeps the state and runs the command, and the
+//! reporter delivers the newest report. The main loop saves the state before acting on it: a
+//! directive is recorded as the target before its command starts, and as applied once the command
+//! finished, so after a crash the agent neither skips a directive nor repeats a finished one.
+
+pub mod reporter;
+pub mod runner;
+pub mod servers;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fleetlog_api::client::{ClientError, SseMessage};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::agent::reporter::Report;
+use crate::agent::runner::{Finished, Runner};
+use crate::agent::servers::{Backoff, Servers};
+use crate::agent::state::{Directive, Outcome, StateFile};
+use crate::cli::AgentArgs;
+
+/// With no message (heartbeats come every 5 s) for this long, the stream is taken for dead.
+pub const STREAM_SILENCE_MAX: Duration = Duration::from_secs(15);
+
+/// Which host of which environment this agent keeps.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub host: String,
+    pub service: String,
+    pub env: String,
+}
+
+/// What the watch stream told: the seq it is at, and this host's desired release if it changed.
+#[derive(Debug)]
+struct Update {
+    position: u64,
+    directive: Option<Directive>,
+}
+
+pub async fn run(servers: &str, args: AgentArgs) -> Result<()> {
+    let identity = Identity { host: args.host.clone(), service: args.service.clone(), env: args.env.clone() };
+    let servers = Arc::new(Servers::new(servers, &identity.host)?);
+    let state_directory =
+        args.state_dir.clone().unwrap_or_else(|| format!("./fleetlog-agent-{}", identity.host).into());
+    let file = StateFile::new(&state_directory)?;
+    let mut state = file.load(&identity.host, &identity.service, &identity.env)?;
+    tracing::info!(
+        host = %identity.host, service = %identity.service, env = %identity.env,
+        state = %file.path().display(), position = state.position,
+        current = ?state.current.as_ref().map(|applied| &applied.directive.release),
+        "agent starting"
+    );
+
+    register(&servers, &identity, &args).await?;
+    let reports = reporter::spawn(servers.clone(), identity.clone());
+    let (updates_sender, mut updates) = mpsc::channel(256);
+    tokio::spawn(watch(servers.clone(), identity.clone(), state.position, updates_sender));
+
+    let runner = Arc::new(Runner {
+        command: args.exec.clone(),
+        host: identity.host.clone(),
+        service: identity.service.clone(),
+        env: identity.env.clone(),
+        timeout: Duration::from_secs(args.exec_timeout),
+    });
+    let mut running: Option<tokio::task::JoinHandle<(Directive, Finished)>> = None;
+    let mut shutdown = std::pin::pin!(crate::serve::shutdown_signal());
+    loop {
+        if running.is_none() {
+            if let Some(directive) = state.pending().cloned() {
+                state.attempts += 1;
+                file.save(&state)?;
+                tracing::info!(release = %directive.release, seq = directive.seq, cause = %directive.cause, attempt = state.attempts, "applying");
+                reports.send_replace(Some(Report {
+                    seq: directive.seq,
+                    release: directive.release.clone(),
+                    status: "applying",
+                    message: None,
+                    attempt: state.attempts,
+                }));
+                let runner = runner.clone();
+                running = Some(tokio::spawn(async move {
+                    let finished = runner.run(&directive).await;
+                    (directive, finished)
+                }));
+            }
+        }
+        tokio::select! {
+            update = updates.recv() => {
+                let Some(update) = update else { bail!("the watcher stopped") };
+                if state.take(update.position, update.directive) {
+                    file.save(&state)?;
+                }
+            }
+            finished = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                running = None;
+                let (directive, finished) = finished.context("the command's task failed")?;
+                let attempt = state.attempts;
+                state.finish(directive.clone(), finished.outcome);
+                file.save(&state)?;
+                match finished.outcome {
+                    Outcome::Running => tracing::info!(release = %directive.release, seq = directive.seq, elapsed = ?finished.elapsed, "applied"),
+                    Outcome::Failed => tracing::warn!(release = %directive.release, seq = directive.seq, message = %finished.message, "failed"),
+                }
+                reports.send_replace(Some(Report {
+                    seq: directive.seq,
+                    release: directive.release,
+                    status: finished.outcome.as_str(),
+                    message: Some(finished.message),
+                    attempt,
+                }));
+            }
+            _ = &mut shutdown => {
+                tracing::info!("agent stopping");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Registers the host for (service, env). The event id is derived from the registration, so
+/// restarting the agent does not add an event each time.
+async fn register(servers: &Servers, identity: &Identity, args: &AgentArgs) -> Result<()> {
+    let mut labels = BTreeMap::new();
+    for label in &args.labels {
+        let Some((name, value)) = label.split_once('=') else { bail!("--label wants NAME=VALUE, not {label:?}") };
+        labels.insert(name.to_string(), value.to_string());
+    }
+    let mut body = json!({ "host": identity.host, "service": identity.service, "env": identity.env });
+    if let Some(group) = &args.group {
+        body["group"] = json!(group);
+    }
+    if !labels.is_empty() {
+        body["labels"] = json!(labels);
+    }
+    let digest = Sha256::digest(body.to_string().as_bytes());
+    let id: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
+    body["id"] = json!(format!("agent-register-{id}"));
+    match servers.post("/v1/targets", &body).await {
+        Ok(answer) => {
+            let seq = answer["seq"].as_u64().unwrap_or(0);
+            tracing::info!(seq, "registered");
+            Ok(())
+        }
+        Err(error) => Err(error).context("registering the target failed"),
+    }
+}
+
+/// Follows the host's watch stream for ever, passing on what concerns this (service, env).
+async fn watch(servers: Arc<Servers>, identity: Identity, mut position: u64, updates: mpsc::Sender<Update>) {
+    let mut backoff = Backoff::new();
+    loop {
+        let client = servers.current();
+        let path = format!("/v1/watch/{}", identity.host);
+        // Resume after the last seq passed on; with none yet, start with the host's whole state.
+        let resume = (position > 0).then_some(position);
+        match client.stream(&path, &[], resume).await {
+            Ok(mut stream) => {
+                tracing::info!(server = client.base(), resume = ?resume, "watching");
+                loop {
+                    let message = match tokio::time::timeout(STREAM_SILENCE_MAX, stream.next()).await {
+                        Ok(Ok(Some(message))) => message,
+                        Ok(Ok(None)) => {
+                            tracing::warn!(server = client.base(), "the server closed the stream");
+                            break;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "the stream failed");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(server = client.base(), silence = ?STREAM_SILENCE_MAX, "the stream went silent");
+                            break;
+                        }
+                    };
+                    backoff.reset();
+                    match parse(&identity, &message) {
+                        Ok(Some(update)) => {
+                            position = position.max(update.position);
+                            if updates.send(update).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, "ignoring a watch message"),
+                    }
+                }
+            }
+            Err(ClientError::Transport { url, reason }) => tracing::warn!(%url, %reason, "cannot reach the server"),
+            Err(error) => tracing::warn!(server = client.base(), %error, "the server refused the watch"),
+        }
+        servers.next_after(client);
+        backoff.wait().await;
+    }
+}
+
+/// Reads one watch message: the host's state (first message of a fresh stream) or a directive.
+fn parse(identity: &Identity, message: &SseMessage) -> Result<Option<Update>> {
+    let kind = message.event.as_deref().unwrap_or("");
+    if kind != "state" && kind != "directive" {
+        return Ok(None);
+    }
+    let data: Value = serde_json::from_str(&message.data).context("the message is not JSON")?;
+    let ours = |entry: &Value| entry["service"] == identity.service.as_str() && entry["env"] == identity.env.as_str();
+    let text = |entry: &Value, name: &str| entry[name].as_str().map(str::to_string);
+    if kind == "state" {
+        let position = data["seq"].as_u64().context("a state without seq")?;
+        let targets = data["targets"].as_array().context("a state without targets")?;
+        let directive = targets.iter().find(|entry| ours(entry)).and_then(|entry| {
+            Some(Directive {
+                seq: entry["desired_seq"].as_u64()?,
+                release: text(entry, "desired_release")?,
+                cause: text(entry, "desired_cause").unwrap_or_default(),
+                deployment: text(entry, "deployment"),
+            })
+        });
+        return Ok(Some(Update { position, directive }));
+    }
+    let seq = data["seq"].as_u64().context("a directive without seq")?;
+    let directive = ours(&data)
+        .then(|| -> Result<Directive> {
+            Ok(Directive {
+                seq,
+                release: text(&data, "release").context("a directive without release")?,
+                cause: text(&data, "cause").unwrap_or_default(),
+                deployment: text(&data, "deployment"),
+            })
+        })
+        .transpose()?;
+    Ok(Some(Update { position: seq, directive }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity { host: "web-1".into(), service: "checkout".into(), env: "prod".into() }
+    }
+
+    fn message(event: &str, data: Value) -> SseMessage {
+        SseMessage { id: None, event: Some(event.into()), data: data.to_string(), comment: None }
+    }
+
+    #[test]
+    fn takes_its_own_environment_from_a_state_and_ignores_others() {
+        let state = json!({"seq": 40, "host": "web-1", "targets": [
+            {"service": "search", "env": "prod", "desired_release": "9", "desired_seq": 39},
+            {"service": "checkout", "env": "prod", "desired_release": "1.2", "desired_seq": 30,
+             "desired_cause": "wave.started", "deployment": "d-1"},
+        ]});
+        let update = parse(&identity(), &message("state", state)).unwrap().unwrap();
+        assert_eq!(update.position, 40);
+        let directive = update.directive.unwrap();
+        assert_eq!(
+            (directive.seq, directive.release.as_str(), directive.deployment.as_deref()),
+            (30, "1.2", Some("d-1"))
+        );
+
+        let other = json!({"seq": 41, "host": "web-1", "service": "search", "env": "prod", "release": "10", "cause": "rollback"});
+        let update = parse(&identity(), &message("directive", other)).unwrap().unwrap();
+        assert_eq!((update.position, update.directive), (41, None));
+    }
+
+    #[test]
+    fn a_state_with_nothing_desired_only_moves_the_position() {
+        let state = json!({"seq": 7, "host": "web-1", "targets": [
+            {"service": "checkout", "env": "prod", "desired_release": null, "desired_seq": null}]});
+        let update = parse(&identity(), &message("state", state)).unwrap().unwrap();
+        assert_eq!((update.position, update.directive), (7, None));
+        assert!(parse(&identity(), &SseMessage { comment: Some("head 9".into()), ..SseMessage::default() })
+            .unwrap()
+            .is_none());
+    }
+}
