@@ -72,6 +72,30 @@ pub enum BenchCommand {
     Append(BenchAppendArgs),
     /// Time the fleet view of many registered hosts, now and at a past seq.
     Fleet(BenchFleetArgs),
+    /// Watch fan-out: N simulated agents (one connection each) watch their hosts, a rollback is
+    /// appended, and the time until the first, median and last agent received it is printed;
+    /// then the same with etcd watchers. `--server` may list several nodes; agents spread over them.
+    Fanout(BenchFanoutArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchFanoutArgs {
+    /// Simulated agents, each with its own connection and host.
+    #[arg(long, default_value_t = 1_000)]
+    pub agents: usize,
+    /// Rollbacks to time (alternating between two releases).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// `auto`: also measure a local 3-member etcd cluster started for the run when `etcd` is
+    /// installed; `off`: skip; or client URLs of a running etcd cluster, comma-separated.
+    #[arg(long, default_value = "auto")]
+    pub etcd: String,
+    /// Connections being opened at once while the watchers connect.
+    #[arg(long, default_value_t = 200)]
+    pub connect_parallel: usize,
+    /// Also print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,11 @@
 //! fleetlog-api: the HTTP API (routes, JSON shapes, errors) and the client the CLI uses.
 //!
-//! - `routes`: handlers. `events` (append, read, stream), `stream` (SSE subscribe and watch),
-//!   `views` (fleet, hosts, deployments, releases), `commands` (typed conveniences), `health`.
+//! - `routes`: handlers. `events` (append, read, stream), `stream` (SSE subscribe and watch via
+//!   the router), `views` (fleet, hosts, deployments, releases), `commands` (typed conveniences),
+//!   `health`, `cluster` (membership), `peer` (Raft traffic).
+//! - `streams`: the SSE streams themselves (catch-up from disk, live channels, heartbeats), and
+//!   `streams::direct`, which serves connections that start with a stream without the router.
+//! - `listener`: accepts connections and sends each to the router or to `streams::direct`.
 //! - `input`: reading untrusted bodies and query strings; `error`: status + stable code;
 //!   `wire`: JSON shapes of views; `state`: the shared handle and the read/write paths.
 //! - `client`: a small HTTP client for the CLI (JSON calls and an SSE reader).
@@ -12,9 +16,11 @@
 pub mod client;
 pub mod error;
 pub mod input;
+mod listener;
 pub mod metrics;
 pub mod routes;
 pub mod state;
+pub mod streams;
 pub mod wire;
 
 use std::future::Future;
@@ -22,7 +28,6 @@ use std::net::SocketAddr;
 
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
-use axum::serve::ListenerExt;
 use axum::Router;
 use fleetlog_raft::node::Node;
 use tokio::net::{TcpListener, TcpSocket};
@@ -98,17 +103,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let state = AppState::new(node, &options);
     let closing = state.closing.clone();
-    let app = router(state);
+    let app = router(state.clone());
     let shutdown = async move {
         shutdown.await;
         // Streams never finish on their own: tell them to end so the connections can drain.
         closing.send_replace(true);
     };
-    // Small request/response pairs (Raft RPCs above all) must not wait for Nagle's algorithm.
-    let listener = listener.tap_io(|connection| {
-        if let Err(error) = connection.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let connections = listener::split(listener, state.clone())?;
+    axum::serve(connections, app).with_graceful_shutdown(shutdown).await
 }

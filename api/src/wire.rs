@@ -161,16 +161,30 @@ pub fn environment(record: &EnvironmentRecord) -> Value {
     })
 }
 
-pub fn directive(directive: &Directive) -> Value {
-    json!({
-        "seq": directive.seq,
-        "host": directive.host,
-        "service": directive.service,
-        "env": directive.env,
-        "release": directive.release,
-        "cause": directive.cause,
-        "deployment": directive.deployment,
-    })
+#[derive(Serialize)]
+struct DirectiveView<'a> {
+    seq: u64,
+    host: &'a str,
+    service: &'a str,
+    env: &'a str,
+    release: &'a str,
+    cause: &'a str,
+    deployment: Option<&'a str>,
+}
+
+/// A watch directive as one line of JSON. Rendered once per watcher of a changed host, so it
+/// goes straight to text without building a `Value`.
+pub fn directive_json(directive: &Directive) -> String {
+    let view = DirectiveView {
+        seq: directive.seq,
+        host: &directive.host,
+        service: &directive.service,
+        env: &directive.env,
+        release: &directive.release,
+        cause: &directive.cause,
+        deployment: directive.deployment.as_deref(),
+    };
+    serde_json::to_string(&view).unwrap_or_default()
 }
 
 /// `{"events":[…],…}` built from already-rendered event JSON texts plus extra members.

@@ -69,6 +69,7 @@ fn read_meta<T: serde::de::DeserializeOwned>(database: &Database, key: &[u8]) ->
 
 /// Applies entries in order and writes their effects in one batch. Runs on a blocking thread.
 fn apply_entries(database: &Database, entries: Vec<Entry>) -> Result<(Vec<LedgerResponse>, AppliedBatch)> {
+    let started = std::time::Instant::now();
     let reader = database.reader();
     let mut overlay = Overlay::new(&reader);
     let mut responses = Vec::with_capacity(entries.len());
@@ -105,10 +106,13 @@ fn apply_entries(database: &Database, entries: Vec<Entry>) -> Result<(Vec<Ledger
     if let Some(membership) = &membership {
         overlay.put(Space::Meta, META_MEMBERSHIP.to_vec(), codec::encode(membership)?);
     }
+    let computed = started.elapsed();
     let writes = overlay.into_writes();
+    let keys = writes.len();
     let mut batch = WriteBatch::default();
     database.add_writes(&mut batch, writes);
     database.write_unsynced(batch)?;
+    tracing::debug!(?computed, written = ?started.elapsed(), keys, "applied");
     Ok((responses, published))
 }
 

@@ -1,5 +1,8 @@
 //! `fleetlog bench`: load generators that measure a running server over real HTTP.
 
+mod etcd;
+mod fanout;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,10 +13,12 @@ use serde_json::{json, Value};
 
 use crate::cli::{BenchAppendArgs, BenchCommand, BenchFleetArgs};
 
+
 pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Append(args) => append(server, args).await,
         BenchCommand::Fleet(args) => fleet(server, args).await,
+        BenchCommand::Fanout(args) => fanout::run(server, args).await,
     }
 }
 

@@ -1,0 +1,178 @@
+//! Streams served straight on the socket. A connection whose first request is a stream (the
+//! listener peeks at it) is not handed to the HTTP framework: this reads the request head,
+//! answers with a close-delimited `text/event-stream` body and writes each message with one
+//! write. Per watcher that leaves one small task, the socket and the stream's position, instead
+//! of a framework connection with its read and write buffers, a body channel and a second task:
+//! it is what lets one node hold tens of thousands of agents.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{open, Sink, StreamEnd};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest request head a stream request may have.
+const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// A client must send its request head within this time.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADERS_MAX: usize = 64;
+
+/// Whether a connection that starts with these bytes asks for a stream.
+pub fn is_stream_request(start: &[u8]) -> bool {
+    start.starts_with(b"GET /v1/watch/") || start.starts_with(b"GET /v1/subscribe")
+}
+
+/// Serves one connection whose first request is a stream, until the stream ends.
+pub async fn serve(app: AppState, mut stream: TcpStream) {
+    let head = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(error)) => return reply_error(&mut stream, error).await,
+        Err(_) => return,
+    };
+    let request = match parse(&head) {
+        Ok(request) => request,
+        Err(error) => return reply_error(&mut stream, error).await,
+    };
+    let opened = match open(&app, &request.path, request.query, request.last_event_id.as_deref()).await {
+        Ok(opened) => opened,
+        Err(error) => return reply_error(&mut stream, error).await,
+    };
+    // No length and no chunking: the body ends when the connection does (RFC 9112, 6.3).
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut sink = SocketSink { stream };
+    if let Err(end) = opened.run(&app, &mut sink).await {
+        tracing::debug!(%end, "stream ended");
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, ApiError> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let read = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|error| ApiError::bad_request("bad_request", format!("reading the request failed: {error}")))?;
+        if read == 0 {
+            return Err(ApiError::bad_request("bad_request", "the request head is incomplete"));
+        }
+        head.extend_from_slice(&chunk[..read]);
+        if head.windows(4).any(|window| window == b"\r\n\r\n") {
+            head.shrink_to_fit();
+            return Ok(head);
+        }
+        if head.len() > REQUEST_HEAD_BYTES_MAX {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+                format!("the request head exceeds {REQUEST_HEAD_BYTES_MAX} bytes"),
+            ));
+        }
+    }
+}
+
+struct StreamRequest {
+    path: String,
+    query: HashMap<String, String>,
+    last_event_id: Option<String>,
+}
+
+fn parse(head: &[u8]) -> Result<StreamRequest, ApiError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let malformed = |reason: String| ApiError::bad_request("bad_request", format!("malformed request: {reason}"));
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(malformed("incomplete head".into())),
+        Err(error) => return Err(malformed(error.to_string())),
+    }
+    if request.method != Some("GET") {
+        return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "streams are read with GET"));
+    }
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut parameters = HashMap::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if parameters.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(ApiError::bad_request("invalid_parameter", format!("query parameter {name:?} is repeated")));
+        }
+    }
+    let last_event_id = match request.headers.iter().find(|header| header.name.eq_ignore_ascii_case("last-event-id")) {
+        Some(header) => Some(
+            std::str::from_utf8(header.value)
+                .map_err(|_| ApiError::bad_request("invalid_parameter", "Last-Event-ID must be text"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(StreamRequest { path: path.to_string(), query: parameters, last_event_id })
+}
+
+async fn reply_error(stream: &mut TcpStream, error: ApiError) {
+    let body = error.body().to_string();
+    let retry = if error.status == StatusCode::SERVICE_UNAVAILABLE { "retry-after: 1\r\n" } else { "" };
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
+        error.status.as_u16(),
+        error.status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Writes straight to the client's socket. A client that does not read fills the socket's
+/// buffer and blocks only its own stream.
+struct SocketSink {
+    stream: TcpStream,
+}
+
+impl Sink for SocketSink {
+    async fn send(&mut self, text: Bytes) -> Result<(), StreamEnd> {
+        self.stream.write_all(&text).await.map_err(|_| StreamEnd::ClientGone)
+    }
+
+    async fn closed(&self) {
+        // A stream's client sends nothing after its request: the socket turning readable means
+        // it closed (or sent something it should not have, which ends the stream too).
+        let mut scratch = [0u8; 16];
+        loop {
+            if self.stream.readable().await.is_err() {
+                return;
+            }
+            match self.stream.try_read(&mut scratch) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_stream_requests_and_parses_their_heads() {
+        assert!(is_stream_request(b"GET /v1/watch/web-1 HTTP/1.1\r\n"));
+        assert!(is_stream_request(b"GET /v1/subscribe?type=wave. HTTP/1.1"));
+        assert!(!is_stream_request(b"GET /v1/events HTTP/1.1"));
+        assert!(!is_stream_request(b"POST /v1/watch/x HTTP/1.1"));
+        let request =
+            parse(b"GET /v1/subscribe?type=wave.&from_seq=4 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 9\r\n\r\n").unwrap();
+        assert_eq!(request.path, "/v1/subscribe");
+        assert_eq!(request.query.get("type").map(String::as_str), Some("wave."));
+        assert_eq!(request.last_event_id.as_deref(), Some("9"));
+        assert_eq!(parse(b"GET /v1/subscribe?a=1&a=2 HTTP/1.1\r\n\r\n").err().unwrap().code, "invalid_parameter");
+        assert_eq!(parse(b"GET /v1/\x01 HTTP/1.1\r\n\r\n").err().unwrap().code, "bad_request");
+    }
+}

@@ -1,0 +1,84 @@
+//! The log, filtered: every committed event that matches, in seq order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fleetlog_raft::feed::{AppliedBatch, CommittedEvent, Feed};
+use fleetlog_raft::views::{self, EventFilter};
+use tokio::sync::broadcast;
+
+use super::{push_message, Live, LiveStep, Source, StreamEnd};
+use crate::state::AppState;
+
+/// Events read from disk per catch-up step.
+const CATCH_UP_EVENTS: usize = 1_000;
+
+pub struct LogSource {
+    filter: EventFilter,
+}
+
+impl LogSource {
+    pub fn new(filter: EventFilter) -> LogSource {
+        LogSource { filter }
+    }
+}
+
+fn push_event(text: &mut String, event: &CommittedEvent) {
+    push_message(text, event.event.seq, event.event.event_type.as_str(), &event.json);
+}
+
+fn non_empty(text: String) -> Option<Bytes> {
+    (!text.is_empty()).then(|| Bytes::from(text))
+}
+
+impl Source for LogSource {
+    type Live = LogLive;
+
+    fn subscribe(&self, feed: &Feed) -> LogLive {
+        LogLive { receiver: feed.subscribe(), filter: self.filter.clone() }
+    }
+
+    async fn read_disk(&self, app: &AppState, from: u64, _until: u64) -> Result<(Option<Bytes>, u64), StreamEnd> {
+        let filter = self.filter.clone();
+        let page = app
+            .read(false, move |kv| views::read_events(kv, &filter, from, CATCH_UP_EVENTS))
+            .await
+            .map_err(StreamEnd::Read)?;
+        let mut text = String::new();
+        for event in page.events {
+            push_event(&mut text, &CommittedEvent::new(event));
+        }
+        Ok((non_empty(text), page.next_seq))
+    }
+}
+
+/// The shared ring of applied batches. Batches are contiguous, so one that starts past the seq
+/// owed means the stream missed some.
+pub struct LogLive {
+    receiver: broadcast::Receiver<Arc<AppliedBatch>>,
+    filter: EventFilter,
+}
+
+impl Live for LogLive {
+    async fn next(&mut self, next: u64) -> LiveStep {
+        loop {
+            let batch = match self.receiver.recv().await {
+                Ok(batch) => batch,
+                Err(broadcast::error::RecvError::Lagged(_)) => return LiveStep::Gap,
+                Err(broadcast::error::RecvError::Closed) => return LiveStep::Closed,
+            };
+            let Some(first) = batch.events.first() else { continue };
+            if first.event.seq > next {
+                return LiveStep::Gap;
+            }
+            if batch.head_seq < next {
+                continue;
+            }
+            let mut text = String::new();
+            for event in batch.events.iter().filter(|event| event.event.seq >= next && self.filter.matches(&event.event)) {
+                push_event(&mut text, event);
+            }
+            return LiveStep::Messages { text: non_empty(text), head_seq: batch.head_seq };
+        }
+    }
+}

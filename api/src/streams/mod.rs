@@ -1,0 +1,257 @@
+//! Server-Sent Events: `GET /v1/subscribe` (the log, filtered) and `GET /v1/watch/{host}` (one
+//! host's desired releases), whichever server received the request (see [`direct`]).
+//!
+//! Each stream runs [`follow`]: it catches up from disk, then follows its live channel. It
+//! remembers the next seq it owes the client; when the channel reports a gap (the stream fell
+//! behind it) it goes back to disk, so there is never a gap, and anything below that seq is
+//! skipped, so there is never a duplicate. Writing to a slow client slows only its own stream,
+//! which then falls behind its channel and reads from disk: nothing is buffered without bound.
+
+pub mod direct;
+mod host;
+mod log;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetlog_raft::feed::Feed;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::error::{ApiError, ApiResult};
+use crate::input::Params;
+use crate::routes::events::{beyond_head, parse_filter, FILTER_PARAMS};
+use crate::state::AppState;
+
+use self::host::HostSource;
+use self::log::LogSource;
+
+/// A `: head <seq>` comment goes out at least this often.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Holds a subscriber slot for the life of a stream.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    app: AppState,
+}
+
+impl Slot {
+    fn take(app: &AppState) -> ApiResult<Slot> {
+        let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable(
+                "too_many_subscribers",
+                "this node serves its maximum number of streams; try another node",
+            )
+        })?;
+        app.metrics.subscribers_active.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot { _permit: permit, app: app.clone() })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.app.metrics.subscribers_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamEnd {
+    #[error("the client went away")]
+    ClientGone,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("reading the log failed: {0}")]
+    Read(ApiError),
+}
+
+/// What a live channel yields, already filtered for one stream.
+enum LiveStep {
+    /// Messages (if any) for seqs at or after the one owed, and the head they bring it to.
+    Messages { text: Option<Bytes>, head_seq: u64 },
+    /// The stream fell behind the channel: what it owes must be read from disk.
+    Gap,
+    Closed,
+}
+
+trait Live: Send {
+    /// The next step for a stream that owes seqs from `next` on. Cancel-safe.
+    fn next(&mut self, next: u64) -> impl Future<Output = LiveStep> + Send;
+}
+
+/// What one kind of stream sends, from disk and live.
+trait Source: Send + Sync + 'static {
+    type Live: Live;
+
+    fn subscribe(&self, feed: &Feed) -> Self::Live;
+
+    /// Messages for seqs from `from` up to `until` read from disk (possibly a first part of
+    /// them), and the seq owed next.
+    fn read_disk(
+        &self,
+        app: &AppState,
+        from: u64,
+        until: u64,
+    ) -> impl Future<Output = Result<(Option<Bytes>, u64), StreamEnd>> + Send;
+}
+
+/// Where a stream's bytes go: straight to a socket, or to a channel an HTTP body reads.
+pub trait Sink: Send {
+    fn send(&mut self, text: Bytes) -> impl Future<Output = Result<(), StreamEnd>> + Send;
+    /// Resolves when the client is gone.
+    fn closed(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// A stream whose request was accepted: it holds a slot and knows where to start.
+pub struct Opened {
+    _slot: Slot,
+    first: Option<Bytes>,
+    next: u64,
+    kind: Kind,
+}
+
+enum Kind {
+    Log(LogSource),
+    Host(HostSource),
+}
+
+impl Opened {
+    /// Sends the stream until the client leaves or the node shuts down.
+    pub async fn run<K: Sink>(self, app: &AppState, sink: &mut K) -> Result<(), StreamEnd> {
+        if let Some(first) = self.first {
+            sink.send(first).await?;
+        }
+        match &self.kind {
+            Kind::Log(source) => follow(app, source, self.next, sink).await,
+            Kind::Host(source) => follow(app, source, self.next, sink).await,
+        }
+    }
+}
+
+/// Validates a stream request (path without query, query parameters, `Last-Event-ID`), takes
+/// a subscriber slot and prepares the first message.
+pub async fn open(
+    app: &AppState,
+    path: &str,
+    query: HashMap<String, String>,
+    last_event_id: Option<&str>,
+) -> ApiResult<Opened> {
+    let head = app.node.feed().head_seq();
+    if path == "/v1/subscribe" {
+        let mut allowed = FILTER_PARAMS.to_vec();
+        allowed.push("from_seq");
+        let params = Params::new(query, &allowed)?;
+        let filter = parse_filter(&params)?;
+        let next = resume_seq(last_event_id, &params)?.unwrap_or(head + 1).max(1);
+        if next > head + 1 {
+            return Err(beyond_head(next, head));
+        }
+        let slot = Slot::take(app)?;
+        return Ok(Opened { _slot: slot, first: None, next, kind: Kind::Log(LogSource::new(filter)) });
+    }
+    let Some(host) = path.strip_prefix("/v1/watch/") else {
+        return Err(ApiError::not_found("not_found", format!("no stream at {path}")));
+    };
+    let host = host.to_string();
+    fleetlog_raft::ledger::validate::check_name(
+        "host",
+        &host,
+        fleetlog_raft::limits::NAME_CHARS_MAX,
+        fleetlog_raft::ledger::validate::is_name_char,
+    )
+    .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))?;
+    let params = Params::new(query, &["from_seq"])?;
+    match resume_seq(last_event_id, &params)? {
+        Some(from) if from > head + 1 => Err(beyond_head(from, head)),
+        // Resuming: directives only; the agent has its state.
+        Some(from) => {
+            let slot = Slot::take(app)?;
+            Ok(Opened { _slot: slot, first: None, next: from.max(1), kind: Kind::Host(HostSource::new(host)) })
+        }
+        None => {
+            let slot = Slot::take(app)?;
+            let (seq, first) = host::state_message(app, &host).await?;
+            Ok(Opened { _slot: slot, first: Some(first), next: seq + 1, kind: Kind::Host(HostSource::new(host)) })
+        }
+    }
+}
+
+/// The seq to resume from: `Last-Event-ID` (the last seq the client saw) wins over `from_seq`.
+fn resume_seq(last_event_id: Option<&str>, params: &Params) -> ApiResult<Option<u64>> {
+    if let Some(text) = last_event_id {
+        let seen: u64 = text.trim().parse().map_err(|_| {
+            ApiError::bad_request("invalid_parameter", format!("Last-Event-ID must be a seq, not {text:?}"))
+        })?;
+        return Ok(Some(seen.saturating_add(1)));
+    }
+    params.number("from_seq")
+}
+
+/// Catch up from disk, follow the live channel, and go back to disk whenever it reports a gap.
+async fn follow<S: Source, K: Sink>(app: &AppState, source: &S, mut next: u64, sink: &mut K) -> Result<(), StreamEnd> {
+    let feed = app.node.feed().clone();
+    // Subscribe before reading the head, so nothing committed in between is missed.
+    let mut live = source.subscribe(&feed);
+    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut closing = app.closing.subscribe();
+    if *closing.borrow_and_update() {
+        return Err(StreamEnd::ShuttingDown);
+    }
+    loop {
+        loop {
+            let head = feed.head_seq();
+            if next > head {
+                break;
+            }
+            let (text, after) = source.read_disk(app, next, head).await?;
+            if let Some(text) = text {
+                sink.send(text).await?;
+            }
+            if after <= next {
+                break;
+            }
+            next = after;
+        }
+        loop {
+            tokio::select! {
+                step = live.next(next) => match step {
+                    LiveStep::Messages { text, head_seq } => {
+                        if let Some(text) = text {
+                            sink.send(text).await?;
+                        }
+                        next = next.max(head_seq + 1);
+                    }
+                    LiveStep::Gap => break,
+                    LiveStep::Closed => return Err(StreamEnd::ShuttingDown),
+                },
+                _ = beat.tick() => sink.send(heartbeat(feed.head_seq())).await?,
+                _ = sink.closed() => return Err(StreamEnd::ClientGone),
+                _ = closing.changed() => return Err(StreamEnd::ShuttingDown),
+            }
+        }
+    }
+}
+
+fn heartbeat(head_seq: u64) -> Bytes {
+    Bytes::from(format!(": head {head_seq}\n\n"))
+}
+
+/// Appends one SSE message. `data` is one line of JSON.
+fn push_message(text: &mut String, id: u64, event: &str, data: &str) {
+    use std::fmt::Write;
+    let _ = write!(text, "id: {id}\nevent: {event}\ndata: {data}\n\n");
+}
+
+/// A stream read by an HTTP response body (requests that came through the HTTP router).
+pub struct ChannelSink(pub mpsc::Sender<Bytes>);
+
+impl Sink for ChannelSink {
+    async fn send(&mut self, text: Bytes) -> Result<(), StreamEnd> {
+        self.0.send(text).await.map_err(|_| StreamEnd::ClientGone)
+    }
+
+    async fn closed(&self) {
+        self.0.closed().await
+    }
+}

@@ -1,0 +1,526 @@
+//! End-to-end tests of `fleetlog agent` and of the server's stream fan-out: agents following
+//! directives across a leader kill, an agent crashing in the middle of a command, a rollback
+//! arriving while a wave is being applied, stalled streams catching up from disk, and the
+//! subscriber limit. Every agent is a real process whose command records each run in a file
+//! (`common/agents.rs`), so the assertions are about what the agents actually ran.
+
+#[path = "common/agents.rs"]
+mod agents;
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agents::{completed, metric, with_id, Agents, Phase, RawStream, Run, Serve, Writer};
+use common::cluster::{Cluster, Options};
+use common::Server;
+use fleetlog_api::client::{Client, ClientError};
+use serde_json::{json, Value};
+
+const SERVICE: &str = "shop";
+const ENV: &str = "prod";
+
+/// A directive as the ledger acknowledged it: what every agent must run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Directive {
+    seq: u64,
+    release: String,
+    cause: &'static str,
+    deployment: Option<String>,
+}
+
+async fn create_releases(writer: &Writer, releases: &[&str]) {
+    for release in releases {
+        let body = json!({"service": SERVICE, "release": release});
+        writer.command("/v1/releases", &with_id(&format!("release-{release}"), body)).await;
+    }
+}
+
+/// Starts a one-wave deployment of `release` to every host and its wave: the wave's directive.
+async fn start_deployment(writer: &Writer, deployment: &str, release: &str) -> Directive {
+    let body = json!({"deployment": deployment, "service": SERVICE, "env": ENV, "release": release,
+                      "waves": [{"name": "all", "percent": 100}]});
+    writer.command("/v1/deployments", &with_id(&format!("start-{deployment}"), body)).await;
+    let path = format!("/v1/deployments/{deployment}/waves/all/start");
+    let started = writer.command(&path, &with_id(&format!("wave-{deployment}"), json!({}))).await;
+    assert_eq!(started["event"]["release"], release, "{started}");
+    Directive {
+        seq: started["seq"].as_u64().unwrap(),
+        release: release.to_string(),
+        cause: "wave.started",
+        deployment: Some(deployment.to_string()),
+    }
+}
+
+async fn complete_deployment(writer: &Writer, deployment: &str) {
+    let path = format!("/v1/deployments/{deployment}/waves/all/complete");
+    writer.command(&path, &with_id(&format!("wave-done-{deployment}"), json!({}))).await;
+    let path = format!("/v1/deployments/{deployment}/complete");
+    writer.command(&path, &with_id(&format!("done-{deployment}"), json!({}))).await;
+}
+
+/// Appends a rollback (to `release`, or to the target the ledger picks) and checks that the
+/// ledger chose `expected`.
+async fn roll_back(writer: &Writer, id: &str, release: Option<&str>, expected: &str) -> Directive {
+    let mut body = json!({"service": SERVICE, "env": ENV, "reason": format!("test {id}")});
+    if let Some(release) = release {
+        body["release"] = json!(release);
+    }
+    let rolled = writer.command("/v1/rollbacks", &with_id(id, body)).await;
+    assert_eq!(rolled["event"]["release"], expected, "{rolled}");
+    Directive {
+        seq: rolled["seq"].as_u64().unwrap(),
+        release: expected.to_string(),
+        cause: "rollback",
+        deployment: None,
+    }
+}
+
+/// Checks that `runs` are exactly the `expected` directives, each started once and finished
+/// before the next started, with the directive's variables.
+fn assert_ran_exactly(host: &str, runs: &[Run], expected: &[&Directive], context: &str) {
+    let ran = completed(runs).unwrap_or_else(|problem| panic!("agent {host}: {problem}\n{context}"));
+    let wanted: Vec<(u64, String)> =
+        expected.iter().map(|directive| (directive.seq, directive.release.clone())).collect();
+    assert_eq!(ran, wanted, "agent {host} ran these (seq, release), in this order\n{context}");
+    for (run, directive) in runs.iter().zip(expected.iter().flat_map(|directive| [directive, directive])) {
+        assert_eq!(
+            (run.cause.as_str(), &run.deployment, run.host.as_str(), run.environment.as_str()),
+            (directive.cause, &directive.deployment, host, format!("{SERVICE}/{ENV}").as_str()),
+            "variables of a run of agent {host}\n{context}"
+        );
+    }
+}
+
+/// `host.reported` events of one host about the directive at `seq`: their statuses in order.
+async fn reported_statuses(writer: &Writer, host: &str, seq: u64) -> Vec<String> {
+    let page = writer.get(&format!("/v1/events?type=host.reported&host={host}&limit=1000")).await;
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["data"]["applied_seq"] == seq)
+        .map(|event| event["data"]["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits until web-1's reports about the directive at `seq` are `statuses`.
+async fn wait_reported(writer: &Writer, agents: &Agents, seq: u64, statuses: &[&str]) {
+    let deadline = Instant::now() + agents::WAIT;
+    loop {
+        let reported = reported_statuses(writer, "web-1", seq).await;
+        if reported == statuses {
+            return;
+        }
+        assert!(Instant::now() < deadline, "reports about seq {seq}: {reported:?}\n{}", agents.describe());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Five agents, each given every node of a 3-node cluster, follow eight directives (deployments
+/// and rollbacks) while the leader is killed and later restarted: each agent runs every directive
+/// exactly once, in seq order, and the fleet view converges on the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_follow_directives_across_a_leader_kill() {
+    let mut cluster = Cluster::start(Options::default()).await;
+    let urls: Vec<String> = cluster.members().into_iter().map(|id| cluster.url(id)).collect();
+    let writer = Writer::new(&urls);
+    create_releases(&writer, &["1.0", "2.0", "3.0"]).await;
+    let hosts = ["web-1", "web-2", "web-3", "web-4", "web-5"];
+    let agents = Agents::start(&urls, SERVICE, ENV, &hosts);
+    writer.wait_registered(SERVICE, ENV, hosts.len()).await;
+
+    let mut directives = Vec::new();
+    let mut killed = None;
+    // Each step appends one directive; after the fifth is acknowledged the leader is killed,
+    // so it reaches the agents while they fail over; the old leader is back for the last two.
+    for step in 1..=8 {
+        let directive = match step {
+            1 => start_deployment(&writer, "d-1", "1.0").await,
+            2 => start_deployment(&writer, "d-2", "2.0").await,
+            // Back to the last completed deployment's release other than 2.0.
+            3 => roll_back(&writer, "rollback-3", None, "1.0").await,
+            // Left active: the next rollback aborts it.
+            4 => start_deployment(&writer, "d-4", "3.0").await,
+            5 => roll_back(&writer, "rollback-5", Some("2.0"), "2.0").await,
+            6 => start_deployment(&writer, "d-6", "1.0").await,
+            7 => start_deployment(&writer, "d-7", "3.0").await,
+            _ => roll_back(&writer, "rollback-8", None, "1.0").await,
+        };
+        if step == 5 {
+            let leader = cluster.wait_leader().await;
+            let watchers = metric(&cluster.url(leader), "fleetlog_subscribers").await;
+            cluster
+                .check(watchers >= 1.0, || format!("no agent watched leader {leader}: the kill would prove nothing"));
+            cluster.kill(leader);
+            killed = Some(leader);
+        }
+        agents.wait_done(directive.seq).await;
+        if let Some(deployment) = directive.deployment.as_deref().filter(|_| step != 4) {
+            complete_deployment(&writer, deployment).await;
+        }
+        if step == 6 {
+            cluster.restart(killed.expect("killed at step 5")).await;
+        }
+        directives.push(directive);
+    }
+    let directives: Vec<&Directive> = directives.iter().collect();
+    let last = directives.last().unwrap();
+    writer.wait_converged(SERVICE, ENV, &last.release, last.seq, &agents).await;
+    for agent in &agents.agents {
+        assert_ran_exactly(&agent.host, &agent.runs(), &directives, &agents.describe());
+    }
+    // The agents that watched the killed leader went on through another node.
+    let failed_over = agents.agents.iter().filter(|agent| agent.watches_opened() > 1).count();
+    assert!(failed_over >= 1, "no agent opened its watch twice\n{}", agents.describe());
+    eprintln!(
+        "leader {killed:?} killed at the fifth directive; {failed_over} agents failed over; all ran all eight once"
+    );
+}
+
+/// An agent killed (with its command) while applying a directive runs that directive again when
+/// restarted, and only that one: it finishes once, earlier directives are not repeated, and a
+/// later plain restart runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_in_the_middle_of_applying() {
+    let server = Server::start().await;
+    let writer = Writer::new(&[server.url.clone()]);
+    create_releases(&writer, &["1.0", "2.0", "3.0"]).await;
+    let mut agents = Agents::start(&[server.url.clone()], SERVICE, ENV, &["web-1"]);
+    writer.wait_registered(SERVICE, ENV, 1).await;
+    let first = start_deployment(&writer, "d-1", "1.0").await;
+    agents.wait_done(first.seq).await;
+    complete_deployment(&writer, "d-1").await;
+
+    agents.hold("2.0");
+    let interrupted = start_deployment(&writer, "d-2", "2.0").await;
+    agents.wait_until("2.0 started", |agent| agent.has(interrupted.seq, Phase::Start)).await;
+    // The crash comes after the agent reported that it is applying (as attempt 1).
+    wait_reported(&writer, &agents, interrupted.seq, &["applying"]).await;
+    let agent = &mut agents.agents[0];
+    agent.crash();
+    let state = agent.state();
+    assert_eq!(
+        (&state["current"]["directive"]["seq"], &state["target"]["seq"], &state["attempts"]),
+        (&json!(first.seq), &json!(interrupted.seq), &json!(1)),
+        "state after the crash: {state:#}"
+    );
+
+    agent.spawn();
+    let restarted_run = |agent: &agents::Agent| {
+        agent.runs().iter().filter(|run| run.seq == interrupted.seq && run.phase == Phase::Start).count() == 2
+    };
+    agents.wait_until("2.0 started again", restarted_run).await;
+    let state = agents.agents[0].state();
+    assert_eq!((&state["target"]["seq"], &state["attempts"]), (&json!(interrupted.seq), &json!(2)), "{state:#}");
+    wait_reported(&writer, &agents, interrupted.seq, &["applying", "applying"]).await;
+    agents.let_go("2.0");
+    agents.wait_done(interrupted.seq).await;
+    complete_deployment(&writer, "d-2").await;
+
+    let runs = agents.agents[0].runs();
+    let described = agents.describe();
+    assert_ran_exactly("web-1", &runs[..2], &[&first], &described);
+    let (killed, rerun) = (&runs[2], &runs[3]);
+    assert_eq!((killed.seq, killed.phase), (interrupted.seq, Phase::Start), "{described}");
+    assert_ran_exactly("web-1", &runs[3..], &[&interrupted], &described);
+    assert_ne!(killed.pid, rerun.pid, "{described}");
+    let statuses = reported_statuses(&writer, "web-1", interrupted.seq).await;
+    assert_eq!(statuses, ["applying", "applying", "running"], "one applying report per attempt\n{described}");
+    let state = agents.agents[0].state();
+    assert_eq!((&state["target"], &state["attempts"]), (&Value::Null, &json!(0)), "{state:#}");
+    assert_eq!(state["current"]["directive"]["seq"], interrupted.seq, "{state:#}");
+
+    // A plain restart while idle: nothing runs until the next directive.
+    let agent = &mut agents.agents[0];
+    let status = agent.terminate().await;
+    assert!(status.success(), "the agent exits cleanly on SIGTERM: {status}\n{}", agent.describe());
+    agent.spawn();
+    agents.wait_until("watching again", |agent| agent.watches_opened() >= 1).await;
+    let third = start_deployment(&writer, "d-3", "3.0").await;
+    agents.wait_done(third.seq).await;
+    let runs = agents.agents[0].runs();
+    assert_ran_exactly("web-1", &runs[5..], &[&third], &agents.describe());
+    writer.wait_converged(SERVICE, ENV, "3.0", third.seq, &agents).await;
+}
+
+/// A rollback appended while the agents are still applying a wave is applied right after the
+/// wave's command finishes: the rollback is each agent's last run, and the fleet converges on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_racing_an_in_flight_wave() {
+    let server = Server::start().await;
+    let writer = Writer::new(&[server.url.clone()]);
+    create_releases(&writer, &["1.0", "2.0"]).await;
+    let agents = Agents::start(&[server.url.clone()], SERVICE, ENV, &["web-1", "web-2", "web-3"]);
+    writer.wait_registered(SERVICE, ENV, 3).await;
+    let first = start_deployment(&writer, "d-1", "1.0").await;
+    agents.wait_done(first.seq).await;
+    complete_deployment(&writer, "d-1").await;
+
+    // The wave's command holds until every agent has taken in the rollback: the race is certain.
+    agents.hold("2.0");
+    let wave = start_deployment(&writer, "d-2", "2.0").await;
+    agents.wait_until("2.0 started", |agent| agent.has(wave.seq, Phase::Start)).await;
+    let rollback = roll_back(&writer, "rollback", None, "1.0").await;
+    let taken_in = |agent: &agents::Agent| agent.state()["position"].as_u64().unwrap_or(0) >= rollback.seq;
+    agents.wait_until("the rollback taken in while 2.0 applies", taken_in).await;
+    for agent in &agents.agents {
+        assert!(!agent.has(wave.seq, Phase::Done), "2.0 was held\n{}", agents.describe());
+    }
+    agents.let_go("2.0");
+
+    agents.wait_done(rollback.seq).await;
+    for agent in &agents.agents {
+        assert_ran_exactly(&agent.host, &agent.runs(), &[&first, &wave, &rollback], &agents.describe());
+    }
+    writer.wait_converged(SERVICE, ENV, "1.0", rollback.seq, &agents).await;
+}
+
+/// A directive waiting behind a running command is replaced by a newer one that arrives before
+/// it starts: the older one never runs, the newest does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directive_superseded_while_waiting_never_runs() {
+    let server = Server::start().await;
+    let writer = Writer::new(&[server.url.clone()]);
+    create_releases(&writer, &["1.0", "2.0", "3.0"]).await;
+    let agents = Agents::start(&[server.url.clone()], SERVICE, ENV, &["web-1", "web-2"]);
+    writer.wait_registered(SERVICE, ENV, 2).await;
+    let first = start_deployment(&writer, "d-1", "1.0").await;
+    agents.wait_done(first.seq).await;
+    complete_deployment(&writer, "d-1").await;
+
+    agents.hold("2.0");
+    let wave = start_deployment(&writer, "d-2", "2.0").await;
+    agents.wait_until("2.0 started", |agent| agent.has(wave.seq, Phase::Start)).await;
+    // While 2.0 applies: a rollback to 1.0 (aborting d-2), then a deployment of 3.0.
+    roll_back(&writer, "rollback", None, "1.0").await;
+    let newest = start_deployment(&writer, "d-3", "3.0").await;
+    let taken_in = |agent: &agents::Agent| agent.state()["position"].as_u64().unwrap_or(0) >= newest.seq;
+    agents.wait_until("3.0 taken in while 2.0 applies", taken_in).await;
+    agents.let_go("2.0");
+
+    agents.wait_done(newest.seq).await;
+    for agent in &agents.agents {
+        assert_ran_exactly(&agent.host, &agent.runs(), &[&first, &wave, &newest], &agents.describe());
+    }
+    writer.wait_converged(SERVICE, ENV, "3.0", newest.seq, &agents).await;
+}
+
+/// Messages of one stream read by a task, as (event type, seq).
+type Received = Arc<Mutex<Vec<(String, u64)>>>;
+
+/// Reads a stream in a task for as long as it lasts, recording every message with an id.
+fn read_in_background(client: Client, path: String, query: Vec<(&'static str, String)>) -> Received {
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        let mut stream = client.stream(&path, &query, None).await.expect("open a stream");
+        while let Ok(Some(message)) = stream.next().await {
+            if let (Some(kind), Some(id)) = (message.event, message.id) {
+                sink.lock().unwrap().push((kind, id.parse().unwrap()));
+            }
+        }
+    });
+    received
+}
+
+/// Seqs of `received` of the given type.
+fn seqs_of(received: &[(String, u64)], kind: Option<&str>) -> Vec<u64> {
+    received.iter().filter(|(event, _)| kind.is_none_or(|kind| event == kind)).map(|(_, seq)| *seq).collect()
+}
+
+/// Reads a raw stream until a message with id `last` arrived; (event type, seq) of each.
+async fn read_until(stream: &mut RawStream, last: u64) -> Vec<(String, u64)> {
+    let mut received = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled stream: nothing within 20 s after seq {:?}", received.last()))
+            .unwrap_or_else(|| panic!("stalled stream ended after {:?}", received.last()));
+        if let (Some(kind), Some(id)) = (message.event, message.id) {
+            let seq: u64 = id.parse().unwrap();
+            received.push((kind, seq));
+            if seq >= last {
+                return received;
+            }
+        }
+    }
+}
+
+/// Stream messages that can be in flight between a stream's task and the kernel: the task's
+/// channel (64), hyper's write queue (16 buffers) and a few in hand.
+const IN_PROCESS_MESSAGES_MAX: u64 = 100;
+
+/// Checks that a stream left unread was stopped before the end of the directive batches, so
+/// that every batch appended after them (more than the feed's ring) went by while it was stuck:
+/// it can have taken in at most what the kernel holds for it plus the in-process bound, counted
+/// in messages of at least `message_bytes_min`.
+fn assert_stuck_before(stream: &RawStream, what: &str, messages_before: u64, message_bytes_min: u64) {
+    let kernel = stream.kernel_queued_bytes();
+    let absorbed = kernel / message_bytes_min + IN_PROCESS_MESSAGES_MAX;
+    assert!(
+        absorbed < messages_before,
+        "the {what} stream could have taken in {absorbed} messages ({kernel} bytes in the kernel), all of the \
+         {messages_before} sent before the ring was overrun: the test would not push it off the ring"
+    );
+    eprintln!("{what}: the kernel holds {kernel} bytes; stuck after at most {absorbed} of {messages_before} messages");
+}
+
+/// A subscriber and a watcher that stop reading while far more than the feed's ring of batches
+/// is appended fall back to disk when read again: from where they were to the head and on into
+/// live events, with no gap and no duplicate. Subscribers that keep reading are not held up.
+///
+/// Loopback TCP autotunes the server's send buffer up to `tcp_wmem` (4 MiB): with one directive
+/// per batch, a watcher would only get stuck after some 12,000 batches. So the directives come
+/// 1,000 to a batch, which fills every buffer quickly; then 1,200 single-event batches of 2 KiB
+/// each go by while both streams are stuck, pushing them off the ring of 1,024.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_catches_up_from_disk_without_a_gap() {
+    const DIRECTIVE_BATCHES: u64 = 20;
+    const DIRECTIVES_PER_BATCH: usize = 1_000;
+    const NOTES: u64 = 1_200;
+    const NOTE_BYTES: usize = 2 * 1024;
+    let server = Server::start().await;
+    let writer = Writer::new(&[server.url.clone()]);
+    // Names of the longest allowed length make each directive message some 360 bytes.
+    let releases = [format!("{}-a", "r".repeat(118)), format!("{}-b", "r".repeat(118))];
+    create_releases(&writer, &[releases[0].as_str(), releases[1].as_str()]).await;
+    let host = "h".repeat(120);
+    writer.command("/v1/targets", &json!({"id": "target", "host": host, "service": SERVICE, "env": ENV})).await;
+    let watch_path = format!("/v1/watch/{host}");
+
+    let start = server.head().await + 1;
+    let mut stalled_log = RawStream::open(&server.address, &format!("/v1/subscribe?from_seq={start}"), 4096).await;
+    let mut stalled_watch = RawStream::open(&server.address, &watch_path, 4096).await;
+    let client = Client::new(&server.url).unwrap();
+    let live_log = read_in_background(client.clone(), "/v1/subscribe".into(), vec![("from_seq", start.to_string())]);
+    let live_watch = read_in_background(client, watch_path, vec![]);
+
+    // Every rollback changes the host's desired release: one directive per event.
+    let began = Instant::now();
+    let mut directives = Vec::new();
+    for _ in 0..DIRECTIVE_BATCHES {
+        let events: Vec<Value> = (0..DIRECTIVES_PER_BATCH)
+            .map(|index| {
+                json!({"type": "rollback", "service": SERVICE, "env": ENV, "release": releases[index % 2],
+                       "data": {"reason": "stall"}})
+            })
+            .collect();
+        let appended = server.ok("/v1/events", &json!({"events": events})).await;
+        directives.extend(appended["first_seq"].as_u64().unwrap()..=appended["last_seq"].as_u64().unwrap());
+    }
+    for index in 0..NOTES {
+        let note = json!({"events": [{"type": "app.note", "data": {"n": index, "padding": "x".repeat(NOTE_BYTES)}}]});
+        server.ok("/v1/events", &note).await;
+    }
+    let head = server.head().await;
+    let appended_in = began.elapsed();
+
+    // The readers that kept reading have everything soon after the last append.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log_last = live_log.lock().unwrap().last().map(|(_, seq)| *seq);
+        let watch_last = live_watch.lock().unwrap().last().map(|(_, seq)| *seq);
+        if log_last == Some(head) && watch_last == directives.last().copied() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "live readers at {log_last:?} and {watch_last:?}, head {head}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let caught_up_in = began.elapsed();
+    assert_eq!(seqs_of(&live_log.lock().unwrap(), None), (start..=head).collect::<Vec<_>>());
+    assert_eq!(seqs_of(&live_watch.lock().unwrap(), Some("directive")), directives);
+
+    // A rollback event is served in well over 500 bytes, a directive in over 300.
+    assert_stuck_before(&stalled_log, "subscribe", directives.len() as u64, 500);
+    assert_stuck_before(&stalled_watch, "watch", directives.len() as u64, 300);
+    let log = read_until(&mut stalled_log, head).await;
+    assert_eq!(seqs_of(&log, None), (start..=head).collect::<Vec<_>>(), "the stalled subscriber's seqs");
+    let watch = read_until(&mut stalled_watch, *directives.last().unwrap()).await;
+    assert_eq!(watch[0].0, "state", "a watch starts with the host's state");
+    assert_eq!(seqs_of(&watch, Some("directive")), directives, "the stalled watcher's directives");
+
+    // Both have caught up and follow live events again.
+    let mut more = Vec::new();
+    for index in 0..3 {
+        let body = json!({"service": SERVICE, "env": ENV, "release": releases[index % 2], "reason": "live"});
+        more.push(server.ok("/v1/rollbacks", &body).await["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs_of(&read_until(&mut stalled_log, more[2]).await, None), more);
+    assert_eq!(seqs_of(&read_until(&mut stalled_watch, more[2]).await, Some("directive")), more);
+    eprintln!(
+        "{} batches ({} events) appended in {:.1} s; live readers done at {:.1} s",
+        DIRECTIVE_BATCHES + NOTES,
+        head + 1 - start,
+        appended_in.as_secs_f64(),
+        caught_up_in.as_secs_f64()
+    );
+}
+
+/// Opens a stream and returns it, or the API error it was refused with.
+async fn open(client: &Client, path: &str) -> Result<fleetlog_api::client::SseReader, (u16, String)> {
+    match client.stream(path, &[], None).await {
+        Ok(stream) => Ok(stream),
+        Err(ClientError::Api { status, code, .. }) => Err((status, code)),
+        Err(error) => panic!("GET {path}: {error}"),
+    }
+}
+
+/// With `--max-subscribers 3`, a fourth stream (watch or subscribe) is refused with 503
+/// `too_many_subscribers`; closing a stream frees its slot, and an agent refused meanwhile gets
+/// in once a slot is free and applies its directive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_limit_answers_503_and_frees_slots() {
+    let server = Serve::start(&["--max-subscribers", "3"]).await;
+    let client = Client::new(&server.url).unwrap();
+    let refused = Some((503, "too_many_subscribers".to_string()));
+    let mut streams = Vec::new();
+    for path in ["/v1/watch/web-1", "/v1/subscribe", "/v1/watch/web-2"] {
+        streams.push(open(&client, path).await.unwrap_or_else(|error| panic!("{path}: {error:?}")));
+    }
+    assert_eq!(metric(&server.url, "fleetlog_subscribers").await, 3.0);
+    assert_eq!(open(&client, "/v1/subscribe").await.err(), refused.clone());
+    assert_eq!(open(&client, "/v1/watch/web-3").await.err(), refused.clone());
+    // The body says why.
+    let answer = reqwest::get(format!("{}/v1/subscribe", server.url)).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 503);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_subscribers", "{body}");
+
+    // Closing one frees its slot once the server notices the connection is gone.
+    drop(streams.remove(1));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reopened = loop {
+        match open(&client, "/v1/subscribe").await {
+            Ok(stream) => break stream,
+            Err(error) => assert!(Instant::now() < deadline, "no slot freed: {error:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    streams.push(reopened);
+
+    // An agent whose watch is refused keeps trying; when a slot frees, it gets in and applies.
+    let writer = Writer::new(&[server.url.clone()]);
+    create_releases(&writer, &["1.0"]).await;
+    let agents = Agents::start(&[server.url.clone()], SERVICE, ENV, &["web-9"]);
+    writer.wait_registered(SERVICE, ENV, 1).await;
+    let refused_once = |agent: &agents::Agent| agent.log_since_start().contains("the server refused the watch");
+    agents.wait_until("a watch refused", refused_once).await;
+    let first = start_deployment(&writer, "d-1", "1.0").await;
+    drop(streams.remove(0));
+    agents.wait_done(first.seq).await;
+    writer.wait_converged(SERVICE, ENV, "1.0", first.seq, &agents).await;
+
+    // Every slot comes back: after closing ours, only the agent's stream is counted.
+    streams.clear();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&server.url, "fleetlog_subscribers").await != 1.0 {
+        assert!(Instant::now() < deadline, "slots not freed; log: {}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = Vec::new();
+    for path in ["/v1/subscribe", "/v1/watch/web-1"] {
+        again.push(open(&client, path).await.unwrap_or_else(|error| panic!("{path}: {error:?}")));
+    }
+    assert_eq!(open(&client, "/v1/subscribe").await.err(), refused);
+}
