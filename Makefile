@@ -6,7 +6,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/fleetlog-target
 export CARGO_TARGET_DIR
 
-.PHONY: run test cluster prerequisites build lint
+.PHONY: run test cluster demo prerequisites build lint
 
 prerequisites:
 	@./scripts/prerequisites.sh
@@ -21,6 +21,10 @@ run: build
 # A local 3-node cluster on 127.0.0.1:7071-7073 (data in ./fleetlog-dev), until Ctrl-C.
 cluster: build
 	$(CARGO_TARGET_DIR)/debug/fleetlog dev --nodes 3
+
+# The agents demo: 3 nodes, 50 agents, a deployment in 3 waves, a rollback (see README).
+demo: build
+	./scripts/demo-agents.sh
 
 test: prerequisites
 	cargo test --workspace --all-targets
