@@ -11,7 +11,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agents::{completed, metric, with_id, Agents, Phase, RawStream, Run, Serve, Writer};
+use agents::{completed, metric, with_id, Agents, Phase, RawStream, Route, Run, Serve, Writer};
 use common::cluster::{Cluster, Options};
 use common::Server;
 use fleetlog_api::client::{Client, ClientError};
@@ -184,9 +184,9 @@ async fn agents_follow_directives_across_a_leader_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_in_the_middle_of_applying() {
     let server = Server::start().await;
-    let writer = Writer::new(&[server.url.clone()]);
+    let writer = Writer::new(&[&server.url]);
     create_releases(&writer, &["1.0", "2.0", "3.0"]).await;
-    let mut agents = Agents::start(&[server.url.clone()], SERVICE, ENV, &["web-1"]);
+    let mut agents = Agents::start(&[&server.url], SERVICE, ENV, &["web-1"]);
     writer.wait_registered(SERVICE, ENV, 1).await;
     let first = start_deployment(&writer, "d-1", "1.0").await;
     agents.wait_done(first.seq).await;
@@ -249,9 +249,9 @@ async fn agent_restart_in_the_middle_of_applying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_racing_an_in_flight_wave() {
     let server = Server::start().await;
-    let writer = Writer::new(&[server.url.clone()]);
+    let writer = Writer::new(&[&server.url]);
     create_releases(&writer, &["1.0", "2.0"]).await;
-    let agents = Agents::start(&[server.url.clone()], SERVICE, ENV, &["web-1", "web-2", "web-3"]);
+    let agents = Agents::start(&[&server.url], SERVICE, ENV, &["web-1", "web-2", "web-3"]);
     writer.wait_registered(SERVICE, ENV, 3).await;
     let first = start_deployment(&writer, "d-1", "1.0").await;
     agents.wait_done(first.seq).await;
@@ -269,7 +269,9 @@ async fn rollback_racing_an_in_flight_wave() {
     }
     agents.let_go("2.0");
 
-    agents.wait_done(rollback.seq).await;
+    let rolled_back = |agent: &agents::Agent| agent.has(rollback.seq, Phase::Done);
+    let what = format!("the rollback (seq {}, to 1.0) applied after 2.0 (seq {}) finished", rollback.seq, wave.seq);
+    agents.wait_until(&what, rolled_back).await;
     for agent in &agents.agents {
         assert_ran_exactly(&agent.host, &agent.runs(), &[&first, &wave, &rollback], &agents.describe());
     }
@@ -281,9 +283,9 @@ async fn rollback_racing_an_in_flight_wave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directive_superseded_while_waiting_never_runs() {
     let server = Server::start().await;
-    let writer = Writer::new(&[server.url.clone()]);
+    let writer = Writer::new(&[&server.url]);
     create_releases(&writer, &["1.0", "2.0", "3.0"]).await;
-    let agents = Agents::start(&[server.url.clone()], SERVICE, ENV, &["web-1", "web-2"]);
+    let agents = Agents::start(&[&server.url], SERVICE, ENV, &["web-1", "web-2"]);
     writer.wait_registered(SERVICE, ENV, 2).await;
     let first = start_deployment(&writer, "d-1", "1.0").await;
     agents.wait_done(first.seq).await;
@@ -347,42 +349,62 @@ async fn read_until(stream: &mut RawStream, last: u64) -> Vec<(String, u64)> {
     }
 }
 
-/// Stream messages that can be in flight between a stream's task and the kernel: the task's
-/// channel (64), hyper's write queue (16 buffers) and a few in hand.
-const IN_PROCESS_MESSAGES_MAX: u64 = 100;
-
-/// Checks that a stream left unread was stopped before the end of the directive batches, so
-/// that every batch appended after them (more than the feed's ring) went by while it was stuck:
-/// it can have taken in at most what the kernel holds for it plus the in-process bound, counted
-/// in messages of at least `message_bytes_min`.
-fn assert_stuck_before(stream: &RawStream, what: &str, messages_before: u64, message_bytes_min: u64) {
-    let kernel = stream.kernel_queued_bytes();
-    let absorbed = kernel / message_bytes_min + IN_PROCESS_MESSAGES_MAX;
-    assert!(
-        absorbed < messages_before,
-        "the {what} stream could have taken in {absorbed} messages ({kernel} bytes in the kernel), all of the \
-         {messages_before} sent before the ring was overrun: the test would not push it off the ring"
-    );
-    eprintln!("{what}: the kernel holds {kernel} bytes; stuck after at most {absorbed} of {messages_before} messages");
+/// Batches that can wait inside the server for a stream, beyond those in the kernel: straight on
+/// the socket, the one being written and one in hand; through the router, also the response
+/// body's channel (16) and hyper's write queue (16 buffers).
+fn batches_in_process(route: Route) -> usize {
+    match route {
+        Route::Direct => 2,
+        Route::Router => 2 + 16 + 16,
+    }
 }
 
-/// A subscriber and a watcher that stop reading while far more than the feed's ring of batches
-/// is appended fall back to disk when read again: from where they were to the head and on into
-/// live events, with no gap and no duplicate. Subscribers that keep reading are not held up.
+/// Checks that a stream left unread got stuck early enough for more than `capacity` of the
+/// batches meant for it to go by afterwards, which pushes it off its live channel. It can have
+/// taken in at most the batches whose bytes (at least `sizes`, in order) fit in what the kernel
+/// holds for it, plus [`batches_in_process`].
+fn assert_pushed_off_its_channel(stream: &RawStream, route: Route, what: &str, sizes: &[u64], capacity: usize) {
+    let kernel = stream.kernel_queued_bytes();
+    let mut bytes = 0;
+    let in_kernel = sizes.iter().take_while(|size| {
+        let fits = bytes < kernel;
+        bytes += **size;
+        fits
+    });
+    let taken_in = in_kernel.count() + batches_in_process(route);
+    let after = sizes.len().saturating_sub(taken_in);
+    assert!(
+        after > capacity,
+        "the {what} stream ({route:?}) may have taken in {taken_in} of {} batches ({kernel} bytes in the kernel): \
+         the {after} after it do not overrun its channel of {capacity}",
+        sizes.len()
+    );
+    eprintln!(
+        "{what} ({route:?}): {kernel} bytes in the kernel; stuck with at least {after} of {} batches to go",
+        sizes.len()
+    );
+}
+
+/// Subscribers and watchers that stop reading while the server keeps appending are pushed off
+/// their live channels, and when read again catch up from disk: from where they were to the
+/// head and on into live events, with no gap and no duplicate. Streams served straight on the
+/// socket and through the router alike. Subscribers that keep reading are not held up.
 ///
-/// Loopback TCP autotunes the server's send buffer up to `tcp_wmem` (4 MiB): with one directive
-/// per batch, a watcher would only get stuck after some 12,000 batches. So the directives come
-/// 1,000 to a batch, which fills every buffer quickly; then 1,200 single-event batches of 2 KiB
-/// each go by while both streams are stuck, pushing them off the ring of 1,024.
+/// Loopback TCP autotunes the server's send buffer up to `tcp_wmem` (4 MiB), which would absorb
+/// some 12,000 one-directive batches: the directives come 1,000 to a batch (rollbacks alternating
+/// between two releases), so every buffer fills within a few batches; then 1,200 single-event
+/// batches of 2 KiB push the subscribers off the shared ring of 1,024 batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_catches_up_from_disk_without_a_gap() {
-    const DIRECTIVE_BATCHES: u64 = 20;
+    const DIRECTIVE_BATCHES: usize = 60;
     const DIRECTIVES_PER_BATCH: usize = 1_000;
-    const NOTES: u64 = 1_200;
+    const NOTES: usize = 1_200;
     const NOTE_BYTES: usize = 2 * 1024;
+    // Lower bounds of the served size: a rollback event, a directive (with these names), a note.
+    const ROLLBACK_EVENT_BYTES: u64 = 500;
+    const DIRECTIVE_BYTES: u64 = 350;
     let server = Server::start().await;
-    let writer = Writer::new(&[server.url.clone()]);
-    // Names of the longest allowed length make each directive message some 360 bytes.
+    let writer = Writer::new(&[&server.url]);
     let releases = [format!("{}-a", "r".repeat(118)), format!("{}-b", "r".repeat(118))];
     create_releases(&writer, &[releases[0].as_str(), releases[1].as_str()]).await;
     let host = "h".repeat(120);
@@ -390,13 +412,19 @@ async fn a_stalled_subscriber_catches_up_from_disk_without_a_gap() {
     let watch_path = format!("/v1/watch/{host}");
 
     let start = server.head().await + 1;
-    let mut stalled_log = RawStream::open(&server.address, &format!("/v1/subscribe?from_seq={start}"), 4096).await;
-    let mut stalled_watch = RawStream::open(&server.address, &watch_path, 4096).await;
+    let log_path = format!("/v1/subscribe?from_seq={start}");
+    let mut stalled = Vec::new();
+    for route in [Route::Direct, Route::Router] {
+        for path in [&log_path, &watch_path] {
+            let stream = RawStream::open(&server.address, path, route, 4096).await.expect("open a stream");
+            assert_eq!(stream.is_chunked(), route == Route::Router, "{path} by {route:?}: which server path");
+            stalled.push((route, path.as_str(), stream));
+        }
+    }
     let client = Client::new(&server.url).unwrap();
     let live_log = read_in_background(client.clone(), "/v1/subscribe".into(), vec![("from_seq", start.to_string())]);
-    let live_watch = read_in_background(client, watch_path, vec![]);
+    let live_watch = read_in_background(client, watch_path.clone(), vec![]);
 
-    // Every rollback changes the host's desired release: one directive per event.
     let began = Instant::now();
     let mut directives = Vec::new();
     for _ in 0..DIRECTIVE_BATCHES {
@@ -417,7 +445,7 @@ async fn a_stalled_subscriber_catches_up_from_disk_without_a_gap() {
     let appended_in = began.elapsed();
 
     // The readers that kept reading have everything soon after the last append.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log_last = live_log.lock().unwrap().last().map(|(_, seq)| *seq);
         let watch_last = live_watch.lock().unwrap().last().map(|(_, seq)| *seq);
@@ -427,33 +455,51 @@ async fn a_stalled_subscriber_catches_up_from_disk_without_a_gap() {
         assert!(Instant::now() < deadline, "live readers at {log_last:?} and {watch_last:?}, head {head}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let caught_up_in = began.elapsed();
+    let live_done_in = began.elapsed();
     assert_eq!(seqs_of(&live_log.lock().unwrap(), None), (start..=head).collect::<Vec<_>>());
     assert_eq!(seqs_of(&live_watch.lock().unwrap(), Some("directive")), directives);
 
-    // A rollback event is served in well over 500 bytes, a directive in over 300.
-    assert_stuck_before(&stalled_log, "subscribe", directives.len() as u64, 500);
-    assert_stuck_before(&stalled_watch, "watch", directives.len() as u64, 300);
-    let log = read_until(&mut stalled_log, head).await;
-    assert_eq!(seqs_of(&log, None), (start..=head).collect::<Vec<_>>(), "the stalled subscriber's seqs");
-    let watch = read_until(&mut stalled_watch, *directives.last().unwrap()).await;
-    assert_eq!(watch[0].0, "state", "a watch starts with the host's state");
-    assert_eq!(seqs_of(&watch, Some("directive")), directives, "the stalled watcher's directives");
+    let directive_batch = DIRECTIVES_PER_BATCH as u64;
+    let mut log_sizes = vec![ROLLBACK_EVENT_BYTES * directive_batch; DIRECTIVE_BATCHES];
+    log_sizes.extend(std::iter::repeat_n(NOTE_BYTES as u64, NOTES));
+    let watch_sizes = vec![DIRECTIVE_BYTES * directive_batch; DIRECTIVE_BATCHES];
+    let ring = fleetlog_raft::feed::FEED_BATCHES_MAX;
+    let host_channel = fleetlog_raft::feed::HOST_BATCHES_MAX;
+    for (route, path, stream) in &stalled {
+        if *path == log_path {
+            assert_pushed_off_its_channel(stream, *route, "subscribe", &log_sizes, ring);
+        } else {
+            assert_pushed_off_its_channel(stream, *route, "watch", &watch_sizes, host_channel);
+        }
+    }
+    for (route, path, stream) in &mut stalled {
+        if *path == log_path {
+            let log = read_until(stream, head).await;
+            assert_eq!(seqs_of(&log, None), (start..=head).collect::<Vec<_>>(), "stalled subscriber by {route:?}");
+        } else {
+            let watch = read_until(stream, *directives.last().unwrap()).await;
+            assert_eq!(watch[0].0, "state", "a watch starts with the host's state");
+            assert_eq!(seqs_of(&watch, Some("directive")), directives, "stalled watcher by {route:?}");
+        }
+    }
 
-    // Both have caught up and follow live events again.
+    // All have caught up and follow live events again.
     let mut more = Vec::new();
     for index in 0..3 {
         let body = json!({"service": SERVICE, "env": ENV, "release": releases[index % 2], "reason": "live"});
         more.push(server.ok("/v1/rollbacks", &body).await["seq"].as_u64().unwrap());
     }
-    assert_eq!(seqs_of(&read_until(&mut stalled_log, more[2]).await, None), more);
-    assert_eq!(seqs_of(&read_until(&mut stalled_watch, more[2]).await, Some("directive")), more);
+    for (route, path, stream) in &mut stalled {
+        let kind = if *path == log_path { None } else { Some("directive") };
+        assert_eq!(seqs_of(&read_until(stream, more[2]).await, kind), more, "{path} by {route:?} after catching up");
+    }
     eprintln!(
-        "{} batches ({} events) appended in {:.1} s; live readers done at {:.1} s",
+        "{} batches ({} events) appended in {:.1} s; live readers done at {:.1} s; stalled ones at {:.1} s",
         DIRECTIVE_BATCHES + NOTES,
         head + 1 - start,
         appended_in.as_secs_f64(),
-        caught_up_in.as_secs_f64()
+        live_done_in.as_secs_f64(),
+        began.elapsed().as_secs_f64()
     );
 }
 
@@ -466,6 +512,18 @@ async fn open(client: &Client, path: &str) -> Result<fleetlog_api::client::SseRe
     }
 }
 
+/// Checks that a new stream of either kind is refused with 503 `too_many_subscribers`, whether
+/// the server serves it straight on the socket or through the router.
+async fn assert_refused(address: &str) {
+    for route in [Route::Direct, Route::Router] {
+        for path in ["/v1/subscribe", "/v1/watch/web-3"] {
+            let refused = RawStream::open(address, path, route, 64 * 1024).await.err();
+            let answer = refused.map(|(status, body)| (status, body["error"]["code"].clone()));
+            assert_eq!(answer, Some((503, json!("too_many_subscribers"))), "{path} by {route:?}");
+        }
+    }
+}
+
 /// With `--max-subscribers 3`, a fourth stream (watch or subscribe) is refused with 503
 /// `too_many_subscribers`; closing a stream frees its slot, and an agent refused meanwhile gets
 /// in once a slot is free and applies its directive.
@@ -473,19 +531,12 @@ async fn open(client: &Client, path: &str) -> Result<fleetlog_api::client::SseRe
 async fn the_subscriber_limit_answers_503_and_frees_slots() {
     let server = Serve::start(&["--max-subscribers", "3"]).await;
     let client = Client::new(&server.url).unwrap();
-    let refused = Some((503, "too_many_subscribers".to_string()));
     let mut streams = Vec::new();
     for path in ["/v1/watch/web-1", "/v1/subscribe", "/v1/watch/web-2"] {
         streams.push(open(&client, path).await.unwrap_or_else(|error| panic!("{path}: {error:?}")));
     }
     assert_eq!(metric(&server.url, "fleetlog_subscribers").await, 3.0);
-    assert_eq!(open(&client, "/v1/subscribe").await.err(), refused.clone());
-    assert_eq!(open(&client, "/v1/watch/web-3").await.err(), refused.clone());
-    // The body says why.
-    let answer = reqwest::get(format!("{}/v1/subscribe", server.url)).await.unwrap();
-    assert_eq!(answer.status().as_u16(), 503);
-    let body: Value = answer.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "too_many_subscribers", "{body}");
+    assert_refused(&server.address).await;
 
     // Closing one frees its slot once the server notices the connection is gone.
     drop(streams.remove(1));
@@ -500,9 +551,9 @@ async fn the_subscriber_limit_answers_503_and_frees_slots() {
     streams.push(reopened);
 
     // An agent whose watch is refused keeps trying; when a slot frees, it gets in and applies.
-    let writer = Writer::new(&[server.url.clone()]);
+    let writer = Writer::new(&[&server.url]);
     create_releases(&writer, &["1.0"]).await;
-    let agents = Agents::start(&[server.url.clone()], SERVICE, ENV, &["web-9"]);
+    let agents = Agents::start(&[&server.url], SERVICE, ENV, &["web-9"]);
     writer.wait_registered(SERVICE, ENV, 1).await;
     let refused_once = |agent: &agents::Agent| agent.log_since_start().contains("the server refused the watch");
     agents.wait_until("a watch refused", refused_once).await;
@@ -522,5 +573,5 @@ async fn the_subscriber_limit_answers_503_and_frees_slots() {
     for path in ["/v1/subscribe", "/v1/watch/web-1"] {
         again.push(open(&client, path).await.unwrap_or_else(|error| panic!("{path}: {error:?}")));
     }
-    assert_eq!(open(&client, "/v1/subscribe").await.err(), refused);
+    assert_refused(&server.address).await;
 }

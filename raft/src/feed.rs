@@ -7,9 +7,12 @@
 //! A subscriber that falls behind its channel is told it lagged and goes back to reading from
 //! disk, so memory per subscriber stays bounded and nobody slows the others.
 //!
-//! Order matters for gap-freedom: the head moves before any channel hears of a batch, and a
-//! subscriber subscribes before it reads the head. Whatever it reads from disk up to that head,
-//! plus what its channel delivers afterwards, covers every seq.
+//! Host channels hear of a batch as soon as its effects are computed, before they are written
+//! (the entry is committed: a crash only means computing the same effects again); the head, and
+//! with it what readers can see on disk, moves after the write. So a watcher, on subscribing,
+//! learns the seq announced so far: it reads the disk up to at least that seq (waiting for the
+//! head to get there) and takes everything later from its channel. Log tails subscribe before
+//! they read the head, and batches reach their ring after the head moved.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,8 +45,6 @@ impl CommittedEvent {
 #[derive(Debug, Default)]
 pub struct AppliedBatch {
     pub events: Vec<Arc<CommittedEvent>>,
-    /// Desired-release changes by host.
-    pub directives: HashMap<String, Vec<Directive>>,
     /// Ledger head after this batch.
     pub head_seq: u64,
 }
@@ -56,7 +57,11 @@ pub struct HostBatch {
     pub head_seq: u64,
 }
 
-type HostChannels = HashMap<String, broadcast::Sender<Arc<HostBatch>>>;
+struct HostChannels {
+    channels: HashMap<String, broadcast::Sender<Arc<HostBatch>>>,
+    /// Every host batch up to this seq has been sent to the channels.
+    announced: u64,
+}
 
 #[derive(Clone)]
 pub struct Feed {
@@ -69,7 +74,8 @@ impl Feed {
     pub fn new(head_seq: u64) -> Feed {
         let (batches, _) = broadcast::channel(FEED_BATCHES_MAX);
         let (head, _) = watch::channel(head_seq);
-        Feed { batches, head: Arc::new(head), hosts: Arc::new(Mutex::new(HashMap::new())) }
+        let hosts = HostChannels { channels: HashMap::new(), announced: head_seq };
+        Feed { batches, head: Arc::new(head), hosts: Arc::new(Mutex::new(hosts)) }
     }
 
     fn hosts(&self) -> MutexGuard<'_, HostChannels> {
@@ -77,7 +83,25 @@ impl Feed {
         self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn publish(&self, mut batch: AppliedBatch) {
+    /// Sends an apply step's directives to the watchers of the hosts they change. Called once
+    /// the step's effects are computed, before they are written.
+    pub fn announce(&self, directives: HashMap<String, Vec<Directive>>, head_seq: u64) {
+        if directives.is_empty() {
+            return;
+        }
+        let mut hosts = self.hosts();
+        for (host, directives) in directives {
+            if let Some(channel) = hosts.channels.get(&host) {
+                // No receivers left is fine: the last watcher is leaving.
+                let _ = channel.send(Arc::new(HostBatch { directives, head_seq }));
+            }
+        }
+        hosts.announced = hosts.announced.max(head_seq);
+    }
+
+    /// Publishes an apply step once its effects are written: the head moves, then log tails
+    /// get the batch.
+    pub fn publish(&self, batch: AppliedBatch) {
         let head_seq = batch.head_seq;
         self.head.send_if_modified(|current| {
             let moved = head_seq > *current;
@@ -86,16 +110,6 @@ impl Feed {
             }
             moved
         });
-        let directives = std::mem::take(&mut batch.directives);
-        if !directives.is_empty() {
-            let hosts = self.hosts();
-            for (host, directives) in directives {
-                if let Some(channel) = hosts.get(&host) {
-                    // No receivers left is fine: the last watcher is leaving.
-                    let _ = channel.send(Arc::new(HostBatch { directives, head_seq }));
-                }
-            }
-        }
         if !batch.events.is_empty() {
             // No receivers is fine: nobody is tailing.
             let _ = self.batches.send(Arc::new(batch));
@@ -104,7 +118,14 @@ impl Feed {
 
     /// Resets the head after a snapshot replaced the state (it may move backwards only then).
     pub fn reset_head(&self, head_seq: u64) {
+        self.hosts().announced = head_seq;
         self.head.send_replace(head_seq);
+    }
+
+    /// Waits until the head reaches `seq` (what was announced is then on disk).
+    pub async fn wait_head(&self, seq: u64) {
+        let mut head = self.head.subscribe();
+        let _ = head.wait_for(|head| *head >= seq).await;
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedBatch>> {
@@ -112,13 +133,14 @@ impl Feed {
     }
 
     /// Receives the batches that change `host`'s desired release, from now on.
+    /// Receives the batches that change `host`'s desired release, announced from now on.
     pub fn watch_host(&self, host: &str) -> HostReceiver {
         let mut hosts = self.hosts();
-        let receiver = match hosts.get(host) {
+        let receiver = match hosts.channels.get(host) {
             Some(channel) => channel.subscribe(),
             None => {
                 let (channel, receiver) = broadcast::channel(HOST_BATCHES_MAX);
-                hosts.insert(host.to_string(), channel);
+                hosts.channels.insert(host.to_string(), channel);
                 receiver
             }
         };
@@ -127,7 +149,7 @@ impl Feed {
 
     /// Hosts with at least one watcher.
     pub fn watched_hosts(&self) -> usize {
-        self.hosts().len()
+        self.hosts().channels.len()
     }
 
     pub fn head(&self) -> watch::Receiver<u64> {
@@ -154,14 +176,20 @@ impl HostReceiver {
     pub async fn recv(&mut self) -> Result<Arc<HostBatch>, broadcast::error::RecvError> {
         self.receiver.recv().await
     }
+
+    /// The seq up to which batches have been announced. Read right after subscribing (or
+    /// after lagging), it is how far the disk must be read: the channel brings what follows.
+    pub fn announced(&self) -> u64 {
+        self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).announced
+    }
 }
 
 impl Drop for HostReceiver {
     fn drop(&mut self) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Under the lock nobody can subscribe meanwhile; this receiver is still counted.
-        if hosts.get(&self.host).is_some_and(|channel| channel.receiver_count() <= 1) {
-            hosts.remove(&self.host);
+        if hosts.channels.get(&self.host).is_some_and(|channel| channel.receiver_count() <= 1) {
+            hosts.channels.remove(&self.host);
         }
     }
 }
@@ -182,9 +210,11 @@ mod tests {
         }
     }
 
-    fn batch(head_seq: u64, hosts: &[&str]) -> AppliedBatch {
+    /// Announces and publishes one apply step that changes `hosts`.
+    fn apply(feed: &Feed, head_seq: u64, hosts: &[&str]) {
         let directives = hosts.iter().map(|host| (host.to_string(), vec![directive(host, head_seq)])).collect();
-        AppliedBatch { events: Vec::new(), directives, head_seq }
+        feed.announce(directives, head_seq);
+        feed.publish(AppliedBatch { events: Vec::new(), head_seq });
     }
 
     #[tokio::test]
@@ -193,10 +223,11 @@ mod tests {
         let mut first = feed.watch_host("a");
         let second = feed.watch_host("a");
         let _other = feed.watch_host("b");
-        feed.publish(batch(5, &["a", "c"]));
-        feed.publish(batch(6, &["c"]));
-        feed.publish(batch(7, &["a", "b"]));
+        apply(&feed, 5, &["a", "c"]);
+        apply(&feed, 6, &["c"]);
+        apply(&feed, 7, &["a", "b"]);
         assert_eq!(feed.head_seq(), 7);
+        assert_eq!(first.announced(), 7);
         let seqs: Vec<u64> = [first.recv().await.unwrap(), first.recv().await.unwrap()]
             .iter()
             .map(|batch| batch.directives[0].seq)
@@ -214,7 +245,7 @@ mod tests {
         let feed = Feed::new(0);
         let mut watcher = feed.watch_host("a");
         for seq in 1..=(HOST_BATCHES_MAX as u64 + 3) {
-            feed.publish(batch(seq, &["a"]));
+            apply(&feed, seq, &["a"]);
         }
         assert!(matches!(watcher.recv().await, Err(broadcast::error::RecvError::Lagged(3))));
         assert_eq!(watcher.recv().await.unwrap().head_seq, 4);

@@ -123,6 +123,12 @@ impl<'base> Overlay<'base> {
 
     /// Adds writes gathered by a nested overlay that succeeded.
     pub fn absorb(&mut self, writes: Writes) {
+        if self.writes.is_empty() {
+            // The common case (the first request of an entry): take the map instead of
+            // re-inserting every key; a rollback of 10,000 hosts writes 20,000.
+            self.writes = writes;
+            return;
+        }
         self.writes.extend(writes);
     }
 

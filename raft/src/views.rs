@@ -301,10 +301,20 @@ pub fn watch_state(kv: &dyn KvRead, host: &str) -> Result<(u64, Vec<HostRecord>)
     Ok((head.seq, host_state(kv, host, None)?))
 }
 
-/// Changes of `host`'s desired release at seqs in `[from_seq, until_seq]`, in seq order.
-pub fn directives_between(kv: &dyn KvRead, host: &str, from_seq: u64, until_seq: u64) -> Result<Vec<Directive>> {
+/// Changes of `host`'s desired release at seqs in `[from_seq, until_seq]`, in seq order: at most
+/// about `limit` of them, and the seq to continue from (`until_seq + 1` when all were read).
+pub fn directives_between(
+    kv: &dyn KvRead,
+    host: &str,
+    from_seq: u64,
+    until_seq: u64,
+    limit: usize,
+) -> Result<(Vec<Directive>, u64)> {
     let mut directives = Vec::new();
+    // When an environment's scan stops at the limit, only seqs up to its last one are complete.
+    let mut complete_until = until_seq;
     for (service, env) in environments_of_host(kv, host)? {
+        let mut found = 0;
         let key = records::host_key(&service, &env, host);
         let mut previous_release = match from_seq.checked_sub(1) {
             Some(before) => records::read_at::<HostRecord>(kv, &key, before)?
@@ -330,14 +340,20 @@ pub fn directives_between(kv: &dyn KvRead, host: &str, from_seq: u64, until_seq:
                         cause: desired.cause.clone(),
                         deployment: desired.deployment.clone(),
                     });
+                    found += 1;
+                    if found == limit {
+                        complete_until = complete_until.min(desired.seq);
+                        return Ok(false);
+                    }
                 }
                 previous_release = Some(desired.release.clone());
             }
             Ok(true)
         })?;
     }
+    directives.retain(|directive| directive.seq <= complete_until);
     directives.sort_by_key(|directive| directive.seq);
-    Ok(directives)
+    Ok((directives, complete_until.saturating_add(1)))
 }
 
 pub fn deployment(kv: &dyn KvRead, id: &str, at_seq: Option<u64>) -> Result<Option<DeploymentRecord>> {

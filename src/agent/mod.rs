@@ -71,25 +71,25 @@ pub async fn run(servers: &str, args: AgentArgs) -> Result<()> {
         env: identity.env.clone(),
         timeout: Duration::from_secs(args.exec_timeout),
     });
-    let mut running: Option<tokio::task::JoinHandle<(Directive, Finished)>> = None;
+    let mut running: Option<tokio::task::JoinHandle<(Directive, u32, Finished)>> = None;
     let mut shutdown = std::pin::pin!(crate::serve::shutdown_signal());
     loop {
         if running.is_none() {
             if let Some(directive) = state.pending().cloned() {
-                state.attempts += 1;
+                let attempt = state.start();
                 file.save(&state)?;
-                tracing::info!(release = %directive.release, seq = directive.seq, cause = %directive.cause, attempt = state.attempts, "applying");
+                tracing::info!(release = %directive.release, seq = directive.seq, cause = %directive.cause, attempt, "applying");
                 reports.send_replace(Some(Report {
                     seq: directive.seq,
                     release: directive.release.clone(),
                     status: "applying",
                     message: None,
-                    attempt: state.attempts,
+                    attempt,
                 }));
                 let runner = runner.clone();
                 running = Some(tokio::spawn(async move {
                     let finished = runner.run(&directive).await;
-                    (directive, finished)
+                    (directive, attempt, finished)
                 }));
             }
         }
@@ -102,8 +102,7 @@ pub async fn run(servers: &str, args: AgentArgs) -> Result<()> {
             }
             finished = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
                 running = None;
-                let (directive, finished) = finished.context("the command's task failed")?;
-                let attempt = state.attempts;
+                let (directive, attempt, finished) = finished.context("the command's task failed")?;
                 state.finish(directive.clone(), finished.outcome);
                 file.save(&state)?;
                 match finished.outcome {

@@ -39,7 +39,18 @@ impl Runner {
     }
 
     async fn execute(&self, directive: &Directive) -> std::io::Result<(Outcome, String)> {
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+        // which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                // If the agent dies (even by SIGKILL), the shell running the command dies too, so
+                // a restarted agent never runs a directive alongside an orphan of its last life.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command
             .arg("-c")
             .arg(&self.command)
             .env("FLEETLOG_SERVICE", &self.service)

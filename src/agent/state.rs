@@ -53,6 +53,7 @@ pub struct AgentState {
     /// The newest directive not yet applied. Only ever replaced by a newer one.
     pub target: Option<Directive>,
     /// Times the command has been started for `target`; a start interrupted by a crash counts.
+    /// Zero: the target has not been started.
     pub attempts: u32,
 }
 
@@ -76,17 +77,28 @@ impl AgentState {
         current.max(target)
     }
 
-    /// Takes in a desired release announced at `position`. The newest directive wins: an older
-    /// one is ignored, and one that asks for what already runs cancels a pending target.
-    /// Returns whether anything changed.
+    /// Takes in a desired release announced at `position`. The newest directive wins: one the
+    /// stream already passed is ignored; a newer one replaces the target. A command already
+    /// started for the target is not interrupted: the newer directive is applied after it, unless
+    /// it asks for the release that command installs. A target not started yet is dropped when
+    /// the newer directive asks for what already runs. Returns whether anything changed.
     pub fn take(&mut self, position: u64, directive: Option<Directive>) -> bool {
         let mut changed = false;
         if let Some(directive) = directive {
-            if directive.seq > self.newest_seq() {
-                let running = self.current.as_ref().map(|applied| applied.directive.release.as_str());
-                let next = (running != Some(directive.release.as_str())).then_some(directive);
-                if next.is_some() || self.target.is_some() {
-                    self.target = next;
+            let fresh = directive.seq > self.newest_seq() && (self.position == 0 || directive.seq > self.position);
+            if fresh {
+                let installed = match &self.target {
+                    Some(target) if self.attempts > 0 => Some(target.release.as_str()),
+                    _ => self.current.as_ref().map(|applied| applied.directive.release.as_str()),
+                };
+                if installed == Some(directive.release.as_str()) {
+                    // Nothing new to install; a pending target that was never started is moot.
+                    if self.target.is_some() && self.attempts == 0 {
+                        self.target = None;
+                        changed = true;
+                    }
+                } else {
+                    self.target = Some(directive);
                     self.attempts = 0;
                     changed = true;
                 }
@@ -97,6 +109,12 @@ impl AgentState {
             changed = true;
         }
         changed
+    }
+
+    /// Records that the command for the target started (saved before it runs).
+    pub fn start(&mut self) -> u32 {
+        self.attempts += 1;
+        self.attempts
     }
 
     /// The directive to apply next, if any.
@@ -202,6 +220,33 @@ mod tests {
         let rollback = state.pending().cloned().unwrap();
         state.finish(rollback, Outcome::Running);
         assert_eq!(state.pending(), None);
+    }
+
+    #[test]
+    fn a_rollback_arriving_while_a_wave_runs_is_applied_after_it() {
+        let mut state = AgentState::new("h", "s", "e");
+        state.take(5, Some(directive(5, "1.0")));
+        state.start();
+        state.finish(directive(5, "1.0"), Outcome::Running);
+        state.take(9, Some(directive(9, "1.1")));
+        state.start();
+        // The rollback asks for what ran before the wave: it must still be applied after it.
+        assert!(state.take(12, Some(directive(12, "1.0"))));
+        state.finish(directive(9, "1.1"), Outcome::Running);
+        assert_eq!(state.pending(), Some(&directive(12, "1.0")));
+        assert_eq!(state.attempts, 0);
+    }
+
+    #[test]
+    fn a_newer_directive_for_the_release_being_installed_changes_nothing() {
+        let mut state = AgentState::new("h", "s", "e");
+        state.take(9, Some(directive(9, "1.1")));
+        state.start();
+        state.take(12, Some(directive(12, "1.1")));
+        assert_eq!(state.pending(), Some(&directive(9, "1.1")));
+        assert_eq!((state.attempts, state.position), (1, 12));
+        // A replay of anything the stream already passed is ignored.
+        assert!(!state.take(11, Some(directive(11, "1.2"))));
     }
 
     #[test]

@@ -15,10 +15,10 @@ use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::bench::fanout::{collect_round, socket_address, wait_connected, Measurement, Round};
+use crate::bench::fanout::{socket_address, wait_connected, Measurement, Receipts, Round};
 use crate::cli::BenchFanoutArgs;
 
 const WATCHED_KEY: &[u8] = b"fleetlog-bench/fanout";
@@ -38,7 +38,9 @@ impl Target {
         Ok(match setting {
             "off" => None,
             "auto" => etcd_installed().then_some(Target::Local),
-            urls => Some(Target::Remote(urls.split(',').map(|url| url.trim().trim_end_matches('/').to_string()).collect())),
+            urls => {
+                Some(Target::Remote(urls.split(',').map(|url| url.trim().trim_end_matches('/').to_string()).collect()))
+            }
         })
     }
 }
@@ -143,17 +145,16 @@ pub async fn measure(target: Target, args: &BenchFanoutArgs) -> Result<Measureme
     };
     let memory_before = local.as_ref().map(LocalCluster::resident_memory);
     let addresses = urls.iter().map(|url| socket_address(url)).collect::<Result<Vec<_>>>()?;
-    let (receipts_sender, mut receipts) = mpsc::unbounded_channel::<Instant>();
+    let receipts = Receipts::new(args.agents);
     let connected = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
     let started = Instant::now();
     let mut watchers = JoinSet::new();
     for index in 0..args.agents {
         let address = addresses[index % addresses.len()];
-        let (receipts, connected, gate) = (receipts_sender.clone(), connected.clone(), gate.clone());
-        watchers.spawn(watch(address, receipts, connected, gate));
+        let (receipts, connected, gate) = (receipts.clone(), connected.clone(), gate.clone());
+        watchers.spawn(watch(index, address, receipts, connected, gate));
     }
-    drop(receipts_sender);
     wait_connected(&connected, args.agents, &mut watchers, "etcd").await?;
     let connect_time = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -167,13 +168,14 @@ pub async fn measure(target: Target, args: &BenchFanoutArgs) -> Result<Measureme
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
         let body = json!({"key": encode(WATCHED_KEY), "value": encode(format!("r{round}").as_bytes())});
+        receipts.reset();
         let sent = Instant::now();
         let response = http.post(format!("{}/v3/kv/put", urls[0])).json(&body).send().await?;
         if !response.status().is_success() {
             bail!("etcd refused the put: HTTP {}", response.status());
         }
         let acknowledged = sent.elapsed();
-        let received = collect_round(&mut receipts, sent, args.agents).await;
+        let received = receipts.collect(sent).await;
         rounds.push(Round { acknowledged, received });
     }
     watchers.abort_all();
@@ -189,8 +191,9 @@ pub async fn measure(target: Target, args: &BenchFanoutArgs) -> Result<Measureme
 
 /// One watcher: its own connection and one gRPC watch stream on [`WATCHED_KEY`].
 async fn watch(
+    index: usize,
     address: SocketAddr,
-    receipts: mpsc::UnboundedSender<Instant>,
+    receipts: Arc<Receipts>,
     connected: Arc<AtomicUsize>,
     gate: Arc<Semaphore>,
 ) -> Result<()> {
@@ -225,7 +228,7 @@ async fn watch(
                 connected.fetch_add(1, Ordering::Relaxed);
             }
             if fields.contains(&11) {
-                let _ = receipts.send(now);
+                receipts.record(index, now);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! in the way). The same measurement runs against etcd watchers when etcd is available.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use fleetlog_api::client::Client;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::bench::etcd;
@@ -50,6 +50,68 @@ impl Round {
 
     pub fn last(&self) -> Duration {
         self.at(1.0)
+    }
+}
+
+/// When each watcher last received a change: one slot per watcher, written by the watcher, so
+/// recording costs no allocation or channel (the bench shares the machine with the server).
+pub struct Receipts {
+    base: Instant,
+    /// Nanoseconds after `base`, per watcher.
+    slots: Vec<AtomicU64>,
+    count: AtomicUsize,
+    complete: tokio::sync::Notify,
+}
+
+impl Receipts {
+    pub fn new(watchers: usize) -> Arc<Receipts> {
+        Arc::new(Receipts {
+            base: Instant::now(),
+            slots: (0..watchers).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicUsize::new(0),
+            complete: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn record(&self, watcher: usize, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos() as u64;
+        self.slots[watcher].store(nanos, Ordering::Relaxed);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.slots.len() {
+            self.complete.notify_one();
+        }
+    }
+
+    /// Starts a round: forgets the previous one.
+    pub fn reset(&self) {
+        self.count.store(0, Ordering::Release);
+    }
+
+    /// Waits until every watcher received the round's change (or the round times out), and
+    /// returns the delays since `sent`, sorted.
+    pub async fn collect(&self, sent: Instant) -> Vec<Duration> {
+        let expected = self.slots.len();
+        let waited = tokio::time::timeout(ROUND_TIMEOUT, async {
+            while self.count.load(Ordering::Acquire) < expected {
+                let _ = tokio::time::timeout(Duration::from_millis(5), self.complete.notified()).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            eprintln!(
+                "round timed out: {} of {expected} watchers received the change",
+                self.count.load(Ordering::Acquire)
+            );
+        }
+        let sent = sent.saturating_duration_since(self.base).as_nanos() as u64;
+        let mut delays: Vec<Duration> = self
+            .slots
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|at| *at >= sent)
+            .map(|at| Duration::from_nanos(at - sent))
+            .collect();
+        delays.sort();
+        delays
     }
 }
 
@@ -204,17 +266,15 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
     let memory_before = resident_memory(&metrics_clients, urls).await;
 
     let addresses = urls.iter().map(|url| socket_address(url)).collect::<Result<Vec<_>>>()?;
-    let (receipts_sender, mut receipts) = mpsc::unbounded_channel::<Instant>();
+    let receipts = Receipts::new(args.agents);
     let connected = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
     let started = Instant::now();
     let mut watchers = JoinSet::new();
     for (index, host) in hosts.iter().enumerate() {
         let address = addresses[index % addresses.len()];
-        let request = format!(
-            "GET /v1/watch/{host} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
-        );
-        let (receipts, connected, gate) = (receipts_sender.clone(), connected.clone(), gate.clone());
+        let request = format!("GET /v1/watch/{host} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n");
+        let (receipts, connected, gate) = (receipts.clone(), connected.clone(), gate.clone());
         watchers.spawn(async move {
             let permit = gate.acquire_owned().await.expect("the gate is never closed");
             let mut stream = TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
@@ -243,13 +303,12 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
                 let now = Instant::now();
                 let before = directives.count;
                 directives.feed(&buffer[..read]);
-                for _ in before..directives.count {
-                    let _ = receipts.send(now);
+                if directives.count > before {
+                    receipts.record(index, now);
                 }
             }
         });
     }
-    drop(receipts_sender);
     wait_connected(&connected, args.agents, &mut watchers, "fleetlog").await?;
     let connect_time = started.elapsed();
     tokio::time::sleep(SETTLE).await;
@@ -263,10 +322,11 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
     for round in 0..args.rounds {
         let release = if round % 2 == 0 { "r2" } else { "r1" };
         let body = json!({"service": service, "env": env, "release": release, "reason": "bench fanout"});
+        receipts.reset();
         let sent = Instant::now();
         writer.post("/v1/rollbacks", &body).await.context("appending the rollback")?;
         let acknowledged = sent.elapsed();
-        let received = collect_round(&mut receipts, sent, args.agents).await;
+        let received = receipts.collect(sent).await;
         rounds.push(Round { acknowledged, received });
     }
     watchers.abort_all();
@@ -288,7 +348,8 @@ pub async fn wait_connected(
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     while connected.load(Ordering::Relaxed) < expected {
-        if let Some(Ok(Err(error))) = tokio::time::timeout(Duration::from_millis(50), watchers.join_next()).await.ok().flatten()
+        if let Some(Ok(Err(error))) =
+            tokio::time::timeout(Duration::from_millis(50), watchers.join_next()).await.ok().flatten()
         {
             bail!("a {system} watcher failed: {error:#}");
         }
@@ -297,23 +358,6 @@ pub async fn wait_connected(
         }
     }
     Ok(())
-}
-
-/// Delays of the first `expected` receipts after `sent` (fewer if the round times out).
-pub async fn collect_round(receipts: &mut mpsc::UnboundedReceiver<Instant>, sent: Instant, expected: usize) -> Vec<Duration> {
-    let mut received = Vec::with_capacity(expected);
-    let deadline = tokio::time::Instant::now() + ROUND_TIMEOUT;
-    while received.len() < expected {
-        match tokio::time::timeout_at(deadline, receipts.recv()).await {
-            Ok(Some(at)) => received.push(at.saturating_duration_since(sent)),
-            _ => {
-                eprintln!("round timed out: {} of {expected} watchers received the change", received.len());
-                break;
-            }
-        }
-    }
-    received.sort();
-    received
 }
 
 /// Counts occurrences of a pattern in a byte stream read in pieces.
@@ -330,15 +374,25 @@ impl PatternCounter {
     }
 
     pub fn feed(&mut self, piece: &[u8]) {
-        let mut joined = std::mem::take(&mut self.carry);
-        joined.extend_from_slice(piece);
+        let joined;
+        let text = if self.carry.is_empty() {
+            piece
+        } else {
+            joined = [std::mem::take(&mut self.carry).as_slice(), piece].concat();
+            joined.as_slice()
+        };
         let mut start = 0;
-        while let Some(at) = find(&joined[start..], self.pattern) {
+        while let Some(at) = find(&text[start..], self.pattern) {
             self.count += 1;
             start += at + self.pattern.len();
         }
-        let keep = (self.pattern.len() - 1).min(joined.len() - start);
-        self.carry = joined[joined.len() - keep..].to_vec();
+        // Keep the longest tail that could begin the pattern (rarely any: messages end with a
+        // blank line), without reusing bytes of a match already counted.
+        let keep = (1..self.pattern.len())
+            .rev()
+            .find(|&length| length <= text.len() - start && text.ends_with(&self.pattern[..length]))
+            .unwrap_or(0);
+        self.carry = text[text.len() - keep..].to_vec();
     }
 }
 

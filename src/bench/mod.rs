@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use crate::cli::{BenchAppendArgs, BenchCommand, BenchFleetArgs};
 
-
 pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Append(args) => append(server, args).await,

@@ -279,7 +279,8 @@ pub struct Agents {
 
 impl Agents {
     /// Starts one agent per host, each given every URL of `servers`.
-    pub fn start(servers: &[String], service: &str, env: &str, hosts: &[&str]) -> Agents {
+    pub fn start(servers: &[impl AsRef<str>], service: &str, env: &str, hosts: &[&str]) -> Agents {
+        let servers: Vec<&str> = servers.iter().map(AsRef::as_ref).collect();
         let directory = tempfile::TempDir::with_prefix("fleetlog-agents-").unwrap();
         let holds = directory.path().join("holds");
         std::fs::create_dir_all(&holds).unwrap();
@@ -365,14 +366,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(urls: &[String]) -> Writer {
+    pub fn new(urls: &[impl AsRef<str>]) -> Writer {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        Writer { urls: urls.to_vec(), http, current: 0.into() }
+        Writer { urls: urls.iter().map(|url| url.as_ref().to_string()).collect(), http, current: 0.into() }
     }
 
     /// One request with failover: the first answer that is neither a transport error nor a 503.
@@ -487,7 +488,7 @@ impl Serve {
             .spawn()
             .expect("spawn fleetlog serve");
         let serve = Serve { url: format!("http://{address}"), address, child, log, _directory: directory };
-        let http = reqwest::Client::new();
+        let http = http();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(response) = http.get(format!("{}/readyz", serve.url)).send().await {
@@ -512,73 +513,156 @@ impl Drop for Serve {
     }
 }
 
+/// A client for the test's own requests to local servers.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
 /// A gauge or counter of a server's `/metrics`.
 pub async fn metric(url: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    let text = http().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+/// How a stream request reaches the server's stream code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// On a fresh connection: the server serves it straight on the socket.
+    Direct,
+    /// On a connection that already carried a request: through the HTTP router.
+    Router,
 }
 
 /// An SSE stream read over a plain TCP connection, so a test can leave it unread while the
 /// server keeps producing, and see how much the kernel holds for it.
 pub struct RawStream {
     reader: BufReader<tokio::net::TcpStream>,
-    /// Decoded body bytes not yet split into messages.
+    chunked: bool,
+    /// Body bytes not yet split into messages.
     pending: Vec<u8>,
+    /// Messages split off and not yet returned.
+    messages: std::collections::VecDeque<SseMessage>,
     local_port: u16,
     server_port: u16,
 }
 
+/// Status line and headers of a response, and its status code.
+async fn read_response_head(reader: &mut BufReader<tokio::net::TcpStream>) -> (u16, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, head)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
 impl RawStream {
-    /// Sends `GET path` and reads the response head, which must be 200 with a chunked body. The
-    /// connection's receive buffer is set to `receive_buffer_bytes` so it fills quickly.
-    pub async fn open(address: &str, path: &str, receive_buffer_bytes: u32) -> RawStream {
+    /// Sends `GET path` by `route` and reads the response head: the stream when it is 200, else
+    /// the status and JSON body. The connection's receive buffer is set to
+    /// `receive_buffer_bytes` so it fills quickly.
+    pub async fn open(
+        address: &str,
+        path: &str,
+        route: Route,
+        receive_buffer_bytes: u32,
+    ) -> Result<RawStream, (u16, Value)> {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(receive_buffer_bytes).unwrap();
         let server: std::net::SocketAddr = address.parse().unwrap();
-        let mut stream = socket.connect(server).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
+        let stream = socket.connect(server).await.unwrap();
         let local_port = stream.local_addr().unwrap().port();
         let mut reader = BufReader::new(stream);
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).await.unwrap();
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            head.push_str(&line);
+        if route == Route::Router {
+            let request = format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\n\r\n");
+            reader.get_mut().write_all(request.as_bytes()).await.unwrap();
+            let (status, head) = read_response_head(&mut reader).await;
+            assert_eq!(status, 200, "GET /healthz → {head}");
+            let length: usize = header(&head, "content-length").and_then(|value| value.parse().ok()).unwrap_or(0);
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).await.unwrap();
         }
-        assert!(head.starts_with("HTTP/1.1 200"), "GET {path} → {head}");
-        assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "GET {path} → {head}");
-        RawStream { reader, pending: Vec::new(), local_port, server_port: server.port() }
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n");
+        reader.get_mut().write_all(request.as_bytes()).await.unwrap();
+        let (status, head) = read_response_head(&mut reader).await;
+        let chunked = header(&head, "transfer-encoding") == Some("chunked");
+        if status != 200 {
+            let length: usize = header(&head, "content-length").and_then(|value| value.parse().ok()).unwrap_or(0);
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).await.unwrap();
+            return Err((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+        }
+        assert_eq!(header(&head, "content-type"), Some("text/event-stream"), "GET {path} → {head}");
+        Ok(RawStream {
+            reader,
+            chunked,
+            pending: Vec::new(),
+            messages: Default::default(),
+            local_port,
+            server_port: server.port(),
+        })
+    }
+
+    /// Whether the body is chunked (served by the router) rather than delimited by the close
+    /// of the connection (served straight on the socket).
+    pub fn is_chunked(&self) -> bool {
+        self.chunked
     }
 
     /// The next SSE message, or None at the end of the body.
     pub async fn next(&mut self) -> Option<SseMessage> {
         loop {
-            if let Some(end) = self.pending.windows(2).position(|pair| pair == b"\n\n") {
-                let raw: Vec<u8> = self.pending.drain(..end + 2).collect();
-                return Some(fleetlog_api::client::parse_message(&raw[..end]));
+            if let Some(message) = self.messages.pop_front() {
+                return Some(message);
             }
-            let mut size_line = String::new();
-            if self.reader.read_line(&mut size_line).await.unwrap() == 0 {
+            if !self.read_body().await {
                 return None;
             }
-            let size_text = size_line.trim().split(';').next().unwrap_or_default();
-            let size = usize::from_str_radix(size_text, 16).unwrap_or_else(|_| panic!("chunk size {size_line:?}"));
-            if size == 0 {
-                return None;
+            // Every complete message at once: a stream catching up brings thousands per read.
+            let mut start = 0;
+            while let Some(end) = self.pending[start..].windows(2).position(|pair| pair == b"\n\n") {
+                let message = &self.pending[start..start + end];
+                self.messages.push_back(fleetlog_api::client::parse_message(message));
+                start += end + 2;
             }
-            let start = self.pending.len();
-            self.pending.resize(start + size, 0);
-            self.reader.read_exact(&mut self.pending[start..]).await.unwrap();
-            let mut crlf = [0u8; 2];
-            self.reader.read_exact(&mut crlf).await.unwrap();
-            assert_eq!(&crlf, b"\r\n", "chunk framing");
+            self.pending.drain(..start);
         }
+    }
+
+    /// Reads more of the body into `pending`; false at its end.
+    async fn read_body(&mut self) -> bool {
+        if !self.chunked {
+            let mut buffer = [0u8; 64 * 1024];
+            let read = self.reader.read(&mut buffer).await.unwrap();
+            self.pending.extend_from_slice(&buffer[..read]);
+            return read > 0;
+        }
+        let mut size_line = String::new();
+        if self.reader.read_line(&mut size_line).await.unwrap() == 0 {
+            return false;
+        }
+        let size_text = size_line.trim().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(size_text, 16).unwrap_or_else(|_| panic!("chunk size {size_line:?}"));
+        if size == 0 {
+            return false;
+        }
+        let start = self.pending.len();
+        self.pending.resize(start + size, 0);
+        self.reader.read_exact(&mut self.pending[start..]).await.unwrap();
+        let mut crlf = [0u8; 2];
+        self.reader.read_exact(&mut crlf).await.unwrap();
+        assert_eq!(&crlf, b"\r\n", "chunk framing");
+        true
     }
 
     /// Bytes the kernel holds for this connection: the server socket's send queue plus this

@@ -44,7 +44,8 @@ pub async fn serve(app: AppState, mut stream: TcpStream) {
         Err(error) => return reply_error(&mut stream, error).await,
     };
     // No length and no chunking: the body ends when the connection does (RFC 9112, 6.3).
-    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
     if stream.write_all(head.as_bytes()).await.is_err() {
         return;
     }

@@ -12,6 +12,9 @@ use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::wire;
 
+/// Directives read from disk per catch-up step (per environment of the host).
+const CATCH_UP_DIRECTIVES: usize = 1_000;
+
 pub struct HostSource {
     host: String,
 }
@@ -54,11 +57,11 @@ impl Source for HostSource {
 
     async fn read_disk(&self, app: &AppState, from: u64, until: u64) -> Result<(Option<Bytes>, u64), StreamEnd> {
         let host = self.host.clone();
-        let directives = app
-            .read(false, move |kv| views::directives_between(kv, &host, from, until))
+        let (directives, next) = app
+            .read(false, move |kv| views::directives_between(kv, &host, from, until, CATCH_UP_DIRECTIVES))
             .await
             .map_err(StreamEnd::Read)?;
-        Ok((push_directives(directives.iter()), until + 1))
+        Ok((push_directives(directives.iter()), next))
     }
 }
 
@@ -78,5 +81,9 @@ impl Live for HostLive {
             Err(broadcast::error::RecvError::Lagged(_)) => LiveStep::Gap,
             Err(broadcast::error::RecvError::Closed) => LiveStep::Closed,
         }
+    }
+
+    fn disk_until(&self) -> u64 {
+        self.receiver.announced()
     }
 }

@@ -75,7 +75,9 @@ impl Live for LogLive {
                 continue;
             }
             let mut text = String::new();
-            for event in batch.events.iter().filter(|event| event.event.seq >= next && self.filter.matches(&event.event)) {
+            for event in
+                batch.events.iter().filter(|event| event.event.seq >= next && self.filter.matches(&event.event))
+            {
                 push_event(&mut text, event);
             }
             return LiveStep::Messages { text: non_empty(text), head_seq: batch.head_seq };

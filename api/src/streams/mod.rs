@@ -69,7 +69,10 @@ pub enum StreamEnd {
 /// What a live channel yields, already filtered for one stream.
 enum LiveStep {
     /// Messages (if any) for seqs at or after the one owed, and the head they bring it to.
-    Messages { text: Option<Bytes>, head_seq: u64 },
+    Messages {
+        text: Option<Bytes>,
+        head_seq: u64,
+    },
     /// The stream fell behind the channel: what it owes must be read from disk.
     Gap,
     Closed,
@@ -78,6 +81,12 @@ enum LiveStep {
 trait Live: Send {
     /// The next step for a stream that owes seqs from `next` on. Cancel-safe.
     fn next(&mut self, next: u64) -> impl Future<Output = LiveStep> + Send;
+
+    /// The seq the disk must be read up to before the channel brings the rest (channels may
+    /// hear of a batch before it is on disk). Zero when the head at the time of reading will do.
+    fn disk_until(&self) -> u64 {
+        0
+    }
 }
 
 /// What one kind of stream sends, from disk and live.
@@ -199,6 +208,13 @@ async fn follow<S: Source, K: Sink>(app: &AppState, source: &S, mut next: u64, s
         return Err(StreamEnd::ShuttingDown);
     }
     loop {
+        let disk_until = live.disk_until();
+        if feed.head_seq() < disk_until {
+            tokio::select! {
+                _ = feed.wait_head(disk_until) => {}
+                _ = closing.changed() => return Err(StreamEnd::ShuttingDown),
+            }
+        }
         loop {
             let head = feed.head_seq();
             if next > head {

@@ -310,6 +310,7 @@ fn wave_started(
     for position in selected {
         let previous = &hosts[position];
         let mut record = previous.clone();
+        let changes = previous.desired.as_ref().map(|desired| desired.release != deployment.release).unwrap_or(true);
         record.desired = Some(Desired {
             release: deployment.release.clone(),
             seq: context.seq,
@@ -317,7 +318,10 @@ fn wave_started(
             deployment: Some(deployment.id.clone()),
             wave: Some(index as u32),
         });
-        directives.push(directive(&record, context));
+        // Like a replay from history: a directive only when the desired release changes.
+        if changes {
+            directives.push(directive(&record, context));
+        }
         save_host(state, &mut counters, Some(previous), record, context.seq)?;
     }
     counters.flush(state, context.seq)?;

@@ -775,10 +775,16 @@ fn directives_from_history_match_the_live_ones() {
     let wave_seq = bench.ok(wave);
     let rollback = bench.rollback(None);
     let rollback_seq = bench.ok(rollback);
-    let directives = views::directives_between(&bench.kv, "a", wave_seq, u64::MAX).unwrap();
+    let (directives, next) = views::directives_between(&bench.kv, "a", wave_seq, rollback_seq, 100).unwrap();
     let summary: Vec<(u64, &str, &str)> =
         directives.iter().map(|d| (d.seq, d.release.as_str(), d.cause.as_str())).collect();
     assert_eq!(summary, vec![(wave_seq, "2.0", "wave.started"), (rollback_seq, "1.0", "rollback")]);
+    assert_eq!(next, rollback_seq + 1);
+    // Paged: one at a time, each page says where the next starts.
+    let (first, next) = views::directives_between(&bench.kv, "a", wave_seq, rollback_seq, 1).unwrap();
+    assert_eq!((first.len(), first[0].seq, next), (1, wave_seq, wave_seq + 1));
+    let (second, next) = views::directives_between(&bench.kv, "a", next, rollback_seq, 1).unwrap();
+    assert_eq!((second[0].seq, next), (rollback_seq, rollback_seq + 1));
 }
 
 /// Requests gathered into one entry behave as if proposed one after another: each has its own
