@@ -6,8 +6,12 @@
 #   benches/cluster.sh failover [N]      leader killed (SIGKILL) -> first acknowledged write, N times
 #   benches/cluster.sh learner [EVENTS]  load EVENTS events (default 1,000,000), then time a new
 #                                        learner catching up; checks it serves the same chain head
+#   benches/cluster.sh fanout [AGENTS] [one|all]
+#                                        `fleetlog bench fanout`: AGENTS (default 10,000) simulated
+#                                        agents on node 1 (one) or spread over the 3 nodes (all),
+#                                        a rollback timed to each; then etcd the same way if installed
 #
-# Uses the debug binary `make test` builds (dependencies -O2, workspace -O1). Set FLEETLOG to use
+# Uses the debug binary `make test` builds (dependencies -O2, workspace crates -O3). Set FLEETLOG to use
 # another, SNAPSHOT_EVERY to change the snapshot interval (entries) the nodes run with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -149,9 +153,19 @@ learner() {
   done
 }
 
+fanout() {
+  local agents=$1 spread=$2 servers
+  start_cluster
+  servers="http://$(address 1)"
+  if [ "$spread" = all ]; then servers="http://$(address 1),http://$(address 2),http://$(address 3)"; fi
+  echo "fan-out: $agents agents on $spread of 3 nodes (fresh cluster, so memory per watcher is of this run)"
+  "$FLEETLOG" --server "$servers" bench fanout --agents "$agents" --rounds "${ROUNDS:-5}"
+}
+
 case "${1:-}" in
   throughput) throughput ;;
   failover) failover "${2:-3}" ;;
   learner) learner "${2:-1000000}" ;;
+  fanout) fanout "${2:-10000}" "${3:-one}" ;;
   *) sed -n '2,12p' "$0"; exit 2 ;;
 esac

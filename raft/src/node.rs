@@ -86,6 +86,9 @@ pub enum WriteError {
     Unavailable(String),
 }
 
+/// A leader not acknowledged by a quorum for this long counts as cut off (see [`Node::in_contact`]).
+pub const QUORUM_CONTACT_MAX: Duration = Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<NodeInner>,
@@ -184,6 +187,21 @@ impl Node {
     }
 
     /// The leader this node knows of, with its address.
+    /// Whether this node is in contact with a working cluster: it knows a leader and, if it is
+    /// that leader (of more than one voter), a quorum acknowledged it within
+    /// [`QUORUM_CONTACT_MAX`]. A follower cut off from the majority stops knowing a leader within
+    /// an election timeout; a leader cut off keeps its role (openraft 0.9 has no check-quorum) but
+    /// stops hearing from a quorum. Streams on a node out of contact go stale, so they are ended.
+    pub fn in_contact(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let Some(leader) = metrics.current_leader else { return false };
+        if leader != self.inner.id || metrics.membership_config.membership().voter_ids().count() <= 1 {
+            return true;
+        }
+        metrics.millis_since_quorum_ack.is_some_and(|millis| millis < QUORUM_CONTACT_MAX.as_millis() as u64)
+    }
+
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.inner.raft.metrics();
         let metrics = metrics.borrow();

@@ -331,7 +331,7 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
     }
     watchers.abort_all();
     Ok(Measurement {
-        system: format!("fleetlog ({} node{})", urls.len(), if urls.len() == 1 { "" } else { "s" }),
+        system: format!("fleetlog (watchers on {} node{})", urls.len(), if urls.len() == 1 { "" } else { "s" }),
         watchers: args.agents,
         connect_time,
         memory_per_watcher,

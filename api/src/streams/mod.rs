@@ -30,6 +30,9 @@ use self::log::LogSource;
 
 /// A `: head <seq>` comment goes out at least this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Heartbeats in a row at which the node was out of contact with the cluster before a stream is
+/// ended, so its client reconnects to a node that still hears the leader.
+const OUT_OF_CONTACT_BEATS_MAX: u32 = 2;
 
 /// Holds a subscriber slot for the life of a stream.
 struct Slot {
@@ -62,6 +65,8 @@ pub enum StreamEnd {
     ClientGone,
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("the node lost contact with the cluster")]
+    OutOfContact,
     #[error("reading the log failed: {0}")]
     Read(ApiError),
 }
@@ -203,6 +208,7 @@ async fn follow<S: Source, K: Sink>(app: &AppState, source: &S, mut next: u64, s
     // Subscribe before reading the head, so nothing committed in between is missed.
     let mut live = source.subscribe(&feed);
     let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut out_of_contact = 0;
     let mut closing = app.closing.subscribe();
     if *closing.borrow_and_update() {
         return Err(StreamEnd::ShuttingDown);
@@ -241,7 +247,14 @@ async fn follow<S: Source, K: Sink>(app: &AppState, source: &S, mut next: u64, s
                     LiveStep::Gap => break,
                     LiveStep::Closed => return Err(StreamEnd::ShuttingDown),
                 },
-                _ = beat.tick() => sink.send(heartbeat(feed.head_seq())).await?,
+                _ = beat.tick() => {
+                    // A node cut off from the cluster still beats, but nothing new reaches it.
+                    out_of_contact = if app.node.in_contact() { 0 } else { out_of_contact + 1 };
+                    if out_of_contact >= OUT_OF_CONTACT_BEATS_MAX {
+                        return Err(StreamEnd::OutOfContact);
+                    }
+                    sink.send(heartbeat(feed.head_seq())).await?
+                }
                 _ = sink.closed() => return Err(StreamEnd::ClientGone),
                 _ = closing.changed() => return Err(StreamEnd::ShuttingDown),
             }

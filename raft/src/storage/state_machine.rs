@@ -155,6 +155,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let database = self.database.clone();
+        let started = std::time::Instant::now();
         let mut computed = tokio::task::spawn_blocking(move || {
             let mut computed = compute(&database, entries)?;
             if computed.directives.is_empty() {
@@ -167,6 +168,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|error| apply_error(&error))?
         .map_err(|error| apply_error(&error))?;
         if let Some(writes) = computed.writes.take() {
+            tracing::debug!(elapsed = ?started.elapsed(), keys = writes.len(), "computed; announcing directives");
             // Watchers hear of their directives before the effects are written: the entries
             // are committed, so a crash now only means computing the same effects again. The
             // head (and with it what readers see) moves only after the write, in `publish`.
@@ -179,6 +181,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|error| apply_error(&error))?
                 .map_err(|error| apply_error(&error))?;
         }
+        tracing::debug!(elapsed = ?started.elapsed(), head = computed.published.head_seq, "applied");
         self.feed.publish(computed.published);
         Ok(computed.responses)
     }
