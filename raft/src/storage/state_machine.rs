@@ -118,7 +118,9 @@ fn compute(database: &Database, entries: Vec<Entry>) -> Result<Computed> {
 
 /// Writes computed effects in one batch. Runs on a blocking thread.
 fn write(database: &Database, writes: Writes) -> Result<()> {
-    let mut batch = WriteBatch::default();
+    // Sized up front: growing a batch of several megabytes by doubling copies it again and again.
+    let bytes: usize = writes.iter().map(|((_, key), value)| key.len() + value.as_ref().map_or(0, Vec::len) + 16).sum();
+    let mut batch = WriteBatch::with_capacity_bytes(bytes + 64);
     database.add_writes(&mut batch, writes);
     database.write_unsynced(batch)
 }
