@@ -81,3 +81,15 @@ impl Metrics {
         text
     }
 }
+
+/// Resident set size of a process, from the `VmRSS` line of `/proc/<pid>/status` (`self` for
+/// this one); 0 where there is no such file.
+pub fn resident_bytes(process: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
+    let kibibytes = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    kibibytes * 1024
+}

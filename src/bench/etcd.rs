@@ -3,11 +3,9 @@
 //! tiny), all watching one key; each round one put changes it. By default a local 3-member etcd
 //! cluster is started for the run, with etcd's default durability (fsync before acknowledging).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -15,10 +13,10 @@ use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-use crate::bench::fanout::{socket_address, wait_connected, Measurement, Receipts, Round};
+use fleetlog_api::metrics::resident_bytes;
+
+use crate::bench::fanout::{connect_watchers, socket_address, Measurement, Round, WatcherSlot};
 use crate::cli::BenchFanoutArgs;
 
 const WATCHED_KEY: &[u8] = b"fleetlog-bench/fanout";
@@ -120,18 +118,8 @@ impl LocalCluster {
     }
 
     fn resident_memory(&self) -> u64 {
-        self.members.iter().map(|member| resident_bytes(member.id())).sum()
+        self.members.iter().map(|member| resident_bytes(&member.id().to_string())).sum()
     }
-}
-
-fn resident_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
 }
 
 pub async fn measure(target: Target, args: &BenchFanoutArgs) -> Result<Measurement> {
@@ -145,19 +133,7 @@ pub async fn measure(target: Target, args: &BenchFanoutArgs) -> Result<Measureme
     };
     let memory_before = local.as_ref().map(LocalCluster::resident_memory);
     let addresses = urls.iter().map(|url| socket_address(url)).collect::<Result<Vec<_>>>()?;
-    let receipts = Receipts::new(args.agents);
-    let connected = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
-    let started = Instant::now();
-    let mut watchers = JoinSet::new();
-    for index in 0..args.agents {
-        let address = addresses[index % addresses.len()];
-        let (receipts, connected, gate) = (receipts.clone(), connected.clone(), gate.clone());
-        watchers.spawn(watch(index, address, receipts, connected, gate));
-    }
-    wait_connected(&connected, args.agents, &mut watchers, "etcd").await?;
-    let connect_time = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut watchers = connect_watchers("etcd", &addresses, args, watch).await?;
     let memory_per_watcher = match (memory_before, local.as_ref().map(LocalCluster::resident_memory)) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 / args.agents as f64),
         _ => None,
@@ -168,36 +144,30 @@ pub async fn measure(target: Target, args: &BenchFanoutArgs) -> Result<Measureme
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
         let body = json!({"key": encode(WATCHED_KEY), "value": encode(format!("r{round}").as_bytes())});
-        receipts.reset();
+        watchers.receipts.reset();
         let sent = Instant::now();
         let response = http.post(format!("{}/v3/kv/put", urls[0])).json(&body).send().await?;
         if !response.status().is_success() {
             bail!("etcd refused the put: HTTP {}", response.status());
         }
         let acknowledged = sent.elapsed();
-        let received = receipts.collect(sent).await;
+        let received = watchers.receipts.collect(sent).await;
         rounds.push(Round { acknowledged, received });
     }
-    watchers.abort_all();
+    watchers.tasks.abort_all();
     drop(local);
     Ok(Measurement {
         system: format!("etcd ({} member{})", urls.len(), if urls.len() == 1 { "" } else { "s" }),
         watchers: args.agents,
-        connect_time,
+        connect_time: watchers.connect_time,
         memory_per_watcher,
         rounds,
     })
 }
 
 /// One watcher: its own connection and one gRPC watch stream on [`WATCHED_KEY`].
-async fn watch(
-    index: usize,
-    address: SocketAddr,
-    receipts: Arc<Receipts>,
-    connected: Arc<AtomicUsize>,
-    gate: Arc<Semaphore>,
-) -> Result<()> {
-    let permit = gate.acquire_owned().await.expect("the gate is never closed");
+async fn watch(mut slot: WatcherSlot) -> Result<()> {
+    let address = slot.address;
     let tcp = TcpStream::connect(address).await.with_context(|| format!("connecting to etcd at {address}"))?;
     tcp.set_nodelay(true)?;
     let (sender, connection) = h2::client::handshake(tcp).await?;
@@ -215,7 +185,6 @@ async fn watch(
     outbound.send_data(grpc_frame(&watch_create_request(WATCHED_KEY)), false)?;
     let mut body = response.await?.into_body();
     let mut pending = BytesMut::new();
-    let mut permit = Some(permit);
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         let now = Instant::now();
@@ -224,11 +193,11 @@ async fn watch(
         while let Some(message) = next_grpc_message(&mut pending) {
             let fields = top_level_fields(&message).context("etcd sent a message that is not protobuf")?;
             // WatchResponse: created = 3, events = 11.
-            if fields.contains(&3) && permit.take().is_some() {
-                connected.fetch_add(1, Ordering::Relaxed);
+            if fields.contains(&3) {
+                slot.established();
             }
             if fields.contains(&11) {
-                receipts.record(index, now);
+                slot.receipts.record(slot.index, now);
             }
         }
     }

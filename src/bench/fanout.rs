@@ -13,7 +13,7 @@ use fleetlog_api::client::Client;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::bench::etcd;
@@ -266,52 +266,12 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
     let memory_before = resident_memory(&metrics_clients, urls).await;
 
     let addresses = urls.iter().map(|url| socket_address(url)).collect::<Result<Vec<_>>>()?;
-    let receipts = Receipts::new(args.agents);
-    let connected = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
-    let started = Instant::now();
-    let mut watchers = JoinSet::new();
-    for (index, host) in hosts.iter().enumerate() {
-        let address = addresses[index % addresses.len()];
-        let request = format!("GET /v1/watch/{host} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n");
-        let (receipts, connected, gate) = (receipts.clone(), connected.clone(), gate.clone());
-        watchers.spawn(async move {
-            let permit = gate.acquire_owned().await.expect("the gate is never closed");
-            let mut stream = TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
-            stream.set_nodelay(true)?;
-            stream.write_all(request.as_bytes()).await?;
-            let mut counter = PatternCounter::new(b"event: state");
-            let mut buffer = [0u8; 2048];
-            while counter.count == 0 {
-                let read = stream.read(&mut buffer).await?;
-                if read == 0 {
-                    bail!("{address} closed the watch before its first message");
-                }
-                if buffer[..read].starts_with(b"HTTP/1.1 ") && !buffer[..read].starts_with(b"HTTP/1.1 200") {
-                    bail!("{address} refused the watch: {}", String::from_utf8_lossy(&buffer[..read.min(200)]));
-                }
-                counter.feed(&buffer[..read]);
-            }
-            connected.fetch_add(1, Ordering::Relaxed);
-            drop(permit);
-            let mut directives = PatternCounter::new(b"event: directive");
-            loop {
-                let read = stream.read(&mut buffer).await?;
-                if read == 0 {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                let now = Instant::now();
-                let before = directives.count;
-                directives.feed(&buffer[..read]);
-                if directives.count > before {
-                    receipts.record(index, now);
-                }
-            }
-        });
-    }
-    wait_connected(&connected, args.agents, &mut watchers, "fleetlog").await?;
-    let connect_time = started.elapsed();
-    tokio::time::sleep(SETTLE).await;
+    let hosts = Arc::new(hosts);
+    let mut watchers = connect_watchers("fleetlog", &addresses, args, move |slot| {
+        let host = hosts[slot.index].clone();
+        watch_host(slot, host)
+    })
+    .await?;
     let memory_after = resident_memory(&metrics_clients, urls).await;
     let memory_per_watcher = match (memory_before, memory_after) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 / args.agents as f64),
@@ -322,25 +282,118 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
     for round in 0..args.rounds {
         let release = if round % 2 == 0 { "r2" } else { "r1" };
         let body = json!({"service": service, "env": env, "release": release, "reason": "bench fanout"});
-        receipts.reset();
+        watchers.receipts.reset();
         let sent = Instant::now();
         writer.post("/v1/rollbacks", &body).await.context("appending the rollback")?;
         let acknowledged = sent.elapsed();
-        let received = receipts.collect(sent).await;
+        let received = watchers.receipts.collect(sent).await;
         rounds.push(Round { acknowledged, received });
     }
-    watchers.abort_all();
+    watchers.tasks.abort_all();
     Ok(Measurement {
         system: format!("fleetlog (watchers on {} node{})", urls.len(), if urls.len() == 1 { "" } else { "s" }),
         watchers: args.agents,
-        connect_time,
+        connect_time: watchers.connect_time,
         memory_per_watcher,
         rounds,
     })
 }
 
+/// One simulated agent: the raw watch stream of its host on its own connection.
+async fn watch_host(mut slot: WatcherSlot, host: String) -> Result<()> {
+    let address = slot.address;
+    let request = format!("GET /v1/watch/{host} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n");
+    let mut stream = TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut counter = PatternCounter::new(b"event: state");
+    let mut buffer = [0u8; 2048];
+    while counter.count == 0 {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            bail!("{address} closed the watch before its first message");
+        }
+        if buffer[..read].starts_with(b"HTTP/1.1 ") && !buffer[..read].starts_with(b"HTTP/1.1 200") {
+            bail!("{address} refused the watch: {}", String::from_utf8_lossy(&buffer[..read.min(200)]));
+        }
+        counter.feed(&buffer[..read]);
+    }
+    slot.established();
+    let mut directives = PatternCounter::new(b"event: directive");
+    loop {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let before = directives.count;
+        directives.feed(&buffer[..read]);
+        if directives.count > before {
+            slot.receipts.record(slot.index, now);
+        }
+    }
+}
+
+/// What one watcher task is given: which it is, where to connect, where to record receipts, and
+/// its turn in the connection gate.
+pub struct WatcherSlot {
+    pub index: usize,
+    pub address: SocketAddr,
+    pub receipts: Arc<Receipts>,
+    connected: Arc<AtomicUsize>,
+    turn: Option<OwnedSemaphorePermit>,
+}
+
+impl WatcherSlot {
+    /// The watch is in place: count it and let the next watcher connect.
+    pub fn established(&mut self) {
+        if self.turn.take().is_some() {
+            self.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Connected watchers, idle until a change comes.
+pub struct Watchers {
+    pub tasks: JoinSet<Result<()>>,
+    pub receipts: Arc<Receipts>,
+    pub connect_time: Duration,
+}
+
+/// Starts `--agents` watcher tasks spread over `addresses`, at most `--connect-parallel`
+/// connecting at once, and waits until all are established and then idle for a moment.
+pub async fn connect_watchers<F, Watch>(
+    system: &str,
+    addresses: &[SocketAddr],
+    args: &BenchFanoutArgs,
+    watcher: F,
+) -> Result<Watchers>
+where
+    F: Fn(WatcherSlot) -> Watch + Send + Sync + 'static,
+    Watch: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let receipts = Receipts::new(args.agents);
+    let connected = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
+    let watcher = Arc::new(watcher);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for index in 0..args.agents {
+        let address = addresses[index % addresses.len()];
+        let (receipts, connected, gate, watcher) = (receipts.clone(), connected.clone(), gate.clone(), watcher.clone());
+        tasks.spawn(async move {
+            let turn = gate.acquire_owned().await.expect("the gate is never closed");
+            watcher(WatcherSlot { index, address, receipts, connected, turn: Some(turn) }).await
+        });
+    }
+    wait_connected(&connected, args.agents, &mut tasks, system).await?;
+    let connect_time = started.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    Ok(Watchers { tasks, receipts, connect_time })
+}
+
 /// Waits until `expected` watchers are connected; a watcher that failed fails the bench.
-pub async fn wait_connected(
+async fn wait_connected(
     connected: &AtomicUsize,
     expected: usize,
     watchers: &mut JoinSet<Result<()>>,

@@ -35,19 +35,12 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             raft.last_applied.map(|id| id.index).unwrap_or(0) as f64,
         ),
         ("fleetlog_raft_is_leader", "1 when this node is the leader.", if is_leader { 1.0 } else { 0.0 }),
-        ("process_resident_memory_bytes", "Resident memory of this process.", resident_bytes() as f64),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory of this process.",
+            crate::metrics::resident_bytes("self") as f64,
+        ),
     ];
     let body = app.metrics.render(&gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
-}
-
-/// Resident set size, from the `VmRSS` line of `/proc/self/status` (0 where there is none).
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kibibytes = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    kibibytes * 1024
 }
