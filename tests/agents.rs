@@ -575,3 +575,145 @@ async fn the_subscriber_limit_answers_503_and_frees_slots() {
     }
     assert_refused(&server.address).await;
 }
+
+/// The node whose URL `line` names (followed by anything but a digit, so port 1234 is not 12345).
+fn node_named(cluster: &Cluster, line: &str) -> Option<u64> {
+    cluster.members().into_iter().find(|&id| {
+        let url = cluster.url(id);
+        line.match_indices(&url).any(|(at, _)| !line[at + url.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    })
+}
+
+/// The node on which an agent last opened its watch stream, from its log.
+fn watched_node(cluster: &Cluster, agent: &agents::Agent) -> Option<u64> {
+    let log = agent.log_since_start();
+    let line = log.lines().rev().find(|line| line.contains(" watching "))?;
+    node_named(cluster, line)
+}
+
+/// Waits until the agents' streams are open, one each, on the nodes their logs name: the
+/// hosts watching each node, by node.
+async fn wait_placed(cluster: &Cluster, agents: &Agents) -> std::collections::BTreeMap<u64, Vec<String>> {
+    let deadline = Instant::now() + agents::WAIT;
+    loop {
+        let mut placed = std::collections::BTreeMap::<u64, Vec<String>>::new();
+        for agent in &agents.agents {
+            if let Some(id) = watched_node(cluster, agent) {
+                placed.entry(id).or_default().push(agent.host.clone());
+            }
+        }
+        let mut gauges = Vec::new();
+        for id in cluster.members() {
+            let open = metric(&cluster.url(id), "fleetlog_subscribers").await as usize;
+            gauges.push((id, open, placed.get(&id).map_or(0, Vec::len)));
+        }
+        let opened: usize = placed.values().map(Vec::len).sum();
+        if opened == agents.agents.len() && gauges.iter().all(|(_, open, logged)| open == logged) {
+            return placed;
+        }
+        if Instant::now() > deadline {
+            cluster.fail(&format!(
+                "agents' streams not settled: (node, open streams, agents whose log names it) {gauges:?}\n{}",
+                agents.describe()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node cut off from the other two still answers its clients and keeps its streams beating,
+/// but nothing new reaches it: its streams end, and the agents watching it move on to a node of
+/// the majority and apply what is appended there. First the leader is cut off (openraft 0.9
+/// leaves it leading, alone; only its lost quorum tells), then a follower (it loses its leader).
+/// Each time a deployment is started through the majority while the agent still watches the cut
+/// node; every agent applies it once, and the majority's fleet view converges. After the links
+/// heal, a rollback reaches every agent and nothing ever ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_leaves_a_node_cut_off_from_the_cluster() {
+    /// From cutting a node off to its agents having applied the directive appended meanwhile:
+    /// two heartbeats out of contact (5-10 s after the contact is lost) and a reconnection.
+    const MOVED_WITHIN: Duration = Duration::from_secs(40);
+    let began = Instant::now();
+    let cluster = Cluster::start(Options::default()).await;
+    let members = cluster.members();
+    let urls: Vec<String> = members.iter().map(|&id| cluster.url(id)).collect();
+    let writer = Writer::new(&urls);
+    create_releases(&writer, &["1.0", "2.0"]).await;
+    // Host names differing in their last letter start on consecutive URLs: one agent per node.
+    let hosts = ["web-1", "web-2", "web-3"];
+    let agents = Agents::start(&urls, SERVICE, ENV, &hosts);
+    writer.wait_registered(SERVICE, ENV, hosts.len()).await;
+
+    let mut directives = Vec::new();
+    let mut timings = Vec::new();
+    for (step, cut_leader, release) in [(1, true, "1.0"), (2, false, "2.0")] {
+        let placed = wait_placed(&cluster, &agents).await;
+        let leader = cluster.wait_leader().await;
+        let cut = if cut_leader {
+            leader
+        } else {
+            let follower = placed.keys().copied().find(|&id| id != leader);
+            follower.unwrap_or_else(|| cluster.fail(&format!("no agent watches a follower: {placed:?}")))
+        };
+        let role = if cut_leader { "leader" } else { "follower" };
+        let Some(watchers) = placed.get(&cut).cloned() else {
+            cluster.fail(&format!("no agent watches the {role} {cut}: cutting it off would prove nothing: {placed:?}"))
+        };
+        let log_lines: Vec<usize> = agents.agents.iter().map(|agent| agent.log_since_start().lines().count()).collect();
+
+        let cut_at = Instant::now();
+        cluster.isolate(cut).await;
+        let majority: Vec<String> = members.iter().filter(|&&id| id != cut).map(|&id| cluster.url(id)).collect();
+        let majority_writer = Writer::new(&majority);
+        let directive = start_deployment(&majority_writer, &format!("d-{step}"), release).await;
+        agents.wait_done(directive.seq).await;
+        let applied_in = cut_at.elapsed();
+        cluster.check(applied_in < MOVED_WITHIN, || {
+            format!(
+                "the agents on the cut-off {role} {cut} applied seq {} only {applied_in:?} after the cut",
+                directive.seq
+            )
+        });
+        // Not through the cut node: it never had the directive.
+        let cut_head = cluster.local_head(cut).await;
+        cluster.check(cut_head.is_some_and(|head| head < directive.seq), || {
+            format!("the cut-off node {cut} has head {cut_head:?}, yet seq {} was appended without it", directive.seq)
+        });
+        // The cut node ended its streams, and each agent that was there now watches the majority.
+        for (agent, &lines) in agents.agents.iter().zip(&log_lines) {
+            if !watchers.contains(&agent.host) {
+                continue;
+            }
+            let now = watched_node(&cluster, agent);
+            let since_cut: Vec<String> = agent.log_since_start().lines().skip(lines).map(str::to_string).collect();
+            let ended = since_cut.iter().any(|line| line.contains("the server closed the stream"));
+            assert!(
+                ended && now.is_some_and(|id| id != cut),
+                "agent {} on the cut-off {role} {cut}: stream ended by the server {ended}, now watching {now:?}\n{}",
+                agent.host,
+                agents.describe()
+            );
+        }
+        let open_on_cut = metric(&cluster.url(cut), "fleetlog_subscribers").await;
+        cluster.check(open_on_cut == 0.0, || format!("the cut-off node {cut} still has {open_on_cut} open streams"));
+        complete_deployment(&majority_writer, &format!("d-{step}")).await;
+        majority_writer.wait_converged(SERVICE, ENV, release, directive.seq, &agents).await;
+        timings.push(format!("{role} {cut} cut off ({watchers:?} on it): applied after {applied_in:.1?}"));
+        directives.push(directive);
+
+        cluster.heal_all();
+        cluster.wait_leader().await;
+        cluster.wait_ready_all().await;
+    }
+
+    // Healed: every agent follows one more directive, and none ever ran anything twice.
+    let rollback = roll_back(&writer, "rollback-3", None, "1.0").await;
+    agents.wait_done(rollback.seq).await;
+    writer.wait_converged(SERVICE, ENV, "1.0", rollback.seq, &agents).await;
+    directives.push(rollback);
+    let directives: Vec<&Directive> = directives.iter().collect();
+    for agent in &agents.agents {
+        assert_ran_exactly(&agent.host, &agent.runs(), &directives, &agents.describe());
+    }
+    eprintln!("{}; all ran all three once; {:.1?} in all", timings.join("; "), began.elapsed());
+}
