@@ -117,6 +117,20 @@ async fn wait_reported(writer: &Writer, agents: &Agents, seq: u64, statuses: &[&
     }
 }
 
+/// A single node, `releases` created, agents for `hosts` registered, and the first release
+/// deployed to all of them and completed: where the agent tests start from.
+async fn fleet_on_first_release(releases: &[&str], hosts: &[&str]) -> (Server, Writer, Agents, Directive) {
+    let server = Server::start().await;
+    let writer = Writer::new(&[&server.url]);
+    create_releases(&writer, releases).await;
+    let agents = Agents::start(&[&server.url], SERVICE, ENV, hosts);
+    writer.wait_registered(SERVICE, ENV, hosts.len()).await;
+    let first = start_deployment(&writer, "d-1", releases[0]).await;
+    agents.wait_done(first.seq).await;
+    complete_deployment(&writer, "d-1").await;
+    (server, writer, agents, first)
+}
+
 /// Five agents, each given every node of a 3-node cluster, follow eight directives (deployments
 /// and rollbacks) while the leader is killed and later restarted: each agent runs every directive
 /// exactly once, in seq order, and the fleet view converges on the last one.
@@ -183,14 +197,7 @@ async fn agents_follow_directives_across_a_leader_kill() {
 /// later plain restart runs nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_restart_in_the_middle_of_applying() {
-    let server = Server::start().await;
-    let writer = Writer::new(&[&server.url]);
-    create_releases(&writer, &["1.0", "2.0", "3.0"]).await;
-    let mut agents = Agents::start(&[&server.url], SERVICE, ENV, &["web-1"]);
-    writer.wait_registered(SERVICE, ENV, 1).await;
-    let first = start_deployment(&writer, "d-1", "1.0").await;
-    agents.wait_done(first.seq).await;
-    complete_deployment(&writer, "d-1").await;
+    let (_server, writer, mut agents, first) = fleet_on_first_release(&["1.0", "2.0", "3.0"], &["web-1"]).await;
 
     agents.hold("2.0");
     let interrupted = start_deployment(&writer, "d-2", "2.0").await;
@@ -248,14 +255,7 @@ async fn agent_restart_in_the_middle_of_applying() {
 /// wave's command finishes: the rollback is each agent's last run, and the fleet converges on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_racing_an_in_flight_wave() {
-    let server = Server::start().await;
-    let writer = Writer::new(&[&server.url]);
-    create_releases(&writer, &["1.0", "2.0"]).await;
-    let agents = Agents::start(&[&server.url], SERVICE, ENV, &["web-1", "web-2", "web-3"]);
-    writer.wait_registered(SERVICE, ENV, 3).await;
-    let first = start_deployment(&writer, "d-1", "1.0").await;
-    agents.wait_done(first.seq).await;
-    complete_deployment(&writer, "d-1").await;
+    let (_server, writer, agents, first) = fleet_on_first_release(&["1.0", "2.0"], &["web-1", "web-2", "web-3"]).await;
 
     // The wave's command holds until every agent has taken in the rollback: the race is certain.
     agents.hold("2.0");
@@ -282,14 +282,7 @@ async fn rollback_racing_an_in_flight_wave() {
 /// it starts: the older one never runs, the newest does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directive_superseded_while_waiting_never_runs() {
-    let server = Server::start().await;
-    let writer = Writer::new(&[&server.url]);
-    create_releases(&writer, &["1.0", "2.0", "3.0"]).await;
-    let agents = Agents::start(&[&server.url], SERVICE, ENV, &["web-1", "web-2"]);
-    writer.wait_registered(SERVICE, ENV, 2).await;
-    let first = start_deployment(&writer, "d-1", "1.0").await;
-    agents.wait_done(first.seq).await;
-    complete_deployment(&writer, "d-1").await;
+    let (_server, writer, agents, first) = fleet_on_first_release(&["1.0", "2.0", "3.0"], &["web-1", "web-2"]).await;
 
     agents.hold("2.0");
     let wave = start_deployment(&writer, "d-2", "2.0").await;
