@@ -4,6 +4,7 @@
 //! consensus) and `fleetlog-api` (HTTP).
 
 pub mod agent;
+pub mod backoff;
 pub mod bench;
 pub mod cli;
 pub mod cluster;

@@ -1,12 +1,12 @@
 //! Commands that read: fleet, host, deployments, releases, history, tail.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use anyhow::Result;
 use fleetlog_api::client::{Client, ClientError};
 use serde_json::Value;
 
+use crate::backoff::Backoff;
 use crate::cli::{FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs};
 use crate::output::{cell, print, Table};
 
@@ -285,7 +285,7 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
 /// Follows the log, reconnecting with `Last-Event-ID` after a dropped connection.
 pub async fn tail(client: &Client, output: Output, args: TailArgs) -> Result<()> {
     let mut last_seen: Option<u64> = args.from_seq.and_then(|seq| seq.checked_sub(1));
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new();
     loop {
         let mut query = filter_query(&args.filter);
         if last_seen.is_none() {
@@ -296,14 +296,13 @@ pub async fn tail(client: &Client, output: Output, args: TailArgs) -> Result<()>
         let mut stream = match client.stream("/v1/subscribe", &query, last_seen.filter(|seq| *seq > 0)).await {
             Ok(stream) => stream,
             Err(ClientError::Transport { url, reason }) => {
-                eprintln!("cannot reach {url} ({reason}); retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                eprintln!("cannot reach {url} ({reason}); retrying");
+                backoff.wait().await;
                 continue;
             }
             Err(error) => return Err(error.into()),
         };
-        backoff = Duration::from_millis(200);
+        backoff.reset();
         loop {
             match stream.next().await {
                 Ok(Some(message)) => {

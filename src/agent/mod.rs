@@ -23,8 +23,9 @@ use tokio::sync::mpsc;
 
 use crate::agent::reporter::Report;
 use crate::agent::runner::{Finished, Runner};
-use crate::agent::servers::{Backoff, Servers};
+use crate::agent::servers::Servers;
 use crate::agent::state::{Directive, Outcome, StateFile};
+use crate::backoff::Backoff;
 use crate::cli::AgentArgs;
 
 /// With no message (heartbeats come every 5 s) for this long, the stream is taken for dead.
@@ -46,6 +47,9 @@ struct Update {
 }
 
 pub async fn run(servers: &str, args: AgentArgs) -> Result<()> {
+    if args.exec_timeout == 0 {
+        bail!("--exec-timeout must be at least 1 second");
+    }
     let identity = Identity { host: args.host.clone(), service: args.service.clone(), env: args.env.clone() };
     let servers = Arc::new(Servers::new(servers, &identity.host)?);
     let state_directory =

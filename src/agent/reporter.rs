@@ -6,8 +6,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::agent::servers::{Backoff, Servers};
+use crate::agent::servers::Servers;
 use crate::agent::Identity;
+use crate::backoff::Backoff;
 
 #[derive(Clone, Debug)]
 pub struct Report {

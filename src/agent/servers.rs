@@ -1,16 +1,12 @@
 //! The servers an agent talks to: it sticks to one until it fails, then moves on to the next with
 //! a growing, jittered pause, so a fleet of agents does not reconnect in lockstep after a node dies.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
 use anyhow::{bail, Result};
 use fleetlog_api::client::{Client, ClientError};
-use rand::Rng;
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+use crate::backoff::Backoff;
 
 pub struct Servers {
     clients: Vec<Client>,
@@ -76,34 +72,5 @@ impl Servers {
         }
         self.next_after(client);
         None
-    }
-}
-
-/// Pauses that double from [`BACKOFF_FIRST`] to [`BACKOFF_MAX`], each drawn between half and
-/// all of the current bound.
-pub struct Backoff {
-    bound: Duration,
-}
-
-impl Backoff {
-    pub fn new() -> Backoff {
-        Backoff { bound: BACKOFF_FIRST }
-    }
-
-    pub fn reset(&mut self) {
-        self.bound = BACKOFF_FIRST;
-    }
-
-    pub async fn wait(&mut self) {
-        let low = self.bound.as_millis() as u64 / 2;
-        let pause = Duration::from_millis(rand::thread_rng().gen_range(low..=self.bound.as_millis() as u64));
-        self.bound = (self.bound * 2).min(BACKOFF_MAX);
-        tokio::time::sleep(pause).await;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff::new()
     }
 }
