@@ -52,6 +52,8 @@ pub enum Command {
     Fleet(FleetArgs),
     /// One host in every environment, with its recent history.
     Host(HostArgs),
+    /// Hosts whose registration, desired or observed release changed between two moments.
+    Diff(DiffArgs),
     /// Read the log.
     History(HistoryArgs),
     /// Follow the log as it grows.
@@ -61,6 +63,10 @@ pub enum Command {
     /// Keep one host of one environment on its desired release: watch the ledger, run a command
     /// for every directive, report the outcome. `--server` may list several URLs, comma-separated.
     Agent(AgentArgs),
+    /// Check the ledger without trusting the server: the signed checkpoint against a pinned key,
+    /// consistency with the checkpoint seen last time, inclusion proofs of sampled (or named)
+    /// events; or, offline, an export against a checkpoint; or the audit trail of a release.
+    Verify(VerifyArgs),
     /// Load generators that measure a running server.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -452,9 +458,52 @@ pub struct FilterArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Verifier string of the checkpoint key (`fleetlog cluster status` prints it). Pinned in the
+    /// state file by the first successful run, so later runs may leave it out.
+    #[arg(long, env = "FLEETLOG_CHECKPOINT_KEY")]
+    pub key: Option<String>,
+    /// Witness state: the pinned key and the last accepted checkpoint (default ~/.fleetlog/verify.json).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Events to prove included, comma-separated (default: a random sample, the first and the last).
+    #[arg(long, value_delimiter = ',')]
+    pub seq: Vec<u64>,
+    /// Random events to prove when no --seq is given.
+    #[arg(long, default_value_t = 16)]
+    pub sample: usize,
+    /// Offline: an NDJSON export (GET /v1/export) to recompute hash by hash; `-` reads stdin.
+    #[arg(long, conflicts_with_all = ["release", "seq"])]
+    pub export: Option<PathBuf>,
+    /// Offline: the signed checkpoint (GET /v1/checkpoint) the export's root must match.
+    #[arg(long, requires = "export")]
+    pub checkpoint: Option<PathBuf>,
+    /// Print the audit trail of SERVICE@RELEASE with every event proven included.
+    #[arg(long, value_name = "SERVICE@RELEASE")]
+    pub release: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// From this moment: a seq, or an RFC 3339 time (the last event at or before it).
+    #[arg(long)]
+    pub from: String,
+    /// To this moment (default: now).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long)]
+    pub env: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct HistoryArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// The log as it stood at this time (RFC 3339): the newest --limit events at or before it.
+    #[arg(long, conflicts_with = "until")]
+    pub at: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub from_seq: u64,
     /// Events to print at most.

@@ -76,6 +76,7 @@ pub fn render_status(status: &Value) -> String {
         ]);
     }
     text.push_str(&table.render());
+    text.push_str(&format!("checkpoint key: {}\n", cell(&status["checkpoint_key"])));
     text
 }
 

@@ -1,5 +1,5 @@
 //! fleetlog: the binary's library. `cli` defines the arguments, `serve` runs a node,
-//! `cluster` membership, `agent` the host agent, `dev` a local multi-node cluster, `commands` append (releases, deployments, rollbacks, …), `reads` query and follow the log,
+//! `cluster` membership, `agent` the host agent, `dev` a local multi-node cluster, `commands` append (releases, deployments, rollbacks, …), `reads` query and follow the log, `verify` audit proofs,
 //! `output` prints tables or JSON. The server itself lives in `fleetlog-raft` (ledger, storage,
 //! consensus) and `fleetlog-api` (HTTP).
 
@@ -13,6 +13,7 @@ pub mod dev;
 pub mod output;
 pub mod reads;
 pub mod serve;
+pub mod verify;
 
 use anyhow::Result;
 use fleetlog_api::client::Client;
@@ -40,6 +41,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Fleet(args) => reads::fleet(&client, output, args).await,
         Command::Host(args) => reads::host(&client, output, args).await,
         Command::History(args) => reads::history(&client, output, args).await,
+        Command::Diff(args) => reads::diff(&client, output, args).await,
+        Command::Verify(args) => verify::run(&client, output, args).await,
         Command::Tail(args) => reads::tail(&client, output, args).await,
         Command::Append(args) => commands::append(&client, output, args).await,
         Command::Bench(command) => bench::run(&cli.server, command).await,

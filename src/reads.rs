@@ -2,12 +2,12 @@
 
 use std::io::IsTerminal;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use fleetlog_api::client::{Client, ClientError};
 use serde_json::Value;
 
 use crate::backoff::Backoff;
-use crate::cli::{FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs};
+use crate::cli::{DiffArgs, FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs};
 use crate::output::{cell, print, Table};
 
 fn moment_query(moment: &MomentArgs) -> Vec<(&'static str, String)> {
@@ -241,9 +241,23 @@ fn event_line(event: &Value) -> String {
 }
 
 pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Result<()> {
-    let mut remaining = args.limit;
+    let mut filter = args.filter.clone();
     let mut from_seq = args.from_seq;
-    let mut events = Vec::new();
+    // `--at T` with no starting point asks for the newest events at or before T.
+    let mut newest_only = false;
+    if let Some(at) = &args.at {
+        filter.until = Some(at.clone());
+        if from_seq == 1 {
+            if filter_query(&filter).len() == 1 {
+                let last = seq_at_time(client, at).await?;
+                from_seq = last.saturating_sub(args.limit.saturating_sub(1)).max(1);
+            } else {
+                newest_only = true;
+            }
+        }
+    }
+    let mut remaining = args.limit;
+    let mut events = std::collections::VecDeque::new();
     // Long reads show progress on a terminal; short ones and pipes stay quiet.
     let progress = if args.limit > 10_000 && std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(args.limit)
@@ -251,14 +265,22 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
         indicatif::ProgressBar::hidden()
     };
     while remaining > 0 {
-        let mut query = filter_query(&args.filter);
+        let mut query = filter_query(&filter);
         query.push(("from_seq", from_seq.to_string()));
         query.push(("limit", remaining.min(10_000).to_string()));
         let page = client.get("/v1/events", &query).await?;
         let batch = page["events"].as_array().cloned().unwrap_or_default();
-        remaining = remaining.saturating_sub(batch.len() as u64);
-        progress.inc(batch.len() as u64);
-        events.extend(batch);
+        if newest_only {
+            // Keep reading to the moment, holding only the newest `limit`.
+            events.extend(batch);
+            while events.len() as u64 > args.limit {
+                events.pop_front();
+            }
+        } else {
+            remaining = remaining.saturating_sub(batch.len() as u64);
+            progress.inc(batch.len() as u64);
+            events.extend(batch);
+        }
         let next = page["next_seq"].as_u64().unwrap_or(from_seq);
         let head = page["head_seq"].as_u64().unwrap_or(0);
         if next <= from_seq || next > head {
@@ -279,6 +301,59 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
             }
         }
     }
+    Ok(())
+}
+
+/// Seq of the last event at or before `time` (0 when there is none).
+async fn seq_at_time(client: &Client, time: &str) -> Result<u64> {
+    let moment = chrono::DateTime::parse_from_rfc3339(time)
+        .with_context(|| format!("--at {time:?} is not an RFC 3339 time such as 2026-11-28T06:00:00Z"))?;
+    let after = (moment + chrono::Duration::microseconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let page = client.get("/v1/events", &[("since", after), ("limit", "1".into())]).await?;
+    Ok(match page["events"].get(0).and_then(|event| event["seq"].as_u64()) {
+        Some(first_after) => first_after - 1,
+        None => page["head_seq"].as_u64().unwrap_or(0),
+    })
+}
+
+/// `fleetlog diff`: hosts whose registration, desired or observed release changed.
+pub async fn diff(client: &Client, output: Output, args: DiffArgs) -> Result<()> {
+    let mut query = vec![("from", args.from)];
+    for (name, value) in [("to", args.to), ("service", args.service), ("env", args.env)] {
+        if let Some(value) = value {
+            query.push((name, value));
+        }
+    }
+    let response = client.get("/v1/fleet/diff", &query).await?;
+    print(output, &response, |diff| {
+        let mut table = Table::new(&["HOST", "SERVICE", "ENV", "DESIRED", "OBSERVED", "REGISTERED"]);
+        let change = |host: &Value, field: &str| {
+            let before = cell(&host["before"][field]);
+            let after = cell(&host["after"][field]);
+            if before == after {
+                after
+            } else {
+                format!("{before} → {after}")
+            }
+        };
+        for host in diff["hosts"].as_array().into_iter().flatten() {
+            table.row(vec![
+                cell(&host["host"]),
+                cell(&host["service"]),
+                cell(&host["env"]),
+                change(host, "desired_release"),
+                change(host, "observed_release"),
+                change(host, "registered"),
+            ]);
+        }
+        format!(
+            "{}{} hosts changed between seq {} and seq {}\n",
+            table.render(),
+            cell(&diff["changed"]),
+            cell(&diff["from_seq"]),
+            cell(&diff["to_seq"])
+        )
+    });
     Ok(())
 }
 

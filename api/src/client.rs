@@ -46,6 +46,18 @@ impl Client {
         self.send(url, request).await
     }
 
+    /// A GET whose successful answer is text (a signed checkpoint, a key); errors are still JSON.
+    pub async fn get_text(&self, path: &str, query: &[(&str, String)]) -> Result<String, ClientError> {
+        let url = self.url(path);
+        let request = self.http.get(&url).query(query).timeout(Duration::from_secs(60));
+        let (status, bytes) = self.exchange(&url, request).await?;
+        if !status.is_success() {
+            return Err(error_from(&url, status, &bytes));
+        }
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| ClientError::Protocol { url, reason: "the answer is not UTF-8 text".into() })
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         let url = self.url(path);
         let request = self.http.post(&url).json(body).timeout(Duration::from_secs(60));
@@ -75,28 +87,27 @@ impl Client {
         self.send(url, request).await
     }
 
-    async fn send(&self, url: String, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|error| ClientError::Transport { url: url.clone(), reason: error.to_string() })?;
+    async fn exchange(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), ClientError> {
+        let transport =
+            |error: reqwest::Error| ClientError::Transport { url: url.to_string(), reason: error.to_string() };
+        let response = request.send().await.map_err(transport)?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| ClientError::Transport { url: url.clone(), reason: error.to_string() })?;
-        let body: Value = serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
+        let bytes = response.bytes().await.map_err(transport)?;
+        Ok((status, bytes))
+    }
+
+    async fn send(&self, url: String, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let (status, bytes) = self.exchange(&url, request).await?;
+        if !status.is_success() {
+            return Err(error_from(&url, status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
             url: url.clone(),
             reason: format!("HTTP {status}, body is not JSON: {error}"),
-        })?;
-        if status.is_success() {
-            return Ok(body);
-        }
-        let error = &body["error"];
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            code: error["code"].as_str().unwrap_or("unknown").to_string(),
-            message: error["message"].as_str().unwrap_or("no message").to_string(),
         })
     }
 
@@ -174,6 +185,19 @@ fn find_message_end(buffer: &[u8]) -> Option<(usize, usize)> {
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
+    }
+}
+
+/// The error an API answer with a non-success status stands for.
+fn error_from(url: &str, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return ClientError::Protocol { url: url.to_string(), reason: format!("HTTP {status}, body is not JSON") };
+    };
+    let error = &body["error"];
+    ClientError::Api {
+        status: status.as_u16(),
+        code: error["code"].as_str().unwrap_or("unknown").to_string(),
+        message: error["message"].as_str().unwrap_or("no message").to_string(),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - `routes`: handlers. `events` (append, read, stream), `stream` (SSE subscribe and watch via
 //!   the router), `views` (fleet, hosts, deployments, releases), `commands` (typed conveniences),
-//!   `health`, `cluster` (membership), `peer` (Raft traffic).
+//!   `health`, `cluster` (membership), `peer` (Raft traffic), `audit` (checkpoints, proofs,
+//!   export, fleet diff).
 //! - `streams`: the SSE streams themselves (catch-up from disk, live channels, heartbeats), and
 //!   `streams::direct`, which serves connections that start with a stream without the router.
 //! - `listener`: accepts connections and sends each to the router or to `streams::direct`.
@@ -39,7 +40,7 @@ use crate::state::{ApiOptions, AppState};
 pub const LISTEN_BACKLOG: u32 = 4_096;
 
 pub fn router(state: AppState) -> Router {
-    use routes::{cluster, commands, events, health, peer, stream, views};
+    use routes::{audit, cluster, commands, events, health, peer, stream, views};
     Router::new()
         .route("/v1/events", post(events::append).get(events::read))
         .route("/v1/events/{seq}", get(events::one))
@@ -47,6 +48,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscribe", get(stream::subscribe))
         .route("/v1/watch/{host}", get(stream::watch))
         .route("/v1/fleet", get(views::fleet))
+        .route("/v1/fleet/diff", get(audit::fleet_diff))
+        .route("/v1/checkpoint", get(audit::checkpoint))
+        .route("/v1/checkpoint/key", get(audit::checkpoint_key))
+        .route("/v1/proofs/inclusion", get(audit::inclusion))
+        .route("/v1/proofs/consistency", get(audit::consistency))
+        .route("/v1/export", get(audit::export))
         .route("/v1/hosts/{host}", get(views::host))
         .route("/v1/deployments", post(commands::start_deployment).get(views::deployments))
         .route("/v1/deployments/{id}", get(views::deployment))

@@ -44,6 +44,8 @@ pub struct MemberStatus {
 #[derive(Clone, Debug)]
 pub struct ClusterStatus {
     pub cluster_id: Option<String>,
+    /// Verifier string of the key that signs checkpoints (what auditors pin).
+    pub checkpoint_key: Option<String>,
     pub leader_id: Option<NodeId>,
     pub term: u64,
     pub members: Vec<MemberStatus>,
@@ -215,8 +217,10 @@ impl Node {
                 report,
             })
             .collect();
+        let identity = self.identity().ok().flatten();
         ClusterStatus {
-            cluster_id: self.identity().ok().flatten().map(|identity| identity.cluster_id),
+            checkpoint_key: identity.as_ref().map(|identity| identity.signer().verifier().to_string()),
+            cluster_id: identity.map(|identity| identity.cluster_id),
             leader_id: metrics.current_leader,
             term: metrics.current_term,
             members,

@@ -26,6 +26,8 @@ pub enum Error {
     Corrupt(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("proof: {0}")]
+    Proof(#[from] crate::merkle::ProofError),
     #[error("the node is shutting down")]
     ShuttingDown,
 }

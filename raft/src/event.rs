@@ -103,9 +103,26 @@ pub struct LedgerCommand {
 }
 
 /// Facts about the cluster itself that every replica must agree on, decided once by a leader.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
     pub cluster_id: String,
+    /// Ed25519 seed of the key that signs checkpoints. Replicated, so every node signs with the
+    /// same key; it never leaves the nodes through the API.
+    pub signing_seed: [u8; 32],
+}
+
+impl ClusterIdentity {
+    /// The signer of this cluster's checkpoints.
+    pub fn signer(&self) -> crate::checkpoint::NoteSigner {
+        crate::checkpoint::NoteSigner::new(crate::checkpoint::origin(&self.cluster_id), &self.signing_seed)
+    }
+}
+
+impl std::fmt::Debug for ClusterIdentity {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the seed, even in debug logs.
+        formatter.debug_struct("ClusterIdentity").field("cluster_id", &self.cluster_id).finish_non_exhaustive()
+    }
 }
 
 /// A committed event.

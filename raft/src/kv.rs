@@ -30,10 +30,13 @@ pub enum Space {
     History,
     /// head of the ledger, last applied log id, membership.
     Meta,
+    /// (height, index) → hash of a complete subtree of the events' Merkle tree.
+    Merkle,
 }
 
 impl Space {
-    pub const ALL: [Space; 9] = [
+    /// Listed in tag order: a tag is the position here, stored in snapshot files.
+    pub const ALL: [Space; 10] = [
         Space::Events,
         Space::EventIds,
         Space::StreamVersions,
@@ -43,6 +46,7 @@ impl Space {
         Space::State,
         Space::History,
         Space::Meta,
+        Space::Merkle,
     ];
 
     /// Column family name; stable on disk.
@@ -57,6 +61,7 @@ impl Space {
             Space::State => "state",
             Space::History => "history",
             Space::Meta => "meta",
+            Space::Merkle => "merkle",
         }
     }
 

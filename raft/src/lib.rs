@@ -5,6 +5,7 @@
 //! - `event`, `rejection`: the event envelope, commands, outcomes and stable rejection codes.
 //! - `canonical`, `codec`: RFC 8785 JSON for hashes; bincode with a version byte for storage.
 //! - `kv`, `keys`, `records`: the key-value interface, key layout and the view records.
+//! - `merkle`, `checkpoint`: the RFC 9162 tree over the events, its proofs, signed checkpoints.
 //! - `views`: read-side queries (log reads, fleet, hosts, deployments, releases, as-of reads).
 //! - `storage`: RocksDB; the Raft log store (group commit), the state machine, snapshots.
 //! - `node`: the openraft type config and a running node: proposing, reading, the live feed.
@@ -13,6 +14,7 @@
 
 pub mod batcher;
 pub mod canonical;
+pub mod checkpoint;
 pub mod cluster;
 pub mod codec;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod keys;
 pub mod kv;
 pub mod ledger;
 pub mod limits;
+pub mod merkle;
 pub mod network;
 pub mod node;
 pub mod peers;

@@ -361,7 +361,7 @@ async fn record_identity_when_leading(node: Node) {
         }
         let leading = metrics.borrow().state == ServerState::Leader;
         if leading {
-            let identity = ClusterIdentity { cluster_id: new_cluster_id() };
+            let identity = new_identity();
             let command = LedgerCommand { time_micros: now_micros(), requests: Vec::new(), identity: Some(identity) };
             match tokio::time::timeout(WRITE_TIMEOUT, node.raft().client_write(command)).await {
                 Ok(Ok(_)) => continue,
@@ -376,11 +376,14 @@ async fn record_identity_when_leading(node: Node) {
     }
 }
 
-fn new_cluster_id() -> String {
+/// A fresh cluster id and checkpoint signing key, from the operating system's randomness.
+fn new_identity() -> ClusterIdentity {
     use rand::RngCore;
-    let mut bytes = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    let mut id = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let mut signing_seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut signing_seed);
+    ClusterIdentity { cluster_id: hex::encode(id), signing_seed }
 }
 
 /// The leader's clock, read once per proposal.

@@ -427,3 +427,75 @@ pub fn releases(kv: &dyn KvRead, service: &str) -> Result<(Vec<ReleaseView>, Vec
 pub fn head(kv: &dyn KvRead) -> Result<Head> {
     records::head(kv)
 }
+
+/// Visits the events with seq in `[from_seq, until_seq]` in order until `visit` returns false.
+pub fn visit_events(
+    kv: &dyn KvRead,
+    from_seq: u64,
+    until_seq: u64,
+    visit: &mut dyn FnMut(Event) -> Result<bool>,
+) -> Result<()> {
+    let Some(end) = until_seq.checked_add(1) else {
+        return Err(Error::Corrupt("seq range ends at u64::MAX".into()));
+    };
+    kv.scan(Space::Events, &seq_key(from_seq.max(1)), &seq_key(end), Direction::Forward, &mut |key, value| {
+        let seq = decode_u64(key).ok_or_else(|| Error::Corrupt("event key is not 8 bytes".into()))?;
+        visit(check_event(seq, codec::decode(value)?)?)
+    })
+}
+
+/// One host whose registration, desired or observed release differs between two seqs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostChange {
+    /// The record as of the first seq (`None`: not registered yet).
+    pub before: Option<HostRecord>,
+    /// The record as of the second seq.
+    pub after: HostRecord,
+}
+
+/// Hosts of `service` (and `env`) whose registration, desired release or observed release as of
+/// `to_seq` differs from what it was as of `from_seq` (`from_seq` ≤ `to_seq` ≤ head). A host
+/// untouched since `from_seq` costs no history read.
+pub fn fleet_diff(
+    kv: &dyn KvRead,
+    service: Option<&str>,
+    env: Option<&str>,
+    from_seq: u64,
+    to_seq: u64,
+) -> Result<Vec<HostChange>> {
+    let prefix = match (service, env) {
+        (Some(service), Some(env)) => Key::record(RecordTag::Host).text(service).text(env),
+        (Some(service), None) => Key::record(RecordTag::Host).text(service),
+        _ => Key::record(RecordTag::Host),
+    };
+    let mut changes = Vec::new();
+    for (key, current) in records::scan_records::<HostRecord>(kv, &prefix)? {
+        if env.is_some_and(|env| current.env != env) || current.changed_seq <= from_seq {
+            continue;
+        }
+        let key = Key::record_from_bytes(key);
+        let after = if current.changed_seq <= to_seq {
+            current
+        } else {
+            match records::read_at::<HostRecord>(kv, &key, to_seq)? {
+                Some(record) => record,
+                None => continue,
+            }
+        };
+        let before = match from_seq {
+            0 => None,
+            seq => records::read_at::<HostRecord>(kv, &key, seq)?,
+        };
+        let release = |record: Option<&HostRecord>| {
+            (
+                record.is_some_and(|record| record.registered),
+                record.and_then(|record| record.desired.as_ref().map(|desired| desired.release.clone())),
+                record.and_then(|record| record.observed.as_ref().map(|observed| observed.release.clone())),
+            )
+        };
+        if release(before.as_ref()) != release(Some(&after)) {
+            changes.push(HostChange { before, after });
+        }
+    }
+    Ok(changes)
+}

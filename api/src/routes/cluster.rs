@@ -231,6 +231,7 @@ fn status_document(status: &ClusterStatus) -> Value {
         .collect();
     json!({
         "cluster_id": status.cluster_id,
+        "checkpoint_key": status.checkpoint_key,
         "leader_id": status.leader_id,
         "term": status.term,
         "nodes": nodes,

@@ -1,5 +1,6 @@
 //! HTTP handlers, one file per area.
 
+pub mod audit;
 pub mod cluster;
 pub mod commands;
 pub mod events;

@@ -55,7 +55,7 @@ fn resolve(kv: &dyn KvRead, moment: Moment) -> fleetlog_raft::Result<Result<Opti
     })
 }
 
-fn name_param(params: &Params, name: &str) -> ApiResult<Option<String>> {
+pub fn name_param(params: &Params, name: &str) -> ApiResult<Option<String>> {
     match params.text(name) {
         Some(value) => {
             path_name(name, &value)?;

@@ -16,6 +16,7 @@ use crate::event::{
 };
 use crate::keys::{decode_u64, seq_key, time_key, IndexField, Key, META_CLUSTER, META_HEAD};
 use crate::kv::{KvRead, Overlay, Space};
+use crate::merkle;
 use crate::records::{self, Head, IdRecord};
 use crate::rejection::{Rejection, RejectionCode};
 
@@ -259,6 +260,8 @@ fn check_expected_version(expected: ExpectedVersion, stream: &str, current: Opti
 /// Writes the event and everything that finds it: id, stream position, indexes, time.
 fn write_event(state: &mut Overlay<'_>, event: &Event, fingerprint: [u8; 32]) -> Result<()> {
     state.put(Space::Events, seq_key(event.seq).to_vec(), codec::encode(event)?);
+    // The Merkle leaf is the event exactly as served, so an export line hashes as it is.
+    merkle::store::append(state, event.seq - 1, merkle::leaf_hash(event.canonical_json().as_bytes()))?;
     let id_record = IdRecord { seq: event.seq, fingerprint, hash: event.hash };
     records::write(state, Space::EventIds, event.id.as_bytes().to_vec(), &id_record)?;
     state.put(

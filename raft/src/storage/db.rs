@@ -47,7 +47,8 @@ impl Database {
             ColumnFamilyDescriptor::new(RAFT_META_FAMILY, family_options(&cache, false)),
         ];
         for space in Space::ALL {
-            let point_lookups = matches!(space, Space::EventIds | Space::StreamHeads | Space::State | Space::Meta);
+            let point_lookups =
+                matches!(space, Space::EventIds | Space::StreamHeads | Space::State | Space::Meta | Space::Merkle);
             families.push(ColumnFamilyDescriptor::new(space.name(), family_options(&cache, point_lookups)));
         }
         let db = DB::open_cf_descriptors(&options, path, families)

@@ -1,0 +1,191 @@
+//! `fleetlog verify`: checks the ledger without trusting the server.
+//!
+//! - `online`: the signed checkpoint against a pinned key, consistency with the checkpoint seen
+//!   last time (kept in a witness file), inclusion of sampled or named events.
+//! - `offline`: an NDJSON export, event by event: hashes, chain, and the Merkle root compared
+//!   with a signed checkpoint.
+//! - `trail`: the audit trail of one release, every event proven included.
+//!
+//! Everything is recomputed here from the events' JSON (RFC 8785, SHA-256, RFC 9162, Ed25519);
+//! nothing the server says about hashes is taken on trust.
+
+mod offline;
+mod online;
+mod trail;
+mod witness;
+
+use anyhow::{bail, Context, Result};
+use fleetlog_api::client::Client;
+use fleetlog_raft::canonical;
+use fleetlog_raft::checkpoint::{Checkpoint, NoteVerifier};
+use fleetlog_raft::merkle::{self, Hash};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::cli::{Output, VerifyArgs};
+
+pub use witness::Witness;
+
+pub async fn run(client: &Client, output: Output, args: VerifyArgs) -> Result<()> {
+    if let Some(export) = &args.export {
+        let checkpoint = args.checkpoint.as_ref().context("--export needs --checkpoint FILE to compare with")?;
+        let witness = Witness::load(args.state.clone())?;
+        let verifier = pinned_key(args.key.as_deref(), &witness)?;
+        return offline::run(output, export, checkpoint, &verifier);
+    }
+    let mut witness = Witness::load(args.state.clone())?;
+    let verifier = pinned_key(args.key.as_deref(), &witness)?;
+    match &args.release {
+        Some(release) => trail::run(client, output, &verifier, &mut witness, release).await,
+        None => online::run(client, output, &verifier, &mut witness, &args).await,
+    }
+}
+
+/// The key checkpoints must be signed by: `--key`, else the one the witness file pinned.
+fn pinned_key(given: Option<&str>, witness: &Witness) -> Result<NoteVerifier> {
+    let verifier = match (given, witness.key()) {
+        (Some(given), pinned) => {
+            let verifier = NoteVerifier::parse(given).context("--key")?;
+            if let Some(pinned) = pinned {
+                if pinned != verifier.to_string() {
+                    bail!(
+                        "{} pins the key {pinned}, not {verifier}; use another --state file for another cluster",
+                        witness.path().display()
+                    );
+                }
+            }
+            verifier
+        }
+        (None, Some(pinned)) => NoteVerifier::parse(pinned).with_context(|| format!("{}", witness.path().display()))?,
+        (None, None) => bail!(
+            "no pinned checkpoint key: give --key (`fleetlog cluster status` prints it; GET /v1/checkpoint/key serves it)"
+        ),
+    };
+    Ok(verifier)
+}
+
+/// Fetches the latest checkpoint (or the one of `size`) and checks its signature.
+async fn fetch_checkpoint(client: &Client, verifier: &NoteVerifier, size: Option<u64>) -> Result<(String, Checkpoint)> {
+    let query: Vec<(&str, String)> = size.map(|size| ("tree_size", size.to_string())).into_iter().collect();
+    let note = client.get_text("/v1/checkpoint", &query).await.context("fetching the checkpoint")?;
+    let checkpoint = verifier.open(&note).context("MISMATCH: the server's checkpoint")?;
+    Ok((note, checkpoint))
+}
+
+/// What an event's JSON proves once recomputed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedEvent {
+    pub seq: u64,
+    pub hash: Hash,
+    pub prev_hash: Hash,
+    /// RFC 9162 leaf hash of the event's canonical JSON.
+    pub leaf: Hash,
+}
+
+/// Recomputes an event's hash from its content (RFC 8785 of the event without `hash`) and its
+/// Merkle leaf (of the event with `hash`), and refuses an event whose stated hash differs.
+pub fn check_event(event: &Value) -> Result<CheckedEvent> {
+    let object = event.as_object().context("an event is a JSON object")?;
+    let seq = object.get("seq").and_then(Value::as_u64).filter(|seq| *seq >= 1).context("an event has a seq ≥ 1")?;
+    let stated = hex_hash(object.get("hash"), "hash").with_context(|| format!("seq {seq}"))?;
+    let prev_hash = hex_hash(object.get("prev_hash"), "prev_hash").with_context(|| format!("seq {seq}"))?;
+    let mut without = object.clone();
+    without.remove("hash");
+    let content = canonical::to_canonical_string(&Value::Object(without)).with_context(|| format!("seq {seq}"))?;
+    let computed: Hash = Sha256::digest(content.as_bytes()).into();
+    if computed != stated {
+        bail!(
+            "MISMATCH: seq {seq}: the event's content hashes to {}, but it says {}: the event was altered",
+            hex::encode(computed),
+            hex::encode(stated)
+        );
+    }
+    let served = canonical::to_canonical_string(event).with_context(|| format!("seq {seq}"))?;
+    Ok(CheckedEvent { seq, hash: stated, prev_hash, leaf: merkle::leaf_hash(served.as_bytes()) })
+}
+
+fn hex_hash(value: Option<&Value>, name: &str) -> Result<Hash> {
+    let text = value.and_then(Value::as_str).with_context(|| format!("{name} is missing"))?;
+    let bytes = hex::decode(text).ok().and_then(|bytes| <Hash>::try_from(bytes).ok());
+    bytes.with_context(|| format!("{name} is not 64 hex digits"))
+}
+
+/// Base64 hashes of a proof document.
+fn proof_hashes(document: &Value) -> Result<Vec<Hash>> {
+    use base64::Engine;
+    let hashes = document["hashes"].as_array().context("a proof has a hashes array")?;
+    hashes
+        .iter()
+        .map(|hash| {
+            let bytes = hash
+                .as_str()
+                .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+                .and_then(|bytes| <Hash>::try_from(bytes).ok());
+            bytes.context("a proof hash is not 32 bytes of base64")
+        })
+        .collect()
+}
+
+/// Fetches event `seq`, checks its hash, and proves it is leaf `seq - 1` of `checkpoint`.
+async fn prove_event(client: &Client, checkpoint: &Checkpoint, seq: u64) -> Result<(Value, CheckedEvent)> {
+    let event = client.get(&format!("/v1/events/{seq}"), &[]).await.with_context(|| format!("fetching seq {seq}"))?;
+    let checked = check_event(&event)?;
+    if checked.seq != seq {
+        bail!("MISMATCH: asked for seq {seq}, the server sent seq {}", checked.seq);
+    }
+    prove_included(client, checkpoint, &checked).await?;
+    Ok((event, checked))
+}
+
+/// Fetches the audit path of a checked event and verifies it against the checkpoint's root.
+async fn prove_included(client: &Client, checkpoint: &Checkpoint, checked: &CheckedEvent) -> Result<()> {
+    let seq = checked.seq;
+    let query = [("seq", seq.to_string()), ("tree_size", checkpoint.size.to_string())];
+    let proof = client.get("/v1/proofs/inclusion", &query).await.with_context(|| format!("proof of seq {seq}"))?;
+    let hashes = proof_hashes(&proof)?;
+    merkle::verify_inclusion(seq - 1, checkpoint.size, &checked.leaf, &hashes, &checkpoint.root).map_err(|error| {
+        anyhow::anyhow!("MISMATCH: seq {seq} is not proven in the checkpoint of size {}: {error}", checkpoint.size)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event() -> Value {
+        let mut event = json!({
+            "seq": 1, "id": "e1", "stream": "_global", "version": 0, "type": "app.thing",
+            "time": "2026-11-28T06:00:00.000000Z", "actor": "anonymous", "service": null, "env": null,
+            "release": null, "deployment": null, "host": null, "data": {"n": 1.5},
+            "prev_hash": "0".repeat(64),
+        });
+        let content = canonical::to_canonical_string(&event).unwrap();
+        let hash = hex::encode(Sha256::digest(content.as_bytes()));
+        event["hash"] = Value::String(hash);
+        event
+    }
+
+    #[test]
+    fn an_event_checks_and_its_leaf_is_the_served_form() {
+        let event = event();
+        let checked = check_event(&event).unwrap();
+        assert_eq!(checked.seq, 1);
+        assert_eq!(checked.prev_hash, [0; 32]);
+        let served = canonical::to_canonical_string(&event).unwrap();
+        assert_eq!(checked.leaf, merkle::leaf_hash(served.as_bytes()));
+    }
+
+    #[test]
+    fn any_edit_of_an_event_is_caught() {
+        for (field, value) in [("actor", json!("mallory")), ("data", json!({"n": 2})), ("seq", json!(2))] {
+            let mut edited = event();
+            edited[field] = value;
+            let error = check_event(&edited).unwrap_err().to_string();
+            assert!(error.contains("MISMATCH"), "{field}: {error}");
+        }
+        let mut no_hash = event();
+        no_hash.as_object_mut().unwrap().remove("hash");
+        assert!(check_event(&no_hash).is_err());
+    }
+}
