@@ -114,8 +114,9 @@ impl NoteVerifier {
     pub fn parse(text: &str) -> Result<NoteVerifier, CheckpointError> {
         let malformed = |why: &str| CheckpointError::MalformedKey(format!("{why} (expected name+keyid+key)"));
         let text = text.trim();
-        let mut parts = text.rsplitn(3, '+');
-        let (Some(encoded), Some(id_hex), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // The name never holds '+' but base64 may: split from the left.
+        let mut parts = text.splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(encoded)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(malformed("not three parts joined by '+'"));
         };
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+') {
@@ -261,5 +262,17 @@ mod tests {
         assert!(NoteVerifier::parse(&format!("{name}+00000000+{key}")).is_err());
         assert!(NoteVerifier::parse(&format!("{name}+{key}")).is_err());
         assert!(NoteVerifier::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn keys_whose_base64_holds_a_plus_parse() {
+        let with_plus = (0u8..=255)
+            .map(|byte| NoteSigner::new(origin("0123456789abcdef"), &[byte; 32]))
+            .find(|signer| signer.verifier().to_string().rsplit('+').count() > 3)
+            .expect("some key's base64 contains '+'");
+        let text = with_plus.verifier().to_string();
+        let verifier = NoteVerifier::parse(&text).unwrap();
+        assert_eq!(verifier.to_string(), text);
+        assert_eq!(verifier.open(&with_plus.sign(&checkpoint())).unwrap(), checkpoint());
     }
 }
