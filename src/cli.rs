@@ -82,6 +82,19 @@ pub enum BenchCommand {
     /// appended, and the time until the first, median and last agent received it is printed;
     /// then the same with etcd watchers. `--server` may list several nodes; agents spread over them.
     Fanout(BenchFanoutArgs),
+    /// Latency of inclusion proofs, consistency proofs and past checkpoints on the server's
+    /// ledger as it is (every inclusion proof is also verified).
+    Proofs(BenchProofsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchProofsArgs {
+    /// Requests of each kind.
+    #[arg(long, default_value_t = 1_000)]
+    pub requests: u64,
+    /// Read the node's own applied state (`consistency=local`) instead of a linearizable read.
+    #[arg(long)]
+    pub local: bool,
 }
 
 #[derive(Args, Debug)]

@@ -2,6 +2,7 @@
 
 mod etcd;
 mod fanout;
+mod proofs;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
         BenchCommand::Append(args) => append(server, args).await,
         BenchCommand::Fleet(args) => fleet(server, args).await,
         BenchCommand::Fanout(args) => fanout::run(server, args).await,
+        BenchCommand::Proofs(args) => proofs::run(server, args).await,
     }
 }
 

@@ -832,3 +832,69 @@ fn requests_gathered_into_one_entry_keep_their_own_outcomes() {
     assert_eq!(seqs(&applied.outcomes[3]), (vec![2, 3], false), "no gap after the rejected request");
     assert_eq!(applied.events.iter().map(|event| event.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
 }
+
+#[test]
+fn the_merkle_tree_holds_every_event_as_served() {
+    let mut bench = Bench::fleet();
+    bench.deploy_fully("d2", "2.0");
+    let event = bench.rollback(None);
+    bench.ok(event);
+    let head = records::head(&bench.kv).unwrap().seq;
+    let mut roots = crate::merkle::RootBuilder::new();
+    for seq in 1..=head {
+        let event = views::event(&bench.kv, seq).unwrap().unwrap();
+        roots.push(crate::merkle::leaf_hash(event.canonical_json().as_bytes()));
+    }
+    let root = |bench: &Bench, size| crate::merkle::store::StoredTree::new(&bench.kv).root(size);
+    assert_eq!(root(&bench, head).unwrap(), roots.root());
+    // A rejected request leaves the tree as it was.
+    let refused = bench.start("d9", "9.9", json!([{"name": "all", "percent": 100}]));
+    bench.refused(refused);
+    assert_eq!(root(&bench, head).unwrap(), roots.root());
+    assert!(root(&bench, head + 1).is_err(), "no leaf beyond the head");
+}
+
+#[test]
+fn fleet_diff_lists_hosts_whose_releases_changed_between_two_seqs() {
+    let mut bench = Bench::fleet();
+    let before_rollout = records::head(&bench.kv).unwrap().seq;
+    let event = bench.start("d2", "2.0", json!([{"name": "canary", "group": "canary"}]));
+    bench.ok(event);
+    let event = bench.wave("wave.started", "d2", "canary");
+    bench.ok(event);
+    let event = bench.report("a", "2.0", "running");
+    bench.ok(event);
+    let after_canary = records::head(&bench.kv).unwrap().seq;
+    let event = bench.register("e", "main");
+    bench.ok(event);
+    let now = records::head(&bench.kv).unwrap().seq;
+
+    let changed = |from, to| -> Vec<(String, Option<String>, Option<String>)> {
+        views::fleet_diff(&bench.kv, Some("web"), Some("prod"), from, to)
+            .unwrap()
+            .into_iter()
+            .map(|change| {
+                let release =
+                    |record: Option<&HostRecord>| record.and_then(|r| r.desired.as_ref()).map(|d| d.release.clone());
+                (change.after.host.clone(), release(change.before.as_ref()), release(Some(&change.after)))
+            })
+            .collect()
+    };
+    // The canary hosts moved to 2.0; hosts c and d did not change.
+    assert_eq!(
+        changed(before_rollout, after_canary),
+        vec![
+            ("a".to_string(), Some("1.0".to_string()), Some("2.0".to_string())),
+            ("b".into(), Some("1.0".into()), Some("2.0".into()))
+        ]
+    );
+    // Host e registered later: it appears only in a range that covers its registration, with no
+    // earlier version.
+    let later = views::fleet_diff(&bench.kv, Some("web"), None, after_canary, now).unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].after.host, "e");
+    assert!(later[0].before.is_none());
+    assert!(changed(now, now).is_empty());
+    // From the empty ledger every registered host is a change.
+    assert_eq!(views::fleet_diff(&bench.kv, None, None, 0, now).unwrap().len(), 5);
+}

@@ -39,6 +39,13 @@ impl StateMachine {
             let meta = snapshot::install(&database, &path)?;
             snapshots.set_current(&meta, &path)?;
         }
+        if let Err(error) = ledger::cluster_identity(&database.reader()) {
+            // Builds before the audit tree stored no checkpoint key and no Merkle nodes.
+            return Err(Error::Corrupt(format!(
+                "the cluster identity in this data directory cannot be read ({error}); it was probably \
+                 written by an older fleetlog without checkpoint keys: recreate the data directory"
+            )));
+        }
         let head = records::head(&database.reader())?;
         Ok(StateMachine { database, feed: Feed::new(head.seq), snapshots })
     }
