@@ -82,11 +82,20 @@ pub struct CheckedEvent {
     pub leaf: Hash,
 }
 
-/// Recomputes an event's hash from its content (RFC 8785 of the event without `hash`) and its
-/// Merkle leaf (of the event with `hash`), and refuses an event whose stated hash differs.
-pub fn check_event(event: &Value) -> Result<CheckedEvent> {
-    let object = event.as_object().context("an event is a JSON object")?;
+/// Checks one event as served: its text must be exactly its RFC 8785 form (so there is only one
+/// way to read it: no duplicate key, no spacing, no other number form), its hash must be the
+/// SHA-256 of that form without `hash`, and its Merkle leaf is the hash of the text itself.
+pub fn check_event_text(text: &str) -> Result<(Value, CheckedEvent)> {
+    let event: Value = serde_json::from_str(text).context("MISMATCH: the event is not JSON")?;
+    let object = event.as_object().context("MISMATCH: an event is a JSON object")?;
     let seq = object.get("seq").and_then(Value::as_u64).filter(|seq| *seq >= 1).context("an event has a seq ≥ 1")?;
+    let served = canonical::to_canonical_string(&event).with_context(|| format!("seq {seq}"))?;
+    if served != text {
+        bail!(
+            "MISMATCH: seq {seq} is not in its canonical form (RFC 8785), so readers could disagree on what it \
+             says (a repeated key, spacing or another number form)"
+        );
+    }
     let stated = hex_hash(object.get("hash"), "hash").with_context(|| format!("seq {seq}"))?;
     let prev_hash = hex_hash(object.get("prev_hash"), "prev_hash").with_context(|| format!("seq {seq}"))?;
     let mut without = object.clone();
@@ -100,8 +109,8 @@ pub fn check_event(event: &Value) -> Result<CheckedEvent> {
             hex::encode(stated)
         );
     }
-    let served = canonical::to_canonical_string(event).with_context(|| format!("seq {seq}"))?;
-    Ok(CheckedEvent { seq, hash: stated, prev_hash, leaf: merkle::leaf_hash(served.as_bytes()) })
+    let checked = CheckedEvent { seq, hash: stated, prev_hash, leaf: merkle::leaf_hash(text.as_bytes()) };
+    Ok((event, checked))
 }
 
 fn hex_hash(value: Option<&Value>, name: &str) -> Result<Hash> {
@@ -126,14 +135,21 @@ fn proof_hashes(document: &Value) -> Result<Vec<Hash>> {
         .collect()
 }
 
-/// Fetches event `seq`, checks its hash, and proves it is leaf `seq - 1` of `checkpoint`.
+/// Fetches event `seq` as served, checks it, and proves it is leaf `seq - 1` of `checkpoint`.
 async fn prove_event(client: &Client, checkpoint: &Checkpoint, seq: u64) -> Result<(Value, CheckedEvent)> {
-    let event = client.get(&format!("/v1/events/{seq}"), &[]).await.with_context(|| format!("fetching seq {seq}"))?;
-    let checked = check_event(&event)?;
+    let (event, checked) = fetch_event(client, seq).await?;
+    prove_included(client, checkpoint, &checked).await?;
+    Ok((event, checked))
+}
+
+/// Fetches event `seq` as text and checks it.
+async fn fetch_event(client: &Client, seq: u64) -> Result<(Value, CheckedEvent)> {
+    let text =
+        client.get_text(&format!("/v1/events/{seq}"), &[]).await.with_context(|| format!("fetching seq {seq}"))?;
+    let (event, checked) = check_event_text(&text)?;
     if checked.seq != seq {
         bail!("MISMATCH: asked for seq {seq}, the server sent seq {}", checked.seq);
     }
-    prove_included(client, checkpoint, &checked).await?;
     Ok((event, checked))
 }
 
@@ -166,13 +182,17 @@ mod tests {
         event
     }
 
+    fn text(event: &Value) -> String {
+        canonical::to_canonical_string(event).unwrap()
+    }
+
     #[test]
-    fn an_event_checks_and_its_leaf_is_the_served_form() {
-        let event = event();
-        let checked = check_event(&event).unwrap();
+    fn an_event_checks_and_its_leaf_is_the_served_text() {
+        let served = text(&event());
+        let (parsed, checked) = check_event_text(&served).unwrap();
+        assert_eq!(parsed, event());
         assert_eq!(checked.seq, 1);
         assert_eq!(checked.prev_hash, [0; 32]);
-        let served = canonical::to_canonical_string(&event).unwrap();
         assert_eq!(checked.leaf, merkle::leaf_hash(served.as_bytes()));
     }
 
@@ -181,11 +201,23 @@ mod tests {
         for (field, value) in [("actor", json!("mallory")), ("data", json!({"n": 2})), ("seq", json!(2))] {
             let mut edited = event();
             edited[field] = value;
-            let error = check_event(&edited).unwrap_err().to_string();
+            let error = check_event_text(&text(&edited)).unwrap_err().to_string();
             assert!(error.contains("MISMATCH"), "{field}: {error}");
         }
         let mut no_hash = event();
         no_hash.as_object_mut().unwrap().remove("hash");
-        assert!(check_event(&no_hash).is_err());
+        assert!(check_event_text(&text(&no_hash)).is_err());
+    }
+
+    #[test]
+    fn only_the_canonical_text_is_accepted() {
+        let served = text(&event());
+        let repeated = served.replacen(r#"{"actor":"anonymous","#, r#"{"actor":"mallory","actor":"anonymous","#, 1);
+        let spaced = served.replacen(r#""actor":"#, r#""actor": "#, 1);
+        let number = served.replacen(r#""n":1.5"#, r#""n":15e-1"#, 1);
+        for variant in [repeated, spaced, number, format!("{served}\n")] {
+            let error = check_event_text(&variant).unwrap_err().to_string();
+            assert!(error.contains("canonical form"), "{variant}: {error}");
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! Offline verification of an export: every event's hash, the chain, and the Merkle root at the
 //! checkpoint's size, recomputed from the NDJSON alone.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -11,9 +13,9 @@ use base64::Engine;
 use fleetlog_raft::checkpoint::NoteVerifier;
 use fleetlog_raft::event::GENESIS_HASH;
 use fleetlog_raft::merkle::RootBuilder;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::check_event;
+use super::{check_event_text, CheckedEvent};
 use crate::cli::Output;
 
 pub fn run(output: Output, export: &Path, checkpoint_file: &Path, verifier: &NoteVerifier) -> Result<()> {
@@ -21,7 +23,7 @@ pub fn run(output: Output, export: &Path, checkpoint_file: &Path, verifier: &Not
         .with_context(|| format!("reading the checkpoint {}", checkpoint_file.display()))?;
     let checkpoint = verifier.open(&note).with_context(|| format!("MISMATCH: {}", checkpoint_file.display()))?;
 
-    let (input, length): (Box<dyn Read>, Option<u64>) = if export.as_os_str() == "-" {
+    let (input, length): (Box<dyn Read + Send>, Option<u64>) = if export.as_os_str() == "-" {
         (Box::new(std::io::stdin()), None)
     } else {
         let file = std::fs::File::open(export).with_context(|| format!("opening {}", export.display()))?;
@@ -42,24 +44,12 @@ pub fn run(output: Output, export: &Path, checkpoint_file: &Path, verifier: &Not
         _ => indicatif::ProgressBar::hidden(),
     };
     let started = Instant::now();
-    let mut reader = BufReader::with_capacity(1 << 20, progress.wrap_read(input));
-    let mut line = String::new();
+    let reader = BufReader::with_capacity(1 << 20, progress.wrap_read(input));
     let mut tree = RootBuilder::new();
     let mut previous_hash = GENESIS_HASH;
     let mut root_checked = checkpoint.size == 0 && checkpoint.root == tree.root();
-    let mut line_number = 0u64;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).context("reading the export")? == 0 {
-            break;
-        }
-        line_number += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let event: Value =
-            serde_json::from_str(&line).with_context(|| format!("MISMATCH: line {line_number} is not JSON"))?;
-        let checked = check_event(&event).with_context(|| format!("line {line_number}"))?;
+    // Parsing and hashing run on every core; the chain and the tree take the results in order.
+    check_in_parallel(reader, &mut |line_number, checked| {
         let expected_seq = tree.size() + 1;
         if checked.seq != expected_seq {
             bail!(
@@ -89,7 +79,8 @@ pub fn run(output: Output, export: &Path, checkpoint_file: &Path, verifier: &Not
             }
             root_checked = true;
         }
-    }
+        Ok(())
+    })?;
     progress.finish_and_clear();
     if !root_checked {
         bail!(
@@ -130,4 +121,93 @@ pub fn run(output: Output, export: &Path, checkpoint_file: &Path, verifier: &Not
         }
     }
     Ok(())
+}
+
+/// Lines handed to a worker at once.
+const BATCH_LINES: usize = 2_048;
+
+/// The checks of one batch: line number and the event it holds (`None`: a blank line).
+type Checked = Vec<(u64, Result<Option<CheckedEvent>>)>;
+
+/// Reads `input` line by line on one thread, checks each line's event on a worker per core, and
+/// calls `in_order` for every event in line order. Stops at the first failure in line order.
+fn check_in_parallel(
+    input: impl BufRead + Send,
+    in_order: &mut dyn FnMut(u64, CheckedEvent) -> Result<()>,
+) -> Result<()> {
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
+    std::thread::scope(|scope| {
+        let (work_sender, work_receiver) = mpsc::sync_channel::<(u64, u64, Vec<String>)>(workers * 2);
+        let work_receiver = Arc::new(Mutex::new(work_receiver));
+        let (done_sender, done_receiver) = mpsc::channel::<(u64, Checked)>();
+        let reading = scope.spawn(move || read_batches(input, &work_sender));
+        for _ in 0..workers {
+            let (work, done) = (work_receiver.clone(), done_sender.clone());
+            scope.spawn(move || loop {
+                // The lock is held only while taking a batch.
+                let next = work.lock().map(|receiver| receiver.recv());
+                let Ok(Ok((index, first_line, lines))) = next else {
+                    return;
+                };
+                if done.send((index, check_lines(first_line, &lines))).is_err() {
+                    return; // The consumer stopped at a failure.
+                }
+            });
+        }
+        drop(done_sender);
+        let mut waiting = BTreeMap::new();
+        let mut next_batch = 0u64;
+        for (index, checked) in done_receiver {
+            waiting.insert(index, checked);
+            while let Some(checked) = waiting.remove(&next_batch) {
+                for (line_number, result) in checked {
+                    if let Some(event) = result? {
+                        in_order(line_number, event)?;
+                    }
+                }
+                next_batch += 1;
+            }
+        }
+        reading.join().map_err(|_| anyhow::anyhow!("the export reader panicked"))?
+    })
+}
+
+/// Sends the input's lines in numbered batches until the input ends or nobody takes them.
+fn read_batches(mut input: impl BufRead, work: &mpsc::SyncSender<(u64, u64, Vec<String>)>) -> Result<()> {
+    let (mut index, mut line_number) = (0u64, 0u64);
+    loop {
+        let first_line = line_number + 1;
+        let mut lines = Vec::with_capacity(BATCH_LINES);
+        while lines.len() < BATCH_LINES {
+            let mut line = String::new();
+            if input.read_line(&mut line).context("reading the export")? == 0 {
+                break;
+            }
+            line_number += 1;
+            lines.push(line);
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
+        if work.send((index, first_line, lines)).is_err() {
+            return Ok(()); // The consumer stopped at a failure.
+        }
+        index += 1;
+    }
+}
+
+fn check_lines(first_line: u64, lines: &[String]) -> Checked {
+    lines
+        .iter()
+        .zip(first_line..)
+        .map(|(line, number)| {
+            if line.trim().is_empty() {
+                return (number, Ok(None));
+            }
+            let text = line.strip_suffix('\n').unwrap_or(line);
+            let checked =
+                check_event_text(text).map(|(_, checked)| Some(checked)).with_context(|| format!("line {number}"));
+            (number, checked)
+        })
+        .collect()
 }

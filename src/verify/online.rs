@@ -13,7 +13,7 @@ use futures::StreamExt;
 use rand::Rng;
 use serde_json::json;
 
-use super::{check_event, fetch_checkpoint, proof_hashes, prove_event, Witness};
+use super::{fetch_checkpoint, fetch_event, proof_hashes, prove_event, Witness};
 use crate::cli::{Output, VerifyArgs};
 
 /// Requests in flight while proving events.
@@ -112,12 +112,8 @@ pub(super) async fn check_consistency(
 /// Proves `seq` and that its `prev_hash` is the hash of the event before it.
 async fn prove_with_link(client: &Client, checkpoint: &Checkpoint, seq: u64) -> Result<u64> {
     let (_, checked) = prove_event(client, checkpoint, seq).await?;
-    let expected_previous = if seq == 1 {
-        fleetlog_raft::event::GENESIS_HASH
-    } else {
-        let previous = client.get(&format!("/v1/events/{}", seq - 1), &[]).await?;
-        check_event(&previous)?.hash
-    };
+    let expected_previous =
+        if seq == 1 { fleetlog_raft::event::GENESIS_HASH } else { fetch_event(client, seq - 1).await?.1.hash };
     if checked.prev_hash != expected_previous {
         bail!("MISMATCH: seq {seq} does not link to the hash of seq {}", seq - 1);
     }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::online::check_consistency;
-use super::{check_event, fetch_checkpoint, prove_included, Witness};
+use super::{check_event_text, fetch_checkpoint, prove_included, Witness};
 use crate::cli::Output;
 use crate::output::{cell, Table};
 
@@ -31,7 +31,18 @@ pub async fn run(
         .split_once('@')
         .filter(|(service, release)| !service.is_empty() && !release.is_empty())
         .context("--release is SERVICE@RELEASE, e.g. checkout@1.4.2")?;
-    let events = collect(client, service, release).await?;
+    let texts = collect(client, service, release).await?;
+    // Checked as served: the text, not a parsed copy, is what the ledger hashed.
+    let mut events = BTreeMap::new();
+    let mut checked = Vec::with_capacity(texts.len());
+    for (seq, text) in &texts {
+        let (event, event_checked) = check_event_text(text)?;
+        if event_checked.seq != *seq {
+            bail!("MISMATCH: asked for seq {seq}, the server sent seq {}", event_checked.seq);
+        }
+        events.insert(*seq, event);
+        checked.push(event_checked);
+    }
 
     // The checkpoint is fetched after the events, so it covers all of them.
     let (note, checkpoint) = fetch_checkpoint(client, verifier, None).await?;
@@ -42,11 +53,10 @@ pub async fn run(
         }
     }
     let checkpoint_ref = &checkpoint;
-    let proven = futures::stream::iter(events.values())
+    let proven = futures::stream::iter(checked.iter())
         .map(|event| async move {
-            let checked = check_event(event)?;
-            prove_included(client, checkpoint_ref, &checked).await?;
-            Ok::<_, anyhow::Error>(checked.seq)
+            prove_included(client, checkpoint_ref, event).await?;
+            Ok::<_, anyhow::Error>(event.seq)
         })
         .buffer_unordered(PARALLEL_PROOFS)
         .collect::<Vec<_>>()
@@ -97,9 +107,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Every event of the release's trail by seq: the events naming the release, the events of its
-/// deployments, and the release timeline's steps (rollbacks away from it name another release).
-async fn collect(client: &Client, service: &str, release: &str) -> Result<BTreeMap<u64, Value>> {
+/// The text of every event of the release's trail by seq: the events naming the release, the
+/// events of its deployments, and the release timeline's steps (rollbacks away from it name
+/// another release).
+async fn collect(client: &Client, service: &str, release: &str) -> Result<BTreeMap<u64, String>> {
     let releases = client.get(&format!("/v1/services/{service}/releases"), &[]).await?;
     let record = releases["releases"]
         .as_array()
@@ -123,30 +134,37 @@ async fn collect(client: &Client, service: &str, release: &str) -> Result<BTreeM
     for entry in record["timeline"].as_array().into_iter().flatten() {
         if let Some(seq) = entry["seq"].as_u64() {
             if let std::collections::btree_map::Entry::Vacant(slot) = events.entry(seq) {
-                slot.insert(client.get(&format!("/v1/events/{seq}"), &[]).await?);
+                slot.insert(client.get_text(&format!("/v1/events/{seq}"), &[]).await?);
             }
         }
     }
     Ok(events)
 }
 
-async fn read_all(client: &Client, filter: &[(&str, String)], events: &mut BTreeMap<u64, Value>) -> Result<()> {
+/// A page of `GET /v1/events`, each event kept as the exact text served.
+#[derive(serde::Deserialize)]
+struct Page {
+    events: Vec<Box<serde_json::value::RawValue>>,
+    next_seq: u64,
+    head_seq: u64,
+}
+
+async fn read_all(client: &Client, filter: &[(&str, String)], events: &mut BTreeMap<u64, String>) -> Result<()> {
     let mut from_seq = 1u64;
     loop {
         let mut query = filter.to_vec();
         query.push(("from_seq", from_seq.to_string()));
         query.push(("limit", PAGE.to_string()));
-        let page = client.get("/v1/events", &query).await?;
-        for event in page["events"].as_array().into_iter().flatten() {
-            let seq = event["seq"].as_u64().context("an event without a seq")?;
-            events.insert(seq, event.clone());
+        let text = client.get_text("/v1/events", &query).await?;
+        let page: Page = serde_json::from_str(&text).context("a page of events is malformed")?;
+        for event in page.events {
+            let seq = serde_json::from_str::<Value>(event.get())?["seq"].as_u64().context("an event without a seq")?;
+            events.insert(seq, event.get().to_string());
         }
-        let next = page["next_seq"].as_u64().context("a page without next_seq")?;
-        let head = page["head_seq"].as_u64().context("a page without head_seq")?;
-        if next <= from_seq || next > head {
+        if page.next_seq <= from_seq || page.next_seq > page.head_seq {
             return Ok(());
         }
-        from_seq = next;
+        from_seq = page.next_seq;
     }
 }
 
