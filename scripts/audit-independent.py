@@ -95,7 +95,8 @@ def root_of(leaves):
 
 
 def check_signature(note, verifier):
-    name, key_id, key = verifier.strip().rsplit("+", 2)
+    # The name holds no "+", but base64 may: split from the left.
+    name, key_id, key = verifier.strip().split("+", 2)
     key = base64.b64decode(key)
     if len(key) != 33 or key[0] != 1:
         fail("the verifier key is not an Ed25519 key")

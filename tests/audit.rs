@@ -1020,6 +1020,8 @@ async fn proof_endpoints_refuse_bad_input() {
         ("/v1/checkpoint?size=3".into(), 400, "invalid_parameter"),
         (format!("/v1/export?to_seq={beyond}"), 404, "seq_beyond_head"),
         ("/v1/export?from_seq=x".into(), 400, "invalid_parameter"),
+        (format!("/v1/export?from_seq={}", beyond + 1), 404, "seq_beyond_head"),
+        ("/v1/export?from_seq=5&to_seq=3".into(), 400, "seqs_out_of_order"),
         ("/v1/export?since=2026-01-01T00:00:00Z".into(), 400, "invalid_parameter"),
     ];
     for (path, status, code) in &errors {
@@ -1246,4 +1248,51 @@ async fn offline_verify_refuses_a_line_with_a_duplicate_key() {
     write_lines(Path::new(&file("export.ndjson")), &lines);
     verify("export.ndjson").succeeded();
     verify("duplicate.ndjson").failed_with(&["MISMATCH"]);
+}
+
+/// `scripts/audit-independent.py` checks an export with Python's standard library and openssl
+/// alone; it must accept the ledger's export (with a key whose base64 holds a '+', and data that
+/// exercises its own JCS) and refuse an altered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_independent_script_agrees_with_the_ledger() {
+    let tools = ["python3", "openssl"];
+    if let Some(missing) = tools.iter().find(|tool| Command::new(tool).arg("--version").output().is_err()) {
+        eprintln!("skipped: {missing} is not installed, so scripts/audit-independent.py cannot run here");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/audit-independent.py");
+    for _ in 0..30 {
+        let server = Server::start().await;
+        let key = checkpoint_key(&server).await;
+        if !key.splitn(3, '+').nth(2).unwrap().contains('+') {
+            continue;
+        }
+        append_notes(&server, "script", 3).await;
+        let data = json!({"ratio": 1.5, "big": 1e21, "small": 1e-7, "tiny": 0.000001, "text": "h\u{e9}llo \u{2028} \u{1F600}",
+            "\u{1F600}": 1, "\u{FF01}": 2, "nested": {"list": [1, 2.0, -0.5]}});
+        let events = json!({"events": [{"type": "app.script", "data": data}]});
+        let response =
+            reqwest::Client::new().post(format!("{}/v1/events", server.url)).json(&events).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let (lines, _) = export(&server, "").await;
+        let scratch = tempfile::TempDir::new().unwrap();
+        let file = |name: &str| scratch.path().join(name).to_str().unwrap().to_string();
+        std::fs::write(file("checkpoint"), checkpoint(&server, "").await).unwrap();
+        write_lines(Path::new(&file("export.ndjson")), &lines);
+        let run = |export: &str| {
+            Command::new("python3").args([script, &file(export), &file("checkpoint"), &key]).output().unwrap()
+        };
+        let accepted = run("export.ndjson");
+        let said = String::from_utf8_lossy(&accepted.stdout).to_string() + &String::from_utf8_lossy(&accepted.stderr);
+        assert!(accepted.status.success() && said.starts_with("ok:"), "{said}");
+
+        let mut altered = lines.clone();
+        altered[1] = edited(&altered[1], |event| event["actor"] = json!("mallory"));
+        write_lines(Path::new(&file("altered.ndjson")), &altered);
+        let refused = run("altered.ndjson");
+        assert_eq!(refused.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("MISMATCH"));
+        return;
+    }
+    panic!("30 servers in a row had no '+' in their key's base64");
 }

@@ -160,7 +160,11 @@ pub async fn export(State(app): State<AppState>, Query(raw): Query<HashMap<Strin
         .read(params.linearizable(), move |kv| {
             let head = views::head(kv)?.seq;
             Ok(match wanted {
+                _ if from > head + 1 => Err(beyond_head(from, head)),
                 Some(to) if to > head => Err(beyond_head(to, head)),
+                Some(to) if to + 1 < from => {
+                    Err(ApiError::bad_request("seqs_out_of_order", format!("to_seq {to} is before from_seq {from}")))
+                }
                 Some(to) => Ok(to),
                 None => Ok(head),
             })

@@ -1,5 +1,5 @@
 //! The server's copy of the tree: the hash of every complete subtree, stored once when its last
-//! leaf is applied, in `Space::Merkle` under (height, index).
+//! leaf is applied, in `Space::Merkle` under its post-order position.
 //!
 //! Appending a leaf writes it and the complete subtrees it closes (two nodes on average), reading
 //! one stored sibling per closed level. Any tree size is a row of at most 64 complete subtrees
@@ -10,12 +10,16 @@ use super::{node_hash, split_point, Hash, ProofError};
 use crate::error::{Error, Result};
 use crate::kv::{KvRead, Overlay, Space};
 
-/// Key of the complete subtree of `2^height` leaves starting at leaf `index * 2^height`.
-fn node_key(height: u32, index: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = height as u8;
-    key[1..].copy_from_slice(&index.to_be_bytes());
-    key
+/// Key of the complete subtree of `2^height` leaves starting at leaf `index * 2^height`: its
+/// position in post-order, which is the order nodes are created in. Keys in that order put a
+/// leaf's low siblings in the same storage block, so a proof reads a few blocks, not one per level
+/// (the few upper-level nodes stay cached).
+fn node_key(height: u32, index: u64) -> [u8; 8] {
+    // The node is created while appending leaf `last`, as its `height`-th new node; the leaves
+    // before `last` created 2·last − popcount(last) nodes.
+    let last = ((index + 1) << height) - 1;
+    let position = 2 * last - u64::from(last.count_ones()) + u64::from(height);
+    position.to_be_bytes()
 }
 
 /// Adds leaf `index` (its event is seq `index + 1`) to the tree in `state`. Leaves must come in
@@ -134,5 +138,20 @@ impl<'kv> StoredTree<'kv> {
             path.push(self.range(start, split)?);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_key;
+
+    #[test]
+    fn nodes_are_keyed_in_the_order_they_are_created() {
+        // Post-order of the tree of 8 leaves: every node right after its two children.
+        let created = [(0, 0), (0, 1), (1, 0), (0, 2), (0, 3), (1, 1), (2, 0), (0, 4), (0, 5), (1, 2), (0, 6)];
+        for (position, (height, index)) in created.into_iter().enumerate() {
+            assert_eq!(u64::from_be_bytes(node_key(height, index)), position as u64, "({height}, {index})");
+        }
+        assert_eq!(u64::from_be_bytes(node_key(3, 0)), 14);
     }
 }
