@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use common::rfc9162::{
+    consistency_holds, consistency_path, inclusion_holds, inclusion_path, leaf_hash, tree_root, Hash,
+};
 use common::{binary, deploy_fully, seed_fleet, Server};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -138,156 +141,6 @@ async fn report(server: &Server, host: &str, release: &str, status: &str) -> u64
     let body = json!({"host": host, "service": "shop", "env": "prod", "release": release, "status": status,
                       "applied_seq": 1, "message": format!("{host} {status} {release}")});
     command(server, "/v1/reports", body).await
-}
-
-// ----- an independent RFC 9162 Merkle tree -----------------------------------------------------
-
-type Hash = [u8; 32];
-
-fn leaf_hash(line: &[u8]) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update([0u8]);
-    hasher.update(line);
-    hasher.finalize().into()
-}
-
-fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update([1u8]);
-    hasher.update(left);
-    hasher.update(right);
-    hasher.finalize().into()
-}
-
-/// The largest power of two strictly smaller than `size` (≥ 2): where RFC 9162 splits a tree
-/// (its `k`).
-fn split(size: usize) -> usize {
-    let mut power = 1;
-    while power * 2 < size {
-        power *= 2;
-    }
-    power
-}
-
-/// MTH(D[n]), RFC 9162 section 2.1.1, by its recursive definition.
-fn tree_root(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => Sha256::digest([]).into(),
-        1 => leaves[0],
-        size => {
-            let left_size = split(size);
-            node_hash(&tree_root(&leaves[..left_size]), &tree_root(&leaves[left_size..]))
-        }
-    }
-}
-
-/// PATH(m, D[n]), RFC 9162 section 2.1.3.1.
-fn inclusion_path(index: usize, leaves: &[Hash]) -> Vec<Hash> {
-    if leaves.len() <= 1 {
-        return Vec::new();
-    }
-    let left_size = split(leaves.len());
-    if index < left_size {
-        let mut path = inclusion_path(index, &leaves[..left_size]);
-        path.push(tree_root(&leaves[left_size..]));
-        path
-    } else {
-        let mut path = inclusion_path(index - left_size, &leaves[left_size..]);
-        path.push(tree_root(&leaves[..left_size]));
-        path
-    }
-}
-
-/// PROOF(m, D[n]) = SUBPROOF(m, D[n], true), RFC 9162 section 2.1.4.1.
-fn consistency_path(old_size: usize, leaves: &[Hash]) -> Vec<Hash> {
-    /// `whole_old_tree` is the RFC's `b`: whether the old tree is a complete subtree so far.
-    fn subproof(old_size: usize, leaves: &[Hash], whole_old_tree: bool) -> Vec<Hash> {
-        if old_size == leaves.len() {
-            return if whole_old_tree { Vec::new() } else { vec![tree_root(leaves)] };
-        }
-        let left_size = split(leaves.len());
-        if old_size <= left_size {
-            let mut proof = subproof(old_size, &leaves[..left_size], whole_old_tree);
-            proof.push(tree_root(&leaves[left_size..]));
-            proof
-        } else {
-            let mut proof = subproof(old_size - left_size, &leaves[left_size..], false);
-            proof.push(tree_root(&leaves[..left_size]));
-            proof
-        }
-    }
-    subproof(old_size, leaves, true)
-}
-
-/// Shifts both indexes right until `node` is odd or zero (RFC 9162's "right-shift fn and sn
-/// equally until either LSB(fn) is set or fn is 0").
-fn climb_while_left_child(node: &mut u64, last: &mut u64) {
-    while *node & 1 == 0 && *node != 0 {
-        *node >>= 1;
-        *last >>= 1;
-    }
-}
-
-/// RFC 9162 section 2.1.3.2, step by step; `node` and `last` are its `fn` and `sn`.
-fn inclusion_holds(index: u64, size: u64, leaf: &Hash, path: &[Hash], root: &Hash) -> bool {
-    if index >= size {
-        return false;
-    }
-    let (mut node, mut last) = (index, size - 1);
-    let mut result = *leaf;
-    for sibling in path {
-        if last == 0 {
-            return false;
-        }
-        if node & 1 == 1 || node == last {
-            result = node_hash(sibling, &result);
-            climb_while_left_child(&mut node, &mut last);
-        } else {
-            result = node_hash(&result, sibling);
-        }
-        node >>= 1;
-        last >>= 1;
-    }
-    last == 0 && result == *root
-}
-
-/// RFC 9162 section 2.1.4.2, step by step (equal sizes: an empty proof and equal roots); `node`
-/// and `last` are its `fn` and `sn`.
-fn consistency_holds(first: u64, second: u64, first_root: &Hash, second_root: &Hash, proof: &[Hash]) -> bool {
-    if first == 0 || first > second {
-        return false;
-    }
-    if first == second {
-        return proof.is_empty() && first_root == second_root;
-    }
-    if proof.is_empty() {
-        return false;
-    }
-    let mut path = proof.to_vec();
-    if first.is_power_of_two() {
-        path.insert(0, *first_root);
-    }
-    let (mut node, mut last) = (first - 1, second - 1);
-    while node & 1 == 1 {
-        node >>= 1;
-        last >>= 1;
-    }
-    let (mut first_result, mut second_result) = (path[0], path[0]);
-    for hash in &path[1..] {
-        if last == 0 {
-            return false;
-        }
-        if node & 1 == 1 || node == last {
-            first_result = node_hash(hash, &first_result);
-            second_result = node_hash(hash, &second_result);
-            climb_while_left_child(&mut node, &mut last);
-        } else {
-            second_result = node_hash(&second_result, hash);
-        }
-        node >>= 1;
-        last >>= 1;
-    }
-    first_result == *first_root && second_result == *second_root && last == 0
 }
 
 fn decode_hashes(proof: &Value) -> Vec<Hash> {

@@ -13,147 +13,14 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use common::cluster::{Cluster, Options};
+use common::rfc9162::{consistency_holds, inclusion_holds, leaf_hash, tree_root, Hash};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-
-type Hash = [u8; 32];
 
 /// Raft entries between snapshots: small, so that about fifty appends purge the log.
 const SNAPSHOT_EVERY: u64 = 20;
 /// Longest a step below waits for the cluster (a leader, a purge, a retried append).
 const WAIT: Duration = Duration::from_secs(30);
-
-// ----- RFC 9162 Merkle tree hash, written independently of fleetlog_raft::merkle -----------------
-
-fn leaf_hash(data: &[u8]) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update([0x00]);
-    hasher.update(data);
-    hasher.finalize().into()
-}
-
-fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update([0x01]);
-    hasher.update(left);
-    hasher.update(right);
-    hasher.finalize().into()
-}
-
-/// MTH(D[n]) of RFC 9162 §2.1.1, by its recursive definition over the leaf hashes.
-fn tree_root(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => Sha256::digest([]).into(),
-        1 => leaves[0],
-        count => {
-            let split = largest_power_of_two_below(count);
-            node_hash(&tree_root(&leaves[..split]), &tree_root(&leaves[split..]))
-        }
-    }
-}
-
-/// The largest power of two strictly smaller than `count` (count ≥ 2).
-fn largest_power_of_two_below(count: usize) -> usize {
-    let mut power = 1;
-    while power * 2 < count {
-        power *= 2;
-    }
-    power
-}
-
-/// The root an inclusion proof leads to (RFC 9162 §2.1.3.2), or why it cannot lead anywhere.
-fn root_from_inclusion(index: u64, size: u64, leaf: &Hash, path: &[Hash]) -> Result<Hash, String> {
-    if index >= size {
-        return Err(format!("leaf index {index} is outside a tree of {size}"));
-    }
-    let (mut position, mut last) = (index, size - 1);
-    let mut root = *leaf;
-    for sibling in path {
-        if last == 0 {
-            return Err("the path is longer than the tree is deep".into());
-        }
-        if position & 1 == 1 || position == last {
-            root = node_hash(sibling, &root);
-            if position & 1 == 0 {
-                while position & 1 == 0 && position != 0 {
-                    position >>= 1;
-                    last >>= 1;
-                }
-            }
-        } else {
-            root = node_hash(&root, sibling);
-        }
-        position >>= 1;
-        last >>= 1;
-    }
-    if last != 0 {
-        return Err("the path is shorter than the tree is deep".into());
-    }
-    Ok(root)
-}
-
-/// Checks a consistency proof between two known roots (RFC 9162 §2.1.4.2).
-fn check_consistency(
-    first: u64,
-    second: u64,
-    first_root: &Hash,
-    second_root: &Hash,
-    path: &[Hash],
-) -> Result<(), String> {
-    if first == 0 || first > second {
-        return Err(format!("sizes {first} → {second} are out of order"));
-    }
-    if first == second {
-        // The proof between a tree and itself is empty; the roots must simply be equal.
-        return if path.is_empty() && first_root == second_root {
-            Ok(())
-        } else {
-            Err(format!("a proof from a tree to itself must be empty, got {} hashes", path.len()))
-        };
-    }
-    if path.is_empty() {
-        return Err("an empty proof between different sizes".into());
-    }
-    let mut path = path.to_vec();
-    if first.is_power_of_two() {
-        path.insert(0, *first_root);
-    }
-    let (mut position, mut last) = (first - 1, second - 1);
-    while position & 1 == 1 {
-        position >>= 1;
-        last >>= 1;
-    }
-    let (mut first_computed, mut second_computed) = (path[0], path[0]);
-    for sibling in &path[1..] {
-        if last == 0 {
-            return Err("the proof is longer than the tree is deep".into());
-        }
-        if position & 1 == 1 || position == last {
-            first_computed = node_hash(sibling, &first_computed);
-            second_computed = node_hash(sibling, &second_computed);
-            if position & 1 == 0 {
-                while position & 1 == 0 && position != 0 {
-                    position >>= 1;
-                    last >>= 1;
-                }
-            }
-        } else {
-            second_computed = node_hash(&second_computed, sibling);
-        }
-        position >>= 1;
-        last >>= 1;
-    }
-    if last != 0 {
-        return Err("the proof is shorter than the tree is deep".into());
-    }
-    if first_computed != *first_root {
-        return Err(format!("the proof leads to another root of size {first}"));
-    }
-    if second_computed != *second_root {
-        return Err(format!("the proof leads to another root of size {second}"));
-    }
-    Ok(())
-}
 
 fn decode_hash(text: &str) -> Result<Hash, String> {
     let bytes = BASE64.decode(text.trim()).map_err(|error| format!("{text:?} is not base64: {error}"))?;
@@ -445,11 +312,9 @@ async fn proofs_and_checkpoints_agree_across_a_leader_change_and_a_snapshot_inst
                         && proof["tree_size"] == json!(size),
                     || format!("GET {path}: {proof}"),
                 );
-                root_from_inclusion(seq - 1, size, &leaves[seq as usize - 1], &hashes)
+                Ok(inclusion_holds(seq - 1, size, &leaves[seq as usize - 1], &hashes, &expected_root))
             });
-            cluster.check(checked == Ok(expected_root), || {
-                format!("GET {path}: {proof} does not prove inclusion: {checked:?}")
-            });
+            cluster.check(checked == Ok(true), || format!("GET {path}: {proof} does not prove inclusion: {checked:?}"));
             for &id in &nodes {
                 let other = get_bytes(&cluster, id, &path).await;
                 let other: Value = serde_json::from_slice(&other).unwrap_or(Value::Null);
@@ -462,9 +327,9 @@ async fn proofs_and_checkpoints_agree_across_a_leader_change_and_a_snapshot_inst
             let proof = get_json(&cluster, reference, &path).await;
             let from_root = tree_root(&leaves[..from_size as usize]);
             let checked = proof_hashes(&proof)
-                .and_then(|hashes| check_consistency(from_size, size, &from_root, &expected_root, &hashes));
+                .map(|hashes| consistency_holds(from_size, size, &from_root, &expected_root, &hashes));
             cluster.check(
-                checked.is_ok() && proof["from_size"] == json!(from_size) && proof["to_size"] == json!(size),
+                checked == Ok(true) && proof["from_size"] == json!(from_size) && proof["to_size"] == json!(size),
                 || format!("GET {path}: {proof} does not prove consistency: {checked:?}"),
             );
             for &id in &nodes {

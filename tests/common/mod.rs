@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod history;
 pub mod proxy;
+pub mod rfc9162;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
