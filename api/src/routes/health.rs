@@ -15,11 +15,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready when this node knows a leader and has applied everything in its log.
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    if app.node.is_ready() {
-        (StatusCode::OK, Json(json!({ "status": "ready", "head_seq": app.node.feed().head_seq() }))).into_response()
-    } else {
-        ApiError::unavailable("not_ready", "this node has no leader or is still applying its log").into_response()
+    if !app.node.is_ready() {
+        return ApiError::unavailable("not_ready", "this node has no leader or is still applying its log")
+            .into_response();
     }
+    // A node that cannot sign checkpoints yet is not ready to serve auditors either; the
+    // identity is among the first entries a new cluster applies.
+    if !matches!(app.node.identity(), Ok(Some(_))) {
+        return ApiError::unavailable(
+            "not_ready",
+            "this node has not applied the cluster's identity and checkpoint key yet",
+        )
+        .into_response();
+    }
+    (StatusCode::OK, Json(json!({ "status": "ready", "head_seq": app.node.feed().head_seq() }))).into_response()
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
