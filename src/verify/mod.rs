@@ -27,14 +27,12 @@ use crate::cli::{Output, VerifyArgs};
 pub use witness::Witness;
 
 pub async fn run(client: &Client, output: Output, args: VerifyArgs) -> Result<()> {
-    if let Some(export) = &args.export {
-        let checkpoint = args.checkpoint.as_ref().context("--export needs --checkpoint FILE to compare with")?;
-        let witness = Witness::load(args.state.clone())?;
-        let verifier = pinned_key(args.key.as_deref(), &witness)?;
-        return offline::run(output, export, checkpoint, &verifier);
-    }
     let mut witness = Witness::load(args.state.clone())?;
     let verifier = pinned_key(args.key.as_deref(), &witness)?;
+    if let Some(export) = &args.export {
+        let checkpoint = args.checkpoint.as_ref().context("--export needs --checkpoint FILE to compare with")?;
+        return offline::run(output, export, checkpoint, &verifier);
+    }
     match &args.release {
         Some(release) => trail::run(client, output, &verifier, &mut witness, release).await,
         None => online::run(client, output, &verifier, &mut witness, &args).await,
@@ -64,10 +62,9 @@ fn pinned_key(given: Option<&str>, witness: &Witness) -> Result<NoteVerifier> {
     Ok(verifier)
 }
 
-/// Fetches the latest checkpoint (or the one of `size`) and checks its signature.
-async fn fetch_checkpoint(client: &Client, verifier: &NoteVerifier, size: Option<u64>) -> Result<(String, Checkpoint)> {
-    let query: Vec<(&str, String)> = size.map(|size| ("tree_size", size.to_string())).into_iter().collect();
-    let note = client.get_text("/v1/checkpoint", &query).await.context("fetching the checkpoint")?;
+/// Fetches the latest checkpoint and checks its signature.
+async fn fetch_checkpoint(client: &Client, verifier: &NoteVerifier) -> Result<(String, Checkpoint)> {
+    let note = client.get_text("/v1/checkpoint", &[]).await.context("fetching the checkpoint")?;
     let checkpoint = verifier.open(&note).context("MISMATCH: the server's checkpoint")?;
     Ok((note, checkpoint))
 }

@@ -26,7 +26,7 @@ pub async fn run(
     witness: &mut Witness,
     args: &VerifyArgs,
 ) -> Result<()> {
-    let (note, checkpoint) = fetch_checkpoint(client, verifier, None).await?;
+    let (note, checkpoint) = fetch_checkpoint(client, verifier).await?;
     let consistency = check_consistency(client, verifier, witness, &checkpoint).await?;
     let seqs = chosen_seqs(&args.seq, args.sample, checkpoint.size)?;
     let proven: Vec<u64> = futures::stream::iter(seqs.iter().copied())

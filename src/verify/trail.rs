@@ -45,7 +45,7 @@ pub async fn run(
     }
 
     // The checkpoint is fetched after the events, so it covers all of them.
-    let (note, checkpoint) = fetch_checkpoint(client, verifier, None).await?;
+    let (note, checkpoint) = fetch_checkpoint(client, verifier).await?;
     let consistency = check_consistency(client, verifier, witness, &checkpoint).await?;
     if let Some((&last, _)) = events.last_key_value() {
         if last > checkpoint.size {
