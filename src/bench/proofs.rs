@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use fleetlog_raft::canonical;
 use fleetlog_raft::merkle::{self, Hash};
 use hdrhistogram::Histogram;
 use rand::Rng;
@@ -34,41 +33,21 @@ pub async fn run(server: &str, args: BenchProofsArgs) -> Result<()> {
     let mut proof_lengths = 0usize;
     for _ in 0..args.requests {
         let seq = random.gen_range(1..=size);
-        let started = Instant::now();
-        let proof: Value = http
-            .get(format!("{base}/v1/proofs/inclusion?seq={seq}&tree_size={size}{local}"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        inclusion.record(started.elapsed().as_micros() as u64)?;
+        let proof =
+            timed_get(&http, &format!("{base}/v1/proofs/inclusion?seq={seq}&tree_size={size}{local}"), &mut inclusion)
+                .await?;
         // Checked outside the timing: the client's cost, not the server's.
-        let hashes = hashes(&proof)?;
+        let hashes = hashes(&serde_json::from_slice(&proof)?)?;
         proof_lengths += hashes.len();
-        let event: Value = http.get(format!("{base}/v1/events/{seq}")).send().await?.error_for_status()?.json().await?;
-        let leaf = merkle::leaf_hash(canonical::to_canonical_string(&event)?.as_bytes());
-        merkle::verify_inclusion(seq - 1, size, &leaf, &hashes, &root)
+        let text = http.get(format!("{base}/v1/events/{seq}")).send().await?.error_for_status()?.text().await?;
+        let (_, event) = crate::verify::check_event_text(&text)?;
+        merkle::verify_inclusion(seq - 1, size, &event.leaf, &hashes, &root)
             .with_context(|| format!("the server's inclusion proof of seq {seq} does not verify"))?;
 
         let from = random.gen_range(1..=size);
-        let started = Instant::now();
-        http.get(format!("{base}/v1/proofs/consistency?from_size={from}&to_size={size}{local}"))
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        consistency.record(started.elapsed().as_micros() as u64)?;
-
-        let started = Instant::now();
-        http.get(format!("{base}/v1/checkpoint?tree_size={from}{local}"))
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        past_checkpoint.record(started.elapsed().as_micros() as u64)?;
+        let url = format!("{base}/v1/proofs/consistency?from_size={from}&to_size={size}{local}");
+        timed_get(&http, &url, &mut consistency).await?;
+        timed_get(&http, &format!("{base}/v1/checkpoint?tree_size={from}{local}"), &mut past_checkpoint).await?;
     }
     let summary = |histogram: &Histogram<u64>| {
         json!({
@@ -89,6 +68,14 @@ pub async fn run(server: &str, args: BenchProofsArgs) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// GETs `url`, records the time until the whole answer arrived, and returns it.
+async fn timed_get(http: &reqwest::Client, url: &str, latencies: &mut Histogram<u64>) -> Result<bytes::Bytes> {
+    let started = Instant::now();
+    let body = http.get(url).send().await?.error_for_status()?.bytes().await?;
+    latencies.record(started.elapsed().as_micros() as u64)?;
+    Ok(body)
 }
 
 /// Size and root of a checkpoint's text (the signature is `fleetlog verify`'s business).

@@ -50,6 +50,15 @@ fn tree_beyond_head(size: u64, head: u64) -> ApiError {
     ApiError::not_found("tree_size_beyond_head", format!("tree size {size} is beyond the head of the ledger ({head})"))
 }
 
+/// The tree size asked for, or the head; refused beyond the head.
+fn size_within_head(wanted: Option<u64>, head: u64) -> Result<u64, ApiError> {
+    match wanted {
+        Some(size) if size > head => Err(tree_beyond_head(size, head)),
+        Some(size) => Ok(size),
+        None => Ok(head),
+    }
+}
+
 fn encode_hashes(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(|hash| BASE64.encode(hash)).collect()
 }
@@ -67,11 +76,10 @@ pub async fn checkpoint(
                 Ok(identity) => identity,
                 Err(error) => return Ok(Err(error)),
             };
-            let head = views::head(kv)?.seq;
-            let size = wanted.unwrap_or(head);
-            if size > head {
-                return Ok(Err(tree_beyond_head(size, head)));
-            }
+            let size = match size_within_head(wanted, views::head(kv)?.seq) {
+                Ok(size) => size,
+                Err(error) => return Ok(Err(error)),
+            };
             let root = StoredTree::new(kv).root(size)?;
             let checkpoint = Checkpoint { origin: fleetlog_raft::checkpoint::origin(&identity.cluster_id), size, root };
             Ok(Ok(identity.signer().sign(&checkpoint)))
@@ -101,11 +109,10 @@ pub async fn inclusion(
     let wanted = params.number("tree_size")?;
     let (size, hashes) = app
         .read(params.linearizable(), move |kv| {
-            let head = views::head(kv)?.seq;
-            let size = wanted.unwrap_or(head);
-            if size > head {
-                return Ok(Err(tree_beyond_head(size, head)));
-            }
+            let size = match size_within_head(wanted, views::head(kv)?.seq) {
+                Ok(size) => size,
+                Err(error) => return Ok(Err(error)),
+            };
             if seq > size {
                 return Ok(Err(ApiError::bad_request(
                     "seq_outside_tree",
@@ -132,11 +139,10 @@ pub async fn consistency(
     let wanted = params.number("to_size")?;
     let (to, hashes) = app
         .read(params.linearizable(), move |kv| {
-            let head = views::head(kv)?.seq;
-            let to = wanted.unwrap_or(head);
-            if to > head {
-                return Ok(Err(tree_beyond_head(to, head)));
-            }
+            let to = match size_within_head(wanted, views::head(kv)?.seq) {
+                Ok(to) => to,
+                Err(error) => return Ok(Err(error)),
+            };
             if from > to {
                 return Ok(Err(ApiError::bad_request(
                     "sizes_out_of_order",

@@ -39,6 +39,15 @@ pub(crate) fn split_point(size: u64) -> u64 {
     1 << (63 - (size - 1).leading_zeros())
 }
 
+/// Moves a node on the right edge of the tree up the levels where its subtree has no sibling
+/// (RFC 9162: "right-shift both fn and sn equally until either LSB(fn) is set or fn is 0").
+fn climb_lone_levels(position: &mut u64, last: &mut u64) {
+    while *position & 1 == 0 && *position != 0 {
+        *position >>= 1;
+        *last >>= 1;
+    }
+}
+
 /// Why a proof does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProofError {
@@ -65,11 +74,7 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
         }
         if position & 1 == 1 || position == last {
             computed = node_hash(sibling, &computed);
-            // A right edge node has no sibling on the levels where its subtree is lone.
-            while position & 1 == 0 && position != 0 {
-                position >>= 1;
-                last >>= 1;
-            }
+            climb_lone_levels(&mut position, &mut last);
         } else {
             computed = node_hash(&computed, sibling);
         }
@@ -125,10 +130,7 @@ pub fn verify_consistency(
         if position & 1 == 1 || position == last {
             old = node_hash(node, &old);
             new = node_hash(node, &new);
-            while position & 1 == 0 && position != 0 {
-                position >>= 1;
-                last >>= 1;
-            }
+            climb_lone_levels(&mut position, &mut last);
         } else {
             new = node_hash(&new, node);
         }
