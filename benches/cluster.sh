@@ -6,6 +6,8 @@
 #   benches/cluster.sh failover [N]      leader killed (SIGKILL) -> first acknowledged write, N times
 #   benches/cluster.sh learner [EVENTS]  load EVENTS events (default 1,000,000), then time a new
 #                                        learner catching up; checks it serves the same chain head
+#   benches/cluster.sh up                start a cluster, print the leader's URL and keep it running
+#                                        until interrupted (for `fleetlog bench append` or perf)
 #   benches/cluster.sh fanout [AGENTS] [one|all]
 #                                        `fleetlog bench fanout`: AGENTS (default 10,000) simulated
 #                                        agents on node 1 (one) or spread over the 3 nodes (all),
@@ -162,8 +164,15 @@ fanout() {
   "$FLEETLOG" --server "$servers" bench fanout --agents "$agents" --rounds "${ROUNDS:-5}"
 }
 
+up() {
+  start_cluster
+  echo "leader: http://$(address "$(leader 1)")  (data in $WORK; Ctrl-C stops the cluster)"
+  wait
+}
+
 case "${1:-}" in
   throughput) throughput ;;
+  up) up ;;
   failover) failover "${2:-3}" ;;
   learner) learner "${2:-1000000}" ;;
   fanout) fanout "${2:-10000}" "${3:-one}" ;;

@@ -74,8 +74,16 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Closed-loop appends: latency percentiles and throughput.
+    /// Closed-loop appends against any fleetlog: latency percentiles (HdrHistogram), events/s
+    /// and the CPU time the servers spent per event.
     Append(BenchAppendArgs),
+    /// Start a fresh 3-node fleetlog cluster and a fresh 3-member etcd cluster here (installing
+    /// Debian's etcd-server if missing), run the same closed-loop single-event load against each,
+    /// alternating, and print both and the ratio for each client count.
+    Compare(BenchCompareArgs),
+    /// Catch-up read: one subscriber reads the ledger from `--from-seq` to the head (from disk)
+    /// over `GET /v1/subscribe`; prints events/s.
+    Catchup(BenchCatchupArgs),
     /// Time the fleet view of many registered hosts, now and at a past seq.
     Fleet(BenchFleetArgs),
     /// Watch fan-out: N simulated agents (one connection each) watch their hosts, a rollback is
@@ -131,6 +139,45 @@ pub struct BenchAppendArgs {
     /// Events to append in all.
     #[arg(long, default_value_t = 10_000)]
     pub total: u64,
+    /// HTTP connections the clients share (default: one per client). HTTP/1.1 carries one
+    /// request at a time, so clients sharing a connection take turns on it.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Also stop after this many seconds.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCatchupArgs {
+    /// First seq to read.
+    #[arg(long, default_value_t = 1)]
+    pub from_seq: u64,
+    /// Events to read (default: up to the head at the start).
+    #[arg(long)]
+    pub events: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCompareArgs {
+    /// Client counts to measure, comma-separated.
+    #[arg(long, default_value = "1,16,256")]
+    pub clients: String,
+    /// Connections per system (default: one per client).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// A/B pairs per client count; the order alternates from one pair to the next.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Length of each run.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Bytes of each event's data and of each put's value.
+    #[arg(long, default_value_t = 256)]
+    pub payload_bytes: usize,
+    /// Also print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -82,6 +82,19 @@ impl Metrics {
     }
 }
 
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat` (`self` for this one);
+/// 0 where there is no such file. The kernel reports it in USER_HZ ticks, which are 1/100 s on
+/// Linux whatever the kernel's own tick rate.
+pub fn cpu_seconds(process: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |index: usize| fields.get(index).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// Resident set size of a process, from the `VmRSS` line of `/proc/<pid>/status` (`self` for
 /// this one); 0 where there is no such file.
 pub fn resident_bytes(process: &str) -> u64 {

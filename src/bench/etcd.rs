@@ -1,11 +1,13 @@
-//! The etcd side of `fleetlog bench fanout`: the same number of watchers, each on its own
-//! connection speaking etcd's native gRPC watch (HTTP/2, hand-encoded protobuf: the messages are
-//! tiny), all watching one key; each round one put changes it. By default a local 3-member etcd
-//! cluster is started for the run, with etcd's default durability (fsync before acknowledging).
+//! The etcd side of the benches, speaking etcd's native gRPC (HTTP/2, hand-encoded protobuf: the
+//! messages are tiny). For `bench fanout`: the same number of watchers, each on its own
+//! connection, all watching one key; each round one put changes it. For `bench compare`:
+//! closed-loop puts ([`PutSender`]). By default a local 3-member etcd cluster is started for the
+//! run, with etcd's default durability (fsync before acknowledging).
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +19,7 @@ use tokio::net::TcpStream;
 use fleetlog_api::metrics::resident_bytes;
 
 use crate::bench::fanout::{connect_watchers, socket_address, Measurement, Round, WatcherSlot};
+use crate::bench::load::{self, CpuProbe, LoadReport, LoadShape, Sender};
 use crate::cli::BenchFanoutArgs;
 
 const WATCHED_KEY: &[u8] = b"fleetlog-bench/fanout";
@@ -43,15 +46,15 @@ impl Target {
     }
 }
 
-fn etcd_installed() -> bool {
+pub fn etcd_installed() -> bool {
     Command::new("etcd").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
 /// A local etcd cluster, stopped and deleted when dropped.
-struct LocalCluster {
+pub struct LocalCluster {
     members: Vec<Child>,
     directory: PathBuf,
-    urls: Vec<String>,
+    pub urls: Vec<String>,
 }
 
 impl Drop for LocalCluster {
@@ -69,7 +72,7 @@ fn free_port() -> Result<u16> {
 }
 
 impl LocalCluster {
-    async fn start() -> Result<LocalCluster> {
+    pub async fn start() -> Result<LocalCluster> {
         let directory = std::env::temp_dir().join(format!("fleetlog-bench-etcd-{}", std::process::id()));
         std::fs::create_dir_all(&directory)?;
         let client_ports = (0..MEMBERS).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
@@ -206,6 +209,90 @@ async fn watch(mut slot: WatcherSlot) -> Result<()> {
     bail!("etcd ended the watch stream")
 }
 
+/// The client URL of the member that leads, from each member's `/v3/maintenance/status` (etcd
+/// 3.4's JSON gateway prints 64-bit ids as strings).
+pub async fn leader_url(urls: &[String]) -> Result<String> {
+    let http = reqwest::Client::new();
+    for url in urls {
+        let status: serde_json::Value =
+            http.post(format!("{url}/v3/maintenance/status")).body("{}").send().await?.json().await?;
+        if status["leader"].is_string() && status["leader"] == status["header"]["member_id"] {
+            return Ok(url.clone());
+        }
+    }
+    bail!("no etcd member says it leads")
+}
+
+/// Runs one closed-loop put load against the etcd member at `url`, counting the CPU time of
+/// every member in `all_urls`.
+pub async fn measure_puts(url: &str, all_urls: &[String], shape: &LoadShape) -> Result<LoadReport> {
+    if shape.batch != 1 {
+        bail!("the etcd load sends single puts only (batch 1)");
+    }
+    let sender = Arc::new(PutSender::connect(url, shape).await?);
+    let cpu = CpuProbe::new(all_urls.iter().map(|url| format!("{url}/metrics")).collect());
+    load::run(sender, shape, &cpu).await
+}
+
+/// Closed-loop `KV.Put`s, each of a new key with a `payload_bytes` value, over HTTP/2
+/// connections that the clients share as gRPC streams.
+pub struct PutSender {
+    connections: Vec<h2::client::SendRequest<Bytes>>,
+    address: SocketAddr,
+    value: Vec<u8>,
+}
+
+impl PutSender {
+    pub async fn connect(url: &str, shape: &LoadShape) -> Result<PutSender> {
+        let address = socket_address(url)?;
+        let mut connections = Vec::with_capacity(shape.connections);
+        for _ in 0..shape.connections {
+            let tcp = TcpStream::connect(address).await.with_context(|| format!("connecting to etcd at {address}"))?;
+            tcp.set_nodelay(true)?;
+            let (sender, connection) = h2::client::handshake(tcp).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            connections.push(sender);
+        }
+        Ok(PutSender { connections, address, value: vec![b'x'; shape.payload_bytes] })
+    }
+}
+
+impl Sender for PutSender {
+    async fn send(&self, connection: usize, request: u64) -> Result<()> {
+        let mut sender = self.connections[connection].clone().ready().await?;
+        let grpc_request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("http://{}/etcdserverpb.KV/Put", self.address))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())?;
+        let (response, mut outbound) = sender.send_request(grpc_request, false)?;
+        let key = format!("fleetlog-bench/{request:016x}");
+        outbound.send_data(grpc_frame(&put_request(key.as_bytes(), &self.value)), true)?;
+        let response = response.await?;
+        let (parts, mut body) = response.into_parts();
+        while let Some(chunk) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk?.len());
+        }
+        // gRPC reports failure in the trailers (or, for an immediate error, in the headers).
+        let trailers = body.trailers().await?.unwrap_or_default();
+        let status = trailers.get("grpc-status").or_else(|| parts.headers.get("grpc-status"));
+        match status.map(|value| value.as_bytes()) {
+            Some(b"0") => Ok(()),
+            other => bail!("etcd refused a put: grpc-status {:?}", other.map(String::from_utf8_lossy)),
+        }
+    }
+}
+
+/// `PutRequest { key (1), value (2) }`.
+fn put_request(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut message = length_delimited(1, key);
+    message.extend_from_slice(&length_delimited(2, value));
+    message
+}
+
 /// `WatchRequest { create_request (1): WatchCreateRequest { key (1): key } }`.
 fn watch_create_request(key: &[u8]) -> Vec<u8> {
     let create = length_delimited(1, key);
@@ -299,5 +386,10 @@ mod tests {
         pending.extend_from_slice(&[0, 0, 0]);
         assert_eq!(next_grpc_message(&mut pending).as_deref(), Some(&response[..]));
         assert!(next_grpc_message(&mut pending).is_none());
+    }
+
+    #[test]
+    fn encodes_a_put_request() {
+        assert_eq!(put_request(b"k", b"vv"), vec![0x0a, 0x01, b'k', 0x12, 0x02, b'v', b'v']);
     }
 }

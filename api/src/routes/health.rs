@@ -45,6 +45,11 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         ),
         ("fleetlog_raft_is_leader", "1 when this node is the leader.", if is_leader { 1.0 } else { 0.0 }),
         (
+            "process_cpu_seconds_total",
+            "CPU time (user + system) this process has used, in seconds.",
+            crate::metrics::cpu_seconds("self"),
+        ),
+        (
             "process_resident_memory_bytes",
             "Resident memory of this process.",
             crate::metrics::resident_bytes("self") as f64,
