@@ -267,7 +267,9 @@ fn heartbeat(head_seq: u64) -> Bytes {
 }
 
 /// Appends one SSE message. `data` is one line of JSON.
-fn push_message(text: &mut String, id: u64, event: &str, data: &str) {
+// Public only so `benches/streams.rs` can time it; it is not part of the crate's API.
+#[doc(hidden)]
+pub fn push_message(text: &mut String, id: u64, event: &str, data: &str) {
     use std::fmt::Write;
     let _ = write!(text, "id: {id}\nevent: {event}\ndata: {data}\n\n");
 }
