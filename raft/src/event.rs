@@ -4,6 +4,8 @@
 //! carry no serde attributes that change the field layout. JSON shapes belong to `fleetlog-api`,
 //! except the canonical form below, which is part of the hash contract (SPEC section 2).
 
+use std::fmt::Write;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -175,7 +177,7 @@ impl Event {
         write_optional(&mut out, self.env.as_deref());
         if with_hash {
             out.push_str(",\"hash\":\"");
-            out.push_str(&hex::encode(self.hash));
+            push_hex(&mut out, &self.hash);
             out.push('"');
         }
         out.push_str(",\"host\":");
@@ -183,21 +185,21 @@ impl Event {
         out.push_str(",\"id\":");
         write_string(&mut out, &self.id);
         out.push_str(",\"prev_hash\":\"");
-        out.push_str(&hex::encode(self.prev_hash));
+        push_hex(&mut out, &self.prev_hash);
         out.push_str("\",\"release\":");
         write_optional(&mut out, self.release.as_deref());
         out.push_str(",\"seq\":");
-        out.push_str(&self.seq.to_string());
+        let _ = write!(out, "{}", self.seq);
         out.push_str(",\"service\":");
         write_optional(&mut out, self.service.as_deref());
         out.push_str(",\"stream\":");
         write_string(&mut out, &self.stream);
         out.push_str(",\"time\":\"");
-        out.push_str(&format_time(self.time_micros));
+        push_time(&mut out, self.time_micros);
         out.push_str("\",\"type\":");
         write_string(&mut out, &self.event_type);
         out.push_str(",\"version\":");
-        out.push_str(&self.version.to_string());
+        let _ = write!(out, "{}", self.version);
         out.push('}');
         out
     }
@@ -212,9 +214,63 @@ fn write_optional(out: &mut String, value: Option<&str>) {
 
 /// RFC 3339 UTC with exactly six fractional digits, e.g. `2026-11-28T06:00:00.123456Z`.
 pub fn format_time(time_micros: i64) -> String {
-    match chrono::DateTime::from_timestamp_micros(time_micros) {
-        Some(moment) => moment.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-        None => "1970-01-01T00:00:00.000000Z".to_string(),
+    let mut out = String::with_capacity(27);
+    push_time(&mut out, time_micros);
+    out
+}
+
+/// Microseconds of 10000-01-01T00:00:00Z: the written form below has four-digit years.
+const YEAR_10000_MICROS: i64 = 253_402_300_800_000_000;
+
+/// Appends [`format_time`]'s text. Every event's hash covers it and events are rendered on every
+/// apply and read, so the common case (years 1970 to 9999) is written by hand: chrono's
+/// format-string interpreter cost more than the rest of the event's JSON. Any other moment goes
+/// through chrono, and a test checks the two agree.
+fn push_time(out: &mut String, time_micros: i64) {
+    if !(0..YEAR_10000_MICROS).contains(&time_micros) {
+        match chrono::DateTime::from_timestamp_micros(time_micros) {
+            Some(moment) => {
+                let _ = write!(out, "{}", moment.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+            }
+            None => out.push_str("1970-01-01T00:00:00.000000Z"),
+        }
+        return;
+    }
+    let seconds = time_micros / 1_000_000;
+    let micros = time_micros % 1_000_000;
+    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_date(days);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        second_of_day / 3_600,
+        second_of_day % 3_600 / 60,
+        second_of_day % 60
+    );
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (days ≥ 0),
+/// counting in 400-year eras that start on March 1st so that leap days fall at the end.
+fn civil_date(days: i64) -> (i64, i64, i64) {
+    let shifted = days + 719_468; // days from 0000-03-01 to 1970-01-01
+    let era = shifted / 146_097;
+    let day_of_era = shifted - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Appends lowercase hex; for hashes written into every event's JSON.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
     }
 }
 
@@ -278,6 +334,45 @@ mod tests {
         assert!(generic.contains("\"prev_hash\":\"0000000000000000000000000000000000000000000000000000000000000000\""));
         let served: serde_json::Value = serde_json::from_str(&event.canonical_json()).unwrap();
         assert_eq!(crate::canonical::to_canonical_string(&served).unwrap(), event.canonical_json());
+    }
+
+    fn chrono_text(time_micros: i64) -> String {
+        let moment = chrono::DateTime::from_timestamp_micros(time_micros).unwrap();
+        moment.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        // Every event's hash covers this text: the hand-written form must never differ.
+        let day = 86_400_000_000i64;
+        let mut moments = vec![0, 1, 999_999, 1_000_000, day - 1, day, YEAR_10000_MICROS - 1];
+        // Every day boundary (and the microsecond before it) from 1970 to past 2100, which
+        // covers leap years, the century rule (2100) and the 400-year rule (2000).
+        moments.extend((0..50_000).flat_map(|days| [days * day, days * day + day - 1]));
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            moments.push((state % YEAR_10000_MICROS as u64) as i64);
+        }
+        for moment in moments {
+            assert_eq!(format_time(moment), chrono_text(moment), "{moment}");
+        }
+        // Outside the fast range, chrono writes it.
+        assert_eq!(format_time(-1), chrono_text(-1));
+        assert_eq!(format_time(YEAR_10000_MICROS), chrono_text(YEAR_10000_MICROS));
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_complete() {
+        let mut out = String::new();
+        push_hex(&mut out, &[0x00, 0x0f, 0xa5, 0xff]);
+        assert_eq!(out, "000fa5ff");
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut all = String::new();
+        push_hex(&mut all, &bytes);
+        assert_eq!(all, hex::encode(&bytes));
     }
 
     #[test]

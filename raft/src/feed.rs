@@ -39,6 +39,12 @@ impl CommittedEvent {
         let json = event.canonical_json();
         CommittedEvent { event, json }
     }
+
+    /// An event with its canonical JSON already rendered (by the apply step).
+    pub fn rendered(event: Event, json: String) -> CommittedEvent {
+        debug_assert_eq!(json, event.canonical_json());
+        CommittedEvent { event, json }
+    }
 }
 
 /// What one apply step added to the ledger.

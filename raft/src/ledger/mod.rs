@@ -53,6 +53,9 @@ pub struct Applied {
     pub outcomes: Vec<AppendOutcome>,
     /// Events written, in seq order.
     pub events: Vec<Event>,
+    /// The canonical JSON of each event (same order): rendered once for the Merkle leaf, then
+    /// reused by whoever serves the event.
+    pub rendered: Vec<String>,
     /// Desired-release changes of hosts, in seq order.
     pub directives: Vec<Directive>,
 }
@@ -73,6 +76,7 @@ pub fn apply_command(state: &mut Overlay<'_>, command: &LedgerCommand) -> Result
                         duplicate: false,
                     };
                     applied.events.extend(done.events);
+                    applied.rendered.extend(done.rendered);
                     applied.directives.extend(done.directives);
                     (outcome, Some(scratch.into_writes()))
                 }
@@ -105,6 +109,7 @@ fn appended(event: &Event) -> AppendedEvent {
 
 struct RequestDone {
     events: Vec<Event>,
+    rendered: Vec<String>,
     directives: Vec<Directive>,
     /// Set when the whole request replays known ids: their original positions.
     duplicate: Option<Vec<AppendedEvent>>,
@@ -113,7 +118,12 @@ struct RequestDone {
 fn apply_request(state: &mut Overlay<'_>, time_micros: i64, request: &AppendRequest) -> Step<RequestDone> {
     let commands = validate::check_request(request)?;
     if let Some(original) = replayed(state, request)? {
-        return Ok(RequestDone { events: Vec::new(), directives: Vec::new(), duplicate: Some(original) });
+        return Ok(RequestDone {
+            events: Vec::new(),
+            rendered: Vec::new(),
+            directives: Vec::new(),
+            duplicate: Some(original),
+        });
     }
 
     let mut head = records::head(state)?;
@@ -121,6 +131,7 @@ fn apply_request(state: &mut Overlay<'_>, time_micros: i64, request: &AppendRequ
     // behind); time never decreases along seq.
     let time_micros = time_micros.max(head.time_micros);
     let mut events = Vec::with_capacity(request.events.len());
+    let mut rendered = Vec::with_capacity(request.events.len());
     let mut directives = Vec::new();
     let mut batch_stream: Option<String> = None;
 
@@ -176,13 +187,13 @@ fn apply_request(state: &mut Overlay<'_>, time_micros: i64, request: &AppendRequ
             hash: [0; 32],
         };
         event.hash = sha2::Sha256::digest(event.canonical_without_hash().as_bytes()).into();
-        write_event(state, &event, proposal.fingerprint())?;
+        rendered.push(write_event(state, &event, proposal.fingerprint())?);
         head = Head { seq, hash: event.hash, time_micros };
         records::write(state, Space::Meta, META_HEAD.to_vec(), &head)?;
         directives.extend(outcome.directives);
         events.push(event);
     }
-    Ok(RequestDone { events, directives, duplicate: None })
+    Ok(RequestDone { events, rendered, directives, duplicate: None })
 }
 
 /// `Some(original positions)` when every id of the request is already in the ledger with the
@@ -257,11 +268,13 @@ fn check_expected_version(expected: ExpectedVersion, stream: &str, current: Opti
     )
 }
 
-/// Writes the event and everything that finds it: id, stream position, indexes, time.
-fn write_event(state: &mut Overlay<'_>, event: &Event, fingerprint: [u8; 32]) -> Result<()> {
+/// Writes the event and everything that finds it: id, stream position, indexes, time. Returns
+/// the event's canonical JSON.
+fn write_event(state: &mut Overlay<'_>, event: &Event, fingerprint: [u8; 32]) -> Result<String> {
     state.put(Space::Events, seq_key(event.seq).to_vec(), codec::encode(event)?);
     // The Merkle leaf is the event exactly as served, so an export line hashes as it is.
-    merkle::store::append(state, event.seq - 1, merkle::leaf_hash(event.canonical_json().as_bytes()))?;
+    let json = event.canonical_json();
+    merkle::store::append(state, event.seq - 1, merkle::leaf_hash(json.as_bytes()))?;
     let id_record = IdRecord { seq: event.seq, fingerprint, hash: event.hash };
     records::write(state, Space::EventIds, event.id.as_bytes().to_vec(), &id_record)?;
     state.put(
@@ -274,7 +287,7 @@ fn write_event(state: &mut Overlay<'_>, event: &Event, fingerprint: [u8; 32]) ->
     for (field, value) in index_entries(event) {
         state.put(Space::EventIndex, Key::index(field).text(&value).number(event.seq).into_bytes(), Vec::new());
     }
-    Ok(())
+    Ok(json)
 }
 
 /// The index entries of an event. A type is indexed under its full name and under every dotted

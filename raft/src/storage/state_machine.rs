@@ -103,7 +103,8 @@ fn compute(database: &Database, entries: Vec<Entry>) -> Result<Computed> {
             EntryPayload::Normal(command) => {
                 let applied = ledger::apply_command(&mut overlay, &command)?;
                 responses.push(LedgerResponse { outcomes: applied.outcomes });
-                published.events.extend(applied.events.into_iter().map(|event| Arc::new(CommittedEvent::new(event))));
+                let events = applied.events.into_iter().zip(applied.rendered);
+                published.events.extend(events.map(|(event, json)| Arc::new(CommittedEvent::rendered(event, json))));
                 for directive in applied.directives {
                     directives.entry(directive.host.clone()).or_default().push(directive);
                 }
