@@ -44,7 +44,9 @@ impl Source for LogSource {
             .read(false, move |kv| views::read_events(kv, &filter, from, CATCH_UP_EVENTS))
             .await
             .map_err(StreamEnd::Read)?;
-        let mut text = String::new();
+        // Sized for the page up front: growing a string of hundreds of kilobytes by doubling
+        // copies it again and again.
+        let mut text = String::with_capacity(page.events.iter().map(|event| event.data.len() + 700).sum());
         for event in page.events {
             push_event(&mut text, &CommittedEvent::new(event));
         }

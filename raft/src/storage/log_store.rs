@@ -4,9 +4,15 @@
 //! hands the flush callback to one flusher thread. The flusher takes every callback waiting, does
 //! one `flush_wal(true)` for all of them and only then reports them durable: many appends, one
 //! fsync, and no acknowledgement before the data is on disk.
+//!
+//! The newest entries are also kept decoded in memory ([`RecentEntries`]): right after an append
+//! openraft reads them back twice (to replicate them and to apply them), and serving those reads
+//! from memory saves a hand-off to a blocking thread and a decode each time.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
@@ -23,13 +29,66 @@ const PURGED_KEY: &[u8] = b"last_purged";
 
 /// Flush callbacks waiting for the flusher thread.
 const PENDING_FLUSHES_MAX: usize = 65_536;
+/// Entries kept in memory: enough for replication and apply to find what was just appended, even
+/// with a follower a little behind; an entry holds at most about a megabyte.
+const RECENT_ENTRIES_MAX: usize = 256;
 
-/// The Raft log store. Cloning shares the database and the flusher.
+/// The Raft log store. Cloning shares the database, the recent entries and the flusher.
 #[derive(Clone)]
 pub struct LogStore {
     database: Database,
+    recent: Arc<Mutex<RecentEntries>>,
     /// The flusher thread ends when the last clone is dropped and this channel closes.
     flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// A copy of the log's newest entries: always a contiguous run of indexes that equals what is
+/// stored, because every change of the stored log (append, truncate, purge) changes it too.
+#[derive(Default)]
+struct RecentEntries {
+    entries: VecDeque<Entry>,
+}
+
+impl RecentEntries {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|entry| entry.log_id.index)
+    }
+
+    fn append(&mut self, entry: Entry) {
+        let follows = self.entries.back().is_some_and(|last| last.log_id.index + 1 == entry.log_id.index);
+        if !follows {
+            // After a restart or a truncation the run starts afresh at the new entry.
+            self.entries.clear();
+        }
+        self.entries.push_back(entry);
+        if self.entries.len() > RECENT_ENTRIES_MAX {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Entries `start..end`, when every one of them is here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let next = first + self.entries.len() as u64;
+        if start < first || end > next || start >= end {
+            return None;
+        }
+        Some(self.entries.range((start - first) as usize..(end - first) as usize).cloned().collect())
+    }
+
+    /// Drops entries from `index` on (truncate).
+    fn remove_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|last| last.log_id.index >= index) {
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops entries up to and including `index` (purge).
+    fn remove_through(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|first| first.log_id.index <= index) {
+            self.entries.pop_front();
+        }
+    }
 }
 
 impl LogStore {
@@ -56,7 +115,7 @@ impl LogStore {
                 }
             })
             .expect("spawn the log flusher thread");
-        LogStore { database, flushes }
+        LogStore { database, recent: Arc::default(), flushes }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -121,6 +180,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(index) => Some(*index),
             Bound::Unbounded => None,
         };
+        if let Some(end) = end {
+            if let Some(entries) = self.recent.lock().expect("recent entries lock").get(start, end) {
+                return Ok(entries);
+            }
+        }
         self.blocking(move |database| {
             let family = database.family(LOG_FAMILY);
             let mut options = rocksdb::ReadOptions::default();
@@ -189,20 +253,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let family = self.database.family(LOG_FAMILY);
-        for entry in entries {
-            let bytes = codec::encode(&entry).map_err(|error| write_error(&error))?;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        for entry in &entries {
+            let bytes = codec::encode(entry).map_err(|error| write_error(&error))?;
             batch.put_cf(family, index_key(entry.log_id.index), bytes);
         }
         // Written on this thread rather than handed to a blocking thread: an unsynced write only
         // copies into the memtable and the WAL buffer (tens of microseconds), less than the
         // hand-off itself, and openraft's core waits for this append before it does anything else.
         self.database.write_unsynced(batch).map_err(|error| write_error(&error))?;
+        {
+            // After the write: what is in memory is always also in the database.
+            let mut recent = self.recent.lock().expect("recent entries lock");
+            for entry in entries {
+                recent.append(entry);
+            }
+        }
         // Durable only once the flusher has synced the WAL; it fires the callback then.
         self.flushes.send(callback).await.map_err(|_| write_error(&"the log flusher has stopped"))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Before the deletion: a reader never gets a copy of an entry that is gone.
+        self.recent.lock().expect("recent entries lock").remove_from(log_id.index);
         self.blocking(move |database| {
             let mut batch = WriteBatch::default();
             batch.delete_range_cf(database.family(LOG_FAMILY), index_key(log_id.index), index_key(u64::MAX));
@@ -214,6 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let bytes = codec::encode(&log_id).map_err(|error| write_error(&error))?;
+        self.recent.lock().expect("recent entries lock").remove_through(log_id.index);
         self.blocking(move |database| {
             let mut batch = WriteBatch::default();
             // The purge mark and the deletion go in one batch, so a crash never leaves a hole.
@@ -222,5 +297,66 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             database.write_unsynced(batch).map_err(|error| write_error(&error))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+    }
+
+    fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|entries| entries.iter().map(|entry| entry.log_id.index).collect())
+    }
+
+    #[test]
+    fn serves_only_ranges_it_holds_whole() {
+        let mut recent = RecentEntries::default();
+        assert_eq!(indexes(recent.get(1, 2)), None);
+        for index in 5..=9 {
+            recent.append(entry(1, index));
+        }
+        assert_eq!(indexes(recent.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(recent.get(7, 8)), Some(vec![7]));
+        assert_eq!(indexes(recent.get(4, 6)), None, "starts before the run");
+        assert_eq!(indexes(recent.get(8, 11)), None, "ends after the run");
+        assert_eq!(indexes(recent.get(6, 6)), None, "empty range");
+    }
+
+    #[test]
+    fn a_gap_starts_a_new_run_and_the_oldest_entries_go_first() {
+        let mut recent = RecentEntries::default();
+        recent.append(entry(1, 1));
+        recent.append(entry(1, 2));
+        recent.append(entry(1, 10));
+        assert_eq!(indexes(recent.get(1, 3)), None);
+        assert_eq!(indexes(recent.get(10, 11)), Some(vec![10]));
+        for index in 11..(11 + RECENT_ENTRIES_MAX as u64) {
+            recent.append(entry(1, index));
+        }
+        assert_eq!(recent.entries.len(), RECENT_ENTRIES_MAX);
+        assert_eq!(recent.first_index(), Some(11));
+    }
+
+    #[test]
+    fn truncate_and_purge_remove_exactly_their_entries() {
+        let mut recent = RecentEntries::default();
+        for index in 1..=10 {
+            recent.append(entry(1, index));
+        }
+        recent.remove_from(8);
+        assert_eq!(indexes(recent.get(1, 8)), Some((1..8).collect()));
+        assert_eq!(indexes(recent.get(7, 9)), None);
+        // A new leader's entries replace the truncated ones.
+        recent.append(entry(2, 8));
+        assert_eq!(recent.get(8, 9).unwrap()[0].log_id.leader_id.term, 2);
+        recent.remove_through(3);
+        assert_eq!(indexes(recent.get(3, 5)), None);
+        assert_eq!(indexes(recent.get(4, 9)), Some((4..9).collect()));
     }
 }
