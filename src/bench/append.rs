@@ -40,8 +40,8 @@ pub async fn measure(server: &str, shape: &LoadShape) -> Result<LoadReport> {
     load::run(sender, shape, &cpu).await
 }
 
-/// The `/metrics` of every member of the cluster `server` belongs to (just `server` when it
-/// names no members), so CPU time is counted on followers too.
+/// The `/metrics` of every node of the cluster `server` belongs to (just `server` when it names
+/// no nodes), so CPU time is counted on followers too.
 async fn metrics_urls(server: &str) -> Result<Vec<String>> {
     let status: Value = reqwest::get(format!("{server}/v1/cluster"))
         .await
@@ -49,7 +49,11 @@ async fn metrics_urls(server: &str) -> Result<Vec<String>> {
         .json()
         .await
         .context("GET /v1/cluster did not answer JSON")?;
-    let mut urls: Vec<String> = status["members"]
+    Ok(metrics_urls_of(&status, server))
+}
+
+fn metrics_urls_of(status: &Value, server: &str) -> Vec<String> {
+    let mut urls: Vec<String> = status["nodes"]
         .as_array()
         .into_iter()
         .flatten()
@@ -59,7 +63,7 @@ async fn metrics_urls(server: &str) -> Result<Vec<String>> {
     if urls.is_empty() {
         urls.push(format!("{server}/metrics"));
     }
-    Ok(urls)
+    urls
 }
 
 /// One keep-alive HTTP/1.1 connection, opened on first use. HTTP/1.1 carries one request at a
@@ -172,5 +176,29 @@ impl Sender for FleetlogSender {
             bail!("append answered HTTP {status}: {}", String::from_utf8_lossy(&answer));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_read_from_every_node_the_cluster_status_lists() {
+        // The shape `GET /v1/cluster` answers (tests/cluster.rs checks the real document).
+        let status = serde_json::json!({
+            "leader_id": 1,
+            "nodes": [
+                {"id": 1, "addr": "127.0.0.1:7401", "role": "leader"},
+                {"id": 2, "addr": "127.0.0.1:7402", "role": "follower"},
+                {"id": 3, "addr": "127.0.0.1:7403", "role": "follower"},
+            ],
+        });
+        assert_eq!(
+            metrics_urls_of(&status, "http://127.0.0.1:7401"),
+            vec!["http://127.0.0.1:7401/metrics", "http://127.0.0.1:7402/metrics", "http://127.0.0.1:7403/metrics"]
+        );
+        let single = serde_json::json!({"leader_id": null, "nodes": []});
+        assert_eq!(metrics_urls_of(&single, "http://127.0.0.1:7070"), vec!["http://127.0.0.1:7070/metrics"]);
     }
 }

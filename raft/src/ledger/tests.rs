@@ -831,6 +831,10 @@ fn requests_gathered_into_one_entry_keep_their_own_outcomes() {
     );
     assert_eq!(seqs(&applied.outcomes[3]), (vec![2, 3], false), "no gap after the rejected request");
     assert_eq!(applied.events.iter().map(|event| event.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    // The text the feed serves is rendered once, at apply: one per written event, in order, and
+    // exactly each event's canonical JSON (a replay and a rejection add none).
+    let rendered: Vec<String> = applied.events.iter().map(|event| event.canonical_json()).collect();
+    assert_eq!(applied.rendered, rendered);
 }
 
 #[test]
