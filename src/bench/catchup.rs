@@ -26,20 +26,17 @@ pub async fn run(server: &str, args: BenchCatchupArgs) -> Result<()> {
     let mut body = response.bytes_stream();
     let mut received = 0u64;
     let mut bytes = 0u64;
-    // Each SSE message ends with an empty line, and event JSON holds no raw newline.
-    let mut previous_was_newline = false;
+    let mut lines = EventLines::default();
     'reading: while let Some(chunk) = body.next().await {
         let chunk = chunk?;
         bytes += chunk.len() as u64;
         for &byte in chunk.iter() {
-            let newline = byte == b'\n';
-            if newline && previous_was_newline {
+            if lines.push(byte) {
                 received += 1;
                 if received == wanted {
                     break 'reading;
                 }
             }
-            previous_was_newline = newline;
         }
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -55,4 +52,57 @@ pub async fn run(server: &str, args: BenchCatchupArgs) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Finds the `id:` lines of an SSE stream, one per event, byte by byte (a line may be split across
+/// chunks). Heartbeats and other messages carry no `id:` line, so they are not counted.
+struct EventLines {
+    /// How much of `id:` the current line has matched so far; `None` once it cannot match.
+    matched: Option<usize>,
+}
+
+impl Default for EventLines {
+    /// The stream starts at the start of a line.
+    fn default() -> EventLines {
+        EventLines { matched: Some(0) }
+    }
+}
+
+impl EventLines {
+    const PREFIX: &'static [u8] = b"id:";
+
+    /// Takes the next byte; true when it completes an `id:` at the start of a line.
+    fn push(&mut self, byte: u8) -> bool {
+        if byte == b'\n' {
+            self.matched = Some(0);
+            return false;
+        }
+        match self.matched {
+            Some(count) if Self::PREFIX[count] == byte => {
+                if count + 1 == Self::PREFIX.len() {
+                    self.matched = None;
+                    return true;
+                }
+                self.matched = Some(count + 1);
+            }
+            _ => self.matched = None,
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_id_lines_only() {
+        // Two events; `id:` inside data and a heartbeat comment are not events.
+        let stream = b"id: 1\nevent: a\ndata: {\"id:\":1}\n\n: heartbeat\n\nid: 2\nevent: b\ndata: {}\n\ni";
+        let mut lines = EventLines::default();
+        let found: Vec<usize> =
+            stream.iter().enumerate().filter(|(_, &byte)| lines.push(byte)).map(|(at, _)| at).collect();
+        // Each is counted at the `:` that completes its `id:`.
+        assert_eq!(found, vec![2, 47]);
+    }
 }
