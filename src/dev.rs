@@ -3,6 +3,7 @@
 //! formed on first start and kept across restarts. Ctrl-C stops every node gracefully.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,20 +16,70 @@ use crate::cli::{DevArgs, Output};
 use crate::cluster::render_status;
 use crate::output::print;
 
-/// Stops the children when dropped, so an error on the way never leaves them running.
-struct Children(Vec<Child>);
+/// A local cluster of child `fleetlog serve` processes, each with a data directory and a log
+/// file under one parent directory. Stops every node (SIGTERM, then waits) when dropped, so an
+/// error on the way never leaves them running. `fleetlog dev` and `fleetlog bench compare` use it.
+pub struct LocalCluster {
+    children: Vec<Child>,
+    /// Node id and `HOST:PORT`, in id order.
+    pub members: Vec<(u64, String)>,
+    /// Whether this start formed the cluster (false: it had been formed before).
+    pub formed: bool,
+}
 
-impl Drop for Children {
+impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for child in &mut self.children {
             // SAFETY: the pid is our own child, not yet waited for.
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }
         }
-        for child in &mut self.0 {
+        for child in &mut self.children {
             let _ = child.wait();
         }
+    }
+}
+
+impl LocalCluster {
+    /// Starts one node per member (data in `data/node-N`, log in `data/node-N.log`), forms the
+    /// cluster unless it already is, and returns once every node is ready.
+    pub async fn start(data: &Path, members: Vec<(u64, String)>) -> Result<LocalCluster> {
+        let executable = std::env::current_exe().context("cannot find the fleetlog executable")?;
+        std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+        let mut cluster = LocalCluster { children: Vec::new(), members, formed: false };
+        for (id, address) in &cluster.members {
+            let log_path = data.join(format!("node-{id}.log"));
+            let log =
+                std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+            let child = Command::new(&executable)
+                .args(["serve", "--node-id", &id.to_string(), "--listen", address, "--data"])
+                .arg(data.join(format!("node-{id}")))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("cannot start a node")?;
+            cluster.children.push(child);
+        }
+        for url in cluster.urls() {
+            wait_until_ok(&Client::new(&url)?, "/healthz", "did not start listening").await?;
+        }
+        let first = Client::new(&cluster.urls()[0])?;
+        let body = json!({ "members": cluster.members.iter().cloned().collect::<BTreeMap<u64, String>>() });
+        match first.call(Method::POST, "/v1/cluster/init", Some(&body), Duration::from_secs(60)).await {
+            Ok(_) => cluster.formed = true,
+            Err(ClientError::Api { code, .. }) if code == "already_initialized" => {}
+            Err(error) => return Err(error.into()),
+        }
+        for url in cluster.urls() {
+            wait_until_ok(&Client::new(&url)?, "/readyz", "is not ready").await?;
+        }
+        Ok(cluster)
+    }
+
+    /// `http://HOST:PORT` of each node, in id order.
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(|(_, address)| format!("http://{address}")).collect()
     }
 }
 
@@ -36,40 +87,23 @@ pub async fn run(output: Output, args: DevArgs) -> Result<()> {
     if args.nodes == 0 || args.nodes > 9 {
         bail!("--nodes must be between 1 and 9");
     }
-    let executable = std::env::current_exe().context("cannot find the fleetlog executable")?;
-    std::fs::create_dir_all(&args.data).with_context(|| format!("cannot create {}", args.data.display()))?;
     let members: Vec<(u64, String)> =
         (1..=args.nodes).map(|id| (id, format!("127.0.0.1:{}", args.base_port as u64 + id - 1))).collect();
-    let mut children = Children(Vec::new());
     for (id, address) in &members {
-        let log_path = args.data.join(format!("node-{id}.log"));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-        let child = Command::new(&executable)
-            .args(["serve", "--node-id", &id.to_string(), "--listen", address, "--data"])
-            .arg(args.data.join(format!("node-{id}")))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start a node")?;
-        children.0.push(child);
-        eprintln!("node {id}: http://{address} (log: {})", log_path.display());
+        eprintln!("node {id}: http://{address} (log: {})", args.data.join(format!("node-{id}.log")).display());
     }
-    let first = Client::new(&format!("http://{}", members[0].1))?;
-    for (_, address) in &members {
-        wait_until_ok(&Client::new(&format!("http://{address}"))?, "/healthz", "did not start listening").await?;
+    let cluster = LocalCluster::start(&args.data, members).await?;
+    if cluster.formed {
+        eprintln!("formed a new {}-node cluster", args.nodes);
+    } else {
+        eprintln!("cluster already formed");
     }
-    let body = json!({ "members": members.iter().cloned().collect::<BTreeMap<u64, String>>() });
-    match first.call(Method::POST, "/v1/cluster/init", Some(&body), Duration::from_secs(60)).await {
-        Ok(_) => eprintln!("formed a new {}-node cluster", args.nodes),
-        Err(ClientError::Api { code, .. }) if code == "already_initialized" => eprintln!("cluster already formed"),
-        Err(error) => return Err(error.into()),
-    }
-    wait_until_ok(&first, "/readyz", "has no leader").await?;
+    let first = Client::new(&cluster.urls()[0])?;
     print(output, &first.get("/v1/cluster", &[]).await?, render_status);
-    eprintln!("try: fleetlog --server http://{} cluster status; Ctrl-C stops the cluster", members[0].1);
+    eprintln!("try: fleetlog --server {} cluster status; Ctrl-C stops the cluster", first.base());
     crate::serve::shutdown_signal().await;
     eprintln!("stopping {} nodes", args.nodes);
-    drop(children);
+    drop(cluster);
     Ok(())
 }
 

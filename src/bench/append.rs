@@ -4,7 +4,6 @@
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -24,7 +23,7 @@ pub async fn run(server: &str, args: BenchAppendArgs) -> Result<()> {
         batch: args.batch,
         payload_bytes: args.payload_bytes,
         total: Some(args.total),
-        duration: args.seconds.map(Duration::from_secs_f64),
+        duration: args.seconds.map(|seconds| load::duration("--seconds", seconds)).transpose()?,
     };
     let sender = Arc::new(FleetlogSender::new(&server, &shape)?);
     let cpu = CpuProbe::new(metrics_urls(&server).await?);

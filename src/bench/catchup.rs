@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 use crate::cli::BenchCatchupArgs;
 
 pub async fn run(server: &str, args: BenchCatchupArgs) -> Result<()> {
+    if args.events == Some(0) {
+        bail!("--events must be at least 1");
+    }
     let server = server.split(',').next().unwrap_or(server).trim().trim_end_matches('/');
     let http = reqwest::Client::new();
     let page: Value = http.get(format!("{server}/v1/events?limit=1")).send().await?.json().await?;

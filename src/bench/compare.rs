@@ -6,19 +6,19 @@
 //! Durability is the same on both sides: each acknowledges a write only after a majority has
 //! fsynced it (etcd by default, fleetlog always).
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::bench::load::{LoadReport, LoadShape};
+use crate::bench::load::{self, LoadReport, LoadShape};
 use crate::bench::{append, etcd};
 use crate::cli::BenchCompareArgs;
+use crate::dev::LocalCluster;
 
 const MEMBERS: u64 = 3;
 /// A short load before measuring: connections, caches and the first WAL files.
@@ -26,9 +26,10 @@ const WARM_UP: Duration = Duration::from_secs(2);
 
 pub async fn run(args: BenchCompareArgs) -> Result<()> {
     let client_counts = parse_counts(&args.clients)?;
-    if args.rounds == 0 || args.seconds <= 0.0 {
-        bail!("--rounds and --seconds must be positive");
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
+    let run_length = load::duration("--seconds", args.seconds)?;
     ensure_etcd_installed()?;
     println!("starting a 3-node fleetlog cluster and a 3-member etcd cluster on 127.0.0.1 …");
     let fleetlog = LocalFleetlog::start().await?;
@@ -51,7 +52,7 @@ pub async fn run(args: BenchCompareArgs) -> Result<()> {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for round in 0..args.rounds {
-            let load = shape(clients, Duration::from_secs_f64(args.seconds));
+            let load = shape(clients, run_length);
             // A then B, then B then A: neither always runs on a machine the other just warmed.
             for fleetlog_first in [round % 2 == 0, round % 2 != 0] {
                 if fleetlog_first {
@@ -192,83 +193,38 @@ impl Combined {
     }
 }
 
-/// A fresh fleetlog cluster of this very binary, stopped and deleted when dropped.
+/// A fresh fleetlog cluster of this very binary on free ports: the nodes stop, then their
+/// directory is deleted, when dropped.
 struct LocalFleetlog {
-    nodes: Vec<Child>,
-    directory: PathBuf,
-    /// Node id → API URL.
-    urls: BTreeMap<u64, String>,
+    // Field order is drop order: the nodes stop before their directory goes.
+    cluster: LocalCluster,
+    _directory: RemovedOnDrop,
 }
 
-impl Drop for LocalFleetlog {
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.directory);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
 impl LocalFleetlog {
     async fn start() -> Result<LocalFleetlog> {
-        let directory = std::env::temp_dir().join(format!("fleetlog-bench-compare-{}", std::process::id()));
-        std::fs::create_dir_all(&directory)?;
-        let binary = std::env::current_exe().context("finding this fleetlog binary")?;
-        let mut cluster = LocalFleetlog { nodes: Vec::new(), directory: directory.clone(), urls: BTreeMap::new() };
-        let mut members = BTreeMap::new();
-        for id in 1..=MEMBERS {
-            let address = format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
-            let log = std::fs::File::create(directory.join(format!("node-{id}.log")))?;
-            let child = Command::new(&binary)
-                .args(["serve", "--node-id", &id.to_string(), "--listen", &address])
-                .args(["--data", &directory.join(format!("node-{id}")).display().to_string()])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .context("starting fleetlog serve")?;
-            cluster.nodes.push(child);
-            cluster.urls.insert(id, format!("http://{address}"));
-            members.insert(id.to_string(), address);
-        }
-        let http = reqwest::Client::new();
-        for url in cluster.urls.values() {
-            wait_for(&http, &format!("{url}/healthz"), &directory).await?;
-        }
-        let first = &cluster.urls[&1];
-        let initialized =
-            http.post(format!("{first}/v1/cluster/init")).json(&json!({ "members": members })).send().await?;
-        if !initialized.status().is_success() {
-            bail!(
-                "cluster init failed: HTTP {}: {}",
-                initialized.status(),
-                initialized.text().await.unwrap_or_default()
-            );
-        }
-        for url in cluster.urls.values() {
-            wait_for(&http, &format!("{url}/readyz"), &directory).await?;
-        }
-        Ok(cluster)
+        let directory =
+            RemovedOnDrop(std::env::temp_dir().join(format!("fleetlog-bench-compare-{}", std::process::id())));
+        let members = (1..=MEMBERS)
+            .map(|id| Ok((id, format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))))
+            .collect::<Result<Vec<_>>>()?;
+        let cluster = LocalCluster::start(&directory.0, members).await?;
+        Ok(LocalFleetlog { cluster, _directory: directory })
     }
 
     async fn leader_url(&self) -> Result<String> {
-        let status: Value = reqwest::get(format!("{}/v1/cluster", self.urls[&1])).await?.json().await?;
+        let urls = self.cluster.urls();
+        let status: Value = reqwest::get(format!("{}/v1/cluster", urls[0])).await?.json().await?;
         let leader = status["leader_id"].as_u64().context("the cluster has no leader")?;
-        self.urls.get(&leader).cloned().context("the leader is not one of the nodes started")
-    }
-}
-
-async fn wait_for(http: &reqwest::Client, url: &str, logs: &std::path::Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = http.get(url).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{url} did not answer 200 within 60 s; node logs are in {}", logs.display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let position = self.cluster.members.iter().position(|(id, _)| *id == leader);
+        position.map(|index| urls[index].clone()).context("the leader is not one of the nodes started")
     }
 }

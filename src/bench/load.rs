@@ -27,6 +27,14 @@ pub struct LoadShape {
     pub duration: Option<Duration>,
 }
 
+/// A positive, finite number of seconds from the command line (`Duration` would panic on the rest).
+pub fn duration(flag: &str, seconds: f64) -> Result<Duration> {
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => bail!("{flag} takes a positive number of seconds, not {seconds}"),
+    }
+}
+
 impl LoadShape {
     pub fn check(&self) -> Result<()> {
         if self.clients == 0 || self.connections == 0 || self.batch == 0 {
@@ -164,4 +172,18 @@ pub async fn run<S: Sender>(sender: Arc<S>, shape: &LoadShape, cpu: &CpuProbe) -
         server_cpu_seconds: cpu_before.zip(cpu_after).map(|(before, after)| after - before),
         client_cpu_seconds: cpu_seconds("self") - client_cpu_before,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_from_the_command_line_are_positive_and_finite() {
+        assert_eq!(duration("--seconds", 2.5).unwrap(), Duration::from_millis(2_500));
+        for refused in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let error = duration("--seconds", refused).unwrap_err().to_string();
+            assert!(error.contains("--seconds takes a positive number of seconds"), "{refused}: {error}");
+        }
+    }
 }
