@@ -7,8 +7,10 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+/// How long an exiting process waits for its databases to finish closing.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn main() {
     let filter = EnvFilter::try_from_env("FLEETLOG_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -16,7 +18,15 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = fleetlog::cli::Cli::parse();
-    if let Err(error) = fleetlog::run(cli).await {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
+    let result = runtime.block_on(fleetlog::run(cli));
+    // Dropping the runtime drops every task and the database handles they hold; the last handle
+    // may go on another thread, so wait for RocksDB to close before the process exits.
+    drop(runtime);
+    if !fleetlog_raft::storage::db::wait_until_closed(CLOSE_WAIT) {
+        tracing::warn!("a database was still open when the process exited");
+    }
+    if let Err(error) = result {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }

@@ -5,7 +5,8 @@
 //! synced write (or `flush_wal(true)`) makes everything written before it durable.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions,
@@ -25,10 +26,50 @@ const BLOCK_CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// Rarely written families pin old WAL files; past this size RocksDB flushes them.
 const WAL_TOTAL_BYTES_MAX: u64 = 512 * 1024 * 1024;
 
-/// The opened database.
+/// The opened database. Clones share it; it closes when the last clone is dropped.
 #[derive(Clone)]
 pub struct Database {
-    db: Arc<DB>,
+    db: Arc<Opened>,
+}
+
+/// Fields drop in declaration order: the database closes before the registration ends, so
+/// [`wait_until_closed`] returns only once RocksDB has finished closing.
+struct Opened {
+    db: DB,
+    _registration: Registration,
+}
+
+/// Databases open in this process. A process must not exit while one is closing or open: RocksDB's
+/// background threads would meet its static mutexes already destroyed, and abort
+/// ("pthread lock: Invalid argument").
+static OPEN_DATABASES: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+struct Registration;
+
+impl Registration {
+    fn new() -> Registration {
+        *OPEN_DATABASES.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += 1;
+        Registration
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let (count, closed) = &OPEN_DATABASES;
+        *count.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) -= 1;
+        closed.notify_all();
+    }
+}
+
+/// Waits until every database of this process has closed, at most `timeout`; true if they have.
+/// The last clone of a [`Database`] may be dropped on any thread (the log flusher's, a blocking
+/// task's), so a process calls this before it exits.
+pub fn wait_until_closed(timeout: Duration) -> bool {
+    let (count, closed) = &OPEN_DATABASES;
+    let guard = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (guard, _) =
+        closed.wait_timeout_while(guard, timeout, |open| *open > 0).unwrap_or_else(|poisoned| poisoned.into_inner());
+    *guard == 0
 }
 
 impl Database {
@@ -53,11 +94,11 @@ impl Database {
         }
         let db = DB::open_cf_descriptors(&options, path, families)
             .map_err(|error| Error::Corrupt(format!("cannot open the database at {}: {error}", path.display())))?;
-        Ok(Database { db: Arc::new(db) })
+        Ok(Database { db: Arc::new(Opened { db, _registration: Registration::new() }) })
     }
 
     pub fn family(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("every column family is created at open")
+        self.db.db.cf_handle(name).expect("every column family is created at open")
     }
 
     pub fn space(&self, space: Space) -> &ColumnFamily {
@@ -65,7 +106,7 @@ impl Database {
     }
 
     pub fn raw(&self) -> &DB {
-        &self.db
+        &self.db.db
     }
 
     /// Reads the current state (no snapshot).
@@ -75,7 +116,7 @@ impl Database {
 
     /// Reads one consistent point in time.
     pub fn snapshot_reader(&self) -> Reader<'_> {
-        Reader { database: self, snapshot: Some(self.db.snapshot()) }
+        Reader { database: self, snapshot: Some(self.db.db.snapshot()) }
     }
 
     /// Adds state machine writes to a batch.
@@ -92,19 +133,19 @@ impl Database {
     pub fn write_unsynced(&self, batch: WriteBatch) -> Result<()> {
         let mut options = WriteOptions::default();
         options.set_sync(false);
-        Ok(self.db.write_opt(batch, &options)?)
+        Ok(self.db.db.write_opt(batch, &options)?)
     }
 
     /// Writes and fsyncs the WAL before returning.
     pub fn write_synced(&self, batch: WriteBatch) -> Result<()> {
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        Ok(self.db.write_opt(batch, &options)?)
+        Ok(self.db.db.write_opt(batch, &options)?)
     }
 
     /// Makes every write so far durable: one fsync of the shared WAL.
     pub fn sync_wal(&self) -> Result<()> {
-        Ok(self.db.flush_wal(true)?)
+        Ok(self.db.db.flush_wal(true)?)
     }
 }
 
@@ -138,7 +179,7 @@ impl Reader<'_> {
 
 impl KvRead for Reader<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.database.db.get_cf_opt(self.database.space(space), key, &self.options())?)
+        Ok(self.database.raw().get_cf_opt(self.database.space(space), key, &self.options())?)
     }
 
     fn scan(
@@ -155,7 +196,7 @@ impl KvRead for Reader<'_> {
         let mut options = self.options();
         options.set_iterate_lower_bound(start.to_vec());
         options.set_iterate_upper_bound(end.to_vec());
-        let mut iterator = self.database.db.raw_iterator_cf_opt(self.database.space(space), options);
+        let mut iterator = self.database.raw().raw_iterator_cf_opt(self.database.space(space), options);
         match direction {
             Direction::Forward => iterator.seek_to_first(),
             Direction::Reverse => iterator.seek_to_last(),
