@@ -10,6 +10,9 @@ pub struct Cli {
     /// Server to talk to.
     #[arg(long, global = true, env = "FLEETLOG_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
+    /// Bearer token for servers that require one (see `fleetlog token create`).
+    #[arg(long, global = true, env = "FLEETLOG_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -67,6 +70,9 @@ pub enum Command {
     /// consistency with the checkpoint seen last time, inclusion proofs of sampled (or named)
     /// events; or, offline, an export against a checkpoint; or the audit trail of a release.
     Verify(VerifyArgs),
+    /// Tokens for `serve --token-file`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Load generators that measure a running server.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -244,6 +250,42 @@ pub struct ServeArgs {
     /// Concurrent streams (watch and subscribe) this node serves; beyond it: 503 too_many_subscribers.
     #[arg(long, default_value_t = fleetlog_api::state::SUBSCRIBERS_MAX)]
     pub max_subscribers: usize,
+    /// Tokens this server accepts (lines from `fleetlog token create`). Without it the server runs
+    /// open, which it allows only on a loopback address unless --insecure-open is given.
+    #[arg(long, env = "FLEETLOG_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Run without tokens even on a non-loopback address: every caller is admin.
+    #[arg(long)]
+    pub insecure_open: bool,
+    /// Requests per second one token may make on this node (with one second's worth as a
+    /// burst); beyond it: 429 rate_limited with Retry-After.
+    #[arg(long, default_value_t = fleetlog_api::gate::REQUESTS_PER_SECOND_PER_TOKEN)]
+    pub requests_per_second_per_token: u32,
+    /// Streams one token may hold open on this node; beyond it: 429 too_many_streams_for_token.
+    #[arg(long, default_value_t = fleetlog_api::gate::SUBSCRIBERS_PER_TOKEN)]
+    pub max_subscribers_per_token: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token: prints the token on the first line and its token-file line on the second.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenCreateArgs {
+    /// admin, deployer, agent or auditor.
+    #[arg(long)]
+    pub role: String,
+    /// The principal: the actor of every event appended with this token (default: ROLE-RANDOM).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Hosts an agent token may act for, comma-separated (agents only, and required for them).
+    #[arg(long, value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// RFC 3339 time after which the server refuses the token.
+    #[arg(long)]
+    pub expires: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -13,6 +13,7 @@ pub mod dev;
 pub mod output;
 pub mod reads;
 pub mod serve;
+pub mod token;
 pub mod verify;
 
 use anyhow::Result;
@@ -25,12 +26,13 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => return serve::serve(args).await,
         Command::Dev(args) => return dev::run(output, args).await,
-        Command::Agent(args) => return agent::run(&cli.server, args).await,
+        Command::Agent(args) => return agent::run(&cli.server, cli.token.as_deref(), args).await,
+        Command::Token(command) => return token::run(command),
         _ => {}
     }
-    let client = Client::new(&cli.server)?;
+    let client = Client::with_token(&cli.server, cli.token.as_deref())?;
     match cli.command {
-        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Token(_) => unreachable!("handled above"),
         Command::Cluster(command) => cluster::run(&client, output, command).await,
         Command::Release(command) => commands::release(&client, output, command).await,
         Command::Target(command) => commands::target(&client, output, command).await,

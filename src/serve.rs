@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
+use fleetlog_api::auth::Tokens;
+use fleetlog_api::gate::GateOptions;
 use fleetlog_api::state::ApiOptions;
 use fleetlog_raft::node::{Bootstrap, Node, NodeConfig};
 
@@ -16,14 +18,25 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if args.max_subscribers == 0 {
         bail!("--max-subscribers must be at least 1");
     }
-    let options = ApiOptions { subscribers_max: args.max_subscribers };
+    let tokens = access(&args, address, &config)?;
+    let open = tokens.is_none();
+    let gate = GateOptions {
+        tokens,
+        requests_per_second_per_token: args.requests_per_second_per_token,
+        subscribers_per_token: args.max_subscribers_per_token,
+    };
+    if args.requests_per_second_per_token == 0 || args.max_subscribers_per_token == 0 {
+        bail!("--requests-per-second-per-token and --max-subscribers-per-token must be at least 1");
+    }
+    let options = ApiOptions { subscribers_max: args.max_subscribers, gate };
     let listener = fleetlog_api::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     let node = Node::start(config.clone())
         .await
         .with_context(|| format!("cannot start a node with data in {}", args.data.display()))?;
+    let authentication = if open { "none: every caller is admin" } else { "bearer tokens" };
     match config.bootstrap {
         Bootstrap::SingleNode => {
-            tracing::info!(%address, data = %args.data.display(), "fleetlog serving (single node, no authentication)")
+            tracing::info!(%address, data = %args.data.display(), authentication, "fleetlog serving (single node)")
         }
         Bootstrap::AwaitMembership => tracing::info!(
             %address,
@@ -31,13 +44,40 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             advertise = %config.advertise,
             data = %args.data.display(),
             peer_secret = config.cluster_secret.is_some(),
-            "fleetlog serving as a cluster member (no client authentication)"
+            authentication,
+            "fleetlog serving as a cluster member"
         ),
+    }
+    if open {
+        tracing::warn!(%address, "no --token-file: anyone who can reach this address may do anything");
     }
     let served = fleetlog_api::serve(node.clone(), listener, options, shutdown_signal()).await;
     tracing::info!("stopped accepting; shutting down raft");
     node.shutdown().await;
     served.context("the HTTP server failed")
+}
+
+/// The tokens to require, or None to run open. Open is the default only on a loopback address;
+/// a server with tokens that joins a cluster needs a cluster secret, or the peer routes would be a
+/// way around its tokens.
+fn access(args: &ServeArgs, address: SocketAddr, config: &NodeConfig) -> Result<Option<Tokens>> {
+    let Some(path) = &args.token_file else {
+        if !address.ip().is_loopback() && !args.insecure_open {
+            bail!(
+                "--listen {address} is not a loopback address: give --token-file (see `fleetlog token create`), \
+                 or --insecure-open to let anyone who reaches it do anything"
+            );
+        }
+        return Ok(None);
+    };
+    let tokens = Tokens::load(path).map_err(|error| anyhow::anyhow!(error))?;
+    if tokens.is_empty() {
+        bail!("the token file {} holds no tokens: nobody could call this server", path.display());
+    }
+    if config.bootstrap == Bootstrap::AwaitMembership && config.cluster_secret.is_none() {
+        bail!("a cluster member with --token-file needs --cluster-secret too, or peer calls would bypass the tokens");
+    }
+    Ok(Some(tokens))
 }
 
 fn node_config(args: &ServeArgs) -> Result<NodeConfig> {

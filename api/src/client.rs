@@ -24,9 +24,24 @@ pub struct Client {
 impl Client {
     /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`.
     pub fn new(base: &str) -> Result<Client, ClientError> {
+        Client::with_token(base, None)
+    }
+
+    /// A client that sends `token` as a bearer token with every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.filter(|token| !token.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ClientError::Transport { url: base.clone(), reason: "the token must be visible ASCII".to_string() }
+            })?;
+            // Kept out of debug output.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()
             .map_err(|error| ClientError::Transport { url: base.clone(), reason: error.to_string() })?;
         Ok(Client { base, http })

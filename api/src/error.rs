@@ -13,11 +13,19 @@ pub struct ApiError {
     pub message: String,
     /// Position of the offending event in a batch.
     pub event_index: Option<u32>,
+    /// Seconds a client should wait before retrying (the Retry-After header of 429 and 503).
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code: code.to_string(), message: message.into(), event_index: None }
+        ApiError {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+            event_index: None,
+            retry_after_seconds: None,
+        }
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
@@ -34,6 +42,11 @@ impl ApiError {
 
     pub fn unavailable(code: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_seconds = Some(seconds);
+        self
     }
 
     pub fn at(mut self, event_index: usize) -> ApiError {
@@ -60,6 +73,7 @@ impl From<Rejection> for ApiError {
             code: rejection.code.as_str().to_string(),
             message: rejection.message,
             event_index: rejection.event_index,
+            retry_after_seconds: None,
         }
     }
 }
@@ -84,6 +98,11 @@ impl From<fleetlog_raft::Error> for ApiError {
 
 impl ApiError {
     /// The JSON body: `{"error": {"code", "message", "event_index"?}}`.
+    /// The Retry-After of this answer: as set, or 1 s for any 503.
+    pub fn retry_after_header(&self) -> Option<u64> {
+        self.retry_after_seconds.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1))
+    }
+
     pub fn body(&self) -> serde_json::Value {
         let mut error = serde_json::json!({ "code": self.code, "message": self.message });
         if let Some(index) = self.event_index {
@@ -96,8 +115,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        if let Some(seconds) = self.retry_after_header() {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -14,8 +14,10 @@
 //! Only this crate knows JSON shapes (apart from the canonical event form, which is part of the
 //! hash contract and lives in `fleetlog-raft`).
 
+pub mod auth;
 pub mod client;
 pub mod error;
+pub mod gate;
 pub mod input;
 mod listener;
 pub mod metrics;
@@ -81,6 +83,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        // Only matched routes pass the gate; unknown paths and methods reach the fallbacks.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::middleware))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -11,6 +11,7 @@ pub struct Metrics {
     duplicates: AtomicU64,
     rejections: Vec<AtomicU64>,
     pub subscribers_active: AtomicU64,
+    access_refusals: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -21,6 +22,7 @@ impl Default for Metrics {
             duplicates: AtomicU64::new(0),
             rejections: RejectionCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             subscribers_active: AtomicU64::new(0),
+            access_refusals: AtomicU64::new(0),
         }
     }
 }
@@ -41,6 +43,12 @@ impl Metrics {
         }
     }
 
+    /// A request the gate refused: no token, an unknown or expired one, a forbidden action, or
+    /// one over its token's rate.
+    pub fn refused(&self) {
+        self.access_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Renders the counters plus the gauges passed in.
     pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
         let mut text = String::new();
@@ -56,6 +64,11 @@ impl Metrics {
                 &self.events_appended,
             ),
             ("fleetlog_append_duplicates_total", "Append requests that replayed known ids.", &self.duplicates),
+            (
+                "fleetlog_access_refusals_total",
+                "Requests the gate refused: token (401), role or host (403), rate (429).",
+                &self.access_refusals,
+            ),
         ];
         for (name, help, value) in counters {
             let _ =

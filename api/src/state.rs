@@ -11,6 +11,7 @@ use fleetlog_raft::records;
 use tokio::sync::{watch, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
+use crate::gate::{Gate, GateOptions};
 use crate::metrics::Metrics;
 
 /// Concurrent SSE streams (subscribe and watch) one node serves unless configured otherwise.
@@ -22,11 +23,13 @@ pub const SUBSCRIBERS_MAX: usize = 15_000;
 pub struct ApiOptions {
     /// Concurrent SSE streams beyond which a new one gets 503 `too_many_subscribers`.
     pub subscribers_max: usize,
+    /// Tokens and per-token limits.
+    pub gate: GateOptions,
 }
 
 impl Default for ApiOptions {
     fn default() -> ApiOptions {
-        ApiOptions { subscribers_max: SUBSCRIBERS_MAX }
+        ApiOptions { subscribers_max: SUBSCRIBERS_MAX, gate: GateOptions::default() }
     }
 }
 
@@ -35,6 +38,7 @@ pub struct AppState {
     pub node: Node,
     pub metrics: Arc<Metrics>,
     pub subscribers: Arc<Semaphore>,
+    pub gate: Arc<Gate>,
     /// Turns true when the server shuts down, so open streams end and connections drain.
     pub closing: Arc<watch::Sender<bool>>,
 }
@@ -45,14 +49,9 @@ impl AppState {
             node,
             metrics: Arc::new(Metrics::default()),
             subscribers: Arc::new(Semaphore::new(options.subscribers_max)),
+            gate: Arc::new(Gate::new(options.gate.clone())),
             closing: Arc::new(watch::channel(false).0),
         }
-    }
-
-    /// The principal events are attributed to. Authentication is not built yet, so every
-    /// request is anonymous.
-    pub fn actor(&self) -> String {
-        "anonymous".to_string()
     }
 
     /// Checks the request statically, then proposes it and waits for its outcome.

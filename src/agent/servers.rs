@@ -16,12 +16,12 @@ pub struct Servers {
 impl Servers {
     /// `urls` is the comma-separated `--server` list. `spread` picks the first server, so agents
     /// started with the same list do not all land on the same node.
-    pub fn new(urls: &str, spread: &str) -> Result<Servers> {
+    pub fn new(urls: &str, token: Option<&str>, spread: &str) -> Result<Servers> {
         let clients = urls
             .split(',')
             .map(str::trim)
             .filter(|url| !url.is_empty())
-            .map(Client::new)
+            .map(|url| Client::with_token(url, token))
             .collect::<Result<Vec<_>, _>>()?;
         if clients.is_empty() {
             bail!("--server needs at least one URL");

@@ -5,9 +5,11 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
 use serde_json::{Map, Value};
 
+use crate::auth::{Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{canonical_data, optional_string, JsonObject, PathParams};
 use crate::state::AppState;
@@ -86,9 +88,27 @@ impl Command {
 }
 
 /// Appends one event and answers with it as committed (201), or the original (200, replay).
-async fn run(app: AppState, headers: HeaderMap, body: Map<String, Value>, command: Command) -> ApiResult<Response> {
+async fn run(
+    app: AppState,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Map<String, Value>,
+    command: Command,
+) -> ApiResult<Response> {
     let event = command.build(&headers, body)?;
-    let request = AppendRequest { events: vec![event], expected_version: ExpectedVersion::Any, actor: app.actor() };
+    // An agent acts only for the hosts its token names, whichever field names the host.
+    match &event.host {
+        Some(host) => principal.require_host(host)?,
+        None if principal.role == Role::Agent => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "an agent's command must name one of its hosts",
+            ))
+        }
+        None => {}
+    }
+    let request = AppendRequest { events: vec![event], expected_version: ExpectedVersion::Any, actor: principal.name };
     let (seq, duplicate) = match app.append(request).await? {
         AppendOutcome::Appended { events, duplicate } => (events[0].seq, duplicate),
         AppendOutcome::Rejected(rejection) => return Err(rejection.into()),
@@ -102,34 +122,38 @@ async fn run(app: AppState, headers: HeaderMap, body: Map<String, Value>, comman
 
 pub async fn create_release(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    run(app, headers, body, Command::new("release.created", &["service", "release"])).await
+    run(app, principal, headers, body, Command::new("release.created", &["service", "release"])).await
 }
 
 pub async fn block_release(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams((service, release)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let command = Command::new("release.blocked", &[]).fixed("service", service).fixed("release", release);
-    run(app, headers, body, command).await
+    run(app, principal, headers, body, command).await
 }
 
 pub async fn unblock_release(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams((service, release)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let command = Command::new("release.unblocked", &[]).fixed("service", service).fixed("release", release);
-    run(app, headers, body, command).await
+    run(app, principal, headers, body, command).await
 }
 
 pub async fn start_deployment(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     JsonObject(mut body): JsonObject,
 ) -> ApiResult<Response> {
@@ -137,92 +161,103 @@ pub async fn start_deployment(
         let id = uuid::Uuid::new_v4().simple().to_string();
         body.insert("deployment".into(), Value::String(format!("dep-{}", &id[..12])));
     }
-    run(app, headers, body, Command::new("deployment.started", &["deployment", "service", "env", "release"])).await
+    run(app, principal, headers, body, Command::new("deployment.started", &["deployment", "service", "env", "release"]))
+        .await
 }
 
 pub async fn start_wave(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams((deployment, wave)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let command = Command::new("wave.started", &[]).fixed("deployment", deployment).data("wave", wave.into());
-    run(app, headers, body, command).await
+    run(app, principal, headers, body, command).await
 }
 
 pub async fn complete_wave(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams((deployment, wave)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let command = Command::new("wave.completed", &[]).fixed("deployment", deployment).data("wave", wave.into());
-    run(app, headers, body, command).await
+    run(app, principal, headers, body, command).await
 }
 
 pub async fn complete_deployment(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams(deployment): PathParams<String>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    run(app, headers, body, Command::new("deployment.completed", &[]).fixed("deployment", deployment)).await
+    run(app, principal, headers, body, Command::new("deployment.completed", &[]).fixed("deployment", deployment)).await
 }
 
 pub async fn abort_deployment(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams(deployment): PathParams<String>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    run(app, headers, body, Command::new("deployment.aborted", &[]).fixed("deployment", deployment)).await
+    run(app, principal, headers, body, Command::new("deployment.aborted", &[]).fixed("deployment", deployment)).await
 }
 
 pub async fn rollback(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    run(app, headers, body, Command::new("rollback", &["service", "env", "release"])).await
+    run(app, principal, headers, body, Command::new("rollback", &["service", "env", "release"])).await
 }
 
 pub async fn register_target(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    run(app, headers, body, Command::new("target.registered", &["host", "service", "env"])).await
+    run(app, principal, headers, body, Command::new("target.registered", &["host", "service", "env"])).await
 }
 
 pub async fn deregister_target(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams((service, env, host)): PathParams<(String, String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let command =
         Command::new("target.deregistered", &[]).fixed("service", service).fixed("env", env).fixed("host", host);
-    run(app, headers, body, command).await
+    run(app, principal, headers, body, command).await
 }
 
 pub async fn report(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    run(app, headers, body, Command::new("host.reported", &["host", "service", "env", "release"])).await
+    run(app, principal, headers, body, Command::new("host.reported", &["host", "service", "env", "release"])).await
 }
 
 pub async fn start_freeze(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    run(app, headers, body, Command::new("freeze.started", &["service", "env"])).await
+    run(app, principal, headers, body, Command::new("freeze.started", &["service", "env"])).await
 }
 
 pub async fn end_freeze(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams((service, env)): PathParams<(String, String)>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
@@ -231,5 +266,5 @@ pub async fn end_freeze(
         .fixed("service", service)
         .fixed("env", env)
         .data("reason", Value::String("freeze ended".into()));
-    run(app, headers, body, command).await
+    run(app, principal, headers, body, command).await
 }

@@ -6,11 +6,13 @@ use std::fmt::Write;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use fleetlog_raft::canonical::write_string;
 use fleetlog_raft::event::{push_hex, AppendOutcome, AppendRequest, AppendedEvent};
 use fleetlog_raft::views::{self, EventFilter};
 use serde_json::Value;
 
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::input::{parse_append, JsonObject, Params, PathParams};
 use crate::state::AppState;
@@ -25,9 +27,13 @@ const FILTER_CHARS_MAX: usize = 256;
 pub const FILTER_PARAMS: [&str; 10] =
     ["type", "stream", "service", "env", "host", "release", "deployment", "actor", "since", "until"];
 
-pub async fn append(State(app): State<AppState>, JsonObject(body): JsonObject) -> ApiResult<Response> {
+pub async fn append(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
     let (events, expected_version) = parse_append(&body)?;
-    let request = AppendRequest { events, expected_version, actor: app.actor() };
+    let request = AppendRequest { events, expected_version, actor: principal.name };
     outcome_response(app.append(request).await?)
 }
 

@@ -10,11 +10,13 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::input::PathParams;
 use crate::state::AppState;
@@ -46,19 +48,21 @@ fn respond(app: AppState, opened: Opened) -> Response {
 
 pub async fn subscribe(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let opened = streams::open(&app, "/v1/subscribe", query, last_event_id(&headers)?).await?;
+    let opened = streams::open(&app, &principal, "/v1/subscribe", query, last_event_id(&headers)?).await?;
     Ok(respond(app, opened))
 }
 
 pub async fn watch(
     State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
     PathParams(host): PathParams<String>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let opened = streams::open(&app, &format!("/v1/watch/{host}"), query, last_event_id(&headers)?).await?;
+    let opened = streams::open(&app, &principal, &format!("/v1/watch/{host}"), query, last_event_id(&headers)?).await?;
     Ok(respond(app, opened))
 }

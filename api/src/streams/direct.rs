@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{open, Sink, StreamEnd};
+use crate::auth::{Permission, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -39,7 +40,11 @@ pub async fn serve(app: AppState, mut stream: TcpStream) {
         Ok(request) => request,
         Err(error) => return reply_error(&mut stream, error).await,
     };
-    let opened = match open(&app, &request.path, request.query, request.last_event_id.as_deref()).await {
+    let principal = match admit(&app, &request) {
+        Ok(principal) => principal,
+        Err(error) => return reply_error(&mut stream, error).await,
+    };
+    let opened = match open(&app, &principal, &request.path, request.query, request.last_event_id.as_deref()).await {
         Ok(opened) => opened,
         Err(error) => return reply_error(&mut stream, error).await,
     };
@@ -53,6 +58,16 @@ pub async fn serve(app: AppState, mut stream: TcpStream) {
     if let Err(end) = opened.run(&app, &mut sink).await {
         tracing::debug!(%end, "stream ended");
     }
+}
+
+/// Runs the gate's checks the router's middleware runs for routed requests.
+fn admit(app: &AppState, request: &StreamRequest) -> Result<Principal, ApiError> {
+    let authorization = request.authorization.as_deref().map(str::as_bytes);
+    match request.path.strip_prefix("/v1/watch/") {
+        Some(host) => app.gate.admit(authorization, Permission::HostRead, Some(host)),
+        None => app.gate.admit(authorization, Permission::Read, None),
+    }
+    .inspect_err(|_| app.metrics.refused())
 }
 
 async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, ApiError> {
@@ -85,6 +100,7 @@ struct StreamRequest {
     path: String,
     query: HashMap<String, String>,
     last_event_id: Option<String>,
+    authorization: Option<String>,
 }
 
 fn parse(head: &[u8]) -> Result<StreamRequest, ApiError> {
@@ -115,14 +131,25 @@ fn parse(head: &[u8]) -> Result<StreamRequest, ApiError> {
         ),
         None => None,
     };
-    Ok(StreamRequest { path: path.to_string(), query: parameters, last_event_id })
+    let authorization = request
+        .headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case("authorization"))
+        .map(|header| String::from_utf8_lossy(header.value).into_owned());
+    Ok(StreamRequest { path: path.to_string(), query: parameters, last_event_id, authorization })
 }
 
 async fn reply_error(stream: &mut TcpStream, error: ApiError) {
     let body = error.body().to_string();
-    let retry = if error.status == StatusCode::SERVICE_UNAVAILABLE { "retry-after: 1\r\n" } else { "" };
+    let mut extra = String::new();
+    if let Some(seconds) = error.retry_after_header() {
+        extra.push_str(&format!("retry-after: {seconds}\r\n"));
+    }
+    if error.status == StatusCode::UNAUTHORIZED {
+        extra.push_str("www-authenticate: Bearer\r\n");
+    }
     let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{body}",
         error.status.as_u16(),
         error.status.canonical_reason().unwrap_or(""),
         body.len()

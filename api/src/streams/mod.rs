@@ -20,7 +20,9 @@ use bytes::Bytes;
 use fleetlog_raft::feed::Feed;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::gate::TokenStreamSlot;
 use crate::input::Params;
 use crate::routes::events::{beyond_head, parse_filter, FILTER_PARAMS};
 use crate::state::AppState;
@@ -37,11 +39,13 @@ const OUT_OF_CONTACT_BEATS_MAX: u32 = 2;
 /// Holds a subscriber slot for the life of a stream.
 struct Slot {
     _permit: OwnedSemaphorePermit,
+    _token: TokenStreamSlot,
     app: AppState,
 }
 
 impl Slot {
-    fn take(app: &AppState) -> ApiResult<Slot> {
+    fn take(app: &AppState, principal: &Principal) -> ApiResult<Slot> {
+        let token = app.gate.stream_slot(principal)?;
         let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable(
                 "too_many_subscribers",
@@ -49,7 +53,7 @@ impl Slot {
             )
         })?;
         app.metrics.subscribers_active.fetch_add(1, Ordering::Relaxed);
-        Ok(Slot { _permit: permit, app: app.clone() })
+        Ok(Slot { _permit: permit, _token: token, app: app.clone() })
     }
 }
 
@@ -147,6 +151,7 @@ impl Opened {
 /// a subscriber slot and prepares the first message.
 pub async fn open(
     app: &AppState,
+    principal: &Principal,
     path: &str,
     query: HashMap<String, String>,
     last_event_id: Option<&str>,
@@ -161,7 +166,7 @@ pub async fn open(
         if next > head + 1 {
             return Err(beyond_head(next, head));
         }
-        let slot = Slot::take(app)?;
+        let slot = Slot::take(app, principal)?;
         return Ok(Opened { _slot: slot, first: None, next, kind: Kind::Log(LogSource::new(filter)) });
     }
     let Some(host) = path.strip_prefix("/v1/watch/") else {
@@ -180,11 +185,11 @@ pub async fn open(
         Some(from) if from > head + 1 => Err(beyond_head(from, head)),
         // Resuming: directives only; the agent has its state.
         Some(from) => {
-            let slot = Slot::take(app)?;
+            let slot = Slot::take(app, principal)?;
             Ok(Opened { _slot: slot, first: None, next: from.max(1), kind: Kind::Host(HostSource::new(host)) })
         }
         None => {
-            let slot = Slot::take(app)?;
+            let slot = Slot::take(app, principal)?;
             let (seq, first) = host::state_message(app, &host).await?;
             Ok(Opened { _slot: slot, first: Some(first), next: seq + 1, kind: Kind::Host(HostSource::new(host)) })
         }
