@@ -250,6 +250,14 @@ pub struct ServeArgs {
     /// Concurrent streams (watch and subscribe) this node serves; beyond it: 503 too_many_subscribers.
     #[arg(long, default_value_t = fleetlog_api::state::SUBSCRIBERS_MAX)]
     pub max_subscribers: usize,
+    /// Free space (MiB) the data directory's filesystem must keep; below it appends get 503
+    /// disk_full while reads and streams go on.
+    #[arg(long, default_value_t = fleetlog_raft::disk::RESERVE_BYTES / (1024 * 1024))]
+    pub min_free_mib: u64,
+    /// Seconds a client has to send a request head, and again its body (slow-loris defence);
+    /// a late body gets 408 body_timeout, a late head a closed connection.
+    #[arg(long, default_value_t = 30)]
+    pub client_timeout_seconds: u64,
     /// Tokens this server accepts (lines from `fleetlog token create`). Without it the server runs
     /// open, which it allows only on a loopback address unless --insecure-open is given.
     #[arg(long, env = "FLEETLOG_TOKEN_FILE")]

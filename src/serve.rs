@@ -28,7 +28,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if args.requests_per_second_per_token == 0 || args.max_subscribers_per_token == 0 {
         bail!("--requests-per-second-per-token and --max-subscribers-per-token must be at least 1");
     }
-    let options = ApiOptions { subscribers_max: args.max_subscribers, gate };
+    if args.client_timeout_seconds == 0 {
+        bail!("--client-timeout-seconds must be at least 1");
+    }
+    let options = ApiOptions {
+        subscribers_max: args.max_subscribers,
+        gate,
+        client_timeout: std::time::Duration::from_secs(args.client_timeout_seconds),
+    };
     let listener = fleetlog_api::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     let node = Node::start(config.clone())
         .await
@@ -84,6 +91,7 @@ fn node_config(args: &ServeArgs) -> Result<NodeConfig> {
     let mut config =
         NodeConfig::single(args.data.clone(), args.advertise.clone().unwrap_or_else(|| args.listen.clone()));
     config.snapshot_every = args.snapshot_every;
+    config.disk_reserve_bytes = args.min_free_mib.saturating_mul(1024 * 1024);
     config.cluster_secret = args.cluster_secret.clone().filter(|secret| !secret.is_empty());
     config.peer_routes = parse_node_addresses(&args.peer_routes, "--peer-route")?.into_iter().collect();
     if args.snapshot_every == 0 {

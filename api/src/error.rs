@@ -85,6 +85,7 @@ impl From<WriteError> for ApiError {
             WriteError::NotLeader { .. } => "not_leader",
             WriteError::Timeout(_) => "write_timeout",
             WriteError::Unavailable(_) => "unavailable",
+            WriteError::DiskFull(_) => "disk_full",
         };
         ApiError::unavailable(code, error.to_string())
     }

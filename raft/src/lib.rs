@@ -17,6 +17,7 @@ pub mod canonical;
 pub mod checkpoint;
 pub mod cluster;
 pub mod codec;
+pub mod disk;
 pub mod error;
 pub mod event;
 pub mod feed;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::batcher::Batcher;
+use crate::disk::DiskGuard;
 use crate::error::{Error, Result};
 use crate::event::{AppendOutcome, AppendRequest, ClusterIdentity, LedgerCommand};
 use crate::feed::Feed;
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     /// Required on every peer call when set.
     pub cluster_secret: Option<String>,
     pub snapshot_every: u64,
+    /// Free bytes below which this node refuses appends (see [`crate::disk`]).
+    pub disk_reserve_bytes: u64,
 }
 
 impl NodeConfig {
@@ -68,6 +71,7 @@ impl NodeConfig {
             peer_routes: HashMap::new(),
             cluster_secret: None,
             snapshot_every: SNAPSHOT_EVERY_ENTRIES,
+            disk_reserve_bytes: crate::disk::RESERVE_BYTES,
         }
     }
 }
@@ -84,6 +88,8 @@ pub enum WriteError {
     Timeout(Duration),
     #[error("the node cannot write: {0}")]
     Unavailable(String),
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 /// A leader not acknowledged by a quorum for this long counts as cut off (see [`Node::in_contact`]).
@@ -102,6 +108,7 @@ struct NodeInner {
     feed: Feed,
     peers: Arc<Peers>,
     batcher: Batcher,
+    disk: DiskGuard,
 }
 
 fn raft_config(snapshot_every: u64) -> Result<Config> {
@@ -145,6 +152,7 @@ impl Node {
                 id: config.node_id,
                 advertise: config.advertise.clone(),
                 batcher: Batcher::start(raft.clone()),
+                disk: DiskGuard::new(config.data_dir.clone(), config.disk_reserve_bytes),
                 raft,
                 database,
                 feed,
@@ -241,6 +249,11 @@ impl Node {
         request: AppendRequest,
         timeout: Duration,
     ) -> std::result::Result<AppendOutcome, WriteError> {
+        // Checked where the request arrives and again on the leader it is forwarded to: each
+        // node that would store the entry refuses while its own disk is short.
+        if let Some(shortage) = self.inner.disk.shortage() {
+            return Err(WriteError::DiskFull(shortage));
+        }
         self.inner.batcher.append(request, timeout).await
     }
 

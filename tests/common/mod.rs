@@ -43,12 +43,25 @@ impl Server {
         server
     }
 
+    /// Starts a server on a free port with data in `data` and extra `serve` flags; waits until
+    /// it is ready. The caller owns the directory.
+    pub async fn start_with(data: &Path, extra: &[&str]) -> Server {
+        let server = Server::spawn_with(data, free_port(), extra);
+        server.wait_ready().await;
+        server
+    }
+
     fn spawn(data: &Path, port: u16) -> Server {
+        Server::spawn_with(data, port, &[])
+    }
+
+    fn spawn_with(data: &Path, port: u16, extra: &[&str]) -> Server {
         let address = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(data.with_extension("log")).unwrap();
         let child = Command::new(binary())
             .args(["serve", "--listen", &address, "--data"])
             .arg(data)
+            .args(extra)
             .env("FLEETLOG_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)

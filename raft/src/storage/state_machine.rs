@@ -39,12 +39,22 @@ impl StateMachine {
             let meta = snapshot::install(&database, &path)?;
             snapshots.set_current(&meta, &path)?;
         }
-        if let Err(error) = ledger::cluster_identity(&database.reader()) {
+        match ledger::cluster_identity(&database.reader()) {
+            Ok(_) => {}
+            // A damaged file (a checksum that does not match), not an old format.
+            Err(Error::RocksDb(error)) => {
+                return Err(Error::Corrupt(format!(
+                    "the database cannot be read ({error}); restore this node's data directory from a backup, \
+                     or wipe it and let the node rejoin its cluster"
+                )))
+            }
             // Builds before the audit tree stored no checkpoint key and no Merkle nodes.
-            return Err(Error::Corrupt(format!(
-                "the cluster identity in this data directory cannot be read ({error}); it was probably \
+            Err(error) => {
+                return Err(Error::Corrupt(format!(
+                    "the cluster identity in this data directory cannot be read ({error}); it was probably \
                  written by an older fleetlog without checkpoint keys: recreate the data directory"
-            )));
+                )))
+            }
         }
         let head = records::head(&database.reader())?;
         Ok(StateMachine { database, feed: Feed::new(head.seq), snapshots })
