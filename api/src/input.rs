@@ -10,6 +10,7 @@ use fleetlog_raft::limits::{BATCH_EVENTS_MAX, EVENT_DATA_BYTES_MAX};
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 
 /// Largest request body accepted (SPEC section 7).
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
@@ -20,17 +21,27 @@ const EVENT_FIELDS: [&str; 9] = ["id", "type", "stream", "service", "env", "host
 /// A request body that is a JSON object (an empty body reads as `{}`).
 pub struct JsonObject(pub Map<String, Value>);
 
-impl<S: Send + Sync> FromRequest<S> for JsonObject {
+impl FromRequest<AppState> for JsonObject {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, _state: &S) -> ApiResult<JsonObject> {
-        let bytes = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX).await.map_err(|_| {
-            ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
-            )
-        })?;
+    async fn from_request(request: Request, app: &AppState) -> ApiResult<JsonObject> {
+        let read = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX);
+        let bytes = tokio::time::timeout(app.client_timeout, read)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the request body did not arrive within {:?}", app.client_timeout),
+                )
+            })?
+            .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+                )
+            })?;
         parse_object(&bytes).map(JsonObject)
     }
 }

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod gate;
+mod http_server;
 pub mod input;
 mod listener;
 pub mod metrics;
@@ -120,6 +121,7 @@ pub async fn serve(
         // Streams never finish on their own: tell them to end so the connections can drain.
         closing.send_replace(true);
     };
-    let connections = listener::split(listener, state.clone())?;
-    axum::serve(connections, app).with_graceful_shutdown(shutdown).await
+    let connections = listener::split(listener, state.clone());
+    http_server::serve(connections, app, options.client_timeout, shutdown).await;
+    Ok(())
 }

@@ -3,7 +3,6 @@
 //! ([`crate::streams::direct`]); all others go to the router. Peeking consumes nothing, so the
 //! router sees each connection from its first byte.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -14,47 +13,37 @@ use crate::streams::direct;
 
 /// Bytes peeked to tell a stream request: enough for `GET /v1/subscribe`.
 const PEEK_BYTES: usize = 24;
-/// A connection that sends nothing for this long is dropped before classification.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepted connections waiting for the router.
 const HANDOVER_QUEUE: usize = 1_024;
 
 /// Connections for the HTTP router.
 pub struct RouterConnections {
-    connections: mpsc::Receiver<(TcpStream, SocketAddr)>,
-    local: SocketAddr,
+    connections: mpsc::Receiver<TcpStream>,
 }
 
-impl axum::serve::Listener for RouterConnections {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+impl RouterConnections {
+    /// The next connection for the router.
+    pub async fn next(&mut self) -> TcpStream {
         match self.connections.recv().await {
             Some(connection) => connection,
             // The acceptor only stops with the runtime; until then, wait.
             None => std::future::pending().await,
         }
     }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
 }
 
 /// Starts accepting on `listener`; returns the connections meant for the router.
-pub fn split(listener: TcpListener, app: AppState) -> std::io::Result<RouterConnections> {
-    let local = listener.local_addr()?;
+pub fn split(listener: TcpListener, app: AppState) -> RouterConnections {
     let (handover, connections) = mpsc::channel(HANDOVER_QUEUE);
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((connection, peer)) => {
+                Ok((connection, _)) => {
                     // Small request/response pairs (Raft RPCs above all) must not wait for Nagle.
                     if let Err(error) = connection.set_nodelay(true) {
                         tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
                     }
-                    tokio::spawn(classify(connection, peer, handover.clone(), app.clone()));
+                    tokio::spawn(classify(connection, handover.clone(), app.clone()));
                 }
                 Err(error) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
@@ -64,23 +53,18 @@ pub fn split(listener: TcpListener, app: AppState) -> std::io::Result<RouterConn
             }
         }
     });
-    Ok(RouterConnections { connections, local })
+    RouterConnections { connections }
 }
 
-async fn classify(
-    connection: TcpStream,
-    peer: SocketAddr,
-    handover: mpsc::Sender<(TcpStream, SocketAddr)>,
-    app: AppState,
-) {
+async fn classify(connection: TcpStream, handover: mpsc::Sender<TcpStream>, app: AppState) {
     let mut start = [0u8; PEEK_BYTES];
-    let peeked = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, connection.peek(&mut start)).await {
+    let peeked = match tokio::time::timeout(app.client_timeout, connection.peek(&mut start)).await {
         Ok(Ok(peeked)) if peeked > 0 => peeked,
         _ => return,
     };
     if direct::is_stream_request(&start[..peeked]) {
         direct::serve(app, connection).await;
     } else {
-        let _ = handover.send((connection, peer)).await;
+        let _ = handover.send(connection).await;
     }
 }

@@ -2,6 +2,7 @@
 //! takes: a write through Raft, or a read from one consistent snapshot of the state machine.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleetlog_raft::event::{AppendOutcome, AppendRequest, Event};
 use fleetlog_raft::kv::KvRead;
@@ -18,6 +19,9 @@ use crate::metrics::Metrics;
 /// A process may hold 20,000 open files here; the rest is headroom for peers and other requests.
 pub const SUBSCRIBERS_MAX: usize = 15_000;
 
+/// Time a client has to send a request head or a body unless configured otherwise.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
 pub struct ApiOptions {
@@ -25,11 +29,14 @@ pub struct ApiOptions {
     pub subscribers_max: usize,
     /// Tokens and per-token limits.
     pub gate: GateOptions,
+    /// Time a client has to send a request head, and again its body; a connection that sends
+    /// nothing at first is dropped after it too (slow-loris defence).
+    pub client_timeout: Duration,
 }
 
 impl Default for ApiOptions {
     fn default() -> ApiOptions {
-        ApiOptions { subscribers_max: SUBSCRIBERS_MAX, gate: GateOptions::default() }
+        ApiOptions { subscribers_max: SUBSCRIBERS_MAX, gate: GateOptions::default(), client_timeout: CLIENT_TIMEOUT }
     }
 }
 
@@ -39,6 +46,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub subscribers: Arc<Semaphore>,
     pub gate: Arc<Gate>,
+    pub client_timeout: Duration,
     /// Turns true when the server shuts down, so open streams end and connections drain.
     pub closing: Arc<watch::Sender<bool>>,
 }
@@ -50,6 +58,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             subscribers: Arc::new(Semaphore::new(options.subscribers_max)),
             gate: Arc::new(Gate::new(options.gate.clone())),
+            client_timeout: options.client_timeout,
             closing: Arc::new(watch::channel(false).0),
         }
     }

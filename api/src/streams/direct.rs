@@ -6,7 +6,6 @@
 //! it is what lets one node hold tens of thousands of agents.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -20,8 +19,6 @@ use crate::state::AppState;
 
 /// Largest request head a stream request may have.
 const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
-/// A client must send its request head within this time.
-const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const HEADERS_MAX: usize = 64;
 
 /// Whether a connection that starts with these bytes asks for a stream.
@@ -31,7 +28,7 @@ pub fn is_stream_request(start: &[u8]) -> bool {
 
 /// Serves one connection whose first request is a stream, until the stream ends.
 pub async fn serve(app: AppState, mut stream: TcpStream) {
-    let head = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, read_head(&mut stream)).await {
+    let head = match tokio::time::timeout(app.client_timeout, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
         Ok(Err(error)) => return reply_error(&mut stream, error).await,
         Err(_) => return,
