@@ -15,14 +15,16 @@ use std::sync::Arc;
 use axum::http::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 
+use fleetlog_raft::ledger::validate;
+
 use crate::error::{ApiError, ApiResult};
 
 /// Prefix of every token this server issues, so a token is recognisable in a config or a leak scan.
 const TOKEN_PREFIX: &str = "flt_";
 /// Random bytes in a token.
 const TOKEN_RANDOM_BYTES: usize = 32;
-/// Characters of a principal's name.
-const NAME_CHARS_MAX: usize = 128;
+/// Characters of a principal's name or a host's.
+const NAME_CHARS_MAX: usize = fleetlog_raft::limits::NAME_CHARS_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -280,7 +282,7 @@ fn parse_line(line: &str) -> Result<TokenEntry, String> {
     let (Some(name), Some(role), Some(hash)) = (fields.next(), fields.next(), fields.next()) else {
         return Err("expected NAME ROLE sha256:HEX [hosts=A,B] [expires=TIME]".to_string());
     };
-    check_name("name", name)?;
+    check_name("name", name, validate::is_actor_char)?;
     let role = Role::parse(role).ok_or_else(|| format!("unknown role {role:?} (admin, deployer, agent, auditor)"))?;
     let hash = hash
         .strip_prefix("sha256:")
@@ -292,7 +294,7 @@ fn parse_line(line: &str) -> Result<TokenEntry, String> {
     for field in fields {
         if let Some(list) = field.strip_prefix("hosts=") {
             for host in list.split(',') {
-                check_name("host", host)?;
+                check_name("host", host, validate::is_name_char)?;
                 hosts.insert(host.to_string());
             }
         } else if let Some(time) = field.strip_prefix("expires=") {
@@ -316,15 +318,10 @@ fn parse_line(line: &str) -> Result<TokenEntry, String> {
     })
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.chars().count() <= NAME_CHARS_MAX
-        && name.chars().all(|character| character.is_ascii_alphanumeric() || "._-:@".contains(character));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!("{what} {name:?} must be 1 to {NAME_CHARS_MAX} letters, digits or . _ - : @"))
-    }
+/// Names follow the ledger's own rules, so a principal can always be an event's actor and an
+/// agent's hosts are hosts the ledger accepts.
+fn check_name(what: &str, name: &str, allowed: fn(char) -> bool) -> Result<(), String> {
+    validate::check_name(what, name, NAME_CHARS_MAX, allowed).map_err(|rejection| rejection.message)
 }
 
 /// Equal in time that does not depend on where the inputs differ.
@@ -341,6 +338,14 @@ pub struct NewToken {
 /// Makes a token for `name` with `role`; agents must name hosts, others must not.
 pub fn create_token(name: &str, role: Role, hosts: &[String], expires: Option<&str>) -> Result<NewToken, String> {
     use rand::RngCore;
+    // Checked before the line is put together: a space in a name would shift the fields.
+    check_name("name", name, validate::is_actor_char)?;
+    for host in hosts {
+        check_name("host", host, validate::is_name_char)?;
+    }
+    if expires.is_some_and(|expires| expires.contains(char::is_whitespace)) {
+        return Err("--expires must be an RFC 3339 time without spaces".to_string());
+    }
     let mut random = [0u8; TOKEN_RANDOM_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut random);
     let token = format!("{TOKEN_PREFIX}{}", hex::encode(random));
@@ -436,6 +441,8 @@ mod tests {
             (format!("alice admin {hash} expires=tomorrow"), "RFC 3339"),
             (format!("alice admin {hash} colour=blue"), "unknown field"),
             (format!("al ice admin {hash}"), "unknown role"),
+            (format!("svc:ci deployer {hash}"), "name"),
+            (format!("web agent {hash} hosts=web@1"), "host"),
             (format!("# first\nalice admin {hash}\nalice auditor sha256:{}", "cd".repeat(32)), "line 3: the name"),
             (format!("alice admin {hash}\nbob auditor {hash}"), "line 2: the same token hash"),
         ] {

@@ -2,8 +2,11 @@
 //! fingerprints are computed over, so anyone can recompute them with an off-the-shelf JCS library.
 //!
 //! Numbers follow ECMAScript's `Number.prototype.toString` (via `ryu-js`). JCS treats every number
-//! as an IEEE-754 double, so an integer outside ±2^53 cannot be represented exactly; such input is
-//! refused rather than silently rounded.
+//! as an IEEE-754 double. An integer beyond ±2^53 is accepted only when its digits are already
+//! the canonical text of the double it denotes (5000000000000000000, which is also what 5e18
+//! renders as); any other (9007199254740993, which would print as ...992) is refused rather than
+//! silently rounded. That keeps the canonical text a fixed point: parsed and rendered again, it
+//! is the same bytes (the fuzz target `canonical_json` checks this).
 
 use serde_json::{Map, Number, Value};
 
@@ -88,18 +91,16 @@ pub fn write_string(out: &mut String, text: &str) {
 }
 
 fn write_number(out: &mut String, number: &Number) -> Result<(), Error> {
-    if let Some(unsigned) = number.as_u64() {
-        if unsigned > SAFE_INTEGER_MAX {
-            return Err(Error::UnsafeInteger(number.to_string()));
+    let integer = match (number.as_u64(), number.as_i64()) {
+        (Some(unsigned), _) => Some((unsigned, unsigned.to_string(), unsigned as f64)),
+        (None, Some(signed)) => Some((signed.unsigned_abs(), signed.to_string(), signed as f64)),
+        (None, None) => None,
+    };
+    if let Some((magnitude, digits, double)) = integer {
+        if magnitude > SAFE_INTEGER_MAX && ryu_js::Buffer::new().format_finite(double) != digits {
+            return Err(Error::UnsafeInteger(digits));
         }
-        out.push_str(&unsigned.to_string());
-        return Ok(());
-    }
-    if let Some(signed) = number.as_i64() {
-        if signed.unsigned_abs() > SAFE_INTEGER_MAX {
-            return Err(Error::UnsafeInteger(number.to_string()));
-        }
-        out.push_str(&signed.to_string());
+        out.push_str(&digits);
         return Ok(());
     }
     let double = number.as_f64().ok_or_else(|| Error::UnsafeInteger(number.to_string()))?;
@@ -168,6 +169,15 @@ mod tests {
 
     #[test]
     fn refuses_integers_a_double_cannot_hold() {
+        // Beyond 2^53, integers that are exactly their double's canonical text pass unchanged;
+        // 2^60 would print as 1152921504606847000, so it is refused like 2^53 + 1.
+        assert_eq!(canonical("5000000000000000000"), "5000000000000000000");
+        // Found by the `canonical_json` fuzz target: 5e18 rendered as these digits, which were
+        // then refused when the canonical text was read back (an auditor re-hashing an event).
+        assert_eq!(canonical(&canonical("5e18")), "5000000000000000000");
+        assert_eq!(canonical("-9007199254740994"), "-9007199254740994");
+        let two_to_the_60: Value = serde_json::from_str("1152921504606846976").unwrap();
+        assert!(matches!(to_canonical_string(&two_to_the_60), Err(Error::UnsafeInteger(_))));
         let too_big: Value = serde_json::from_str("9007199254740993").unwrap();
         assert!(matches!(to_canonical_string(&too_big), Err(Error::UnsafeInteger(_))));
         let too_small: Value = serde_json::from_str("-9007199254740993").unwrap();

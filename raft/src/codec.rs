@@ -11,8 +11,17 @@ use crate::error::Error;
 /// Version byte written in front of every record this build encodes.
 pub const FORMAT_VERSION: u8 = 1;
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// Most bytes a decoded value may claim. Lengths in a record decide allocations before the
+/// bytes behind them are read, so without a bound a damaged length (fuzzing found one) asks for
+/// gigabytes; the largest honest value, a peer call of 100 log entries, stays far below.
+const DECODED_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODED_BYTES_MAX>,
+> {
+    bincode::config::standard().with_limit::<DECODED_BYTES_MAX>()
 }
 
 /// Encodes `value` as `[FORMAT_VERSION] ++ bincode(value)`.
@@ -41,6 +50,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `stored_record` fuzz target: a length of 4,294,901,760 in a 6-byte record
+    /// made the decoder allocate 4 GiB before reading the bytes behind it.
+    #[test]
+    fn a_damaged_length_is_refused_without_a_huge_allocation() {
+        let record = [FORMAT_VERSION, 0xfc, 0x00, 0x00, 0xff, 0xff];
+        assert!(matches!(decode::<crate::records::ReleaseRecord>(&record), Err(Error::Decode(_))));
+        assert!(matches!(decode::<String>(&record), Err(Error::Decode(_))));
+    }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Sample {

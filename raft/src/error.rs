@@ -18,6 +18,7 @@ pub enum Error {
     UnsafeInteger(String),
     #[error("number is not finite")]
     NotFinite,
+    #[cfg(feature = "storage")]
     #[error("rocksdb: {0}")]
     RocksDb(#[from] rocksdb::Error),
     #[error("io: {0}")]

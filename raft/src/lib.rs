@@ -10,11 +10,14 @@
 //! - `storage`: RocksDB; the Raft log store (group commit), the state machine, snapshots.
 //! - `node`: the openraft type config and a running node: proposing, reading, the live feed.
 //!
-//! Only this crate touches RocksDB and openraft.
+//! Only this crate touches RocksDB and openraft. Without its `storage` feature (on by default) it
+//! is the pure domain alone: no RocksDB, no running node; the fuzz targets build it that way.
 
+#[cfg(feature = "storage")]
 pub mod batcher;
 pub mod canonical;
 pub mod checkpoint;
+#[cfg(feature = "storage")]
 pub mod cluster;
 pub mod codec;
 pub mod disk;
@@ -26,11 +29,15 @@ pub mod kv;
 pub mod ledger;
 pub mod limits;
 pub mod merkle;
+#[cfg(feature = "storage")]
 pub mod network;
+#[cfg(feature = "storage")]
 pub mod node;
 pub mod peers;
 pub mod records;
 pub mod rejection;
+pub mod resume;
+#[cfg(feature = "storage")]
 pub mod storage;
 pub mod types;
 pub mod views;

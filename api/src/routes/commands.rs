@@ -97,16 +97,16 @@ async fn run(
 ) -> ApiResult<Response> {
     let event = command.build(&headers, body)?;
     // An agent acts only for the hosts its token names, whichever field names the host.
-    match &event.host {
-        Some(host) => principal.require_host(host)?,
+    let allowed = match &event.host {
+        Some(host) => principal.require_host(host),
         None if principal.role == Role::Agent => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "an agent's command must name one of its hosts",
-            ))
+            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "an agent's command must name one of its hosts"))
         }
-        None => {}
+        None => Ok(()),
+    };
+    if let Err(refusal) = allowed {
+        app.metrics.refused();
+        return Err(refusal);
     }
     let request = AppendRequest { events: vec![event], expected_version: ExpectedVersion::Any, actor: principal.name };
     let (seq, duplicate) = match app.append(request).await? {

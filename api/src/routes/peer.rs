@@ -36,11 +36,22 @@ type Refusal = (StatusCode, String);
 
 /// Checks the secret and decodes the body.
 fn accept<T: DeserializeOwned>(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<T, Refusal> {
-    if let Some(configured) = app.node.peers().secret() {
-        let presented = headers.get(SECRET_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("");
-        if !secret_matches(configured, presented) {
-            return Err((StatusCode::UNAUTHORIZED, "peer call without the cluster secret".to_string()));
+    match app.node.peers().secret() {
+        Some(configured) => {
+            let presented = headers.get(SECRET_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("");
+            if !secret_matches(configured, presented) {
+                return Err((StatusCode::UNAUTHORIZED, "peer call without the cluster secret".to_string()));
+            }
         }
+        // A server with tokens but no secret (a single node) takes no peer calls at all: they
+        // would be a way around its tokens (forwarded appends carry their own actor).
+        None if !app.gate.is_open() => {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "this node takes no peer calls: it has tokens but no cluster secret".into(),
+            ))
+        }
+        None => {}
     }
     codec::decode(body).map_err(|error| (StatusCode::BAD_REQUEST, format!("undecodable peer body: {error}")))
 }

@@ -133,7 +133,12 @@ fn parse(head: &[u8]) -> Result<StreamRequest, ApiError> {
         .iter()
         .find(|header| header.name.eq_ignore_ascii_case("authorization"))
         .map(|header| String::from_utf8_lossy(header.value).into_owned());
-    Ok(StreamRequest { path: path.to_string(), query: parameters, last_event_id, authorization })
+    // Decoded as the router decodes paths, so `/v1/watch/web%2D1` names host web-1 either way.
+    let path = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("invalid_parameter", "the path is not UTF-8 once decoded"))?
+        .into_owned();
+    Ok(StreamRequest { path, query: parameters, last_event_id, authorization })
 }
 
 async fn reply_error(stream: &mut TcpStream, error: ApiError) {

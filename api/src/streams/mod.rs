@@ -20,6 +20,8 @@ use bytes::Bytes;
 use fleetlog_raft::feed::Feed;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use fleetlog_raft::resume::{resume_position, ResumeError};
+
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::gate::TokenStreamSlot;
@@ -45,7 +47,7 @@ struct Slot {
 
 impl Slot {
     fn take(app: &AppState, principal: &Principal) -> ApiResult<Slot> {
-        let token = app.gate.stream_slot(principal)?;
+        let token = app.gate.stream_slot(principal).inspect_err(|_| app.metrics.refused())?;
         let permit = app.subscribers.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable(
                 "too_many_subscribers",
@@ -162,10 +164,7 @@ pub async fn open(
         allowed.push("from_seq");
         let params = Params::new(query, &allowed)?;
         let filter = parse_filter(&params)?;
-        let next = resume_seq(last_event_id, &params)?.unwrap_or(head + 1).max(1);
-        if next > head + 1 {
-            return Err(beyond_head(next, head));
-        }
+        let next = resume_seq(last_event_id, &params, head)?.unwrap_or(head + 1);
         let slot = Slot::take(app, principal)?;
         return Ok(Opened { _slot: slot, first: None, next, kind: Kind::Log(LogSource::new(filter)) });
     }
@@ -181,12 +180,11 @@ pub async fn open(
     )
     .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))?;
     let params = Params::new(query, &["from_seq"])?;
-    match resume_seq(last_event_id, &params)? {
-        Some(from) if from > head + 1 => Err(beyond_head(from, head)),
+    match resume_seq(last_event_id, &params, head)? {
         // Resuming: directives only; the agent has its state.
         Some(from) => {
             let slot = Slot::take(app, principal)?;
-            Ok(Opened { _slot: slot, first: None, next: from.max(1), kind: Kind::Host(HostSource::new(host)) })
+            Ok(Opened { _slot: slot, first: None, next: from, kind: Kind::Host(HostSource::new(host)) })
         }
         None => {
             let slot = Slot::take(app, principal)?;
@@ -196,15 +194,12 @@ pub async fn open(
     }
 }
 
-/// The seq to resume from: `Last-Event-ID` (the last seq the client saw) wins over `from_seq`.
-fn resume_seq(last_event_id: Option<&str>, params: &Params) -> ApiResult<Option<u64>> {
-    if let Some(text) = last_event_id {
-        let seen: u64 = text.trim().parse().map_err(|_| {
-            ApiError::bad_request("invalid_parameter", format!("Last-Event-ID must be a seq, not {text:?}"))
-        })?;
-        return Ok(Some(seen.saturating_add(1)));
-    }
-    params.number("from_seq")
+/// The seq to resume from (see [`resume_position`]).
+fn resume_seq(last_event_id: Option<&str>, params: &Params, head: u64) -> ApiResult<Option<u64>> {
+    resume_position(last_event_id, params.text("from_seq").as_deref(), head).map_err(|error| match error {
+        ResumeError::BeyondHead { seq, head } => beyond_head(seq, head),
+        other => ApiError::bad_request("invalid_parameter", other.to_string()),
+    })
 }
 
 /// Catch up from disk, follow the live channel, and go back to disk whenever it reports a gap.
