@@ -13,6 +13,9 @@ pub struct Cli {
     /// Bearer token for servers that require one (see `fleetlog token create`).
     #[arg(long, global = true, env = "FLEETLOG_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) to trust for https servers; `serve` uses it to dial its peers.
+    #[arg(long, global = true, env = "FLEETLOG_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -258,6 +261,13 @@ pub struct ServeArgs {
     /// a late body gets 408 body_timeout, a late head a closed connection.
     #[arg(long, default_value_t = 30)]
     pub client_timeout_seconds: u64,
+    /// Serve TLS (API and peer traffic) with this certificate chain (PEM); needs --tls-key.
+    /// Cluster members also need --tls-ca to check each other's certificates.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Tokens this server accepts (lines from `fleetlog token create`). Without it the server runs
     /// open, which it allows only on a loopback address unless --insecure-open is given.
     #[arg(long, env = "FLEETLOG_TOKEN_FILE")]

@@ -16,21 +16,26 @@ pub mod serve;
 pub mod token;
 pub mod verify;
 
-use anyhow::Result;
-use fleetlog_api::client::Client;
+use anyhow::{Context, Result};
+use fleetlog_api::client::{Client, Credentials};
 
 use crate::cli::{Cli, Command};
 
 pub async fn run(cli: Cli) -> Result<()> {
     let output = cli.output;
+    let ca_pem = match &cli.tls_ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read --tls-ca {}", path.display()))?),
+        None => None,
+    };
+    let credentials = Credentials { token: cli.token.clone(), ca_pem };
     match cli.command {
-        Command::Serve(args) => return serve::serve(args).await,
+        Command::Serve(args) => return serve::serve(args, credentials.ca_pem).await,
         Command::Dev(args) => return dev::run(output, args).await,
-        Command::Agent(args) => return agent::run(&cli.server, cli.token.as_deref(), args).await,
+        Command::Agent(args) => return agent::run(&cli.server, &credentials, args).await,
         Command::Token(command) => return token::run(command),
         _ => {}
     }
-    let client = Client::with_token(&cli.server, cli.token.as_deref())?;
+    let client = Client::configured(&cli.server, &credentials)?;
     match cli.command {
         Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Token(_) => unreachable!("handled above"),
         Command::Cluster(command) => cluster::run(&client, output, command).await,

@@ -11,10 +11,24 @@ use fleetlog_raft::node::{Bootstrap, Node, NodeConfig};
 use crate::cli::ServeArgs;
 use crate::cluster::parse_node_addresses;
 
-pub async fn serve(args: ServeArgs) -> Result<()> {
+/// `peer_ca` is the CA (PEM) a member with TLS checks its peers' certificates against.
+pub async fn serve(args: ServeArgs, peer_ca: Option<Vec<u8>>) -> Result<()> {
     let address: SocketAddr =
         args.listen.parse().with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?;
-    let config = node_config(&args)?;
+    let mut config = node_config(&args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => {
+            Some(fleetlog_api::tls::server_config(certificate, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    if tls.is_some() {
+        if config.bootstrap == Bootstrap::AwaitMembership && peer_ca.is_none() {
+            bail!("a cluster member serving TLS needs --tls-ca: the CA its peers' certificates are checked against");
+        }
+        // Members of one cluster serve TLS alike, so a member with TLS dials its peers with https.
+        config.peer_ca_pem = peer_ca;
+    }
     if args.max_subscribers == 0 {
         bail!("--max-subscribers must be at least 1");
     }
@@ -35,15 +49,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         subscribers_max: args.max_subscribers,
         gate,
         client_timeout: std::time::Duration::from_secs(args.client_timeout_seconds),
+        tls: tls.clone(),
     };
     let listener = fleetlog_api::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     let node = Node::start(config.clone())
         .await
         .with_context(|| format!("cannot start a node with data in {}", args.data.display()))?;
     let authentication = if open { "none: every caller is admin" } else { "bearer tokens" };
+    let transport = if tls.is_some() { "TLS" } else { "plain HTTP" };
     match config.bootstrap {
         Bootstrap::SingleNode => {
-            tracing::info!(%address, data = %args.data.display(), authentication, "fleetlog serving (single node)")
+            tracing::info!(%address, data = %args.data.display(), authentication, transport, "fleetlog serving (single node)")
         }
         Bootstrap::AwaitMembership => tracing::info!(
             %address,
@@ -52,6 +68,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             data = %args.data.display(),
             peer_secret = config.cluster_secret.is_some(),
             authentication,
+            transport,
             "fleetlog serving as a cluster member"
         ),
     }

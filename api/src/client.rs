@@ -15,6 +15,14 @@ pub enum ClientError {
     Protocol { url: String, reason: String },
 }
 
+/// What a client presents and trusts: a bearer token, and a CA certificate (PEM) for servers that
+/// serve TLS with a certificate it signed.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -24,14 +32,14 @@ pub struct Client {
 impl Client {
     /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`.
     pub fn new(base: &str) -> Result<Client, ClientError> {
-        Client::with_token(base, None)
+        Client::configured(base, &Credentials::default())
     }
 
-    /// A client that sends `token` as a bearer token with every request.
-    pub fn with_token(base: &str, token: Option<&str>) -> Result<Client, ClientError> {
+    /// A client that sends the token with every request and trusts the CA for https URLs.
+    pub fn configured(base: &str, credentials: &Credentials) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_string();
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = token.filter(|token| !token.is_empty()) {
+        if let Some(token) = credentials.token.as_deref().filter(|token| !token.is_empty()) {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                 ClientError::Transport { url: base.clone(), reason: "the token must be visible ASCII".to_string() }
             })?;
@@ -39,11 +47,21 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .default_headers(headers)
-            .build()
-            .map_err(|error| ClientError::Transport { url: base.clone(), reason: error.to_string() })?;
+            // Below the server's idle limit (its client timeout, 30 s by default), so a pooled
+            // connection is not reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(20))
+            .default_headers(headers);
+        if let Some(pem) = &credentials.ca_pem {
+            let certificate = reqwest::Certificate::from_pem(pem).map_err(|error| ClientError::Transport {
+                url: base.clone(),
+                reason: format!("the CA file is not a PEM certificate: {error}"),
+            })?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http =
+            builder.build().map_err(|error| ClientError::Transport { url: base.clone(), reason: error.to_string() })?;
         Ok(Client { base, http })
     }
 

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod routes;
 pub mod state;
 pub mod streams;
+pub mod tls;
 pub mod wire;
 
 use std::future::Future;
@@ -121,7 +122,8 @@ pub async fn serve(
         // Streams never finish on their own: tell them to end so the connections can drain.
         closing.send_replace(true);
     };
-    let connections = listener::split(listener, state.clone());
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let connections = listener::split(listener, state.clone(), tls);
     http_server::serve(connections, app, options.client_timeout, shutdown).await;
     Ok(())
 }

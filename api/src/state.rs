@@ -32,11 +32,18 @@ pub struct ApiOptions {
     /// Time a client has to send a request head, and again its body; a connection that sends
     /// nothing at first is dropped after it too (slow-loris defence).
     pub client_timeout: Duration,
+    /// Serve TLS with this configuration (certificate and key given).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ApiOptions {
     fn default() -> ApiOptions {
-        ApiOptions { subscribers_max: SUBSCRIBERS_MAX, gate: GateOptions::default(), client_timeout: CLIENT_TIMEOUT }
+        ApiOptions {
+            subscribers_max: SUBSCRIBERS_MAX,
+            gate: GateOptions::default(),
+            client_timeout: CLIENT_TIMEOUT,
+            tls: None,
+        }
     }
 }
 

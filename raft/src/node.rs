@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Free bytes below which this node refuses appends (see [`crate::disk`]).
     pub disk_reserve_bytes: u64,
+    /// Dial peers with https, trusting this CA (PEM); None: plain HTTP.
+    pub peer_ca_pem: Option<Vec<u8>>,
 }
 
 impl NodeConfig {
@@ -72,6 +74,7 @@ impl NodeConfig {
             cluster_secret: None,
             snapshot_every: SNAPSHOT_EVERY_ENTRIES,
             disk_reserve_bytes: crate::disk::RESERVE_BYTES,
+            peer_ca_pem: None,
         }
     }
 }
@@ -142,7 +145,11 @@ impl Node {
         let state_machine = StateMachine::open(database.clone(), snapshots)?;
         let feed = state_machine.feed().clone();
         let log_store = LogStore::new(database.clone());
-        let peers = Arc::new(Peers::new(config.peer_routes.clone(), config.cluster_secret.clone())?);
+        let peers = Arc::new(Peers::new(
+            config.peer_routes.clone(),
+            config.cluster_secret.clone(),
+            config.peer_ca_pem.as_deref(),
+        )?);
         let network = PeerNetwork::new(peers.clone());
         let raft_config = Arc::new(raft_config(config.snapshot_every)?);
         let raft =

@@ -59,24 +59,33 @@ pub struct Peers {
     /// Overrides of where a peer is dialled (a proxy or a tunnel), by node id.
     routes: HashMap<NodeId, String>,
     secret: Option<String>,
+    /// `https` when peers serve TLS.
+    scheme: &'static str,
 }
 
 impl Peers {
-    pub fn new(routes: HashMap<NodeId, String>, secret: Option<String>) -> crate::Result<Peers> {
-        let http = reqwest::Client::builder()
+    /// `ca_pem`: peers serve TLS with certificates this CA signed; None: plain HTTP.
+    pub fn new(routes: HashMap<NodeId, String>, secret: Option<String>, ca_pem: Option<&[u8]>) -> crate::Result<Peers> {
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|error| crate::Error::Raft(format!("cannot build the peer client: {error}")))?;
-        Ok(Peers { http, routes, secret })
+            // Below the server's idle limit (its client timeout, 30 s by default).
+            .pool_idle_timeout(Duration::from_secs(20));
+        if let Some(pem) = ca_pem {
+            let certificate = reqwest::Certificate::from_pem(pem)
+                .map_err(|error| crate::Error::Raft(format!("the peer CA is not a PEM certificate: {error}")))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http =
+            builder.build().map_err(|error| crate::Error::Raft(format!("cannot build the peer client: {error}")))?;
+        Ok(Peers { http, routes, secret, scheme: if ca_pem.is_some() { "https" } else { "http" } })
     }
 
     /// The base URL node `target` is reached at: its route override, else its member address.
     pub fn base_url(&self, target: NodeId, address: &str) -> String {
         let dialled = self.routes.get(&target).map(String::as_str).unwrap_or(address);
-        format!("http://{dialled}")
+        format!("{}://{dialled}", self.scheme)
     }
 
     pub fn secret(&self) -> Option<&str> {
@@ -170,7 +179,7 @@ mod tests {
     #[test]
     fn routes_override_member_addresses() {
         let routes = HashMap::from([(2, "127.0.0.1:9002".to_string())]);
-        let peers = Peers::new(routes, None).unwrap();
+        let peers = Peers::new(routes, None, None).unwrap();
         assert_eq!(peers.base_url(2, "127.0.0.1:7002"), "http://127.0.0.1:9002");
         assert_eq!(peers.base_url(3, "127.0.0.1:7003"), "http://127.0.0.1:7003");
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fleetlog_api::client::{ClientError, SseMessage};
+use fleetlog_api::client::{ClientError, Credentials, SseMessage};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -46,12 +46,12 @@ struct Update {
     directive: Option<Directive>,
 }
 
-pub async fn run(servers: &str, token: Option<&str>, args: AgentArgs) -> Result<()> {
+pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> Result<()> {
     if args.exec_timeout == 0 {
         bail!("--exec-timeout must be at least 1 second");
     }
     let identity = Identity { host: args.host.clone(), service: args.service.clone(), env: args.env.clone() };
-    let servers = Arc::new(Servers::new(servers, token, &identity.host)?);
+    let servers = Arc::new(Servers::new(servers, credentials, &identity.host)?);
     let state_directory =
         args.state_dir.clone().unwrap_or_else(|| format!("./fleetlog-agent-{}", identity.host).into());
     let file = StateFile::new(&state_directory)?;

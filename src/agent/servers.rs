@@ -2,7 +2,7 @@
 //! a growing, jittered pause, so a fleet of agents does not reconnect in lockstep after a node dies.
 
 use anyhow::{bail, Result};
-use fleetlog_api::client::{Client, ClientError};
+use fleetlog_api::client::{Client, ClientError, Credentials};
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,12 +16,12 @@ pub struct Servers {
 impl Servers {
     /// `urls` is the comma-separated `--server` list. `spread` picks the first server, so agents
     /// started with the same list do not all land on the same node.
-    pub fn new(urls: &str, token: Option<&str>, spread: &str) -> Result<Servers> {
+    pub fn new(urls: &str, credentials: &Credentials, spread: &str) -> Result<Servers> {
         let clients = urls
             .split(',')
             .map(str::trim)
             .filter(|url| !url.is_empty())
-            .map(|url| Client::with_token(url, token))
+            .map(|url| Client::configured(url, credentials))
             .collect::<Result<Vec<_>, _>>()?;
         if clients.is_empty() {
             bail!("--server needs at least one URL");
