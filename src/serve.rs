@@ -1,11 +1,13 @@
 //! `fleetlog serve`: one process, one node, the API and peer traffic on one address.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use fleetlog_api::auth::Tokens;
 use fleetlog_api::gate::GateOptions;
 use fleetlog_api::state::ApiOptions;
+use fleetlog_api::tls::ServerConfig;
 use fleetlog_raft::node::{Bootstrap, Node, NodeConfig};
 
 use crate::cli::ServeArgs;
@@ -16,41 +18,10 @@ pub async fn serve(args: ServeArgs, peer_ca: Option<Vec<u8>>) -> Result<()> {
     let address: SocketAddr =
         args.listen.parse().with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?;
     let mut config = node_config(&args)?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(certificate), Some(key)) => {
-            Some(fleetlog_api::tls::server_config(certificate, key).map_err(anyhow::Error::msg)?)
-        }
-        _ => None,
-    };
-    if tls.is_some() {
-        if config.bootstrap == Bootstrap::AwaitMembership && peer_ca.is_none() {
-            bail!("a cluster member serving TLS needs --tls-ca: the CA its peers' certificates are checked against");
-        }
-        // Members of one cluster serve TLS alike, so a member with TLS dials its peers with https.
-        config.peer_ca_pem = peer_ca;
-    }
-    if args.max_subscribers == 0 {
-        bail!("--max-subscribers must be at least 1");
-    }
+    let tls = tls_config(&args, &mut config, peer_ca)?;
     let tokens = access(&args, address, &config)?;
     let open = tokens.is_none();
-    let gate = GateOptions {
-        tokens,
-        requests_per_second_per_token: args.requests_per_second_per_token,
-        subscribers_per_token: args.max_subscribers_per_token,
-    };
-    if args.requests_per_second_per_token == 0 || args.max_subscribers_per_token == 0 {
-        bail!("--requests-per-second-per-token and --max-subscribers-per-token must be at least 1");
-    }
-    if args.client_timeout_seconds == 0 {
-        bail!("--client-timeout-seconds must be at least 1");
-    }
-    let options = ApiOptions {
-        subscribers_max: args.max_subscribers,
-        gate,
-        client_timeout: std::time::Duration::from_secs(args.client_timeout_seconds),
-        tls: tls.clone(),
-    };
+    let options = api_options(&args, tokens, tls.clone())?;
     let listener = fleetlog_api::bind(address).with_context(|| format!("cannot listen on {address}"))?;
     let node = Node::start(config.clone())
         .await
@@ -79,6 +50,49 @@ pub async fn serve(args: ServeArgs, peer_ca: Option<Vec<u8>>) -> Result<()> {
     tracing::info!("stopped accepting; shutting down raft");
     node.shutdown().await;
     served.context("the HTTP server failed")
+}
+
+/// The TLS configuration when a certificate and key are given; a member serving TLS dials its
+/// peers with https, checking them against `peer_ca`.
+fn tls_config(
+    args: &ServeArgs,
+    config: &mut NodeConfig,
+    peer_ca: Option<Vec<u8>>,
+) -> Result<Option<Arc<ServerConfig>>> {
+    let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let tls = fleetlog_api::tls::server_config(certificate, key).map_err(anyhow::Error::msg)?;
+    if config.bootstrap == Bootstrap::AwaitMembership && peer_ca.is_none() {
+        bail!("a cluster member serving TLS needs --tls-ca: the CA its peers' certificates are checked against");
+    }
+    // Members of one cluster serve TLS alike, so a member with TLS dials its peers with https.
+    config.peer_ca_pem = peer_ca;
+    Ok(Some(tls))
+}
+
+/// The HTTP layer's settings, with the limits checked.
+fn api_options(args: &ServeArgs, tokens: Option<Tokens>, tls: Option<Arc<ServerConfig>>) -> Result<ApiOptions> {
+    if args.max_subscribers == 0 {
+        bail!("--max-subscribers must be at least 1");
+    }
+    if args.requests_per_second_per_token == 0 || args.max_subscribers_per_token == 0 {
+        bail!("--requests-per-second-per-token and --max-subscribers-per-token must be at least 1");
+    }
+    if args.client_timeout_seconds == 0 {
+        bail!("--client-timeout-seconds must be at least 1");
+    }
+    let gate = GateOptions {
+        tokens,
+        requests_per_second_per_token: args.requests_per_second_per_token,
+        subscribers_per_token: args.max_subscribers_per_token,
+    };
+    Ok(ApiOptions {
+        subscribers_max: args.max_subscribers,
+        gate,
+        client_timeout: std::time::Duration::from_secs(args.client_timeout_seconds),
+        tls,
+    })
 }
 
 /// The tokens to require, or None to run open. Open is the default only on a loopback address;

@@ -15,11 +15,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agents::{Route, Serve};
+use agents::{read_response_head, Route, Serve};
 use common::{binary, free_port, verify_chain};
 use fleetlog_api::auth::{Role, ACCESS_RULES};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// The hosts the agent token names: `OWN_HOST` is the one the tests act for.
@@ -234,7 +234,7 @@ impl Client {
             if route == Route::Router {
                 let probe = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", self.address);
                 reader.get_mut().write_all(probe.as_bytes()).await.unwrap();
-                let (status, head) = read_head(&mut reader).await;
+                let (status, head) = read_response_head(&mut reader).await;
                 assert_eq!(status, 200, "GET /healthz → {head}");
                 read_body(&mut reader, &head).await;
             }
@@ -244,7 +244,7 @@ impl Client {
             }
             request.push_str("\r\n");
             reader.get_mut().write_all(request.as_bytes()).await.unwrap();
-            let (status, head) = read_head(&mut reader).await;
+            let (status, head) = read_response_head(&mut reader).await;
             if status == 200 {
                 return StreamAnswer { status, head, body: Value::Null, connection: Some(reader) };
             }
@@ -281,25 +281,6 @@ impl Client {
             .find_map(|line| line.strip_prefix("fleetlog_access_refusals_total ")?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no fleetlog_access_refusals_total in {text}"))
     }
-}
-
-/// Status code, and the status line and headers of a response with the headers' names
-/// lowercased (their values stay as sent).
-async fn read_head(reader: &mut BufReader<TcpStream>) -> (u16, String) {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).await.unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        match line.split_once(':') {
-            Some((name, value)) => head.push_str(&format!("{}:{value}", name.to_ascii_lowercase())),
-            None => head.push_str(&line),
-        }
-    }
-    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    (status, head)
 }
 
 /// The body of a response with a `content-length`.

@@ -1,6 +1,6 @@
 //! The gate every client request passes before its handler: authenticate the token (401),
 //! check the role against [`crate::auth::ACCESS_RULES`] (403), and hold each token to its share
-//! of requests per second (429) and of open streams (503). Routed requests pass it as middleware;
+//! of requests per second and of open streams (429). Routed requests pass it as middleware;
 //! streams served straight on the socket call [`Gate::admit`] themselves.
 
 use std::collections::HashMap;

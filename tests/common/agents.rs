@@ -548,8 +548,9 @@ pub struct RawStream {
     server_port: u16,
 }
 
-/// Status line and headers of a response, and its status code.
-async fn read_response_head(reader: &mut BufReader<tokio::net::TcpStream>) -> (u16, String) {
+/// Status code, and the status line and headers of a response with the headers' names
+/// lowercased (their values stay as sent).
+pub async fn read_response_head(reader: &mut BufReader<tokio::net::TcpStream>) -> (u16, String) {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -557,7 +558,10 @@ async fn read_response_head(reader: &mut BufReader<tokio::net::TcpStream>) -> (u
         if line == "\r\n" || line.is_empty() {
             break;
         }
-        head.push_str(&line.to_ascii_lowercase());
+        match line.split_once(':') {
+            Some((name, value)) => head.push_str(&format!("{}:{value}", name.to_ascii_lowercase())),
+            None => head.push_str(&line),
+        }
     }
     let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     (status, head)
