@@ -16,6 +16,7 @@ use axum::http::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 
 use fleetlog_raft::ledger::validate;
+use fleetlog_raft::peers::constant_time_equal;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -322,11 +323,6 @@ fn parse_line(line: &str) -> Result<TokenEntry, String> {
 /// agent's hosts are hosts the ledger accepts.
 fn check_name(what: &str, name: &str, allowed: fn(char) -> bool) -> Result<(), String> {
     validate::check_name(what, name, NAME_CHARS_MAX, allowed).map_err(|rejection| rejection.message)
-}
-
-/// Equal in time that does not depend on where the inputs differ.
-pub fn constant_time_equal(left: &[u8; 32], right: &[u8; 32]) -> bool {
-    left.iter().zip(right.iter()).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
 }
 
 /// A new token and the token-file line that accepts it.

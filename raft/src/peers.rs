@@ -159,9 +159,15 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 pub fn secret_matches(configured: &str, presented: &str) -> bool {
     use sha2::Digest;
     // Hashing first makes the comparison length-independent too.
-    let configured = sha2::Sha256::digest(configured.as_bytes());
-    let presented = sha2::Sha256::digest(presented.as_bytes());
-    configured.iter().zip(presented.iter()).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
+    let configured: [u8; 32] = sha2::Sha256::digest(configured.as_bytes()).into();
+    let presented: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+    constant_time_equal(&configured, &presented)
+}
+
+/// Equal in a time that does not depend on where the digests differ; the cluster secret and the
+/// API's token lookup both compare through it.
+pub fn constant_time_equal(left: &[u8; 32], right: &[u8; 32]) -> bool {
+    left.iter().zip(right.iter()).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
 }
 
 #[cfg(test)]
