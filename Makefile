@@ -6,7 +6,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/fleetlog-target
 export CARGO_TARGET_DIR
 
-.PHONY: run test cluster demo prerequisites build lint
+.PHONY: run test cluster demo prerequisites build lint fuzz-check
 
 prerequisites:
 	@./scripts/prerequisites.sh
@@ -32,3 +32,7 @@ test: prerequisites
 lint: prerequisites
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# The fuzz targets compile (on the stable toolchain; running them needs nightly: scripts/fuzz.sh).
+fuzz-check: prerequisites
+	cargo check --manifest-path fuzz/Cargo.toml --bins

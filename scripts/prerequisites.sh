@@ -1,20 +1,67 @@
 #!/usr/bin/env bash
-# Installs what building fleetlog needs on a fresh Debian 12 machine with Rust: a C++ compiler and
-# libclang (RocksDB is compiled from source; its bindings are generated with bindgen). The tests
-# also use openssl (certificates for the TLS tests) and fallocate and mount (the full-disk test).
+# Installs what building and testing fleetlog needs on a fresh Debian 12 machine with Rust:
+# - g++ and make: RocksDB is compiled from source;
+# - libclang (the development package): bindgen generates RocksDB's bindings and loads libclang
+#   at build time, as the clang-sys crate finds it (see find_libclang below);
+# - python3 and openssl: the independent audit script and the TLS tests' certificates;
+# - fallocate and mount (util-linux): the full-disk test fills a small tmpfs;
+# - /dev/fuse: the power-cut test mounts a test-only FUSE file system (the kernel's, no package).
+#
+# `prerequisites.sh --print-missing` only prints the packages it would install, one per line, and
+# installs nothing: tests use it to check the detection itself.
 set -euo pipefail
+
+# clang-sys (which bindgen uses) looks for exactly these file names, without a suffix after `.so`:
+# `libclang.so` or `libclang-<version>.so`. Debian's images ship `libclang-cpp.so.14`, which matches
+# neither and cannot be loaded by bindgen: only libclang-dev provides a name that clang-sys accepts.
+# FLEETLOG_LIBCLANG_DIRS replaces the directories searched (a test points it at a directory of its own).
+libclang_directories() {
+  if [ -n "${FLEETLOG_LIBCLANG_DIRS:-}" ]; then
+    printf '%s\n' $FLEETLOG_LIBCLANG_DIRS
+    return
+  fi
+  [ -n "${LIBCLANG_PATH:-}" ] && printf '%s\n' "$LIBCLANG_PATH"
+  if command -v llvm-config >/dev/null 2>&1; then llvm-config --libdir; fi
+  printf '%s\n' /usr/lib/llvm-*/lib /usr/lib /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu \
+    /usr/local/lib /usr/local/llvm*/lib
+}
+
+find_libclang() {
+  local directory file name
+  while IFS= read -r directory; do
+    [ -d "$directory" ] || continue
+    for file in "$directory"/libclang.so "$directory"/libclang-*.so; do
+      [ -e "$file" ] || continue
+      name=${file##*/}
+      # `libclang-*.so` must carry a version number: `libclang-cpp.so` is another library.
+      if [ "$name" = libclang.so ] || [[ "$name" =~ ^libclang-[0-9][0-9.]*\.so$ ]]; then
+        echo "$file"
+        return 0
+      fi
+    done
+  done < <(libclang_directories)
+  return 1
+}
 
 missing=()
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v fallocate >/dev/null 2>&1 || missing+=(util-linux)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
-  missing+=(libclang-dev)
+find_libclang >/dev/null || missing+=(libclang-dev)
+
+if [ "${1:-}" = --print-missing ]; then
+  [ ${#missing[@]} -gt 0 ] && printf '%s\n' "${missing[@]}"
+  exit 0
 fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust (https://rustup.rs) first" >&2
   exit 1
+fi
+if [ ! -e /dev/fuse ]; then
+  echo "warning: /dev/fuse is missing: the power-cut test will fail (load the kernel's fuse module)" >&2
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
@@ -22,5 +69,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"
   else
     sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}"
+  fi
+  if ! find_libclang >/dev/null; then
+    echo "libclang-dev is installed, yet no libclang.so or libclang-N.so was found" >&2
+    exit 1
   fi
 fi

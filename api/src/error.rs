@@ -93,7 +93,10 @@ impl From<WriteError> for ApiError {
 
 impl From<fleetlog_raft::Error> for ApiError {
     fn from(error: fleetlog_raft::Error) -> ApiError {
-        ApiError::internal(error)
+        match error {
+            fleetlog_raft::Error::InstallingSnapshot => ApiError::unavailable("installing_snapshot", error.to_string()),
+            error => ApiError::internal(error),
+        }
     }
 }
 

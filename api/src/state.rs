@@ -97,7 +97,7 @@ impl AppState {
         }
         let database = self.node.database().clone();
         tokio::task::spawn_blocking(move || {
-            let reader = database.snapshot_reader();
+            let reader = database.consistent_reader()?;
             query(&reader)
         })
         .await

@@ -31,6 +31,10 @@ pub enum Error {
     Proof(#[from] crate::merkle::ProofError),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// Reads are refused while a snapshot install replaces the state machine; they succeed again
+    /// once it is done (a client retries).
+    #[error("the node is installing a snapshot; retry in a moment")]
+    InstallingSnapshot,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

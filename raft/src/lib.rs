@@ -20,10 +20,12 @@ pub mod checkpoint;
 #[cfg(feature = "storage")]
 pub mod cluster;
 pub mod codec;
+pub mod crash_point;
 pub mod disk;
 pub mod error;
 pub mod event;
 pub mod feed;
+pub mod invariant;
 pub mod keys;
 pub mod kv;
 pub mod ledger;

@@ -355,7 +355,7 @@ impl Node {
 
     /// The cluster's identity, once recorded.
     pub fn identity(&self) -> Result<Option<ClusterIdentity>> {
-        crate::ledger::cluster_identity(&self.inner.database.reader())
+        crate::ledger::cluster_identity(&self.inner.database.consistent_reader()?)
     }
 
     /// Stops Raft; the database closes when the last handle is dropped.

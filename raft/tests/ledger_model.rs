@@ -68,13 +68,18 @@ struct ModelDeployment {
     waves: Vec<(&'static str, serde_json::Value, WaveState)>,
     state: DeploymentState,
     selected: BTreeSet<String>,
+    /// Hosts each wave selected when it started, by wave index.
+    wave_selected: BTreeMap<usize, u64>,
 }
+
+/// What a host should run, and the deployment wave that set it (`None` after a rollback).
+type ModelDesired = (String, Option<(String, usize)>);
 
 #[derive(Default)]
 struct Model {
     releases: BTreeMap<String, bool>,
     hosts: BTreeMap<String, (bool, String)>,
-    desired: BTreeMap<String, String>,
+    desired: BTreeMap<String, ModelDesired>,
     observed: BTreeMap<String, (String, String)>,
     deployments: BTreeMap<String, ModelDeployment>,
     completed: Vec<String>,
@@ -91,6 +96,24 @@ impl Model {
             Some(true) => Err("release_blocked"),
             Some(false) => Ok(()),
         }
+    }
+
+    /// A wave's counters as the model defines them: the hosts it selected, and of the hosts whose
+    /// desired release this wave set, those running it (converged) and those that failed it.
+    fn wave_counts(&self, deployment: &str, wave: usize) -> (u64, u64, u64) {
+        let selected = self.deployments[deployment].wave_selected.get(&wave).copied().unwrap_or(0);
+        let (mut converged, mut failed) = (0, 0);
+        for (host, (release, set_by)) in &self.desired {
+            if set_by.as_ref() != Some(&(deployment.to_string(), wave)) {
+                continue;
+            }
+            match self.observed.get(host) {
+                Some((observed, status)) if observed == release && status == "running" => converged += 1,
+                Some((observed, status)) if observed == release && status == "failed" => failed += 1,
+                _ => {}
+            }
+        }
+        (selected, converged, failed)
     }
 
     fn registered(&self) -> Vec<String> {
@@ -142,6 +165,7 @@ impl Model {
                         waves,
                         state: DeploymentState::Active,
                         selected: BTreeSet::new(),
+                        wave_selected: BTreeMap::new(),
                     },
                 );
                 self.active = Some(id);
@@ -183,8 +207,9 @@ impl Model {
                 };
                 let deployment = self.deployments.get_mut(id).unwrap();
                 deployment.waves[index].2 = WaveState::Started;
+                deployment.wave_selected.insert(index, chosen.len() as u64);
                 for host in chosen {
-                    self.desired.insert(host.clone(), deployment.release.clone());
+                    self.desired.insert(host.clone(), (deployment.release.clone(), Some((id.to_string(), index))));
                     deployment.selected.insert(host);
                 }
             }
@@ -242,7 +267,7 @@ impl Model {
                     self.deployments.get_mut(&id).unwrap().state = DeploymentState::Aborted;
                 }
                 for host in self.registered() {
-                    self.desired.insert(host, target.clone());
+                    self.desired.insert(host, (target.clone(), None));
                 }
             }
             Op::Report(h, r, s) => {
@@ -347,7 +372,8 @@ fn check_views(kv: &MemoryKv, model: &Model) {
                 let record = record.expect("host exists");
                 assert_eq!(record.registered, *registered, "host {host} registration");
                 assert_eq!(record.group.as_deref(), Some(group.as_str()));
-                assert_eq!(record.desired.map(|d| d.release), model.desired.get(host).cloned(), "host {host} desired");
+                let desired = record.desired.map(|d| (d.release, d.deployment.zip(d.wave.map(|wave| wave as usize))));
+                assert_eq!(desired, model.desired.get(host).cloned(), "host {host} desired release and wave");
                 assert_eq!(
                     record.observed.map(|o| (o.release, o.status.as_str().to_string())),
                     model.observed.get(host).cloned(),
@@ -363,6 +389,14 @@ fn check_views(kv: &MemoryKv, model: &Model) {
         let expected_waves: Vec<WaveState> = expected.waves.iter().map(|wave| wave.2).collect();
         assert_eq!(waves, expected_waves, "deployment {id} waves");
         assert_eq!(record.selected_total, expected.selected.len() as u64, "deployment {id} selected");
+        for (index, wave) in record.waves.iter().enumerate() {
+            let counts = (wave.selected, wave.converged, wave.failed);
+            assert_eq!(
+                counts,
+                model.wave_counts(id, index),
+                "deployment {id} wave {index}: selected, converged, failed"
+            );
+        }
     }
     for (release, blocked) in &model.releases {
         let record = records::release(kv, "svc", release).unwrap().expect("release exists");

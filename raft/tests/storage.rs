@@ -1,11 +1,10 @@
 //! Storage tests: openraft's storage suite against the RocksDB stores, reopening, recovery of a
 //! state machine that lost unsynced writes, and snapshot files.
 
-use std::path::Path;
-use std::time::Duration;
+mod common;
 
-use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
-use fleetlog_raft::node::{Node, NodeConfig};
+use common::{all_events, append, note, open_when_free, start, stop};
+use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion};
 use fleetlog_raft::storage::{snapshot, Database, LogStore, SnapshotFiles, StateMachine};
 use fleetlog_raft::types::{StorageError, TypeConfig};
 use fleetlog_raft::views::{self, EventFilter};
@@ -28,57 +27,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
 #[test]
 fn openraft_storage_suite_passes() {
     Suite::test_all(RocksBuilder).expect("storage suite");
-}
-
-fn note(id: &str, text: &str) -> ProposedEvent {
-    let mut event = ProposedEvent::new(id, "test.note");
-    event.stream = Some("notes".into());
-    event.data = format!("{{\"text\":\"{text}\"}}");
-    event
-}
-
-async fn start(directory: &Path) -> Node {
-    let config = NodeConfig::single(directory.to_path_buf(), "127.0.0.1:1".into());
-    // The previous node's threads may still hold the database lock for a moment.
-    for _ in 0..100 {
-        match Node::start(config.clone()).await {
-            Ok(node) => {
-                wait_ready(&node).await;
-                return node;
-            }
-            Err(error) if error.to_string().contains("lock") => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(error) => panic!("node start failed: {error}"),
-        }
-    }
-    panic!("database stayed locked");
-}
-
-async fn wait_ready(node: &Node) {
-    for _ in 0..200 {
-        if node.is_ready() && node.ensure_linearizable().await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("node never became ready");
-}
-
-async fn append(node: &Node, events: Vec<ProposedEvent>) -> Vec<u64> {
-    let request = AppendRequest { events, expected_version: ExpectedVersion::Any, actor: "tester".into() };
-    match node.append(request).await.expect("append") {
-        AppendOutcome::Appended { events, duplicate: false } => events.iter().map(|event| event.seq).collect(),
-        other => panic!("append not accepted: {other:?}"),
-    }
-}
-
-fn all_events(node: &Node) -> Vec<fleetlog_raft::event::Event> {
-    let reader = node.database().snapshot_reader();
-    views::read_events(&reader, &EventFilter::default(), 1, 10_000).unwrap().events
-}
-
-async fn stop(node: Node) {
-    node.shutdown().await;
-    drop(node);
 }
 
 /// Acknowledged events survive a restart with the same seqs, hashes and stream versions.
@@ -147,16 +95,6 @@ async fn a_state_machine_behind_the_log_catches_up_on_restart() {
     let node = start(directory.path()).await;
     assert_eq!(all_events(&node), acknowledged);
     stop(node).await;
-}
-
-async fn open_when_free(path: &Path) -> Database {
-    for _ in 0..100 {
-        match Database::open(path) {
-            Ok(database) => return database,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    Database::open(path).expect("open database")
 }
 
 /// A snapshot file round-trips every key space; a damaged one is refused before anything is

@@ -179,8 +179,16 @@ pub async fn export(State(app): State<AppState>, Query(raw): Query<HashMap<Strin
     let (sender, receiver) = mpsc::channel::<Bytes>(EXPORT_CHUNKS_AHEAD);
     let database = app.node.database().clone();
     tokio::task::spawn_blocking(move || {
-        // Committed events never change, so pages need no common snapshot.
-        let reader = database.reader();
+        // One consistent snapshot for the whole export: a snapshot install may replace the state
+        // machine meanwhile, and a live reader would then find events missing.
+        let reader = match database.consistent_reader() {
+            Ok(reader) => reader,
+            Err(error) => {
+                // The status line is gone already; ending early makes the export visibly short.
+                tracing::error!(%error, at = from, "export stopped");
+                return;
+            }
+        };
         let mut next = from;
         while next <= to {
             let mut chunk = Vec::with_capacity(EXPORT_PAGE_EVENTS * 600);

@@ -9,6 +9,7 @@ use super::selection::select_hosts;
 use super::validate::{Command, HostStatus};
 use super::{reject, Step};
 use crate::event::ProposedEvent;
+use crate::invariant;
 use crate::kv::{Overlay, Space};
 use crate::records::{
     self, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key, host_environment_key,
@@ -708,24 +709,33 @@ impl Counters {
         }
     }
 
+    /// Writes the counters. A host that names a deployment or wave that does not exist, or a
+    /// counter going below zero, means the rules broke their own bookkeeping: a bug, not a
+    /// damaged disk, so it stops the apply loudly (on every build) instead of returning an error.
     fn flush(self, state: &mut Overlay<'_>, seq: u64) -> Step<()> {
         for (id, waves) in self.deltas {
             if waves.values().all(|delta| *delta == CounterDelta::default()) {
                 continue;
             }
             let Some(mut deployment) = records::deployment(state, &id)? else {
-                return Err(crate::Error::Corrupt(format!("host names missing deployment {id:?}")).into());
+                invariant::violated(format!("event seq {seq}: a host names deployment {id:?}, which does not exist"));
             };
             for (wave, delta) in waves {
                 let Some(record) = deployment.waves.get_mut(wave as usize) else {
-                    return Err(crate::Error::Corrupt(format!("host names missing wave {wave} of {id:?}")).into());
+                    invariant::violated(format!(
+                        "event seq {seq}: a host names wave {wave} of {id:?}, which does not exist"
+                    ));
                 };
-                record.converged = record.converged.checked_add_signed(delta.converged).ok_or_else(|| {
-                    crate::Error::Corrupt(format!("converged count of {id:?} wave {wave} went below zero"))
-                })?;
-                record.failed = record.failed.checked_add_signed(delta.failed).ok_or_else(|| {
-                    crate::Error::Corrupt(format!("failed count of {id:?} wave {wave} went below zero"))
-                })?;
+                let converged = record.converged.checked_add_signed(delta.converged);
+                let failed = record.failed.checked_add_signed(delta.failed);
+                let (Some(converged), Some(failed)) = (converged, failed) else {
+                    invariant::violated(format!(
+                        "event seq {seq}: wave counters of {id:?} wave {wave} go below zero (converged {} {:+}, failed {} {:+})",
+                        record.converged, delta.converged, record.failed, delta.failed
+                    ));
+                };
+                record.converged = converged;
+                record.failed = failed;
             }
             records::write_versioned(state, &deployment_key(&id), seq, &deployment)?;
         }

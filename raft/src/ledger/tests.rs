@@ -902,3 +902,34 @@ fn fleet_diff_lists_hosts_whose_releases_changed_between_two_seqs() {
     // From the empty ledger every registered host is a change.
     assert_eq!(views::fleet_diff(&bench.kv, None, None, 0, now).unwrap().len(), 5);
 }
+
+/// A wave counter that would go below zero is a broken invariant, not a storage error: the
+/// apply panics, naming the invariant, the event and the deployment, instead of returning
+/// `Error::Corrupt` as a damaged disk would.
+#[test]
+fn a_counter_below_zero_stops_the_apply_as_a_bug() {
+    let mut bench = Bench::fleet();
+    let start = bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "all");
+    bench.ok(wave);
+    let report = bench.report("a", "2.0", "running");
+    bench.ok(report);
+    // Damage the bookkeeping as only a bug could: host a counts as converged, its wave says 0.
+    let mut deployment = bench.deployment("d2");
+    deployment.waves[0].converged = 0;
+    let mut overlay = Overlay::new(&bench.kv);
+    records::write_versioned(&mut overlay, &records::deployment_key("d2"), 99, &deployment).unwrap();
+    let writes = overlay.into_writes();
+    bench.kv.apply(writes);
+
+    let report = bench.report("a", "2.0", "failed");
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench.append(vec![report])))
+        .expect_err("the apply must stop on a broken invariant");
+    let message = crate::invariant::panic_text(&*panic);
+    let full = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(full.starts_with(crate::invariant::PREFIX), "not reported as an invariant: {full}");
+    assert!(full.contains("not a storage failure"), "not told apart from a storage failure: {full}");
+    assert!(message.contains("\"d2\" wave 0") && message.contains("below zero"), "names neither: {message}");
+    assert!(message.contains("event seq"), "does not name the event: {message}");
+}

@@ -5,7 +5,7 @@
 //! synced write (or `flush_wal(true)`) makes everything written before it durable.
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::Duration;
 
 use rocksdb::{
@@ -36,6 +36,9 @@ pub struct Database {
 /// [`wait_until_closed`] returns only once RocksDB has finished closing.
 struct Opened {
     db: DB,
+    /// Held for writing while a snapshot install replaces the state machine: a reader that
+    /// cannot take it for reading would see a half-cleared state, so it is refused instead.
+    replacing: RwLock<()>,
     _registration: Registration,
 }
 
@@ -94,7 +97,7 @@ impl Database {
         }
         let db = DB::open_cf_descriptors(&options, path, families)
             .map_err(|error| Error::Corrupt(format!("cannot open the database at {}: {error}", path.display())))?;
-        Ok(Database { db: Arc::new(Opened { db, _registration: Registration::new() }) })
+        Ok(Database { db: Arc::new(Opened { db, replacing: RwLock::new(()), _registration: Registration::new() }) })
     }
 
     pub fn family(&self, name: &str) -> &ColumnFamily {
@@ -114,9 +117,30 @@ impl Database {
         Reader { database: self, snapshot: None }
     }
 
-    /// Reads one consistent point in time.
+    /// Reads one consistent point in time. Only for the state machine's own work, which never
+    /// runs beside a snapshot install; everything else reads through [`Database::consistent_reader`].
     pub fn snapshot_reader(&self) -> Reader<'_> {
         Reader { database: self, snapshot: Some(self.db.db.snapshot()) }
+    }
+
+    /// Reads one consistent point in time, refused with [`Error::InstallingSnapshot`] while a
+    /// snapshot install is replacing the state machine. The RocksDB snapshot is taken under the
+    /// read lock, so it holds either the whole old state or the whole new one; once taken it
+    /// stays consistent even if an install starts.
+    pub fn consistent_reader(&self) -> Result<Reader<'_>> {
+        let _shared = match self.db.replacing.try_read() {
+            Ok(guard) => guard,
+            Err(TryLockError::WouldBlock) => return Err(Error::InstallingSnapshot),
+            // A panic while replacing left the state unknown: refuse reads as during the install.
+            Err(TryLockError::Poisoned(_)) => return Err(Error::InstallingSnapshot),
+        };
+        Ok(self.snapshot_reader())
+    }
+
+    /// Excludes every [`Database::consistent_reader`] until the guard drops: held while a
+    /// snapshot install clears and refills the state machine.
+    pub fn exclude_readers(&self) -> RwLockWriteGuard<'_, ()> {
+        self.db.replacing.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds state machine writes to a batch.

@@ -13,12 +13,14 @@
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::WriteBatch;
 use sha2::{Digest, Sha256};
 
 use super::db::Database;
 use crate::codec;
+use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::keys::{META_APPLIED, META_MEMBERSHIP};
 use crate::kv::{Direction, KvRead, Space};
@@ -33,17 +35,30 @@ const RECORD_BYTES_MAX: u32 = 64 * 1024 * 1024;
 const CURRENT_FILE: &str = "current";
 /// Meta key set while a snapshot is being installed; a restart that finds it installs again.
 pub const META_INSTALLING: &[u8] = b"installing";
+/// The crash point name of an install's steps (`FLEETLOG_CRASH_POINT=snapshot-install:N`).
+pub const INSTALL_CRASH_POINT: &str = "snapshot-install";
+/// Steps of an install that carry a crash point: 1 to this.
+pub const INSTALL_STEPS: u32 = 7;
 
-/// Where snapshots live: `<data>/snapshots/`.
+/// Where snapshots live: `<data>/snapshots/`. Clones share one lock: building a snapshot and
+/// installing one never run at once, in any order (a build reading a half-installed state, or
+/// deleting the file an install just adopted, would otherwise be possible).
 #[derive(Clone, Debug)]
 pub struct SnapshotFiles {
     directory: PathBuf,
+    single_flight: Arc<Mutex<()>>,
 }
 
 impl SnapshotFiles {
     pub fn new(directory: PathBuf) -> Result<SnapshotFiles> {
         fs::create_dir_all(&directory)?;
-        Ok(SnapshotFiles { directory })
+        Ok(SnapshotFiles { directory, single_flight: Arc::new(Mutex::new(())) })
+    }
+
+    fn alone(&self) -> MutexGuard<'_, ()> {
+        // A panic in an earlier build or install left nothing half-done that the lock guards:
+        // the install mark and the `current` pointer carry the durable state.
+        self.single_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A fresh path for a snapshot being received.
@@ -52,8 +67,8 @@ impl SnapshotFiles {
     }
 
     /// Moves a received snapshot file into this directory under its snapshot id, so a later
-    /// transfer cannot overwrite it. A file from elsewhere is copied.
-    pub fn adopt(&self, received: &Path, snapshot_id: &str) -> Result<PathBuf> {
+    /// transfer cannot overwrite it, and makes the move durable. A file from elsewhere is copied.
+    fn adopt(&self, received: &Path, snapshot_id: &str) -> Result<PathBuf> {
         let kept = self.directory.join(format!("{snapshot_id}.snap"));
         if received == kept {
             return Ok(kept);
@@ -64,7 +79,59 @@ impl SnapshotFiles {
             fs::copy(received, &kept)?;
             File::open(&kept)?.sync_all()?;
         }
+        File::open(&self.directory)?.sync_all()?;
         Ok(kept)
+    }
+
+    /// Replaces the state machine with a received snapshot, crash-safe and never beside a build.
+    ///
+    /// Steps (each a crash point, see [`INSTALL_CRASH_POINT`]): 1 the file is adopted; 2 the
+    /// install mark is durable; 3 the state machine is cleared; 4 every record is written; 5 the
+    /// applied position is durable; 6 the file is the current snapshot; 7 the mark is gone. A
+    /// crash before 2 leaves the old state; from 2 on, [`SnapshotFiles::resume_install`] finishes
+    /// the install at the next start, before anything is served.
+    pub fn install(&self, database: &Database, received: &Path, expected: &SnapshotMeta) -> Result<SnapshotMeta> {
+        let _alone = self.alone();
+        let meta = verify(received)?;
+        if meta.last_log_id != expected.last_log_id || meta.snapshot_id != expected.snapshot_id {
+            return Err(Error::Corrupt(format!(
+                "snapshot file {} holds snapshot {} at {:?}, not the announced {} at {:?}",
+                received.display(),
+                meta.snapshot_id,
+                meta.last_log_id,
+                expected.snapshot_id,
+                expected.last_log_id
+            )));
+        }
+        let kept = self.adopt(received, &meta.snapshot_id)?;
+        crash_point::reached(INSTALL_CRASH_POINT, 1);
+        replace_state(database, &kept, &meta)?;
+        self.set_current(&meta, &kept)?;
+        crash_point::reached(INSTALL_CRASH_POINT, 6);
+        clear_install_mark(database)?;
+        crash_point::reached(INSTALL_CRASH_POINT, 7);
+        Ok(meta)
+    }
+
+    /// Finishes an install that a crash interrupted, if the install mark says there was one.
+    pub fn resume_install(&self, database: &Database) -> Result<Option<SnapshotMeta>> {
+        let _alone = self.alone();
+        let Some(path) = database.reader().get(Space::Meta, META_INSTALLING)? else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+        tracing::warn!(snapshot = %path.display(), "finishing a snapshot install that a crash interrupted");
+        let meta = verify(&path).map_err(|error| {
+            Error::Corrupt(format!(
+                "a snapshot install was interrupted and its file {} cannot be read ({error}); wipe this \
+                 node's data directory and let it rejoin its cluster",
+                path.display()
+            ))
+        })?;
+        replace_state(database, &path, &meta)?;
+        self.set_current(&meta, &path)?;
+        clear_install_mark(database)?;
+        Ok(Some(meta))
     }
 
     /// The current snapshot: its meta and file.
@@ -79,14 +146,15 @@ impl SnapshotFiles {
         Ok(Some((meta, self.directory.join(name))))
     }
 
-    /// Makes `path` the current snapshot (atomically) and deletes older snapshot files.
-    pub fn set_current(&self, meta: &SnapshotMeta, path: &Path) -> Result<()> {
+    /// Makes `path` the current snapshot (atomically) and deletes older snapshot files. Called
+    /// only under the single-flight lock: nothing else can be adopting a file meanwhile.
+    fn set_current(&self, meta: &SnapshotMeta, path: &Path) -> Result<()> {
         let name = path
             .file_name()
             .and_then(|name| name.to_str())
             .ok_or_else(|| Error::Corrupt(format!("snapshot path {} has no file name", path.display())))?
             .to_string();
-        let temporary = self.directory.join(format!("{CURRENT_FILE}.tmp"));
+        let temporary = self.directory.join(format!("{CURRENT_FILE}-{}.tmp", unique_suffix()));
         let mut file = File::create(&temporary)?;
         file.write_all(&codec::encode(&(meta.clone(), name.clone()))?)?;
         file.sync_all()?;
@@ -96,7 +164,9 @@ impl SnapshotFiles {
             let entry = entry?;
             let other = entry.file_name();
             let other = other.to_string_lossy();
-            if other.ends_with(".snap") && other != name && !other.starts_with("incoming-") {
+            let stale = (other.ends_with(".snap") && other != name && !other.starts_with("incoming-"))
+                || (other.starts_with(CURRENT_FILE) && other.ends_with(".tmp"));
+            if stale {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -105,6 +175,7 @@ impl SnapshotFiles {
 
     /// Dumps the state machine, as of one consistent point, into a new snapshot file.
     pub fn build(&self, database: &Database) -> Result<(SnapshotMeta, PathBuf)> {
+        let _alone = self.alone();
         // The Raft log is purged behind a snapshot: make every applied write durable first.
         database.sync_wal()?;
         let reader = database.snapshot_reader();
@@ -159,19 +230,40 @@ pub fn verify(path: &Path) -> Result<SnapshotMeta> {
     read_records(path, &mut |_, _, _| Ok(()))
 }
 
-/// Replaces the state machine with the snapshot at `path`. The file is verified first; the
-/// installing mark makes a crash halfway through resume on the next start.
+/// Replaces the state machine with the snapshot at `path`, outside any snapshot directory (tools
+/// and tests). A node installs through [`SnapshotFiles::install`].
 pub fn install(database: &Database, path: &Path) -> Result<SnapshotMeta> {
     let meta = verify(path)?;
+    replace_state(database, path, &meta)?;
+    clear_install_mark(database)?;
+    Ok(meta)
+}
+
+/// Clears the state machine and loads the verified snapshot at `path` into it. The install mark
+/// is written (synced) first and survives the clear, so a crash at any point after it makes the
+/// next start run this again; readers are excluded from the clear to the end.
+fn replace_state(database: &Database, path: &Path, meta: &SnapshotMeta) -> Result<()> {
     let mut mark = WriteBatch::default();
     mark.put_cf(database.space(Space::Meta), META_INSTALLING, path.to_string_lossy().as_bytes());
     database.write_synced(mark)?;
+    crash_point::reached(INSTALL_CRASH_POINT, 2);
 
+    let _exclusive = database.exclude_readers();
     let mut clear = WriteBatch::default();
     for space in Space::ALL {
-        clear.delete_range_cf(database.space(space), &[][..], &[0xFFu8; 32][..]);
+        let family = database.space(space);
+        if space == Space::Meta {
+            // Every meta key but the mark itself.
+            let mut after_mark = META_INSTALLING.to_vec();
+            after_mark.push(0);
+            clear.delete_range_cf(family, &[][..], META_INSTALLING);
+            clear.delete_range_cf(family, &after_mark[..], &[0xFFu8; 32][..]);
+        } else {
+            clear.delete_range_cf(family, &[][..], &[0xFFu8; 32][..]);
+        }
     }
     database.write_unsynced(clear)?;
+    crash_point::reached(INSTALL_CRASH_POINT, 3);
 
     let mut batch = WriteBatch::default();
     read_records(path, &mut |space, key, value| {
@@ -184,12 +276,22 @@ pub fn install(database: &Database, path: &Path) -> Result<SnapshotMeta> {
         }
         Ok(())
     })?;
-    let mut finish = batch;
+    database.write_unsynced(batch)?;
+    crash_point::reached(INSTALL_CRASH_POINT, 4);
+
+    let mut finish = WriteBatch::default();
     finish.put_cf(database.space(Space::Meta), META_APPLIED, codec::encode(&meta.last_log_id)?);
     finish.put_cf(database.space(Space::Meta), META_MEMBERSHIP, codec::encode(&meta.last_membership)?);
-    finish.delete_cf(database.space(Space::Meta), META_INSTALLING);
     database.write_synced(finish)?;
-    Ok(meta)
+    crash_point::reached(INSTALL_CRASH_POINT, 5);
+    Ok(())
+}
+
+/// Ends an install: from here a restart no longer installs the snapshot again.
+fn clear_install_mark(database: &Database) -> Result<()> {
+    let mut done = WriteBatch::default();
+    done.delete_cf(database.space(Space::Meta), META_INSTALLING);
+    database.write_synced(done)
 }
 
 /// What reading a snapshot calls for each record.

@@ -6,6 +6,7 @@
 //! the shared WAL makes these writes durable too.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -13,10 +14,11 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Stora
 use rocksdb::WriteBatch;
 
 use super::db::Database;
-use super::snapshot::{self, SnapshotFiles, META_INSTALLING};
+use super::snapshot::SnapshotFiles;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::feed::{AppliedBatch, CommittedEvent, Feed};
+use crate::invariant;
 use crate::keys::{META_APPLIED, META_MEMBERSHIP};
 use crate::kv::{KvRead, Overlay, Space, Writes};
 use crate::ledger;
@@ -33,12 +35,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine, finishing a snapshot install a crash interrupted.
     pub fn open(database: Database, snapshots: SnapshotFiles) -> Result<StateMachine> {
-        if let Some(path) = database.reader().get(Space::Meta, META_INSTALLING)? {
-            let path = std::path::PathBuf::from(String::from_utf8_lossy(&path).into_owned());
-            tracing::warn!(snapshot = %path.display(), "resuming an interrupted snapshot install");
-            let meta = snapshot::install(&database, &path)?;
-            snapshots.set_current(&meta, &path)?;
-        }
+        snapshots.resume_install(&database)?;
         match ledger::cluster_identity(&database.reader()) {
             Ok(_) => {}
             // A damaged file (a checksum that does not match), not an old format.
@@ -73,8 +70,10 @@ fn storage_error(subject: ErrorSubject<u64>, verb: ErrorVerb, error: &dyn std::f
     StorageIOError::new(subject, verb, openraft::AnyError::error(error.to_string())).into()
 }
 
+/// This replica's storage failed while applying: Raft stops on this node only.
 fn apply_error(error: &dyn std::fmt::Display) -> StorageError {
-    storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, error)
+    let error = format!("this replica's storage failed: {error}");
+    storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, &error)
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(database: &Database, key: &[u8]) -> Result<Option<T>> {
@@ -111,7 +110,15 @@ fn compute(database: &Database, entries: Vec<Entry>) -> Result<Computed> {
         match entry.payload {
             EntryPayload::Blank => responses.push(LedgerResponse::default()),
             EntryPayload::Normal(command) => {
-                let applied = ledger::apply_command(&mut overlay, &command)?;
+                let log_id = entry.log_id;
+                let applied =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| ledger::apply_command(&mut overlay, &command)))
+                        .unwrap_or_else(|panic| {
+                            invariant::violated(format!(
+                                "applying Raft entry {log_id}: {}",
+                                invariant::panic_text(&*panic)
+                            ))
+                        })?;
                 responses.push(LedgerResponse { outcomes: applied.outcomes });
                 let events = applied.events.into_iter().zip(applied.rendered);
                 published.events.extend(events.map(|(event, json)| Arc::new(CommittedEvent::rendered(event, json))));
@@ -125,7 +132,7 @@ fn compute(database: &Database, entries: Vec<Entry>) -> Result<Computed> {
             }
         }
     }
-    check_chain(&published)?;
+    check_chain(&published);
     published.head_seq = records::head(&overlay)?.seq;
     overlay.put(Space::Meta, META_APPLIED.to_vec(), codec::encode(&last_applied)?);
     if let Some(membership) = &membership {
@@ -144,14 +151,32 @@ fn write(database: &Database, writes: Writes) -> Result<()> {
 }
 
 /// Invariant: seqs are gapless and each event links to the previous hash.
-fn check_chain(batch: &AppliedBatch) -> Result<()> {
+fn check_chain(batch: &AppliedBatch) {
     for pair in batch.events.windows(2) {
         let (earlier, later) = (&pair[0].event, &pair[1].event);
         if later.seq != earlier.seq + 1 || later.prev_hash != earlier.hash {
-            return Err(Error::Corrupt(format!("chain broken between seq {} and {}", earlier.seq, later.seq)));
+            invariant::violated(format!("the chain breaks between seq {} and seq {}", earlier.seq, later.seq));
         }
     }
-    Ok(())
+}
+
+/// The apply step panicked: an invariant of the rules broke (see [`invariant`]). Every replica
+/// computes the same, so carrying on, or stopping only Raft as a storage error would, helps
+/// nobody: the process stops at once, saying why, and nothing of the failed entry was written.
+fn stop_on_bug(panic: Box<dyn std::any::Any + Send>) -> ! {
+    let what = invariant::panic_text(&*panic);
+    tracing::error!(invariant = %what, "stopping: {} (a bug in fleetlog, not a storage failure)", invariant::PREFIX);
+    eprintln!("fleetlog: stopping: {}: {what}", invariant::PREFIX);
+    std::process::abort();
+}
+
+/// A failed `spawn_blocking` of the apply step: a panic is a broken invariant, anything else the
+/// runtime shutting down.
+fn apply_join_error(error: tokio::task::JoinError) -> StorageError {
+    match error.try_into_panic() {
+        Ok(panic) => stop_on_bug(panic),
+        Err(error) => apply_error(&error),
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -185,7 +210,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok::<_, Error>(computed)
         })
         .await
-        .map_err(|error| apply_error(&error))?
+        .map_err(apply_join_error)?
         .map_err(|error| apply_error(&error))?;
         if let Some(writes) = computed.writes.take() {
             tracing::debug!(elapsed = ?started.elapsed(), keys = writes.len(), "computed; announcing directives");
@@ -198,7 +223,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let database = self.database.clone();
             tokio::task::spawn_blocking(move || write(&database, writes))
                 .await
-                .map_err(|error| apply_error(&error))?
+                .map_err(apply_join_error)?
                 .map_err(|error| apply_error(&error))?;
         }
         tracing::debug!(elapsed = ?started.elapsed(), head = computed.published.head_seq, "applied");
@@ -236,18 +261,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let database = self.database.clone();
         let snapshots = self.snapshots.clone();
         let expected = meta.clone();
-        let installed = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta> {
-            let kept = snapshots.adopt(&path, &expected.snapshot_id)?;
-            let installed = snapshot::install(&database, &kept)?;
-            if installed.last_log_id != expected.last_log_id {
-                return Err(Error::Corrupt("snapshot file does not match its announced meta".into()));
-            }
-            snapshots.set_current(&expected, &kept)?;
-            Ok(installed)
-        })
-        .await
-        .map_err(|e| error(&e))?
-        .map_err(|e| error(&e))?;
+        let installed = tokio::task::spawn_blocking(move || snapshots.install(&database, &path, &expected))
+            .await
+            .map_err(|e| error(&e))?
+            .map_err(|e| error(&e))?;
         let head = records::head(&self.database.reader()).map_err(|e| error(&e))?;
         tracing::info!(snapshot = %installed.snapshot_id, head = head.seq, "installed snapshot");
         self.feed.reset_head(head.seq);

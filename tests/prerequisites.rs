@@ -1,0 +1,61 @@
+//! The set-up script finds exactly what the build loads: libclang under a name that clang-sys
+//! accepts, not any file that starts with `libclang`.
+
+use std::path::Path;
+use std::process::Command;
+
+/// What `scripts/prerequisites.sh --print-missing` would install when libclang is looked for in
+/// `directory` alone.
+fn missing_with_libclang_in(directory: &Path) -> Vec<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prerequisites.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .arg("--print-missing")
+        .env("FLEETLOG_LIBCLANG_DIRS", directory)
+        .output()
+        .expect("run the prerequisites script");
+    assert!(output.status.success(), "the script failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// Debian's image ships `libclang-cpp.so.14`, which bindgen cannot use: alone, it must not count
+/// as libclang, and the script asks for libclang-dev.
+#[test]
+fn libclang_cpp_alone_asks_for_libclang_dev() {
+    let directory = tempfile::TempDir::new().unwrap();
+    std::fs::write(directory.path().join("libclang-cpp.so.14"), b"").unwrap();
+    std::fs::write(directory.path().join("libclang-cpp.so"), b"").unwrap();
+    std::fs::write(directory.path().join("libclang.so.1"), b"").unwrap();
+    let missing = missing_with_libclang_in(directory.path());
+    assert!(missing.contains(&"libclang-dev".to_string()), "libclang-dev not asked for: {missing:?}");
+}
+
+/// The names clang-sys loads (`libclang.so`, `libclang-<version>.so`) each satisfy the check.
+#[test]
+fn the_names_clang_sys_loads_are_found() {
+    for name in ["libclang.so", "libclang-14.so", "libclang-16.0.so"] {
+        let directory = tempfile::TempDir::new().unwrap();
+        std::fs::write(directory.path().join(name), b"").unwrap();
+        let missing = missing_with_libclang_in(directory.path());
+        assert!(!missing.contains(&"libclang-dev".to_string()), "{name} was not found: {missing:?}");
+    }
+}
+
+/// The tools the tests run are checked too, so none is skipped silently: with an empty PATH
+/// (bash is started by its full path) the script asks for each of them.
+#[test]
+fn the_tools_the_tests_need_are_checked() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prerequisites.sh");
+    let empty = tempfile::TempDir::new().unwrap();
+    let output = Command::new("/bin/bash")
+        .arg(script)
+        .arg("--print-missing")
+        .env("PATH", empty.path())
+        .env("FLEETLOG_LIBCLANG_DIRS", empty.path())
+        .output()
+        .expect("run the prerequisites script");
+    let missing = String::from_utf8(output.stdout).unwrap();
+    for package in ["g++", "make", "openssl", "python3", "util-linux", "libclang-dev"] {
+        assert!(missing.lines().any(|line| line == package), "{package} is not checked: {missing:?}");
+    }
+}
