@@ -218,6 +218,14 @@ pub struct AgentArgs {
     /// Seconds the command may run before it is killed and reported failed.
     #[arg(long, default_value_t = 600)]
     pub exec_timeout: u64,
+    /// Seconds before the first retry of a command that failed (the desired release is retried
+    /// until it runs); each wait is drawn between half and all of its bound, which doubles with
+    /// every failed attempt up to --retry-max-seconds. A restarted agent retries at once.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub retry_initial_seconds: f64,
+    /// Seconds the bound of the wait between retries of a failed command grows to at most.
+    #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
+    pub retry_max_seconds: f64,
     /// Group the host registers in (for wave selection by group).
     #[arg(long)]
     pub group: Option<String>,

@@ -1,7 +1,7 @@
 //! End-to-end tests of `fleetlog agent` and of the server's stream fan-out: agents following
 //! directives across a leader kill, an agent crashing in the middle of a command, a rollback
-//! arriving while a wave is being applied, stalled streams catching up from disk, and the
-//! subscriber limit. Every agent is a real process whose command records each run in a file
+//! arriving while a wave is being applied, a failed command retried, stalled streams catching up
+//! from disk, and the subscriber limit. Every agent is a real process whose command records each run in a file
 //! (`common/agents.rs`), so the assertions are about what the agents actually ran.
 
 #[path = "common/agents.rs"]
@@ -101,6 +101,21 @@ async fn reported_statuses(writer: &Writer, host: &str, seq: u64) -> Vec<String>
         .iter()
         .filter(|event| event["data"]["applied_seq"] == seq)
         .map(|event| event["data"]["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `host.reported` events of one host about the directive at `seq`: (status, message) in order.
+async fn reports(writer: &Writer, host: &str, seq: u64) -> Vec<(String, String)> {
+    let page = writer.get(&format!("/v1/events?type=host.reported&host={host}&limit=1000")).await;
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["data"]["applied_seq"] == seq)
+        .map(|event| {
+            let text = |name: &str| event["data"][name].as_str().unwrap_or_default().to_string();
+            (text("status"), text("message"))
+        })
         .collect()
 }
 
@@ -299,6 +314,117 @@ async fn a_directive_superseded_while_waiting_never_runs() {
         assert_ran_exactly(&agent.host, &agent.runs(), &[&first, &wave, &newest], &agents.describe());
     }
     writer.wait_converged(SERVICE, ENV, "3.0", newest.seq, &agents).await;
+}
+
+/// A command that fails twice and then succeeds is retried with growing pauses until it runs,
+/// every attempt reported in order (applying, failed attempt 1, applying, failed attempt 2,
+/// applying, running), and the fleet view converges on the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_command_is_retried_until_it_runs() {
+    let server = Server::start().await;
+    let writer = Writer::new(&[&server.url]);
+    create_releases(&writer, &["1.0"]).await;
+    // Pauses of 0.5-1 s, then 1-2 s: long enough for each report to be delivered before the
+    // next attempt (only the newest undelivered report is kept), short enough for a quick test.
+    let retry = ["--retry-initial-seconds", "1", "--retry-max-seconds", "2"];
+    let agents = Agents::start_with(&[&server.url], SERVICE, ENV, &["web-1"], &retry);
+    agents.fail("1.0", 2);
+    writer.wait_registered(SERVICE, ENV, 1).await;
+
+    let began = Instant::now();
+    let deployed = start_deployment(&writer, "d-1", "1.0").await;
+    writer.wait_converged(SERVICE, ENV, "1.0", deployed.seq, &agents).await;
+    let took = began.elapsed();
+    let described = agents.describe();
+
+    let reported = reports(&writer, "web-1", deployed.seq).await;
+    let statuses: Vec<&str> = reported.iter().map(|(status, _)| status.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["applying", "failed", "applying", "failed", "applying", "running"],
+        "every attempt reported, in order: {reported:#?}\n{described}"
+    );
+    let expected = [
+        "attempt 1",
+        "attempt 1 failed, retrying in ",
+        "attempt 2",
+        "attempt 2 failed, retrying in ",
+        "attempt 3",
+        "attempt 3: exit 0",
+    ];
+    for ((status, message), prefix) in reported.iter().zip(expected) {
+        assert!(message.starts_with(prefix), "a {status} report says {message:?}, not {prefix:?}…\n{described}");
+        if status == "failed" {
+            assert!(message.contains("exit status: 1") && message.contains("failing as asked"), "{message:?}");
+        }
+    }
+    let runs = agents.agents[0].runs();
+    let phases: Vec<(u64, Phase)> = runs.iter().map(|run| (run.seq, run.phase)).collect();
+    let seq = deployed.seq;
+    assert_eq!(
+        phases,
+        [
+            (seq, Phase::Start),
+            (seq, Phase::Failed),
+            (seq, Phase::Start),
+            (seq, Phase::Failed),
+            (seq, Phase::Start),
+            (seq, Phase::Done)
+        ],
+        "three runs of the one directive\n{described}"
+    );
+    // The pauses were drawn from 0.5-1 s and 1-2 s.
+    assert!(took >= Duration::from_millis(1_500), "converged after {took:?}: the retries did not wait\n{described}");
+    let state = agents.agents[0].state();
+    assert_eq!((&state["target"], &state["attempts"]), (&Value::Null, &json!(0)), "{state:#}");
+    assert_eq!(state["current"]["outcome"], "running", "{state:#}");
+    eprintln!("three attempts, converged {took:.1?} after the deployment started");
+}
+
+/// With an hour between retries, a failed release is retried at once when its agent restarts,
+/// and a newer directive arriving while a retry waits is applied at once (the failed release is
+/// not retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_or_a_newer_directive_cuts_a_retry_wait_short() {
+    let server = Server::start().await;
+    let writer = Writer::new(&[&server.url]);
+    create_releases(&writer, &["1.0", "2.0"]).await;
+    let retry = ["--retry-initial-seconds", "3600", "--retry-max-seconds", "3600"];
+    let mut agents = Agents::start_with(&[&server.url], SERVICE, ENV, &["web-1"], &retry);
+    writer.wait_registered(SERVICE, ENV, 1).await;
+
+    agents.fail("1.0", 1);
+    let first = start_deployment(&writer, "d-1", "1.0").await;
+    wait_reported(&writer, &agents, first.seq, &["applying", "failed"]).await;
+    let state = agents.agents[0].state();
+    assert_eq!((&state["target"]["seq"], &state["attempts"]), (&json!(first.seq), &json!(1)), "{state:#}");
+    let agent = &mut agents.agents[0];
+    agent.crash();
+    agent.spawn();
+    writer.wait_converged(SERVICE, ENV, "1.0", first.seq, &agents).await;
+    let statuses = reported_statuses(&writer, "web-1", first.seq).await;
+    assert_eq!(statuses, ["applying", "failed", "applying", "running"], "{}", agents.describe());
+    complete_deployment(&writer, "d-1").await;
+
+    agents.fail("2.0", 1_000);
+    let wave = start_deployment(&writer, "d-2", "2.0").await;
+    wait_reported(&writer, &agents, wave.seq, &["applying", "failed"]).await;
+    let rollback = roll_back(&writer, "rollback", None, "1.0").await;
+    writer.wait_converged(SERVICE, ENV, "1.0", rollback.seq, &agents).await;
+    let statuses = reported_statuses(&writer, "web-1", wave.seq).await;
+    assert_eq!(statuses, ["applying", "failed"], "2.0 was not retried\n{}", agents.describe());
+    let runs: Vec<(u64, Phase)> = agents.agents[0].runs().iter().map(|run| (run.seq, run.phase)).collect();
+    let expected = [
+        (first.seq, Phase::Start),
+        (first.seq, Phase::Failed),
+        (first.seq, Phase::Start),
+        (first.seq, Phase::Done),
+        (wave.seq, Phase::Start),
+        (wave.seq, Phase::Failed),
+        (rollback.seq, Phase::Start),
+        (rollback.seq, Phase::Done),
+    ];
+    assert_eq!(runs, expected, "{}", agents.describe());
 }
 
 /// Messages of one stream read by a task, as (event type, seq).

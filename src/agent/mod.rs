@@ -5,6 +5,10 @@
 //! reporter delivers the newest report. The main loop saves the state before acting on it: a
 //! directive is recorded as the target before its command starts, and as applied once the command
 //! finished, so after a crash the agent neither skips a directive nor repeats a finished one.
+//! A command that fails is retried after a growing, jittered pause (`--retry-initial-seconds`
+//! doubling to `--retry-max-seconds`) until it succeeds or a newer directive replaces it; a
+//! restarted agent retries at once. Every attempt is reported: `applying`, then `running` or
+//! `failed`, each message starting with `attempt N`.
 
 pub mod reporter;
 pub mod runner;
@@ -13,7 +17,7 @@ pub mod state;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fleetlog_api::client::{ClientError, Credentials, SseMessage};
@@ -25,7 +29,7 @@ use crate::agent::reporter::Report;
 use crate::agent::runner::{Finished, Runner};
 use crate::agent::servers::Servers;
 use crate::agent::state::{Directive, Outcome, StateFile};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, RetryPolicy};
 use crate::cli::AgentArgs;
 
 /// With no message (heartbeats come every 5 s) for this long, the stream is taken for dead.
@@ -50,6 +54,7 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
     if args.exec_timeout == 0 {
         bail!("--exec-timeout must be at least 1 second");
     }
+    let retry = retry_policy(&args)?;
     let identity = Identity { host: args.host.clone(), service: args.service.clone(), env: args.env.clone() };
     let servers = Arc::new(Servers::new(servers, credentials, &identity.host)?);
     let state_directory =
@@ -60,6 +65,7 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
         host = %identity.host, service = %identity.service, env = %identity.env,
         state = %file.path().display(), position = state.position,
         current = ?state.current.as_ref().map(|applied| &applied.directive.release),
+        pending = ?state.pending().map(|directive| &directive.release), attempts = state.attempts,
         "agent starting"
     );
 
@@ -79,7 +85,7 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
     let mut shutdown = std::pin::pin!(crate::serve::shutdown_signal());
     loop {
         if running.is_none() {
-            if let Some(directive) = state.pending().cloned() {
+            if let Some(directive) = state.due(Instant::now()).cloned() {
                 let attempt = state.start();
                 file.save(&state)?;
                 tracing::info!(release = %directive.release, seq = directive.seq, cause = %directive.cause, attempt, "applying");
@@ -87,7 +93,7 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
                     seq: directive.seq,
                     release: directive.release.clone(),
                     status: "applying",
-                    message: None,
+                    message: Some(format!("attempt {attempt}")),
                     attempt,
                 }));
                 let runner = runner.clone();
@@ -97,6 +103,8 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
                 }));
             }
         }
+        // Set while a failed command waits for its retry (a newer directive clears it).
+        let retry_at = state.retry_at().filter(|_| running.is_none()).map(tokio::time::Instant::from_std);
         tokio::select! {
             update = updates.recv() => {
                 let Some(update) = update else { bail!("the watcher stopped") };
@@ -107,19 +115,35 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
             finished = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
                 running = None;
                 let (directive, attempt, finished) = finished.context("the command's task failed")?;
-                state.finish(directive.clone(), finished.outcome);
-                file.save(&state)?;
-                match finished.outcome {
-                    Outcome::Running => tracing::info!(release = %directive.release, seq = directive.seq, elapsed = ?finished.elapsed, "applied"),
-                    Outcome::Failed => tracing::warn!(release = %directive.release, seq = directive.seq, message = %finished.message, "failed"),
+                let pause = state.finish(directive.clone(), finished.outcome).map(|failed| retry.pause(failed));
+                if let Some(pause) = pause {
+                    state.defer(Instant::now() + pause);
                 }
+                file.save(&state)?;
+                let message = match (finished.outcome, pause) {
+                    (Outcome::Running, _) => {
+                        tracing::info!(release = %directive.release, seq = directive.seq, attempt, elapsed = ?finished.elapsed, "applied");
+                        format!("attempt {attempt}: {}", finished.message)
+                    }
+                    (Outcome::Failed, Some(pause)) => {
+                        tracing::warn!(release = %directive.release, seq = directive.seq, attempt, retry_in = ?pause, message = %finished.message, "failed; will retry");
+                        format!("attempt {attempt} failed, retrying in {:.1} s: {}", pause.as_secs_f64(), finished.message)
+                    }
+                    (Outcome::Failed, None) => {
+                        tracing::warn!(release = %directive.release, seq = directive.seq, attempt, message = %finished.message, "failed; a newer directive replaced it");
+                        format!("attempt {attempt} failed: {}", finished.message)
+                    }
+                };
                 reports.send_replace(Some(Report {
                     seq: directive.seq,
                     release: directive.release,
                     status: finished.outcome.as_str(),
-                    message: Some(finished.message),
+                    message: Some(message),
                     attempt,
                 }));
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                // The retry is due: the top of the loop starts it.
             }
             _ = &mut shutdown => {
                 tracing::info!("agent stopping");
@@ -127,6 +151,27 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
             }
         }
     }
+}
+
+/// The retry pauses from `--retry-initial-seconds` and `--retry-max-seconds`.
+fn retry_policy(args: &AgentArgs) -> Result<RetryPolicy> {
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+    let seconds = |flag: &str, value: f64| -> Result<Duration> {
+        match Duration::try_from_secs_f64(value) {
+            Ok(duration) if duration >= Duration::from_millis(1) && duration <= LONGEST => Ok(duration),
+            _ => bail!("{flag} must be between 0.001 and {} seconds, not {value}", LONGEST.as_secs()),
+        }
+    };
+    let initial = seconds("--retry-initial-seconds", args.retry_initial_seconds)?;
+    let max = seconds("--retry-max-seconds", args.retry_max_seconds)?;
+    if max < initial {
+        bail!(
+            "--retry-max-seconds ({}) is below --retry-initial-seconds ({})",
+            args.retry_max_seconds,
+            args.retry_initial_seconds
+        );
+    }
+    Ok(RetryPolicy { initial, max })
 }
 
 /// Registers the host for (service, env). The event id is derived from the registration, so

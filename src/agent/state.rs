@@ -1,9 +1,14 @@
 //! What an agent remembers across restarts, in one JSON file written atomically (temporary
 //! file, fsync, rename, fsync of the directory): a crash leaves either the old state or the new.
+//!
+//! A directive stays the target until its command succeeds: a failed attempt keeps it, to be
+//! retried after a pause (kept in memory only, so a restarted agent retries at once), unless a
+//! newer directive replaces it first.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -48,13 +53,20 @@ pub struct AgentState {
     pub env: String,
     /// Seq of the last watch message taken in; the stream resumes after it.
     pub position: u64,
-    /// What this host runs: the last directive applied, successfully or not.
+    /// What this host runs: the last directive whose command finished, successfully or not.
     pub current: Option<Applied>,
-    /// The newest directive not yet applied. Only ever replaced by a newer one.
+    /// The newest directive not yet applied successfully: not started, running, interrupted by a
+    /// crash or failed (to be retried). Only ever replaced by a newer one.
     pub target: Option<Directive>,
     /// Times the command has been started for `target`; a start interrupted by a crash counts.
     /// Zero: the target has not been started.
     pub attempts: u32,
+    /// The directive whose command is running now (never saved: nothing runs after a restart).
+    #[serde(skip)]
+    running: Option<Directive>,
+    /// When the failed target is to be retried (never saved: a restarted agent retries at once).
+    #[serde(skip)]
+    retry_at: Option<Instant>,
 }
 
 impl AgentState {
@@ -67,6 +79,8 @@ impl AgentState {
             current: None,
             target: None,
             attempts: 0,
+            running: None,
+            retry_at: None,
         }
     }
 
@@ -77,21 +91,34 @@ impl AgentState {
         current.max(target)
     }
 
+    /// The release this host has or is getting without any further command: the one the running
+    /// command installs if it is the target's, else the one the last command installed
+    /// successfully, unless the target was already attempted since (the host may be half-way).
+    fn installed(&self) -> Option<&str> {
+        match (&self.target, &self.running) {
+            (Some(target), Some(running)) if target == running => Some(target.release.as_str()),
+            (_, Some(_)) => None,
+            (Some(_), None) if self.attempts > 0 => None,
+            _ => self
+                .current
+                .as_ref()
+                .filter(|applied| applied.outcome == Outcome::Running)
+                .map(|applied| applied.directive.release.as_str()),
+        }
+    }
+
     /// Takes in a desired release announced at `position`. The newest directive wins: one the
-    /// stream already passed is ignored; a newer one replaces the target. A command already
-    /// started for the target is not interrupted: the newer directive is applied after it, unless
-    /// it asks for the release that command installs. A target not started yet is dropped when
-    /// the newer directive asks for what already runs. Returns whether anything changed.
+    /// stream already passed is ignored; a newer one replaces the target, and with it any retry
+    /// waiting for a failed target (the newer directive is applied at once). A command already
+    /// running is not interrupted: the newer directive is applied after it, unless it asks for the
+    /// release that command installs for the target. A target not started yet is dropped when the
+    /// newer directive asks for what already runs. Returns whether anything changed.
     pub fn take(&mut self, position: u64, directive: Option<Directive>) -> bool {
         let mut changed = false;
         if let Some(directive) = directive {
             let fresh = directive.seq > self.newest_seq() && (self.position == 0 || directive.seq > self.position);
             if fresh {
-                let installed = match &self.target {
-                    Some(target) if self.attempts > 0 => Some(target.release.as_str()),
-                    _ => self.current.as_ref().map(|applied| applied.directive.release.as_str()),
-                };
-                if installed == Some(directive.release.as_str()) {
+                if self.installed() == Some(directive.release.as_str()) {
                     // Nothing new to install; a pending target that was never started is moot.
                     if self.target.is_some() && self.attempts == 0 {
                         self.target = None;
@@ -100,6 +127,7 @@ impl AgentState {
                 } else {
                     self.target = Some(directive);
                     self.attempts = 0;
+                    self.retry_at = None;
                     changed = true;
                 }
             }
@@ -111,25 +139,72 @@ impl AgentState {
         changed
     }
 
-    /// Records that the command for the target started (saved before it runs).
+    /// Records that the command for the target started (saved before it runs): the attempt's
+    /// number, counted from 1.
     pub fn start(&mut self) -> u32 {
         self.attempts += 1;
+        self.running = self.target.clone();
+        self.retry_at = None;
         self.attempts
     }
 
-    /// The directive to apply next, if any.
+    /// The directive to apply next, if any (now or when its retry is due).
     pub fn pending(&self) -> Option<&Directive> {
         self.target.as_ref()
     }
 
-    /// Records that `directive`'s command finished. The target is cleared unless a newer
-    /// directive replaced it meanwhile.
-    pub fn finish(&mut self, directive: Directive, outcome: Outcome) {
+    /// The directive to start now: the target, unless a command is running or the target failed
+    /// and its retry is not due before `now`.
+    pub fn due(&self, now: Instant) -> Option<&Directive> {
+        if self.running.is_some() || self.retry_at.is_some_and(|at| at > now) {
+            return None;
+        }
+        self.target.as_ref()
+    }
+
+    /// When the failed target will be retried, while it waits for that.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at.filter(|_| self.running.is_none() && self.target.is_some())
+    }
+
+    /// Records that `directive`'s command finished. Success clears the target, unless a newer
+    /// directive replaced it meanwhile. A failed target stays the target, to be retried: the
+    /// answer is then the failed attempt's number, and the caller sets when with [`Self::defer`].
+    /// A directive replaced while its command ran is not retried: the newer one is due at once.
+    pub fn finish(&mut self, directive: Directive, outcome: Outcome) -> Option<u32> {
+        self.running = None;
+        let mut retry = None;
         if self.target.as_ref() == Some(&directive) {
-            self.target = None;
-            self.attempts = 0;
+            match outcome {
+                Outcome::Running => {
+                    self.target = None;
+                    self.attempts = 0;
+                }
+                Outcome::Failed => retry = Some(self.attempts),
+            }
         }
         self.current = Some(Applied { directive, outcome });
+        retry
+    }
+
+    /// Holds the retry of the failed target until `at`; a newer directive or a restart cancels
+    /// the wait.
+    pub fn defer(&mut self, at: Instant) {
+        if self.target.is_some() && self.running.is_none() {
+            self.retry_at = Some(at);
+        }
+    }
+
+    /// A state saved by an agent that did not retry failed commands (it cleared the target of a
+    /// failed command): the failed directive becomes the target again, as failed once, so it is
+    /// retried at once and its next attempt is reported as the second.
+    fn resume_failed(&mut self) {
+        if self.target.is_none() {
+            if let Some(applied) = self.current.as_ref().filter(|applied| applied.outcome == Outcome::Failed) {
+                self.target = Some(applied.directive.clone());
+                self.attempts = 1;
+            }
+        }
     }
 }
 
@@ -160,7 +235,7 @@ impl StateFile {
             }
             Err(error) => return Err(error).with_context(|| format!("cannot read {}", self.path.display())),
         };
-        let state: AgentState =
+        let mut state: AgentState =
             serde_json::from_slice(&text).with_context(|| format!("{} is not an agent state", self.path.display()))?;
         if (state.host.as_str(), state.service.as_str(), state.env.as_str()) != (host, service, env) {
             bail!(
@@ -171,6 +246,7 @@ impl StateFile {
                 state.env
             );
         }
+        state.resume_failed();
         Ok(state)
     }
 
@@ -190,6 +266,8 @@ impl StateFile {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn directive(seq: u64, release: &str) -> Directive {
@@ -258,6 +336,92 @@ mod tests {
         state.take(7, Some(directive(7, "1.0")));
         assert_eq!(state.pending(), None);
         assert_eq!(state.position, 7);
+    }
+
+    /// A failed command keeps its directive as the target, due again only when its retry is;
+    /// the saved state remembers it was not installed, so a restarted agent retries it at once.
+    #[test]
+    fn a_restart_after_a_failed_install_retries_at_once() {
+        let directory = tempfile::tempdir().unwrap();
+        let file = StateFile::new(directory.path()).unwrap();
+        let (now, later) = (Instant::now(), Instant::now() + Duration::from_secs(3600));
+        let mut state = file.load("h", "s", "e").unwrap();
+        state.take(5, Some(directive(5, "1.1")));
+        assert_eq!(state.due(now), Some(&directive(5, "1.1")));
+        assert_eq!(state.start(), 1);
+        assert_eq!(state.due(now), None, "not while its command runs");
+        assert_eq!(state.finish(directive(5, "1.1"), Outcome::Failed), Some(1));
+        state.defer(later);
+        file.save(&state).unwrap();
+        assert_eq!((state.due(now), state.retry_at()), (None, Some(later)));
+        assert_eq!(state.due(later), Some(&directive(5, "1.1")));
+
+        let mut restarted = file.load("h", "s", "e").unwrap();
+        assert_eq!((restarted.retry_at(), restarted.attempts), (None, 1));
+        assert_eq!(restarted.due(now), Some(&directive(5, "1.1")), "a restart retries at once");
+        assert_eq!(restarted.start(), 2);
+        assert_eq!(restarted.finish(directive(5, "1.1"), Outcome::Running), None);
+        assert_eq!((restarted.pending(), restarted.attempts), (None, 0));
+    }
+
+    /// A newer directive replaces a target waiting for its retry: the wait is cancelled and the
+    /// newer directive is due at once, whatever its release; a stale one changes nothing.
+    #[test]
+    fn a_newer_directive_replaces_a_pending_retry() {
+        let (now, later) = (Instant::now(), Instant::now() + Duration::from_secs(3600));
+        let mut state = AgentState::new("h", "s", "e");
+        state.take(5, Some(directive(5, "1.0")));
+        state.start();
+        state.finish(directive(5, "1.0"), Outcome::Running);
+        state.take(9, Some(directive(9, "1.1")));
+        state.start();
+        assert_eq!(state.finish(directive(9, "1.1"), Outcome::Failed), Some(1));
+        state.defer(later);
+        assert!(!state.take(8, Some(directive(8, "1.2"))));
+        assert_eq!(state.due(now), None);
+        // What ran before the failed attempt must be applied again: the host may be half-way.
+        assert!(state.take(12, Some(directive(12, "1.0"))));
+        assert_eq!(state.due(now), Some(&directive(12, "1.0")));
+        assert_eq!((state.attempts, state.retry_at()), (0, None));
+        // A newer directive for the very release whose retry waits replaces it too.
+        state.start();
+        assert_eq!(state.finish(directive(12, "1.0"), Outcome::Failed), Some(1));
+        state.defer(later);
+        assert!(state.take(14, Some(directive(14, "1.0"))));
+        assert_eq!(state.due(now), Some(&directive(14, "1.0")));
+        assert_eq!((state.attempts, state.retry_at()), (0, None));
+    }
+
+    /// A command that fails after a newer directive replaced its target is not retried: the newer
+    /// directive is due at once, even when a later one asks again for what last ran successfully.
+    #[test]
+    fn a_command_failing_after_its_directive_was_replaced_is_not_retried() {
+        let now = Instant::now();
+        let mut state = AgentState::new("h", "s", "e");
+        state.take(5, Some(directive(5, "1.0")));
+        state.start();
+        state.finish(directive(5, "1.0"), Outcome::Running);
+        state.take(9, Some(directive(9, "1.1")));
+        state.start();
+        state.take(12, Some(directive(12, "1.2")));
+        // 1.0 ran before 1.1 started, but the running command may leave the host on 1.1.
+        assert!(state.take(13, Some(directive(13, "1.0"))));
+        assert_eq!(state.finish(directive(9, "1.1"), Outcome::Failed), None);
+        assert_eq!((state.due(now), state.attempts), (Some(&directive(13, "1.0")), 0));
+    }
+
+    /// A state saved by an agent that did not retry (the failed directive applied, no target)
+    /// is loaded with the failed directive as the target, due at once as a second attempt.
+    #[test]
+    fn a_failure_saved_before_retries_existed_is_retried() {
+        let directory = tempfile::tempdir().unwrap();
+        let file = StateFile::new(directory.path()).unwrap();
+        let old = serde_json::json!({"host": "h", "service": "s", "env": "e", "position": 9,
+            "current": {"directive": directive(9, "1.1"), "outcome": "failed"}, "target": null, "attempts": 0});
+        fs::write(file.path(), old.to_string()).unwrap();
+        let mut state = file.load("h", "s", "e").unwrap();
+        assert_eq!(state.due(Instant::now()), Some(&directive(9, "1.1")));
+        assert_eq!(state.start(), 2);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! Every agent runs the same command: it appends a `start` line to the agent's runs file, waits
 //! while a hold file for the directive's release exists (so a test decides when a command ends),
-//! and appends a `done` line. A test reads exactly what each agent ran, with which variables, in
-//! which order. Each agent runs in its own process group and dies with the test process.
+//! and appends a `done` line, or, while the release's fail file counts failures still to come,
+//! counts one down, appends a `failed` line and exits 1. A test reads exactly what each agent
+//! ran, with which variables, in which order. Each agent runs in its own process group and dies
+//! with the test process.
 //!
 //! Declared by the tests that use it (`#[path = "common/agents.rs"] mod agents;`), next to
 //! `mod common;`.
@@ -34,6 +36,8 @@ const LOG_TAIL_LINES: usize = 25;
 pub enum Phase {
     Start,
     Done,
+    /// The command exited 1 as its fail file asked ([`Agents::fail`]).
+    Failed,
 }
 
 /// One line of an agent's runs file: a command starting or finishing for one directive.
@@ -67,6 +71,7 @@ impl Run {
             phase: match phase {
                 "start" => Phase::Start,
                 "done" => Phase::Done,
+                "failed" => Phase::Failed,
                 _ => return None,
             },
         })
@@ -100,6 +105,9 @@ pub struct Agent {
     env: String,
     directory: PathBuf,
     holds: PathBuf,
+    fails: PathBuf,
+    /// Further arguments of `fleetlog agent`.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -117,15 +125,21 @@ impl Agent {
     }
 
     /// The command: one line before and one after, holding in between while the release's hold
-    /// file exists. `$$` is the shell's pid; the agent starts it as leader of its own group.
+    /// file exists, and failing (exit 1, a `failed` line) while the release's fail file holds a
+    /// count above zero, which each failure lowers by one. `$$` is the shell's pid; the agent
+    /// starts it as leader of its own group.
     fn command(&self) -> String {
         let runs = quote(&self.runs_path());
         let holds = quote(&self.holds);
+        let fails = quote(&self.fails);
         let polls = HOLD_MAX.as_millis() / 50;
         format!(
             "line=\"$FLEETLOG_SEQ $FLEETLOG_RELEASE $FLEETLOG_CAUSE ${{FLEETLOG_DEPLOYMENT:--}} $FLEETLOG_HOST \
              $FLEETLOG_SERVICE/$FLEETLOG_ENV $$\"; echo \"$line start\" >> {runs}; n=0; \
              while [ -e {holds}/\"$FLEETLOG_RELEASE\" ] && [ $n -lt {polls} ]; do sleep 0.05; n=$((n+1)); done; \
+             fail={fails}/\"$FLEETLOG_RELEASE\"; left=$(cat \"$fail\" 2>/dev/null || echo 0); \
+             if [ \"$left\" -gt 0 ]; then echo $((left-1)) > \"$fail\"; echo \"$line failed\" >> {runs}; \
+             echo \"failing as asked, $((left-1)) more to come\" >&2; exit 1; fi; \
              echo \"$line done\" >> {runs}"
         )
     }
@@ -140,6 +154,7 @@ impl Agent {
             .args(["agent", "--server", &self.servers, "--host", &self.host, "--service", &self.service])
             .args(["--env", &self.env, "--exec", &self.command(), "--state-dir"])
             .arg(self.state_directory())
+            .args(&self.extra)
             .env("FLEETLOG_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -216,7 +231,7 @@ impl Agent {
     /// Commands that started and have not finished.
     pub fn unfinished(&self) -> Vec<Run> {
         let runs = self.runs();
-        let finished: Vec<i32> = runs.iter().filter(|run| run.phase == Phase::Done).map(|run| run.pid).collect();
+        let finished: Vec<i32> = runs.iter().filter(|run| run.phase != Phase::Start).map(|run| run.pid).collect();
         runs.into_iter().filter(|run| run.phase == Phase::Start && !finished.contains(&run.pid)).collect()
     }
 
@@ -270,20 +285,28 @@ impl Drop for Agent {
     }
 }
 
-/// Agents of one (service, env), one per host, sharing the hold files.
+/// Agents of one (service, env), one per host, sharing the hold and fail files.
 pub struct Agents {
     pub agents: Vec<Agent>,
     holds: PathBuf,
+    fails: PathBuf,
     directory: Option<tempfile::TempDir>,
 }
 
 impl Agents {
     /// Starts one agent per host, each given every URL of `servers`.
     pub fn start(servers: &[impl AsRef<str>], service: &str, env: &str, hosts: &[&str]) -> Agents {
+        Agents::start_with(servers, service, env, hosts, &[])
+    }
+
+    /// Starts one agent per host as [`Agents::start`] does, each with the `extra` arguments.
+    pub fn start_with(servers: &[impl AsRef<str>], service: &str, env: &str, hosts: &[&str], extra: &[&str]) -> Agents {
         let servers: Vec<&str> = servers.iter().map(AsRef::as_ref).collect();
         let directory = tempfile::TempDir::with_prefix("fleetlog-agents-").unwrap();
         let holds = directory.path().join("holds");
         std::fs::create_dir_all(&holds).unwrap();
+        let fails = directory.path().join("fails");
+        std::fs::create_dir_all(&fails).unwrap();
         let agents = hosts
             .iter()
             .map(|host| {
@@ -296,13 +319,20 @@ impl Agents {
                     env: env.to_string(),
                     directory: agent_directory,
                     holds: holds.clone(),
+                    fails: fails.clone(),
+                    extra: extra.iter().map(|argument| argument.to_string()).collect(),
                     child: None,
                 };
                 agent.spawn();
                 agent
             })
             .collect();
-        Agents { agents, holds, directory: Some(directory) }
+        Agents { agents, holds, fails, directory: Some(directory) }
+    }
+
+    /// The next `times` commands for `release` (of any agent) fail.
+    pub fn fail(&self, release: &str, times: u32) {
+        std::fs::write(self.fails.join(release), format!("{times}\n")).unwrap();
     }
 
     /// Commands for `release` wait until [`Agents::let_go`] (or [`HOLD_MAX`]).
