@@ -42,11 +42,14 @@ pub struct Options {
     pub cli_init: bool,
     /// `--cluster-secret` for every node.
     pub cluster_secret: Option<String>,
+    /// Directory that holds every node's data directory (`node-N`); None: the cluster's own
+    /// temporary directory. The caller owns it. Node logs stay in the cluster's directory.
+    pub data_root: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { voters: 3, snapshot_every: None, cli_init: false, cluster_secret: None }
+        Options { voters: 3, snapshot_every: None, cli_init: false, cluster_secret: None, data_root: None }
     }
 }
 
@@ -125,13 +128,14 @@ impl Cluster {
         let all_ids: Vec<u64> = (1..=options.voters + SPARE_IDS).collect();
         let mut nodes = BTreeMap::new();
         for &id in &all_ids {
+        let data_root = options.data_root.clone().unwrap_or_else(|| directory.path().to_path_buf());
             let port = if id <= options.voters { node_port() } else { 0 };
             nodes.insert(
                 id,
                 Node {
                     id,
                     port,
-                    data: directory.path().join(format!("node-{id}")),
+                    data: data_root.join(format!("node-{id}")),
                     log: directory.path().join(format!("node-{id}.log")),
                     child: None,
                     removed: false,

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod lossy_fs;
 pub mod proxy;
 pub mod rfc9162;
 
