@@ -269,6 +269,17 @@ pub struct ServeArgs {
     /// a late body gets 408 body_timeout, a late head a closed connection.
     #[arg(long, default_value_t = 30)]
     pub client_timeout_seconds: u64,
+    /// Seconds a write to a client may make no progress (the client stopped reading) before its
+    /// connection or stream is closed; a stream's client resumes with Last-Event-ID.
+    #[arg(long, default_value_t = fleetlog_api::limits::SEND_TIMEOUT_SECONDS)]
+    pub send_timeout_seconds: u64,
+    /// Open connections (clients and peers) this node serves; beyond it: 503 too_many_connections.
+    #[arg(long, default_value_t = fleetlog_api::limits::CONNECTIONS_MAX)]
+    pub max_connections: usize,
+    /// Seconds shutdown (SIGTERM) waits for open connections to finish their requests before
+    /// dropping them.
+    #[arg(long, default_value_t = fleetlog_api::limits::SHUTDOWN_GRACE_SECONDS)]
+    pub shutdown_grace_seconds: u64,
     /// Serve TLS (API and peer traffic) with this certificate chain (PEM); needs --tls-key.
     /// Cluster members also need --tls-ca to check each other's certificates.
     #[arg(long, requires = "tls_key")]

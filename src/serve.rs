@@ -82,6 +82,13 @@ fn api_options(args: &ServeArgs, tokens: Option<Tokens>, tls: Option<Arc<ServerC
     if args.client_timeout_seconds == 0 {
         bail!("--client-timeout-seconds must be at least 1");
     }
+    if args.send_timeout_seconds == 0 {
+        bail!("--send-timeout-seconds must be at least 1");
+    }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    warn_if_few_open_files(args.max_connections);
     let gate = GateOptions {
         tokens,
         requests_per_second_per_token: args.requests_per_second_per_token,
@@ -91,8 +98,34 @@ fn api_options(args: &ServeArgs, tokens: Option<Tokens>, tls: Option<Arc<ServerC
         subscribers_max: args.max_subscribers,
         gate,
         client_timeout: std::time::Duration::from_secs(args.client_timeout_seconds),
+        connections_max: args.max_connections,
+        send_timeout: std::time::Duration::from_secs(args.send_timeout_seconds),
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
         tls,
     })
+}
+
+/// Open files the process needs besides its connections: RocksDB's tables and logs, outgoing
+/// peer connections, the rest.
+const OTHER_OPEN_FILES: u64 = 2_000;
+
+/// Warns when the open-file limit cannot hold `max_connections` and the node's own files: past
+/// it, accepting fails (the listener backs off) and RocksDB may fail to open a table.
+fn warn_if_few_open_files(max_connections: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = max_connections as u64 + OTHER_OPEN_FILES;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            max_connections,
+            needed,
+            "the open-file limit is below --max-connections plus the node's own files; lower --max-connections or raise the limit"
+        );
+    }
 }
 
 /// The tokens to require, or None to run open. Open is the default only on a loopback address;

@@ -2,11 +2,15 @@
 //! Every failure is an [`ApiError`] with a stable code; nothing here panics on bad input.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
 use fleetlog_raft::event::{ExpectedVersion, ProposedEvent};
 use fleetlog_raft::limits::{BATCH_EVENTS_MAX, EVENT_DATA_BYTES_MAX};
+use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
@@ -25,25 +29,49 @@ impl FromRequest<AppState> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, app: &AppState) -> ApiResult<JsonObject> {
-        let read = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX);
-        let bytes = tokio::time::timeout(app.client_timeout, read)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    axum::http::StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    format!("the request body did not arrive within {:?}", app.client_timeout),
-                )
-            })?
-            .map_err(|_| {
-                ApiError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
-                )
-            })?;
+        let (parts, body) = request.into_parts();
+        let bytes = read_body(&parts.headers, body, BODY_BYTES_MAX, app.client_timeout).await?;
         parse_object(&bytes).map(JsonObject)
     }
+}
+
+/// Reads a request body of at most `max_bytes` that must arrive within `timeout`: 408
+/// `body_timeout` when it does not, 413 `body_too_large` beyond the size (refused before reading
+/// when the `Content-Length` says so), 400 `bad_request` when the client breaks off.
+pub async fn read_body(headers: &HeaderMap, body: Body, max_bytes: usize, timeout: Duration) -> ApiResult<Vec<u8>> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("bodies here are limited to {max_bytes} bytes"),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_bytes as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        // A declared length within the limit is allocated once (it can only be that large).
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|error| {
+                ApiError::bad_request("bad_request", format!("the request body could not be read: {error}"))
+            })?;
+            if bytes.len() + chunk.len() > max_bytes {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok::<Vec<u8>, ApiError>(bytes)
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {timeout:?}"),
+        )
+    })?
 }
 
 /// Path parameters; a malformed path (such as invalid UTF-8 in a percent escape) is a 400 with
@@ -108,7 +136,7 @@ pub fn parse_append(body: &Map<String, Value>) -> ApiResult<(Vec<ProposedEvent>,
     }
     if items.len() > BATCH_EVENTS_MAX {
         return Err(ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
             format!("a batch holds at most {BATCH_EVENTS_MAX} events, this one has {}", items.len()),
         ));
@@ -171,7 +199,7 @@ pub fn canonical_data(data: &Value) -> ApiResult<String> {
         .map_err(|error| ApiError::invalid("unsafe_number", format!("data: {error}")))?;
     if text.len() > EVENT_DATA_BYTES_MAX {
         return Err(ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::PAYLOAD_TOO_LARGE,
             "event_too_large",
             format!("data is {} bytes encoded; the limit is {EVENT_DATA_BYTES_MAX}", text.len()),
         ));

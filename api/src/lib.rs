@@ -7,7 +7,8 @@
 //! - `streams`: the SSE streams themselves (catch-up from disk, live channels, heartbeats), and
 //!   `streams::direct`, which serves connections that start with a stream without the router.
 //! - `listener`: accepts connections and sends each to the router or to `streams::direct`.
-//! - `input`: reading untrusted bodies and query strings; `error`: status + stable code;
+//! - `input`: reading untrusted bodies and query strings; `limits`: the HTTP layer's named
+//!   bounds (connections, send timeout, shutdown grace); `error`: status + stable code;
 //!   `wire`: JSON shapes of views; `state`: the shared handle and the read/write paths.
 //! - `client`: a small HTTP client for the CLI (JSON calls and an SSE reader).
 //!
@@ -20,6 +21,7 @@ pub mod error;
 pub mod gate;
 mod http_server;
 pub mod input;
+pub mod limits;
 mod listener;
 pub mod metrics;
 pub mod routes;
@@ -107,7 +109,8 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves the API until `shutdown` resolves, then stops accepting and lets open requests finish.
+/// Serves the API until `shutdown` resolves, then stops accepting and lets open requests finish
+/// within the shutdown grace.
 pub async fn serve(
     node: Node,
     listener: TcpListener,
@@ -124,6 +127,11 @@ pub async fn serve(
     };
     let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let connections = listener::split(listener, state.clone(), tls);
-    http_server::serve(connections, app, options.client_timeout, shutdown).await;
+    let deadlines = http_server::Deadlines {
+        header: options.client_timeout,
+        send: options.send_timeout,
+        shutdown_grace: options.shutdown_grace,
+    };
+    http_server::serve(connections, app, deadlines, state.metrics.clone(), shutdown).await;
     Ok(())
 }

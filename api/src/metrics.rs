@@ -12,6 +12,12 @@ pub struct Metrics {
     rejections: Vec<AtomicU64>,
     pub subscribers_active: AtomicU64,
     access_refusals: AtomicU64,
+    /// Connections open now (counted from accept to close).
+    pub connections_open: AtomicU64,
+    /// Connections refused over the connection cap.
+    pub connections_refused: AtomicU64,
+    /// Connections and streams closed because their client stopped reading.
+    pub send_timeouts: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -23,6 +29,9 @@ impl Default for Metrics {
             rejections: RejectionCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             subscribers_active: AtomicU64::new(0),
             access_refusals: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            send_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -69,6 +78,16 @@ impl Metrics {
                 "Requests the gate refused: token (401), role or host (403), rate (429).",
                 &self.access_refusals,
             ),
+            (
+                "fleetlog_connections_refused_total",
+                "Connections refused over the connection cap (503 too_many_connections).",
+                &self.connections_refused,
+            ),
+            (
+                "fleetlog_send_timeouts_total",
+                "Connections and streams closed because a write made no progress within the send timeout.",
+                &self.send_timeouts,
+            ),
         ];
         for (name, help, value) in counters {
             let _ =
@@ -85,8 +104,11 @@ impl Metrics {
             }
         }
         let subscribers = self.subscribers_active.load(Ordering::Relaxed) as f64;
-        let mut all_gauges: Vec<(&str, &str, f64)> =
-            vec![("fleetlog_subscribers", "Open subscribe and watch streams.", subscribers)];
+        let connections = self.connections_open.load(Ordering::Relaxed) as f64;
+        let mut all_gauges: Vec<(&str, &str, f64)> = vec![
+            ("fleetlog_subscribers", "Open subscribe and watch streams.", subscribers),
+            ("fleetlog_connections", "Open client and peer connections.", connections),
+        ];
         all_gauges.extend_from_slice(gauges);
         for (name, help, value) in all_gauges {
             let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");

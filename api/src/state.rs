@@ -13,6 +13,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
 use crate::gate::{Gate, GateOptions};
+use crate::limits::{CONNECTIONS_MAX, SEND_TIMEOUT, SHUTDOWN_GRACE};
 use crate::metrics::Metrics;
 
 /// Concurrent SSE streams (subscribe and watch) one node serves unless configured otherwise.
@@ -32,6 +33,12 @@ pub struct ApiOptions {
     /// Time a client has to send a request head, and again its body; a connection that sends
     /// nothing at first is dropped after it too (slow-loris defence).
     pub client_timeout: Duration,
+    /// Open connections beyond which a new one gets 503 `too_many_connections`.
+    pub connections_max: usize,
+    /// Time a write to a client may make no progress before its connection is closed.
+    pub send_timeout: Duration,
+    /// Time shutdown waits for open connections before dropping them.
+    pub shutdown_grace: Duration,
     /// Serve TLS with this configuration (certificate and key given).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -42,6 +49,9 @@ impl Default for ApiOptions {
             subscribers_max: SUBSCRIBERS_MAX,
             gate: GateOptions::default(),
             client_timeout: CLIENT_TIMEOUT,
+            connections_max: CONNECTIONS_MAX,
+            send_timeout: SEND_TIMEOUT,
+            shutdown_grace: SHUTDOWN_GRACE,
             tls: None,
         }
     }
@@ -54,6 +64,10 @@ pub struct AppState {
     pub subscribers: Arc<Semaphore>,
     pub gate: Arc<Gate>,
     pub client_timeout: Duration,
+    /// One permit per open connection (see `listener`).
+    pub connections: Arc<Semaphore>,
+    /// Time a write to a client may make no progress before the stream or connection ends.
+    pub send_timeout: Duration,
     /// Turns true when the server shuts down, so open streams end and connections drain.
     pub closing: Arc<watch::Sender<bool>>,
 }
@@ -66,6 +80,8 @@ impl AppState {
             subscribers: Arc::new(Semaphore::new(options.subscribers_max)),
             gate: Arc::new(Gate::new(options.gate.clone())),
             client_timeout: options.client_timeout,
+            connections: Arc::new(Semaphore::new(options.connections_max)),
+            send_timeout: options.send_timeout,
             closing: Arc::new(watch::channel(false).0),
         }
     }

@@ -42,6 +42,20 @@ pub enum Connection {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Connection {
+    /// Makes closing the connection reset it at once, dropping what is still queued for a client
+    /// that stopped reading, instead of the kernel trying to deliver it for minutes.
+    pub fn reset_on_close(&self) {
+        let socket = match self {
+            Connection::Plain(stream) => stream,
+            Connection::Tls(stream) => stream.get_ref().0,
+        };
+        if let Err(error) = socket.set_zero_linger() {
+            tracing::debug!(%error, "cannot set SO_LINGER on a connection");
+        }
+    }
+}
+
 impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

@@ -1,8 +1,10 @@
 //! The live feed of applied events: the state machine publishes each applied batch once, after
 //! it is written; subscribers (SSE tails, agent watches) read it.
 //!
-//! Log tails share one bounded ring of batches. Agent watches do not: each watched host has its
-//! own small channel, and a batch is sent only to the hosts whose desired release it changes, so
+//! Log tails share one bounded ring of batches, bounded in batches and in bytes
+//! ([`FEED_RING_BUDGET_BYTES`]): the broadcast channel carries weak handles, and the feed keeps the
+//! batches themselves alive only while they fit the budget, so a tail that stopped reading pins at
+//! most that much. Agent watches do not: each watched host has its own small channel, and a batch is sent only to the hosts whose desired release it changes, so
 //! a rollback touching 10,000 hosts wakes exactly those watchers and a report wakes nobody.
 //! A subscriber that falls behind its channel is told it lagged and goes back to reading from
 //! disk, so memory per subscriber stays bounded and nobody slows the others.
@@ -14,13 +16,14 @@
 //! head to get there) and takes everything later from its channel. Log tails subscribe before
 //! they read the head, and batches reach their ring after the head moved.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::{broadcast, watch};
 
 use crate::event::Event;
 use crate::ledger::Directive;
+pub use crate::limits::FEED_RING_BUDGET_BYTES;
 
 /// Applied batches the shared ring holds before slow log tails lag.
 pub const FEED_BATCHES_MAX: usize = 1_024;
@@ -45,6 +48,12 @@ impl CommittedEvent {
     pub fn rendered(event: Event, json: String) -> CommittedEvent {
         CommittedEvent { event, json }
     }
+
+    /// Memory this event holds, estimated: the rendered JSON, and as much again for the decoded
+    /// event (whose strings are all part of that text), plus the fixed parts.
+    pub fn approx_bytes(&self) -> usize {
+        2 * self.json.len() + std::mem::size_of::<CommittedEvent>()
+    }
 }
 
 /// What one apply step added to the ledger.
@@ -53,6 +62,34 @@ pub struct AppliedBatch {
     pub events: Vec<Arc<CommittedEvent>>,
     /// Ledger head after this batch.
     pub head_seq: u64,
+}
+
+impl AppliedBatch {
+    /// Memory the batch holds, estimated (see [`CommittedEvent::approx_bytes`]).
+    pub fn approx_bytes(&self) -> usize {
+        self.events.iter().map(|event| event.approx_bytes()).sum::<usize>() + std::mem::size_of::<AppliedBatch>()
+    }
+}
+
+/// The batches log tails may still need, newest last: what keeps them alive. Bounded by
+/// [`FEED_BATCHES_MAX`] and by [`FEED_RING_BUDGET_BYTES`] (the newest batch is kept whatever its
+/// size, so live tails always get it).
+#[derive(Default)]
+struct Ring {
+    batches: VecDeque<(Arc<AppliedBatch>, usize)>,
+    bytes: usize,
+}
+
+impl Ring {
+    fn push(&mut self, batch: Arc<AppliedBatch>, bytes: usize, budget_bytes: usize) {
+        self.batches.push_back((batch, bytes));
+        self.bytes += bytes;
+        while self.batches.len() > FEED_BATCHES_MAX || (self.bytes > budget_bytes && self.batches.len() > 1) {
+            if let Some((_, dropped)) = self.batches.pop_front() {
+                self.bytes -= dropped;
+            }
+        }
+    }
 }
 
 /// One host's desired-release changes in one apply step.
@@ -71,17 +108,31 @@ struct HostChannels {
 
 #[derive(Clone)]
 pub struct Feed {
-    batches: broadcast::Sender<Arc<AppliedBatch>>,
+    /// Weak handles: a batch the ring let go of can no longer be read from the channel.
+    batches: broadcast::Sender<Weak<AppliedBatch>>,
+    ring: Arc<Mutex<Ring>>,
+    ring_budget_bytes: usize,
     head: Arc<watch::Sender<u64>>,
     hosts: Arc<Mutex<HostChannels>>,
 }
 
 impl Feed {
     pub fn new(head_seq: u64) -> Feed {
+        Feed::with_ring_budget(head_seq, FEED_RING_BUDGET_BYTES)
+    }
+
+    /// A feed whose ring keeps at most `ring_budget_bytes` of batches (tests use small ones).
+    pub fn with_ring_budget(head_seq: u64, ring_budget_bytes: usize) -> Feed {
         let (batches, _) = broadcast::channel(FEED_BATCHES_MAX);
         let (head, _) = watch::channel(head_seq);
         let hosts = HostChannels { channels: HashMap::new(), announced: head_seq };
-        Feed { batches, head: Arc::new(head), hosts: Arc::new(Mutex::new(hosts)) }
+        Feed {
+            batches,
+            ring: Arc::default(),
+            ring_budget_bytes,
+            head: Arc::new(head),
+            hosts: Arc::new(Mutex::new(hosts)),
+        }
     }
 
     fn hosts(&self) -> MutexGuard<'_, HostChannels> {
@@ -116,10 +167,16 @@ impl Feed {
             }
             moved
         });
-        if !batch.events.is_empty() {
-            // No receivers is fine: nobody is tailing.
-            let _ = self.batches.send(Arc::new(batch));
+        // Nobody tailing: nothing to keep. A tail subscribing meanwhile misses no batch: it
+        // reads the disk up to the head, which already covers this one.
+        if batch.events.is_empty() || self.batches.receiver_count() == 0 {
+            return;
         }
+        let bytes = batch.approx_bytes();
+        let batch = Arc::new(batch);
+        let handle = Arc::downgrade(&batch);
+        self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(batch, bytes, self.ring_budget_bytes);
+        let _ = self.batches.send(handle);
     }
 
     /// Resets the head after a snapshot replaced the state (it may move backwards only then).
@@ -134,11 +191,11 @@ impl Feed {
         let _ = head.wait_for(|head| *head >= seq).await;
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedBatch>> {
-        self.batches.subscribe()
+    /// Receives the applied batches published from now on.
+    pub fn subscribe(&self) -> BatchReceiver {
+        BatchReceiver { receiver: self.batches.subscribe() }
     }
 
-    /// Receives the batches that change `host`'s desired release, from now on.
     /// Receives the batches that change `host`'s desired release, announced from now on.
     pub fn watch_host(&self, host: &str) -> HostReceiver {
         let mut hosts = self.hosts();
@@ -168,6 +225,21 @@ impl Feed {
 
     pub fn subscriber_count(&self) -> usize {
         self.batches.receiver_count()
+    }
+}
+
+/// A log tail's view of the ring.
+pub struct BatchReceiver {
+    receiver: broadcast::Receiver<Weak<AppliedBatch>>,
+}
+
+impl BatchReceiver {
+    /// The next batch. A tail that fell behind by more than the ring holds, in batches or in
+    /// bytes, gets `Lagged` and reads from disk. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Arc<AppliedBatch>, broadcast::error::RecvError> {
+        let handle = self.receiver.recv().await?;
+        // Let go of by the ring's byte budget before this tail got to it.
+        handle.upgrade().ok_or(broadcast::error::RecvError::Lagged(1))
     }
 }
 
@@ -244,6 +316,68 @@ mod tests {
         assert_eq!(feed.watched_hosts(), 2);
         drop(second);
         assert_eq!(feed.watched_hosts(), 1);
+    }
+
+    /// A batch of one event whose data is `data_bytes` long.
+    fn large_batch(seq: u64, data_bytes: usize) -> AppliedBatch {
+        let event = Event {
+            seq,
+            id: format!("e{seq}"),
+            stream: "s".into(),
+            version: seq,
+            event_type: "app.note".into(),
+            time_micros: 0,
+            actor: "a".into(),
+            service: None,
+            env: None,
+            host: None,
+            release: None,
+            deployment: None,
+            data: format!("{{\"x\":\"{}\"}}", "x".repeat(data_bytes)),
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        };
+        AppliedBatch { events: vec![Arc::new(CommittedEvent::new(event))], head_seq: seq }
+    }
+
+    #[tokio::test]
+    async fn a_tail_behind_by_more_than_the_ring_budget_lags_and_the_ring_lets_go() {
+        let budget = 1024 * 1024;
+        let feed = Feed::with_ring_budget(0, budget);
+        let mut tail = feed.subscribe();
+        // Ten batches of ~400 KiB (counted twice, rendered and decoded): far fewer batches than
+        // the ring holds, but more bytes than its budget.
+        let batches: Vec<Weak<AppliedBatch>> = (1..=10u64)
+            .map(|seq| {
+                feed.publish(large_batch(seq, 200 * 1024));
+                let ring = feed.ring.lock().unwrap();
+                assert!(ring.bytes <= budget, "the ring holds {} bytes", ring.bytes);
+                Arc::downgrade(&ring.batches.back().unwrap().0)
+            })
+            .collect();
+        assert!(batches[0].upgrade().is_none(), "the oldest batch is no longer kept");
+        assert!(batches[9].upgrade().is_some(), "the newest batch is kept");
+        assert!(matches!(tail.recv().await, Err(broadcast::error::RecvError::Lagged(_))));
+        // What is still kept arrives, in order, ending with the newest.
+        let mut last = 0;
+        while last < 10 {
+            match tail.recv().await {
+                Ok(batch) => {
+                    assert!(batch.head_seq > last);
+                    last = batch.head_seq;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => assert_eq!(last, 0, "lagging after a kept batch"),
+                Err(broadcast::error::RecvError::Closed) => panic!("the feed closed"),
+            }
+        }
+    }
+
+    #[test]
+    fn without_tails_the_feed_keeps_no_batch() {
+        let feed = Feed::new(0);
+        feed.publish(large_batch(1, 1024));
+        assert_eq!(feed.head_seq(), 1);
+        assert!(feed.ring.lock().unwrap().batches.is_empty());
     }
 
     #[tokio::test]

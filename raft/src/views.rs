@@ -17,6 +17,7 @@ use crate::records::{
 
 /// Events visited per log read before the page is cut short (the reply's `next_seq` resumes).
 pub const SCAN_BUDGET_EVENTS: usize = 100_000;
+pub use crate::limits::READ_PAGE_BUDGET_BYTES;
 
 /// Filters of a log read; all given filters must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,8 +99,31 @@ fn check_event(seq: u64, event: Event) -> Result<Event> {
     Ok(event)
 }
 
-/// Reads up to `limit` events with seq ≥ `from_seq` that match `filter`.
+/// Bytes of an event's served JSON, estimated from its fields (exact but for escapes and the
+/// digits of numbers): what a page's byte budget counts.
+pub fn served_bytes(event: &Event) -> usize {
+    let optional = [&event.service, &event.env, &event.host, &event.release, &event.deployment];
+    let texts = event.data.len() + event.id.len() + event.stream.len() + event.event_type.len() + event.actor.len();
+    // Two hashes in hex, the member names, quotes and numbers.
+    texts + optional.iter().map(|field| field.as_ref().map_or(0, String::len)).sum::<usize>() + 2 * 64 + 256
+}
+
+/// Reads up to `limit` events with seq ≥ `from_seq` that match `filter`, and no more than
+/// [`READ_PAGE_BUDGET_BYTES`] of them (the page then stops early; `next_seq` continues it).
 pub fn read_events(kv: &dyn KvRead, filter: &EventFilter, from_seq: u64, limit: usize) -> Result<EventPage> {
+    read_events_within(kv, filter, from_seq, limit, READ_PAGE_BUDGET_BYTES)
+}
+
+/// [`read_events`] with a byte budget of its own: the page stops after the event that brings its
+/// served JSON (see [`served_bytes`]) to `budget_bytes` or beyond; it always holds at least one
+/// event when one matches.
+pub fn read_events_within(
+    kv: &dyn KvRead,
+    filter: &EventFilter,
+    from_seq: u64,
+    limit: usize,
+    budget_bytes: usize,
+) -> Result<EventPage> {
     let head = records::head(kv)?;
     let mut lower = from_seq.max(1);
     let mut upper = head.seq;
@@ -115,14 +139,16 @@ pub fn read_events(kv: &dyn KvRead, filter: &EventFilter, from_seq: u64, limit: 
         return Ok(page);
     }
     let mut scanned = 0usize;
+    let mut bytes = 0usize;
     let mut last_visited = lower - 1;
     let mut take = |seq: u64, event: Event, page: &mut EventPage| -> bool {
         scanned += 1;
         last_visited = seq;
         if filter.matches(&event) {
+            bytes += served_bytes(&event);
             page.events.push(event);
         }
-        page.events.len() < limit && scanned < SCAN_BUDGET_EVENTS
+        page.events.len() < limit && scanned < SCAN_BUDGET_EVENTS && bytes < budget_bytes
     };
     match filter.driving_index() {
         Some((field, value)) => {
@@ -142,7 +168,7 @@ pub fn read_events(kv: &dyn KvRead, filter: &EventFilter, from_seq: u64, limit: 
             })?;
         }
     }
-    let cut_short = page.events.len() >= limit || scanned >= SCAN_BUDGET_EVENTS;
+    let cut_short = page.events.len() >= limit || scanned >= SCAN_BUDGET_EVENTS || bytes >= budget_bytes;
     page.next_seq = if cut_short { last_visited + 1 } else { upper.max(last_visited) + 1 };
     if !cut_short && filter.until_micros.is_none() {
         page.next_seq = head.seq + 1;
@@ -150,7 +176,8 @@ pub fn read_events(kv: &dyn KvRead, filter: &EventFilter, from_seq: u64, limit: 
     Ok(page)
 }
 
-/// Events of one stream by version.
+/// Events of one stream by version: up to `limit`, and no more than [`READ_PAGE_BUDGET_BYTES`]
+/// of them (at least one); the caller continues after the last version returned.
 pub fn read_stream(
     kv: &dyn KvRead,
     stream: &str,
@@ -165,9 +192,15 @@ pub fn read_stream(
         Ok(seqs.len() < limit)
     })?;
     let mut events = Vec::with_capacity(seqs.len());
+    let mut served = 0usize;
     for bytes in seqs {
+        if served >= READ_PAGE_BUDGET_BYTES {
+            break;
+        }
         let seq = decode_u64(&bytes).ok_or_else(|| Error::Corrupt("stream position is not 8 bytes".into()))?;
-        events.push(event(kv, seq)?.ok_or_else(|| Error::Corrupt(format!("stream names missing event {seq}")))?);
+        let found = event(kv, seq)?.ok_or_else(|| Error::Corrupt(format!("stream names missing event {seq}")))?;
+        served += served_bytes(&found);
+        events.push(found);
     }
     let last_version = match kv.get(Space::StreamHeads, stream.as_bytes())? {
         Some(bytes) => Some(decode_u64(&bytes).ok_or_else(|| Error::Corrupt("stream head is not 8 bytes".into()))?),
@@ -498,4 +531,75 @@ pub fn fleet_diff(
         }
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
+    use crate::kv::{MemoryKv, Overlay};
+
+    /// A ledger of `count` notes in stream "notes", each with `data_bytes` of data.
+    fn notes(count: usize, data_bytes: usize) -> MemoryKv {
+        let mut kv = MemoryKv::new();
+        for index in 0..count {
+            let mut event = ProposedEvent::new(format!("n{index}"), "app.note");
+            event.stream = Some("notes".into());
+            event.data = format!("{{\"text\":\"{}\"}}", "x".repeat(data_bytes));
+            let command = LedgerCommand {
+                time_micros: 1_000_000 + index as i64,
+                requests: vec![AppendRequest {
+                    events: vec![event],
+                    expected_version: ExpectedVersion::Any,
+                    actor: "a".into(),
+                }],
+                identity: None,
+            };
+            let mut overlay = Overlay::new(&kv);
+            crate::ledger::apply_command(&mut overlay, &command).unwrap();
+            let writes = overlay.into_writes();
+            kv.apply(writes);
+        }
+        kv
+    }
+
+    #[test]
+    fn a_page_stops_at_its_byte_budget_and_next_seq_continues_it() {
+        let kv = notes(20, 1_000);
+        let one = served_bytes(&event(&kv, 1).unwrap().unwrap());
+        // A budget three and a half events wide: pages of four (the fourth reaches it).
+        let budget = one * 7 / 2;
+        let mut seen = Vec::new();
+        let mut from = 1;
+        loop {
+            let page = read_events_within(&kv, &EventFilter::default(), from, 10_000, budget).unwrap();
+            assert!(page.events.len() <= 4, "a page of {} events", page.events.len());
+            seen.extend(page.events.iter().map(|event| event.seq));
+            if page.next_seq > page.head_seq {
+                break;
+            }
+            assert_eq!(page.next_seq, page.events.last().unwrap().seq + 1);
+            from = page.next_seq;
+        }
+        assert_eq!(seen, (1..=20).collect::<Vec<u64>>(), "every event once, in order");
+        // Each served event is about as long as counted.
+        let served = event(&kv, 1).unwrap().unwrap().canonical_json().len();
+        assert!(one.abs_diff(served) < 300, "estimated {one}, served {served}");
+        // A budget smaller than one event still yields one event per page.
+        let page = read_events_within(&kv, &EventFilter::default(), 5, 10_000, 1).unwrap();
+        assert_eq!((page.events.len(), page.next_seq), (1, 6));
+    }
+
+    #[test]
+    fn the_default_budget_cuts_a_page_of_large_events() {
+        let kv = notes(100, 60 * 1024);
+        let page = read_events(&kv, &EventFilter::default(), 1, 10_000).unwrap();
+        let bytes: usize = page.events.iter().map(served_bytes).sum();
+        assert!(page.events.len() < 100 && bytes >= READ_PAGE_BUDGET_BYTES, "{} events", page.events.len());
+        assert!(bytes < READ_PAGE_BUDGET_BYTES + 70 * 1024);
+        assert_eq!(page.next_seq, page.events.len() as u64 + 1);
+        let (events, last_version) = read_stream(&kv, "notes", 0, 10_000).unwrap();
+        assert_eq!(events.len(), page.events.len(), "stream pages have the same budget");
+        assert_eq!(last_version, Some(99));
+    }
 }

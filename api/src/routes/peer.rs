@@ -1,9 +1,12 @@
 //! The peer protocol's receiving side: Raft RPCs, forwarded writes, read-index requests and
 //! status probes from other nodes. Bodies are the raft crate's codec; every call must present
 //! the cluster secret when one is configured.
+//!
+//! The secret is checked from the headers before a byte of the body is read: a caller without it
+//! gets its refusal at once, whatever it claims to send. A body is then read within the client
+//! timeout (408 `body_timeout`) and up to [`PEER_BODY_BYTES_MAX`] (413 `body_too_large`).
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -15,10 +18,9 @@ use fleetlog_raft::peers::{path, secret_matches, SECRET_HEADER};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::input::read_body;
+use crate::limits::PEER_BODY_BYTES_MAX;
 use crate::state::AppState;
-
-/// Largest peer body: a replication batch (100 entries of up to 1 MiB) or a snapshot chunk.
-const PEER_BODY_MAX: usize = 128 * 1024 * 1024;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -28,14 +30,21 @@ pub fn routes() -> Router<AppState> {
         .route(path::FORWARD_APPEND, post(forward_append))
         .route(path::READ_INDEX, post(read_index))
         .route(path::STATUS, post(status))
-        .layer(DefaultBodyLimit::max(PEER_BODY_MAX))
 }
 
-/// Why a peer call was not acted on.
-type Refusal = (StatusCode, String);
+/// Checks the secret from the headers, then reads the body and decodes it.
+async fn accept<T: DeserializeOwned>(app: &AppState, request: Request) -> Result<T, Response> {
+    let (parts, body) = request.into_parts();
+    check_secret(app, &parts.headers).map_err(IntoResponse::into_response)?;
+    let bytes = read_body(&parts.headers, body, PEER_BODY_BYTES_MAX, app.client_timeout)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    codec::decode(&bytes)
+        .map_err(|error| (StatusCode::BAD_REQUEST, format!("undecodable peer body: {error}")).into_response())
+}
 
-/// Checks the secret and decodes the body.
-fn accept<T: DeserializeOwned>(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<T, Refusal> {
+/// Whether the headers carry what a peer call needs: the cluster secret, when one is set.
+fn check_secret(app: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
     match app.node.peers().secret() {
         Some(configured) => {
             let presented = headers.get(SECRET_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("");
@@ -53,7 +62,7 @@ fn accept<T: DeserializeOwned>(app: &AppState, headers: &HeaderMap, body: &[u8])
         }
         None => {}
     }
-    codec::decode(body).map_err(|error| (StatusCode::BAD_REQUEST, format!("undecodable peer body: {error}")))
+    Ok(())
 }
 
 fn answer<T: Serialize>(value: &T) -> Response {
@@ -63,45 +72,45 @@ fn answer<T: Serialize>(value: &T) -> Response {
     }
 }
 
-async fn append_entries(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match accept(&app, &headers, &body) {
+async fn append_entries(State(app): State<AppState>, request: Request) -> Response {
+    match accept(&app, request).await {
         Ok(request) => answer(&app.node.raft().append_entries(request).await),
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal,
     }
 }
 
-async fn vote(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match accept(&app, &headers, &body) {
+async fn vote(State(app): State<AppState>, request: Request) -> Response {
+    match accept(&app, request).await {
         Ok(request) => answer(&app.node.raft().vote(request).await),
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal,
     }
 }
 
-async fn install_snapshot(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match accept(&app, &headers, &body) {
+async fn install_snapshot(State(app): State<AppState>, request: Request) -> Response {
+    match accept(&app, request).await {
         Ok(request) => answer(&app.node.raft().install_snapshot(request).await),
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal,
     }
 }
 
 /// A follower's client write, proposed here without forwarding it again.
-async fn forward_append(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match accept::<AppendRequest>(&app, &headers, &body) {
+async fn forward_append(State(app): State<AppState>, request: Request) -> Response {
+    match accept::<AppendRequest>(&app, request).await {
         Ok(request) => answer(&app.node.append_here(request, WRITE_TIMEOUT).await),
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal,
     }
 }
 
-async fn read_index(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match accept::<()>(&app, &headers, &body) {
+async fn read_index(State(app): State<AppState>, request: Request) -> Response {
+    match accept::<()>(&app, request).await {
         Ok(()) => answer(&app.node.read_index_here(WRITE_TIMEOUT).await),
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal,
     }
 }
 
-async fn status(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match accept::<()>(&app, &headers, &body) {
+async fn status(State(app): State<AppState>, request: Request) -> Response {
+    match accept::<()>(&app, request).await {
         Ok(()) => answer(&app.node.local_status()),
-        Err(refusal) => refusal.into_response(),
+        Err(refusal) => refusal,
     }
 }

@@ -38,7 +38,8 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<&str>> {
 fn respond(app: AppState, opened: Opened) -> Response {
     let (sender, receiver) = mpsc::channel::<Bytes>(STREAM_BUFFER_MESSAGES);
     tokio::spawn(async move {
-        if let Err(end) = opened.run(&app, &mut ChannelSink(sender)).await {
+        let mut sink = ChannelSink { sender, send_timeout: app.send_timeout };
+        if let Err(end) = opened.run(&app, &mut sink).await {
             tracing::debug!(%end, "stream ended");
         }
     });

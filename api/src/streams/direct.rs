@@ -6,6 +6,8 @@
 //! it is what lets one node hold tens of thousands of agents.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -30,30 +32,39 @@ pub fn is_stream_request(start: &[u8]) -> bool {
 pub async fn serve(app: AppState, mut stream: TcpStream) {
     let head = match tokio::time::timeout(app.client_timeout, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
-        Ok(Err(error)) => return reply_error(&mut stream, error).await,
+        Ok(Err(error)) => return reply_error(&app, &mut stream, error).await,
         Err(_) => return,
     };
     let request = match parse(&head) {
         Ok(request) => request,
-        Err(error) => return reply_error(&mut stream, error).await,
+        Err(error) => return reply_error(&app, &mut stream, error).await,
     };
     let principal = match admit(&app, &request) {
         Ok(principal) => principal,
-        Err(error) => return reply_error(&mut stream, error).await,
+        Err(error) => return reply_error(&app, &mut stream, error).await,
     };
     let opened = match open(&app, &principal, &request.path, request.query, request.last_event_id.as_deref()).await {
         Ok(opened) => opened,
-        Err(error) => return reply_error(&mut stream, error).await,
+        Err(error) => return reply_error(&app, &mut stream, error).await,
     };
     // No length and no chunking: the body ends when the connection does (RFC 9112, 6.3).
     let head =
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
-    if stream.write_all(head.as_bytes()).await.is_err() {
+    let mut sink = SocketSink { stream, send_timeout: app.send_timeout };
+    if sink.send(Bytes::from_static(head.as_bytes())).await.is_err() {
         return;
     }
-    let mut sink = SocketSink { stream };
-    if let Err(end) = opened.run(&app, &mut sink).await {
-        tracing::debug!(%end, "stream ended");
+    match opened.run(&app, &mut sink).await {
+        Err(StreamEnd::Stalled) => {
+            app.metrics.send_timeouts.fetch_add(1, Ordering::Relaxed);
+            // Reset, so the kernel drops what is queued for a client that reads nothing.
+            if let Err(error) = sink.stream.set_zero_linger() {
+                tracing::debug!(%error, "cannot set SO_LINGER on a stalled stream");
+            }
+            tracing::debug!(end = %StreamEnd::Stalled, "stream ended");
+        }
+        Err(end) => tracing::debug!(%end, "stream ended"),
+        Ok(()) => {}
     }
 }
 
@@ -141,7 +152,8 @@ fn parse(head: &[u8]) -> Result<StreamRequest, ApiError> {
     Ok(StreamRequest { path, query: parameters, last_event_id, authorization })
 }
 
-async fn reply_error(stream: &mut TcpStream, error: ApiError) {
+/// A complete HTTP/1.1 answer carrying `error`, for connections served without the router.
+pub(crate) fn error_response(error: &ApiError) -> String {
     let body = error.body().to_string();
     let mut extra = String::new();
     if let Some(seconds) = error.retry_after_header() {
@@ -150,25 +162,42 @@ async fn reply_error(stream: &mut TcpStream, error: ApiError) {
     if error.status == StatusCode::UNAUTHORIZED {
         extra.push_str("www-authenticate: Bearer\r\n");
     }
-    let response = format!(
+    format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{body}",
         error.status.as_u16(),
         error.status.canonical_reason().unwrap_or(""),
         body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    )
+}
+
+async fn reply_error(app: &AppState, stream: &mut TcpStream, error: ApiError) {
+    let response = error_response(&error);
+    let _ = tokio::time::timeout(app.send_timeout, async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Writes straight to the client's socket. A client that does not read fills the socket's
-/// buffer and blocks only its own stream.
+/// buffer and blocks only its own stream, and only for the send timeout: every write must make
+/// progress within it, or the stream ends ([`StreamEnd::Stalled`]).
 struct SocketSink {
     stream: TcpStream,
+    send_timeout: Duration,
 }
 
 impl Sink for SocketSink {
     async fn send(&mut self, text: Bytes) -> Result<(), StreamEnd> {
-        self.stream.write_all(&text).await.map_err(|_| StreamEnd::ClientGone)
+        let mut sent = 0;
+        while sent < text.len() {
+            match tokio::time::timeout(self.send_timeout, self.stream.write(&text[sent..])).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(StreamEnd::ClientGone),
+                Ok(Ok(written)) => sent += written,
+                Err(_) => return Err(StreamEnd::Stalled),
+            }
+        }
+        Ok(())
     }
 
     async fn closed(&self) {

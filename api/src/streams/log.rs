@@ -1,9 +1,7 @@
 //! The log, filtered: every committed event that matches, in seq order.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use fleetlog_raft::feed::{AppliedBatch, CommittedEvent, Feed};
+use fleetlog_raft::feed::{BatchReceiver, CommittedEvent, Feed};
 use fleetlog_raft::views::{self, EventFilter};
 use tokio::sync::broadcast;
 
@@ -55,9 +53,9 @@ impl Source for LogSource {
 }
 
 /// The shared ring of applied batches. Batches are contiguous, so one that starts past the seq
-/// owed means the stream missed some.
+/// owed means the stream missed some (so does one the ring let go of: it reports a lag).
 pub struct LogLive {
-    receiver: broadcast::Receiver<Arc<AppliedBatch>>,
+    receiver: BatchReceiver,
     filter: EventFilter,
 }
 

@@ -6,6 +6,8 @@
 //! behind it) it goes back to disk, so there is never a gap, and anything below that seq is
 //! skipped, so there is never a duplicate. Writing to a slow client slows only its own stream,
 //! which then falls behind its channel and reads from disk: nothing is buffered without bound.
+//! A client that stops reading altogether loses its stream once a write has made no progress for
+//! the send timeout ([`StreamEnd::Stalled`]); it resumes with `Last-Event-ID`.
 
 pub mod direct;
 mod host;
@@ -69,6 +71,8 @@ impl Drop for Slot {
 pub enum StreamEnd {
     #[error("the client went away")]
     ClientGone,
+    #[error("the client stopped reading: a write made no progress within the send timeout")]
+    Stalled,
     #[error("the node is shutting down")]
     ShuttingDown,
     #[error("the node lost contact with the cluster")]
@@ -274,15 +278,24 @@ pub fn push_message(text: &mut String, id: u64, event: &str, data: &str) {
     let _ = write!(text, "id: {id}\nevent: {event}\ndata: {data}\n\n");
 }
 
-/// A stream read by an HTTP response body (requests that came through the HTTP router).
-pub struct ChannelSink(pub mpsc::Sender<Bytes>);
+/// A stream read by an HTTP response body (requests that came through the HTTP router). The
+/// channel stays full while the client reads nothing; after the send timeout the stream ends
+/// (and the connection's own send deadline closes the connection).
+pub struct ChannelSink {
+    pub sender: mpsc::Sender<Bytes>,
+    pub send_timeout: Duration,
+}
 
 impl Sink for ChannelSink {
     async fn send(&mut self, text: Bytes) -> Result<(), StreamEnd> {
-        self.0.send(text).await.map_err(|_| StreamEnd::ClientGone)
+        match tokio::time::timeout(self.send_timeout, self.sender.send(text)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StreamEnd::ClientGone),
+            Err(_) => Err(StreamEnd::Stalled),
+        }
     }
 
     async fn closed(&self) {
-        self.0.closed().await
+        self.sender.closed().await
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use super::db::{Database, LOG_FAMILY, RAFT_META_FAMILY};
 use crate::codec;
+use crate::limits::RECENT_ENTRIES_BUDGET_BYTES;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -44,9 +45,15 @@ pub struct LogStore {
 
 /// A copy of the log's newest entries: always a contiguous run of indexes that equals what is
 /// stored, because every change of the stored log (append, truncate, purge) changes it too.
+/// Bounded by [`RECENT_ENTRIES_MAX`] entries and [`RECENT_ENTRIES_BUDGET_BYTES`] encoded bytes
+/// (the newest entry is kept whatever its size).
 #[derive(Default)]
 struct RecentEntries {
     entries: VecDeque<Entry>,
+    /// Encoded size of each entry, in the same order.
+    sizes: VecDeque<usize>,
+    /// Sum of `sizes`.
+    bytes: usize,
 }
 
 impl RecentEntries {
@@ -54,16 +61,28 @@ impl RecentEntries {
         self.entries.front().map(|entry| entry.log_id.index)
     }
 
-    fn append(&mut self, entry: Entry) {
+    /// Adds `entry`, which takes `size` bytes encoded.
+    fn append(&mut self, entry: Entry, size: usize) {
         let follows = self.entries.back().is_some_and(|last| last.log_id.index + 1 == entry.log_id.index);
         if !follows {
             // After a restart or a truncation the run starts afresh at the new entry.
             self.entries.clear();
+            self.sizes.clear();
+            self.bytes = 0;
         }
         self.entries.push_back(entry);
-        if self.entries.len() > RECENT_ENTRIES_MAX {
-            self.entries.pop_front();
+        self.sizes.push_back(size);
+        self.bytes += size;
+        while self.entries.len() > RECENT_ENTRIES_MAX
+            || (self.bytes > RECENT_ENTRIES_BUDGET_BYTES && self.entries.len() > 1)
+        {
+            self.pop_front();
         }
+    }
+
+    fn pop_front(&mut self) {
+        self.entries.pop_front();
+        self.bytes -= self.sizes.pop_front().unwrap_or(0);
     }
 
     /// Entries `start..end`, when every one of them is here.
@@ -80,13 +99,14 @@ impl RecentEntries {
     fn remove_from(&mut self, index: u64) {
         while self.entries.back().is_some_and(|last| last.log_id.index >= index) {
             self.entries.pop_back();
+            self.bytes -= self.sizes.pop_back().unwrap_or(0);
         }
     }
 
     /// Drops entries up to and including `index` (purge).
     fn remove_through(&mut self, index: u64) {
         while self.entries.front().is_some_and(|first| first.log_id.index <= index) {
-            self.entries.pop_front();
+            self.pop_front();
         }
     }
 }
@@ -254,8 +274,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let family = self.database.family(LOG_FAMILY);
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut sizes = Vec::with_capacity(entries.len());
         for entry in &entries {
             let bytes = codec::encode(entry).map_err(|error| write_error(&error))?;
+            sizes.push(bytes.len());
             batch.put_cf(family, index_key(entry.log_id.index), bytes);
         }
         // Written on this thread rather than handed to a blocking thread: an unsynced write only
@@ -265,8 +287,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             // After the write: what is in memory is always also in the database.
             let mut recent = self.recent.lock().expect("recent entries lock");
-            for entry in entries {
-                recent.append(entry);
+            for (entry, size) in entries.into_iter().zip(sizes) {
+                recent.append(entry, size);
             }
         }
         // Durable only once the flusher has synced the WAL; it fires the callback then.
@@ -319,7 +341,7 @@ mod tests {
         let mut recent = RecentEntries::default();
         assert_eq!(indexes(recent.get(1, 2)), None);
         for index in 5..=9 {
-            recent.append(entry(1, index));
+            recent.append(entry(1, index), 100);
         }
         assert_eq!(indexes(recent.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
         assert_eq!(indexes(recent.get(7, 8)), Some(vec![7]));
@@ -331,13 +353,13 @@ mod tests {
     #[test]
     fn a_gap_starts_a_new_run_and_the_oldest_entries_go_first() {
         let mut recent = RecentEntries::default();
-        recent.append(entry(1, 1));
-        recent.append(entry(1, 2));
-        recent.append(entry(1, 10));
+        recent.append(entry(1, 1), 100);
+        recent.append(entry(1, 2), 100);
+        recent.append(entry(1, 10), 100);
         assert_eq!(indexes(recent.get(1, 3)), None);
         assert_eq!(indexes(recent.get(10, 11)), Some(vec![10]));
         for index in 11..(11 + RECENT_ENTRIES_MAX as u64) {
-            recent.append(entry(1, index));
+            recent.append(entry(1, index), 100);
         }
         assert_eq!(recent.entries.len(), RECENT_ENTRIES_MAX);
         assert_eq!(recent.first_index(), Some(11));
@@ -347,16 +369,33 @@ mod tests {
     fn truncate_and_purge_remove_exactly_their_entries() {
         let mut recent = RecentEntries::default();
         for index in 1..=10 {
-            recent.append(entry(1, index));
+            recent.append(entry(1, index), 100);
         }
         recent.remove_from(8);
         assert_eq!(indexes(recent.get(1, 8)), Some((1..8).collect()));
         assert_eq!(indexes(recent.get(7, 9)), None);
         // A new leader's entries replace the truncated ones.
-        recent.append(entry(2, 8));
+        recent.append(entry(2, 8), 100);
         assert_eq!(recent.get(8, 9).unwrap()[0].log_id.leader_id.term, 2);
         recent.remove_through(3);
         assert_eq!(indexes(recent.get(3, 5)), None);
         assert_eq!(indexes(recent.get(4, 9)), Some((4..9).collect()));
+        assert_eq!(recent.bytes, 5 * 100, "the byte count follows truncate and purge");
+    }
+
+    #[test]
+    fn entries_beyond_the_byte_budget_go_first_but_the_newest_stays() {
+        let mut recent = RecentEntries::default();
+        let quarter = RECENT_ENTRIES_BUDGET_BYTES / 4;
+        for index in 1..=6 {
+            recent.append(entry(1, index), quarter);
+        }
+        assert_eq!(indexes(recent.get(3, 7)), Some(vec![3, 4, 5, 6]), "four quarters fit the budget");
+        assert_eq!(indexes(recent.get(2, 3)), None);
+        assert!(recent.bytes <= RECENT_ENTRIES_BUDGET_BYTES);
+        recent.append(entry(1, 7), 2 * RECENT_ENTRIES_BUDGET_BYTES);
+        assert_eq!(indexes(recent.get(7, 8)), Some(vec![7]), "one entry over the budget is still kept");
+        assert_eq!(recent.entries.len(), 1);
+        assert_eq!(recent.sizes.len(), 1);
     }
 }
