@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use common::cluster::{Cluster, Options};
 use common::rfc9162::{consistency_holds, inclusion_holds, leaf_hash, tree_root, Hash};
+use fleetlog_raft::storage::snapshot::{INSTALL_CRASH_POINT, INSTALL_STEPS};
 use serde_json::{json, Value};
 
 /// Raft entries between snapshots: small, so that about fifty appends purge the log.
@@ -97,24 +98,6 @@ async fn append_sixty(cluster: &Cluster, leader: u64, prefix: &str) -> u64 {
     }
     assert_eq!(number, 60);
     leader
-}
-
-/// Waits until the leader has purged some of its log behind a snapshot: from then on a node
-/// starting from an empty log can only catch up by installing a snapshot. Returns the purged index.
-async fn wait_purged(cluster: &Cluster) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let leader = cluster.wait_leader().await;
-        let status = cluster.status(leader).await.unwrap_or(Value::Null);
-        let purged = status["this_node"]["purged_index"].as_u64().unwrap_or(0);
-        if purged > 0 {
-            return purged;
-        }
-        if Instant::now() > deadline {
-            cluster.fail(&format!("leader {leader} purged nothing with --snapshot-every {SNAPSHOT_EVERY}: {status}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The verifier string of the cluster's checkpoint key (waiting while the identity is not
@@ -218,7 +201,7 @@ async fn proofs_and_checkpoints_agree_across_a_leader_change_and_a_snapshot_inst
     cluster.restart(first_leader).await;
 
     // A fresh node joins as a learner after the purge: the log it would need is gone.
-    let purged = wait_purged(&cluster).await;
+    let purged = cluster.wait_purged().await;
     let learner = cluster.start_spare().await;
     cluster.add_learner(learner).await;
 
@@ -357,4 +340,68 @@ async fn cli_verify_accepts_a_checkpoint_key_with_a_plus_in_its_base64() {
     append(&cluster, leader, &json!({"events": events})).await;
     cluster.converged_log().await;
     verify_with_the_cli(&cluster, &cluster.members(), &key).await;
+}
+
+/// A learner that crashes at each step of a snapshot install (a test-only crash point aborts its
+/// process there), then restarts, ends with exactly the leader's chain and fleet view: a
+/// half-installed state machine is never kept, and never served. Each round the learner is down
+/// while the leader purges its log past it, so only a snapshot can bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_crashing_at_every_snapshot_install_step_recovers_the_leader_s_state() {
+    let mut cluster = Cluster::start(Options { snapshot_every: Some(SNAPSHOT_EVERY), ..Options::default() }).await;
+    let leader = cluster.wait_leader().await;
+    common::seed_fleet(&cluster.server(leader)).await;
+    let learner = cluster.start_spare().await;
+    cluster.add_learner(learner).await;
+    cluster.converged_log().await;
+
+    for step in 1..=INSTALL_STEPS {
+        let status = cluster.status(learner).await.unwrap_or(Value::Null);
+        let learner_last = status["this_node"]["last_log_index"].as_u64().unwrap_or(0);
+        cluster.kill(learner);
+        // 48 Raft entries: snapshots every 20 entries keep 20 behind them, so the log is purged
+        // past everything the learner holds.
+        let leader = cluster.wait_leader().await;
+        let leader = append_sixty(&cluster, leader, &format!("step-{step}-a")).await;
+        append_sixty(&cluster, leader, &format!("step-{step}-b")).await;
+        let purged = wait_purged_past(&cluster, learner_last).await;
+
+        let point = format!("{INSTALL_CRASH_POINT}:{step}");
+        cluster.set_crash_point(learner, Some(point.clone()));
+        cluster.start_unwatched(learner);
+        let exited = cluster.wait_exited(learner, WAIT).await;
+        cluster.check(exited.is_some_and(|status| !status.success()), || {
+            format!("learner {learner} with crash point {point}: {exited:?} instead of a crash")
+        });
+        cluster.check(cluster.log_tail(learner, 200).contains(&format!("crash point {point} reached")), || {
+            format!("learner {learner} exited without reaching crash point {point} (leader purged to {purged})")
+        });
+        cluster.set_crash_point(learner, None);
+        cluster.restart(learner).await;
+        let log = cluster.converged_log().await;
+        let leader = cluster.wait_leader().await;
+        let (_, fleet) = cluster.get(leader, "/v1/fleet?consistency=local").await;
+        let (status, learner_fleet) = cluster.get(learner, "/v1/fleet?consistency=local").await;
+        cluster.check(status == 200 && learner_fleet == fleet, || {
+            format!("after a crash at {point}: learner fleet {status} {learner_fleet}\nleader fleet {fleet}")
+        });
+        eprintln!("crash at {point}: the learner recovered all {} events", log.len());
+    }
+}
+
+/// Waits until the leader's log is purged past `index`; returns the purged index.
+async fn wait_purged_past(cluster: &Cluster, index: u64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leader = cluster.wait_leader().await;
+        let status = cluster.status(leader).await.unwrap_or(Value::Null);
+        let purged = status["this_node"]["purged_index"].as_u64().unwrap_or(0);
+        if purged > index {
+            return purged;
+        }
+        if Instant::now() > deadline {
+            cluster.fail(&format!("leader {leader} did not purge past {index}: {status}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

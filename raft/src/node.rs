@@ -142,9 +142,9 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)?;
         let database = Database::open(&config.data_dir.join("db"))?;
         let snapshots = SnapshotFiles::new(config.data_dir.join("snapshots"))?;
-        let state_machine = StateMachine::open(database.clone(), snapshots)?;
+        let state_machine = StateMachine::open(database.clone(), snapshots.clone())?;
         let feed = state_machine.feed().clone();
-        let log_store = LogStore::new(database.clone());
+        let log_store = LogStore::new(database.clone(), snapshots);
         let peers = Arc::new(Peers::new(
             config.peer_routes.clone(),
             config.cluster_secret.clone(),

@@ -18,8 +18,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
         let directory = TempDir::new().expect("temp dir");
         let database = Database::open(&directory.path().join("db")).expect("open database");
         let snapshots = SnapshotFiles::new(directory.path().join("snapshots")).expect("snapshot dir");
-        let state_machine = StateMachine::open(database.clone(), snapshots).expect("open state machine");
-        Ok((directory, LogStore::new(database), state_machine))
+        let state_machine = StateMachine::open(database.clone(), snapshots.clone()).expect("open state machine");
+        Ok((directory, LogStore::new(database, snapshots), state_machine))
     }
 }
 

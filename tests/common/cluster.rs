@@ -83,6 +83,8 @@ pub struct Cluster {
     voters: Vec<u64>,
     snapshot_every: Option<u64>,
     cluster_secret: Option<String>,
+    /// `FLEETLOG_CRASH_POINT` for a node's next starts (see `fleetlog_raft::crash_point`).
+    crash_points: BTreeMap<u64, String>,
     pub http: reqwest::Client,
     directory: Option<tempfile::TempDir>,
     pub started: Instant,
@@ -126,9 +128,9 @@ impl Cluster {
         let serial = serial_lock().lock_owned().await;
         let directory = tempfile::TempDir::with_prefix("fleetlog-cluster-").unwrap();
         let all_ids: Vec<u64> = (1..=options.voters + SPARE_IDS).collect();
+        let data_root = options.data_root.clone().unwrap_or_else(|| directory.path().to_path_buf());
         let mut nodes = BTreeMap::new();
         for &id in &all_ids {
-        let data_root = options.data_root.clone().unwrap_or_else(|| directory.path().to_path_buf());
             let port = if id <= options.voters { node_port() } else { 0 };
             nodes.insert(
                 id,
@@ -165,6 +167,7 @@ impl Cluster {
             voters: (1..=options.voters).collect(),
             snapshot_every: options.snapshot_every,
             cluster_secret: options.cluster_secret.clone(),
+            crash_points: BTreeMap::new(),
             http,
             directory: Some(directory),
             started: Instant::now(),
@@ -234,6 +237,9 @@ impl Cluster {
                 Ok(())
             });
         }
+        if let Some(point) = self.crash_points.get(&id) {
+            command.env(fleetlog_raft::crash_point::VARIABLE, point);
+        }
         let child = command
             .env("FLEETLOG_LOG", std::env::var("FLEETLOG_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdin(Stdio::null())
@@ -286,6 +292,37 @@ impl Cluster {
             if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(&node.log) {
                 let _ = writeln!(log, "==== harness: killed node {id} (SIGKILL) at +{elapsed:?}");
             }
+        }
+    }
+
+    /// Makes node `id` abort at a crash point (`name:step`) from its next start on; `None` clears it.
+    pub fn set_crash_point(&mut self, id: u64, point: Option<String>) {
+        match point {
+            Some(point) => self.crash_points.insert(id, point),
+            None => self.crash_points.remove(&id),
+        };
+    }
+
+    /// Starts a killed node again without waiting for it to answer: it may be meant to crash.
+    pub fn start_unwatched(&mut self, id: u64) {
+        assert!(self.nodes[&id].child.is_none(), "node {id} is running");
+        self.spawn(id);
+    }
+
+    /// Waits at most `within` for node `id`'s process to exit; its status, if it did.
+    pub async fn wait_exited(&mut self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let exited = node.child.as_mut().and_then(|child| child.try_wait().unwrap());
+            if let Some(status) = exited {
+                node.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -469,6 +506,28 @@ impl Cluster {
     }
 
     // ----- status ------------------------------------------------------------------------------
+
+    /// Waits until the leader has purged some of its log behind a snapshot: from then on a node
+    /// starting from an empty log can only catch up by installing a snapshot. Returns the purged
+    /// index.
+    pub async fn wait_purged(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = self.wait_leader().await;
+            let status = self.status(leader).await.unwrap_or(Value::Null);
+            let purged = status["this_node"]["purged_index"].as_u64().unwrap_or(0);
+            if purged > 0 {
+                return purged;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "leader {leader} purged nothing with --snapshot-every {:?}: {status}",
+                    self.snapshot_every
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     /// `GET /v1/cluster` from node `id`, if it answers in time.
     pub async fn status(&self, id: u64) -> Option<Value> {

@@ -20,6 +20,7 @@ use rocksdb::WriteBatch;
 use tokio::sync::mpsc;
 
 use super::db::{Database, LOG_FAMILY, RAFT_META_FAMILY};
+use super::snapshot::SnapshotFiles;
 use crate::codec;
 use crate::limits::RECENT_ENTRIES_BUDGET_BYTES;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -38,6 +39,8 @@ const RECENT_ENTRIES_MAX: usize = 256;
 #[derive(Clone)]
 pub struct LogStore {
     database: Database,
+    /// The state machine's snapshots: a purge goes no further than they allow.
+    snapshots: SnapshotFiles,
     recent: Arc<Mutex<RecentEntries>>,
     /// The flusher thread ends when the last clone is dropped and this channel closes.
     flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
@@ -112,7 +115,7 @@ impl RecentEntries {
 }
 
 impl LogStore {
-    pub fn new(database: Database) -> LogStore {
+    pub fn new(database: Database, snapshots: SnapshotFiles) -> LogStore {
         let (flushes, mut pending) = mpsc::channel::<LogFlushed<TypeConfig>>(PENDING_FLUSHES_MAX);
         let flusher_database = database.clone();
         std::thread::Builder::new()
@@ -135,7 +138,7 @@ impl LogStore {
                 }
             })
             .expect("spawn the log flusher thread");
-        LogStore { database, recent: Arc::default(), flushes }
+        LogStore { database, snapshots, recent: Arc::default(), flushes }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -179,6 +182,21 @@ fn read_error(error: &dyn std::fmt::Display) -> StorageError {
 
 fn write_error(error: &dyn std::fmt::Display) -> StorageError {
     StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Write, openraft::AnyError::error(error.to_string())).into()
+}
+
+/// Adds the purge of the log through `log_id` to `batch`, unless the log is purged that far
+/// already. The purge mark and the deletion go in one batch, so a crash never leaves a hole.
+pub(crate) fn add_purge(database: &Database, batch: &mut WriteBatch, log_id: &LogId) -> crate::Result<()> {
+    let purged: Option<LogId> = match database.raw().get_cf(database.family(RAFT_META_FAMILY), PURGED_KEY)? {
+        Some(bytes) => Some(codec::decode(&bytes)?),
+        None => None,
+    };
+    if purged.is_some_and(|purged| purged.index >= log_id.index) {
+        return Ok(());
+    }
+    batch.put_cf(database.family(RAFT_META_FAMILY), PURGED_KEY, codec::encode(log_id)?);
+    batch.delete_range_cf(database.family(LOG_FAMILY), index_key(0), index_key(log_id.index + 1));
+    Ok(())
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -309,13 +327,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let bytes = codec::encode(&log_id).map_err(|error| write_error(&error))?;
+        // openraft never reads purged entries again, whatever is physically deleted below.
         self.recent.lock().expect("recent entries lock").remove_through(log_id.index);
+        let Some(log_id) = self.snapshots.purge_limit(log_id).map_err(|error| write_error(&error))? else {
+            return Ok(());
+        };
         self.blocking(move |database| {
             let mut batch = WriteBatch::default();
-            // The purge mark and the deletion go in one batch, so a crash never leaves a hole.
-            batch.put_cf(database.family(RAFT_META_FAMILY), PURGED_KEY, bytes);
-            batch.delete_range_cf(database.family(LOG_FAMILY), index_key(0), index_key(log_id.index + 1));
+            add_purge(&database, &mut batch, &log_id).map_err(|error| write_error(&error))?;
             database.write_unsynced(batch).map_err(|error| write_error(&error))
         })
         .await

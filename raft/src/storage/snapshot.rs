@@ -13,12 +13,14 @@
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::WriteBatch;
 use sha2::{Digest, Sha256};
 
 use super::db::Database;
+use super::log_store;
 use crate::codec;
 use crate::crash_point;
 use crate::error::{Error, Result};
@@ -47,12 +49,51 @@ pub const INSTALL_STEPS: u32 = 7;
 pub struct SnapshotFiles {
     directory: PathBuf,
     single_flight: Arc<Mutex<()>>,
+    /// Set from the first byte of a received snapshot until its install is done: see
+    /// [`SnapshotFiles::purge_limit`].
+    receiving: Arc<AtomicBool>,
 }
 
 impl SnapshotFiles {
     pub fn new(directory: PathBuf) -> Result<SnapshotFiles> {
-        fs::create_dir_all(&directory)?;
-        Ok(SnapshotFiles { directory, single_flight: Arc::new(Mutex::new(())) })
+        if !directory.exists() {
+            fs::create_dir_all(&directory)?;
+            // The directory's own entry is durable before any snapshot in it is relied on.
+            if let Some(parent) = directory.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        Ok(SnapshotFiles { directory, single_flight: Arc::new(Mutex::new(())), receiving: Arc::default() })
+    }
+
+    /// A snapshot is arriving from the leader; its install will follow.
+    pub fn begin_receiving(&self) {
+        self.receiving.store(true, Ordering::SeqCst);
+    }
+
+    /// The received snapshot is installed (or its transfer was given up).
+    pub fn end_receiving(&self) {
+        self.receiving.store(false, Ordering::SeqCst);
+    }
+
+    /// How far the Raft log may be purged when openraft asks for `wanted`.
+    ///
+    /// openraft 0.9 purges a follower's log up to a received snapshot as soon as it hands the
+    /// snapshot to the state machine, without waiting for the install. A crash in between would
+    /// leave the log purged past the current snapshot, a state from which openraft refuses to
+    /// start (it asserts purged <= snapshot). So while a snapshot is being received or installed,
+    /// the log is purged no further than the current snapshot (`None`: not at all); the install
+    /// itself purges up to the new snapshot, in the same batch that makes it applied.
+    pub fn purge_limit(&self, wanted: LogId) -> Result<Option<LogId>> {
+        if !self.receiving.load(Ordering::SeqCst) {
+            return Ok(Some(wanted));
+        }
+        let current = self.current()?.and_then(|(meta, _)| meta.last_log_id);
+        Ok(match current {
+            Some(current) if current.index < wanted.index => Some(current),
+            Some(_) => Some(wanted),
+            None => None,
+        })
     }
 
     fn alone(&self) -> MutexGuard<'_, ()> {
@@ -282,6 +323,10 @@ fn replace_state(database: &Database, path: &Path, meta: &SnapshotMeta) -> Resul
     let mut finish = WriteBatch::default();
     finish.put_cf(database.space(Space::Meta), META_APPLIED, codec::encode(&meta.last_log_id)?);
     finish.put_cf(database.space(Space::Meta), META_MEMBERSHIP, codec::encode(&meta.last_membership)?);
+    // The log the snapshot covers goes with it, atomically (see `SnapshotFiles::purge_limit`).
+    if let Some(last) = &meta.last_log_id {
+        log_store::add_purge(database, &mut finish, last)?;
+    }
     database.write_synced(finish)?;
     crash_point::reached(INSTALL_CRASH_POINT, 5);
     Ok(())

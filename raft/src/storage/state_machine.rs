@@ -236,6 +236,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        // From now until the install is done the log is purged no further than the current
+        // snapshot (`SnapshotFiles::purge_limit`).
+        self.snapshots.begin_receiving();
         let path = self.snapshots.incoming_path();
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -261,10 +264,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let database = self.database.clone();
         let snapshots = self.snapshots.clone();
         let expected = meta.clone();
-        let installed = tokio::task::spawn_blocking(move || snapshots.install(&database, &path, &expected))
-            .await
-            .map_err(|e| error(&e))?
-            .map_err(|e| error(&e))?;
+        let installed = tokio::task::spawn_blocking(move || {
+            let installed = snapshots.install(&database, &path, &expected);
+            snapshots.end_receiving();
+            installed
+        })
+        .await
+        .map_err(|e| error(&e))?
+        .map_err(|e| error(&e))?;
         let head = records::head(&self.database.reader()).map_err(|e| error(&e))?;
         tracing::info!(snapshot = %installed.snapshot_id, head = head.seq, "installed snapshot");
         self.feed.reset_head(head.seq);
