@@ -37,6 +37,13 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             413,
             "body_too_large",
         ),
+        // Far beyond the limit: the client must still read the 413, not a broken pipe.
+        (
+            "body three times the limit",
+            format!("{{\"events\": [], \"pad\": \"{}\"}}", "z".repeat(3_200_000)).into_bytes(),
+            413,
+            "body_too_large",
+        ),
     ];
     for (name, body, status, code) in bodies {
         let (got, error) = raw_post(&server, "/v1/events", body).await;

@@ -35,9 +35,14 @@ impl FromRequest<AppState> for JsonObject {
     }
 }
 
+/// Bytes of a too-long body that are still read, and dropped, before the 413 is sent: a client
+/// that sends a little too much then reads the 413 instead of a broken pipe (the answer to a body
+/// left unread closes the connection under the client's feet).
+const OVERFLOW_DRAIN_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 /// Reads a request body of at most `max_bytes` that must arrive within `timeout`: 408
 /// `body_timeout` when it does not, 413 `body_too_large` beyond the size (refused before reading
-/// when the `Content-Length` says so), 400 `bad_request` when the client breaks off.
+/// when the `Content-Length` says it is far beyond), 400 `bad_request` when the client breaks off.
 pub async fn read_body(headers: &HeaderMap, body: Body, max_bytes: usize, timeout: Duration) -> ApiResult<Vec<u8>> {
     let too_large = || {
         ApiError::new(
@@ -46,22 +51,31 @@ pub async fn read_body(headers: &HeaderMap, body: Body, max_bytes: usize, timeou
             format!("bodies here are limited to {max_bytes} bytes"),
         )
     };
+    let drain_limit = max_bytes.saturating_add(OVERFLOW_DRAIN_BYTES_MAX);
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > max_bytes as u64) {
+    if declared.is_some_and(|length| length > drain_limit as u64) {
         return Err(too_large());
     }
     let read = async {
         // A declared length within the limit is allocated once (it can only be that large).
-        let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        let capacity = declared.filter(|length| *length <= max_bytes as u64).unwrap_or(0) as usize;
+        let mut bytes = Vec::with_capacity(capacity);
+        let mut received = 0usize;
         let mut chunks = body.into_data_stream();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|error| {
                 ApiError::bad_request("bad_request", format!("the request body could not be read: {error}"))
             })?;
-            if bytes.len() + chunk.len() > max_bytes {
+            received = received.saturating_add(chunk.len());
+            if received > drain_limit {
                 return Err(too_large());
             }
-            bytes.extend_from_slice(&chunk);
+            if received <= max_bytes {
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+        if received > max_bytes {
+            return Err(too_large());
         }
         Ok::<Vec<u8>, ApiError>(bytes)
     };
