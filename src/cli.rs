@@ -76,7 +76,7 @@ pub enum Command {
     /// Tokens for `serve --token-file`.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Load generators that measure a running server.
+    /// Load generators that measure a running server, and in-process measures of the apply step.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -102,6 +102,27 @@ pub enum BenchCommand {
     /// Latency of inclusion proofs, consistency proofs and past checkpoints on the server's
     /// ledger as it is (every inclusion proof is also verified).
     Proofs(BenchProofsArgs),
+    /// Apply cost of a rollback and of a wave selecting every host, at N registered hosts:
+    /// in-process (no server, `--server` is ignored), a fresh single-node ledger in a temporary
+    /// directory per N, one command per Raft entry through the real state machine.
+    Rollback(BenchRollbackArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchRollbackArgs {
+    /// Registered host counts to measure, comma-separated; each gets a fresh ledger.
+    #[arg(long, default_value = "1000,10000,100000")]
+    pub hosts: String,
+    /// Wave starts and rollbacks timed at each host count (p50 and max are printed).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Host registrations per Raft entry while setting up (in requests of at most 1,000 events).
+    #[arg(long, default_value_t = 2_000)]
+    pub registrations_per_entry: usize,
+    /// Directory to make each host count's ledger in (removed afterwards); default: the
+    /// system's temporary directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -1,4 +1,5 @@
-//! `fleetlog bench`: load generators that measure a running server over real HTTP.
+//! `fleetlog bench`: load generators that measure a running server over real HTTP, and
+//! `bench rollback`, which times the apply step in-process.
 
 mod append;
 mod catchup;
@@ -7,6 +8,7 @@ mod etcd;
 mod fanout;
 mod load;
 mod proofs;
+mod rollback;
 
 use std::time::Instant;
 
@@ -24,6 +26,7 @@ pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
         BenchCommand::Fleet(args) => fleet(server, args).await,
         BenchCommand::Fanout(args) => fanout::run(server, args).await,
         BenchCommand::Proofs(args) => proofs::run(server, args).await,
+        BenchCommand::Rollback(args) => rollback::run(args).await,
     }
 }
 
