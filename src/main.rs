@@ -18,6 +18,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = fleetlog::cli::Cli::parse();
+    if !long_running(&cli.command) {
+        end_quietly_on_a_closed_pipe();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let result = runtime.block_on(fleetlog::run(cli));
     // Dropping the runtime drops every task and the database handles they hold; the last handle
@@ -29,5 +32,22 @@ fn main() {
     if let Err(error) = result {
         eprintln!("error: {error:#}");
         std::process::exit(1);
+    }
+}
+
+/// Commands that serve, follow streams or drive load: they keep Rust's default (SIGPIPE ignored),
+/// so a closed pipe or socket is an error they handle, never a signal that ends them.
+fn long_running(command: &fleetlog::cli::Command) -> bool {
+    use fleetlog::cli::Command;
+    matches!(command, Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Bench(_))
+}
+
+/// A command whose output goes to a pipe that closes early (`fleetlog history | head`) ends the
+/// way Unix tools do, by SIGPIPE, instead of panicking on the failed write. Sockets are not
+/// affected: the standard library sends on them with MSG_NOSIGNAL.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

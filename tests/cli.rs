@@ -79,3 +79,49 @@ async fn the_cli_deploys_in_waves_and_rolls_back() {
     assert!(!failure.status.success());
     assert!(String::from_utf8_lossy(&failure.stderr).contains("deployment_not_active"));
 }
+
+/// `fleetlog history | head`: a reader that closes the pipe early ends the command quietly (by
+/// SIGPIPE, as Unix tools end), never with a panic and exit code 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_into_a_pipe_closed_early_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+
+    let server = Server::start().await;
+    // Far more output than a pipe holds (64 KiB), so the command is still writing when it closes.
+    for batch in 0..4 {
+        let events: Vec<Value> = (0..500)
+            .map(|index| serde_json::json!({"type": "app.note", "stream": "notes", "data": {"batch": batch, "index": index}}))
+            .collect();
+        server.ok("/v1/events", &serde_json::json!({"events": events})).await;
+    }
+    let mut child = Command::new(binary())
+        .args(["--server", &server.url, "history", "--limit", "2000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fleetlog history");
+    let mut first = [0u8; 256];
+    child.stdout.take().unwrap().read_exact(&mut first).expect("the first lines of history");
+    let output = child.wait_with_output().expect("wait for fleetlog history");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "history panicked on the closed pipe: {stderr}");
+    assert!(
+        output.status.success() || output.status.signal() == Some(libc::SIGPIPE),
+        "history ended with {:?}: {stderr}",
+        output.status
+    );
+}
+
+/// A deployment that does not exist is named as such: no "(then)" when no past moment was asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_an_unknown_deployment_says_it_does_not_exist() {
+    let server = Server::start().await;
+    let output = Command::new(binary())
+        .args(["--server", &server.url, "deploy", "status", "d-99"])
+        .output()
+        .expect("run fleetlog deploy status");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "an unknown deployment succeeded: {stderr}");
+    assert!(stderr.contains("deployment \"d-99\" does not exist") && !stderr.contains("(then)"), "{stderr}");
+}

@@ -143,14 +143,18 @@ pub async fn deployment(
     let record = app
         .read(params.linearizable(), move |kv| {
             Ok(match resolve(kv, moment)? {
-                Ok(at_seq) => Ok(views::deployment(kv, &name, at_seq)?),
+                Ok(at_seq) => Ok((at_seq, views::deployment(kv, &name, at_seq)?)),
                 Err(error) => Err(error),
             })
         })
         .await??;
     match record {
-        Some(record) => Ok(Json(wire::deployment(&record))),
-        None => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist (then)"))),
+        (_, Some(record)) => Ok(Json(wire::deployment(&record))),
+        (None, None) => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist"))),
+        (Some(seq), None) => Err(ApiError::not_found(
+            "deployment_not_found",
+            format!("deployment {id:?} did not exist yet at seq {seq}"),
+        )),
     }
 }
 
