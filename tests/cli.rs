@@ -125,3 +125,37 @@ async fn status_of_an_unknown_deployment_says_it_does_not_exist() {
     assert!(!output.status.success(), "an unknown deployment succeeded: {stderr}");
     assert!(stderr.contains("deployment \"d-99\" does not exist") && !stderr.contains("(then)"), "{stderr}");
 }
+
+/// Runs `fleetlog ARGS` and returns its exit success and standard error.
+fn fleetlog_failing(args: &[&str]) -> (bool, String) {
+    let output = Command::new(binary()).args(args).output().expect("run fleetlog");
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Connection trouble is explained with what to try: a refused connection names `--server`, and
+/// an address without a scheme says what a server URL looks like (instead of "builder error").
+#[test]
+fn connection_errors_say_what_happened_and_what_to_try() {
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let (ok, stderr) = fleetlog_failing(&["--server", &nobody, "fleet"]);
+    assert!(!ok && stderr.contains("connection refused") && stderr.contains("--server"), "{stderr}");
+
+    let (ok, stderr) = fleetlog_failing(&["--server", "127.0.0.1:7070", "fleet"]);
+    assert!(!ok && stderr.contains("must be a URL such as http://"), "{stderr}");
+    assert!(!stderr.contains("builder error"), "{stderr}");
+}
+
+/// A 401 names the flag and the variable that carry a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_token_names_the_token_flag() {
+    let directory = tempfile::TempDir::new().unwrap();
+    let created =
+        Command::new(binary()).args(["token", "create", "--role", "admin", "--name", "ops"]).output().unwrap();
+    let created = String::from_utf8(created.stdout).unwrap();
+    let line = created.lines().nth(1).expect("a token-file line");
+    let tokens = directory.path().join("tokens");
+    std::fs::write(&tokens, format!("{line}\n")).unwrap();
+    let server = Server::start_with(&directory.path().join("data"), &["--token-file", tokens.to_str().unwrap()]).await;
+    let (ok, stderr) = fleetlog_failing(&["--server", &server.url, "fleet"]);
+    assert!(!ok && stderr.contains("HTTP 401") && stderr.contains("--token or FLEETLOG_TOKEN"), "{stderr}");
+}

@@ -38,6 +38,7 @@ impl Client {
     /// A client that sends the token with every request and trusts the CA for https URLs.
     pub fn configured(base: &str, credentials: &Credentials) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_string();
+        check_server_url(&base)?;
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = credentials.token.as_deref().filter(|token| !token.is_empty()) {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -126,7 +127,7 @@ impl Client {
         request: reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, bytes::Bytes), ClientError> {
         let transport =
-            |error: reqwest::Error| ClientError::Transport { url: url.to_string(), reason: error.to_string() };
+            |error: reqwest::Error| ClientError::Transport { url: url.to_string(), reason: describe(&error) };
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(transport)?;
@@ -159,15 +160,11 @@ impl Client {
         let response = request
             .send()
             .await
-            .map_err(|error| ClientError::Transport { url: url.clone(), reason: error.to_string() })?;
+            .map_err(|error| ClientError::Transport { url: url.clone(), reason: describe(&error) })?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            return Err(ClientError::Api {
-                status,
-                code: body["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-                message: body["error"]["message"].as_str().unwrap_or("no message").to_string(),
-            });
+            return Err(api_error(status, &body));
         }
         Ok(SseReader { url, response, buffer: Vec::new() })
     }
@@ -205,7 +202,7 @@ impl SseReader {
             match self.response.chunk().await {
                 Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Ok(None) => return Ok(None),
-                Err(error) => return Err(ClientError::Transport { url: self.url.clone(), reason: error.to_string() }),
+                Err(error) => return Err(ClientError::Transport { url: self.url.clone(), reason: describe(&error) }),
             }
         }
     }
@@ -226,12 +223,71 @@ fn error_from(url: &str, status: reqwest::StatusCode, body: &[u8]) -> ClientErro
     let Ok(body) = serde_json::from_slice::<Value>(body) else {
         return ClientError::Protocol { url: url.to_string(), reason: format!("HTTP {status}, body is not JSON") };
     };
+    api_error(status.as_u16(), &body)
+}
+
+/// An API error answer (`{"error": {"code", "message"}}`), with what to try when it is a 401.
+fn api_error(status: u16, body: &Value) -> ClientError {
     let error = &body["error"];
-    ClientError::Api {
-        status: status.as_u16(),
-        code: error["code"].as_str().unwrap_or("unknown").to_string(),
-        message: error["message"].as_str().unwrap_or("no message").to_string(),
+    let mut message = error["message"].as_str().unwrap_or("no message").to_string();
+    if status == 401 {
+        message.push_str("; give a token with --token or FLEETLOG_TOKEN");
     }
+    ClientError::Api { status, code: error["code"].as_str().unwrap_or("unknown").to_string(), message }
+}
+
+/// Refuses a server address that is not an http(s) URL, which reqwest would only call a
+/// "builder error" on the first request.
+fn check_server_url(base: &str) -> Result<(), ClientError> {
+    let parsed = reqwest::Url::parse(base);
+    let usable = parsed.as_ref().is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+    if usable {
+        return Ok(());
+    }
+    Err(ClientError::Transport {
+        url: base.to_string(),
+        reason: "the server address must be a URL such as http://127.0.0.1:7070 or https://host:7070 \
+                 (set it with --server or FLEETLOG_SERVER)"
+            .to_string(),
+    })
+}
+
+/// Says what went wrong on the way to the server, and what to try, from the causes reqwest keeps
+/// (connection refused, a name that does not resolve, TLS trouble, a time-out); the raw text
+/// follows in parentheses.
+fn describe(error: &reqwest::Error) -> String {
+    let raw = error.to_string();
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return format!(
+                    "connection refused: is `fleetlog serve` running at that address? (--server or FLEETLOG_SERVER \
+                     picks another; {raw})"
+                );
+            }
+        }
+        source = cause.source();
+    }
+    let chain = causes.join(": ");
+    let hint = if chain.contains("dns error") || chain.contains("failed to lookup address") {
+        "the server's host name could not be resolved"
+    } else if chain.contains("UnknownIssuer") {
+        "the server's TLS certificate is not trusted: give the CA that signed it with --tls-ca or FLEETLOG_TLS_CA"
+    } else if chain.contains("NotValidForName") || chain.contains("not valid for name") {
+        "the server's TLS certificate does not name this host: use the name or address it was issued for"
+    } else if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+        "the server did not answer in TLS: use http:// for a server without --tls-cert"
+    } else if error.is_timeout() {
+        "no answer in time: the server may be overloaded or unreachable"
+    } else if error.is_connect() {
+        "cannot connect to the server"
+    } else {
+        return format!("{raw}{}", if chain.is_empty() { String::new() } else { format!(": {chain}") });
+    };
+    format!("{hint} ({raw}{})", if chain.is_empty() { String::new() } else { format!(": {chain}") })
 }
 
 pub fn parse_message(raw: &[u8]) -> SseMessage {
