@@ -263,22 +263,7 @@ async fn wiped_node_rebuilds_from_snapshot_under_a_new_id() {
     for filler in fillers {
         filler.await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let purged = loop {
-        let leader = cluster.wait_leader().await;
-        let status = cluster.status(leader).await.unwrap_or(Value::Null);
-        let purged = status["this_node"]["purged_index"].as_u64().unwrap_or(0);
-        if purged > 0 {
-            break purged;
-        }
-        if Instant::now() > deadline {
-            cluster.fail(&format!(
-                "the leader purged nothing after {} appends with --snapshot-every 50: {status}",
-                history.acked()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let purged = cluster.wait_purged().await;
 
     let stop = Stop::new();
     let mut tasks = start_writers(&history, &endpoints, 2, &stop);
