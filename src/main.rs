@@ -18,6 +18,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = fleetlog::cli::Cli::parse();
+    let json_errors = matches!(cli.output, fleetlog::cli::Output::Json);
     if !long_running(&cli.command) {
         end_quietly_on_a_closed_pipe();
     }
@@ -30,7 +31,11 @@ fn main() {
         tracing::warn!("a database was still open when the process exited");
     }
     if let Err(error) = result {
-        eprintln!("error: {error:#}");
+        if json_errors {
+            eprintln!("{}", error_json(&error));
+        } else {
+            eprintln!("error: {error:#}");
+        }
         std::process::exit(1);
     }
 }
@@ -50,4 +55,21 @@ fn end_quietly_on_a_closed_pipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// An error as `--output json` prints it on standard error: the API's own shape, `{"error":
+/// {"code", "message"}}` (with `status` when a server answered), so scripts read one format.
+fn error_json(error: &anyhow::Error) -> serde_json::Value {
+    use fleetlog_api::client::ClientError;
+    let (code, message, status) = match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Api { status, code, message }) => (code.clone(), message.clone(), Some(*status)),
+        Some(transport @ ClientError::Transport { .. }) => ("unreachable".to_string(), transport.to_string(), None),
+        Some(protocol @ ClientError::Protocol { .. }) => ("bad_response".to_string(), protocol.to_string(), None),
+        None => ("cli_error".to_string(), format!("{error:#}"), None),
+    };
+    let mut body = serde_json::json!({ "code": code, "message": message });
+    if let Some(status) = status {
+        body["status"] = status.into();
+    }
+    serde_json::json!({ "error": body })
 }

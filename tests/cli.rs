@@ -159,3 +159,21 @@ async fn a_missing_token_names_the_token_flag() {
     let (ok, stderr) = fleetlog_failing(&["--server", &server.url, "fleet"]);
     assert!(!ok && stderr.contains("HTTP 401") && stderr.contains("--token or FLEETLOG_TOKEN"), "{stderr}");
 }
+
+/// With `--output json`, errors are the API's JSON on standard error, with a non-zero exit: an
+/// API refusal keeps its code and status, a connection failure is `unreachable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_prints_errors_as_json() {
+    let server = Server::start().await;
+    let (ok, stderr) = fleetlog_failing(&["--server", &server.url, "--output", "json", "deploy", "status", "d-99"]);
+    let error: Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|_| panic!("not JSON: {stderr}"));
+    assert!(!ok);
+    assert_eq!(error["error"]["code"], "deployment_not_found", "{error}");
+    assert_eq!(error["error"]["status"], 404, "{error}");
+
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let (ok, stderr) = fleetlog_failing(&["--server", &nobody, "--output", "json", "fleet"]);
+    let error: Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|_| panic!("not JSON: {stderr}"));
+    assert!(!ok);
+    assert_eq!(error["error"]["code"], "unreachable", "{error}");
+}
