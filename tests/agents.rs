@@ -94,14 +94,7 @@ fn assert_ran_exactly(host: &str, runs: &[Run], expected: &[&Directive], context
 
 /// `host.reported` events of one host about the directive at `seq`: their statuses in order.
 async fn reported_statuses(writer: &Writer, host: &str, seq: u64) -> Vec<String> {
-    let page = writer.get(&format!("/v1/events?type=host.reported&host={host}&limit=1000")).await;
-    page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|event| event["data"]["applied_seq"] == seq)
-        .map(|event| event["data"]["status"].as_str().unwrap().to_string())
-        .collect()
+    reports(writer, host, seq).await.into_iter().map(|(status, _)| status).collect()
 }
 
 /// `host.reported` events of one host about the directive at `seq`: (status, message) in order.

@@ -103,23 +103,10 @@ async fn append_sixty(cluster: &Cluster, leader: u64, prefix: &str) -> u64 {
 /// The verifier string of the cluster's checkpoint key (waiting while the identity is not
 /// recorded yet), without its newline.
 async fn checkpoint_key(cluster: &Cluster, id: u64) -> String {
-    let deadline = Instant::now() + WAIT;
     let path = "/v1/checkpoint/key";
-    loop {
-        let response = cluster.http.get(format!("{}{path}", cluster.url(id))).send().await;
-        let (status, text) = match response {
-            Ok(response) => (response.status().as_u16(), response.text().await.unwrap_or_default()),
-            Err(error) => (0, error.to_string()),
-        };
-        if status == 200 {
-            cluster.check(text.ends_with('\n') && text.lines().count() == 1, || format!("GET {path} → {text:?}"));
-            return text.trim_end_matches('\n').to_string();
-        }
-        if status != 503 || Instant::now() > deadline {
-            cluster.fail(&format!("GET {path} on node {id} → {status} {text}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let text = cluster.text_when_ready(id, path).await;
+    cluster.check(text.ends_with('\n') && text.lines().count() == 1, || format!("GET {path} → {text:?}"));
+    text.trim_end_matches('\n').to_string()
 }
 
 /// Starts 3-node clusters (snapshots every [`SNAPSHOT_EVERY`] entries) until one's checkpoint key

@@ -135,33 +135,14 @@ async fn power_cut(cluster: &mut Cluster, mount: &mut LossyMount) -> CutReport {
     report
 }
 
-/// A text answer of node `id`, waiting while it answers 503 (no identity yet, no leader).
-async fn text(cluster: &Cluster, id: u64, path: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = cluster.http.get(format!("{}{path}", cluster.url(id))).send().await;
-        let (status, text) = match response {
-            Ok(response) => (response.status().as_u16(), response.text().await.unwrap_or_default()),
-            Err(error) => (0, error.to_string()),
-        };
-        if status == 200 {
-            return text;
-        }
-        if (status != 503 && status != 0) || Instant::now() > deadline {
-            cluster.fail(&format!("GET {path} on node {id} → {status} {text}"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// What must survive besides the events: the cluster id, the checkpoint key, and the signed
 /// checkpoint of the first `size` events (Ed25519 signs deterministically: the same key and
 /// root give the same bytes).
 async fn identity(cluster: &Cluster, id: u64, size: u64) -> (String, String, String) {
     let status = cluster.status(id).await.unwrap_or(Value::Null);
     let cluster_id = status["cluster_id"].as_str().unwrap_or_default().to_string();
-    let key = text(cluster, id, "/v1/checkpoint/key").await;
-    let checkpoint = text(cluster, id, &format!("/v1/checkpoint?tree_size={size}&consistency=local")).await;
+    let key = cluster.text_when_ready(id, "/v1/checkpoint/key").await;
+    let checkpoint = cluster.text_when_ready(id, &format!("/v1/checkpoint?tree_size={size}&consistency=local")).await;
     cluster.check(!cluster_id.is_empty(), || format!("node {id} states no cluster id: {status}"));
     (cluster_id, key, checkpoint)
 }

@@ -529,6 +529,26 @@ impl Cluster {
         }
     }
 
+    /// A text answer of node `id` to GET `path`, waiting while the node answers 503 (no identity
+    /// or no leader yet) or not at all (starting); any other status fails the test.
+    pub async fn text_when_ready(&self, id: u64, path: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let response = self.http.get(format!("{}{path}", self.url(id))).send().await;
+            let (status, text) = match response {
+                Ok(response) => (response.status().as_u16(), response.text().await.unwrap_or_default()),
+                Err(error) => (0, error.to_string()),
+            };
+            if status == 200 {
+                return text;
+            }
+            if (status != 503 && status != 0) || Instant::now() > deadline {
+                self.fail(&format!("GET {path} on node {id} → {status} {text}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `GET /v1/cluster` from node `id`, if it answers in time.
     pub async fn status(&self, id: u64) -> Option<Value> {
         let response =
