@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fleetlog_raft::codec::{decode, encode};
 use fleetlog_raft::event::Event;
 use fleetlog_raft::ledger::validate::HostStatus;
-use fleetlog_raft::records::{Desired, HostRecord, Observed};
+use fleetlog_raft::records::{HostRecord, Observed};
 use fleetlog_raft::types::{Entry, LogId};
 use openraft::{CommittedLeaderId, EntryPayload};
 
@@ -26,8 +26,8 @@ fn entry(events: usize) -> Entry {
     }
 }
 
-/// A host as a wave and its agent's reports leave it: registered with labels, desired and
-/// observed releases set.
+/// A host record as stored after its agent reported: registered with labels, an observed
+/// release set (its desired release is resolved when read).
 fn host_record() -> HostRecord {
     HostRecord {
         host: "web-0001".into(),
@@ -37,13 +37,8 @@ fn host_record() -> HostRecord {
         group: Some("canary".into()),
         labels: BTreeMap::from([("rack".into(), "r12".into()), ("zone".into(), "eu-west-1a".into())]),
         registered_seq: 10,
-        desired: Some(Desired {
-            release: "2.0.0".into(),
-            seq: 2_000,
-            cause: "wave.started".into(),
-            deployment: Some("checkout-prod-42".into()),
-            wave: Some(1),
-        }),
+        // Resolved at read time, never stored.
+        desired: None,
         observed: Some(Observed {
             release: "2.0.0".into(),
             status: HostStatus::Running,

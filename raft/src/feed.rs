@@ -4,16 +4,22 @@
 //! Log tails share one bounded ring of batches, bounded in batches and in bytes
 //! ([`FEED_RING_BUDGET_BYTES`]): the broadcast channel carries weak handles, and the feed keeps the
 //! batches themselves alive only while they fit the budget, so a tail that stopped reading pins at
-//! most that much. Agent watches do not: each watched host has its own small channel, and a batch is sent only to the hosts whose desired release it changes, so
-//! a rollback touching 10,000 hosts wakes exactly those watchers and a report wakes nobody.
-//! A subscriber that falls behind its channel is told it lagged and goes back to reading from
-//! disk, so memory per subscriber stays bounded and nobody slows the others.
+//! most that much.
 //!
-//! Host channels hear of a batch as soon as its effects are computed, before they are written
+//! Agent watches do not: a host's desired release is resolved from its environment's desired
+//! layer, so each (service, env) with watchers has one small channel that hears of the apply
+//! steps changing its layer, and each watched host one that hears of its own registration
+//! changes. A rollback reaching 10,000 hosts is one message on one channel; each watcher derives
+//! its own directive from the layer and its host's registration. The apply step does no work per
+//! host and sends nothing per host. A subscriber that falls behind its channel is told it lagged
+//! and goes back to reading from disk, so memory per subscriber stays bounded and nobody slows
+//! the others.
+//!
+//! Watch channels hear of a step as soon as its effects are computed, before they are written
 //! (the entry is committed: a crash only means computing the same effects again); the head, and
 //! with it what readers can see on disk, moves after the write. So a watcher, on subscribing,
 //! learns the seq announced so far: it reads the disk up to at least that seq (waiting for the
-//! head to get there) and takes everything later from its channel. Log tails subscribe before
+//! head to get there) and takes everything later from its channels. Log tails subscribe before
 //! they read the head, and batches reach their ring after the head moved.
 
 use std::collections::{HashMap, VecDeque};
@@ -21,13 +27,16 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::{broadcast, watch};
 
+use futures::future::{select_all, FutureExt};
+
 use crate::event::Event;
-use crate::ledger::Directive;
+use crate::ledger::{LayerChange, RegistrationChange};
 pub use crate::limits::FEED_RING_BUDGET_BYTES;
 
 /// Applied batches the shared ring holds before slow log tails lag.
 pub const FEED_BATCHES_MAX: usize = 1_024;
-/// Batches each watched host's channel holds before its watchers lag.
+/// Steps each watched environment's channel, and each watched host's, holds before their
+/// watchers lag.
 pub const HOST_BATCHES_MAX: usize = 8;
 
 /// An event with its served JSON rendered once for every subscriber.
@@ -92,17 +101,22 @@ impl Ring {
     }
 }
 
-/// One host's desired-release changes in one apply step.
+/// The desired layers one apply step changed, in seq order. The same batch goes to the channel
+/// of every environment it changes; a watcher following several of them skips what it has seen.
 #[derive(Debug)]
-pub struct HostBatch {
-    pub directives: Vec<Directive>,
-    /// Ledger head after the apply step: the host has no other change up to it.
+pub struct LayerBatch {
+    pub changes: Vec<LayerChange>,
+    /// Ledger head after the apply step: no watched layer changed otherwise up to it.
     pub head_seq: u64,
 }
 
-struct HostChannels {
-    channels: HashMap<String, broadcast::Sender<Arc<HostBatch>>>,
-    /// Every host batch up to this seq has been sent to the channels.
+type Environment = (String, String);
+
+struct WatchChannels {
+    environments: HashMap<Environment, broadcast::Sender<Arc<LayerBatch>>>,
+    /// Seqs at which a watched host's registration began, moved or ended.
+    hosts: HashMap<String, broadcast::Sender<u64>>,
+    /// Every watch message up to this seq has been sent to the channels.
     announced: u64,
 }
 
@@ -113,7 +127,7 @@ pub struct Feed {
     ring: Arc<Mutex<Ring>>,
     ring_budget_bytes: usize,
     head: Arc<watch::Sender<u64>>,
-    hosts: Arc<Mutex<HostChannels>>,
+    watches: Arc<Mutex<WatchChannels>>,
 }
 
 impl Feed {
@@ -125,35 +139,48 @@ impl Feed {
     pub fn with_ring_budget(head_seq: u64, ring_budget_bytes: usize) -> Feed {
         let (batches, _) = broadcast::channel(FEED_BATCHES_MAX);
         let (head, _) = watch::channel(head_seq);
-        let hosts = HostChannels { channels: HashMap::new(), announced: head_seq };
+        let watches = WatchChannels { environments: HashMap::new(), hosts: HashMap::new(), announced: head_seq };
         Feed {
             batches,
             ring: Arc::default(),
             ring_budget_bytes,
             head: Arc::new(head),
-            hosts: Arc::new(Mutex::new(hosts)),
+            watches: Arc::new(Mutex::new(watches)),
         }
     }
 
-    fn hosts(&self) -> MutexGuard<'_, HostChannels> {
-        // A panic while holding the lock leaves only a map of channels behind; it stays usable.
-        self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn watches(&self) -> MutexGuard<'_, WatchChannels> {
+        lock(&self.watches)
     }
 
-    /// Sends an apply step's directives to the watchers of the hosts they change. Called once
-    /// the step's effects are computed, before they are written.
-    pub fn announce(&self, directives: HashMap<String, Vec<Directive>>, head_seq: u64) {
-        if directives.is_empty() {
+    /// Tells watchers of an apply step's layer and registration changes: one message per
+    /// changed environment with watchers, and one per watched host whose registration changed.
+    /// Called once the step's effects are computed, before they are written. Registration
+    /// messages go first, so a watcher hearing of a layer already has its host's news queued.
+    pub fn announce(&self, layers: Vec<LayerChange>, registrations: Vec<RegistrationChange>, head_seq: u64) {
+        if layers.is_empty() && registrations.is_empty() {
             return;
         }
-        let mut hosts = self.hosts();
-        for (host, directives) in directives {
-            if let Some(channel) = hosts.channels.get(&host) {
+        let mut watches = self.watches();
+        for change in registrations {
+            if let Some(channel) = watches.hosts.get(&change.host) {
                 // No receivers left is fine: the last watcher is leaving.
-                let _ = channel.send(Arc::new(HostBatch { directives, head_seq }));
+                let _ = channel.send(change.seq);
             }
         }
-        hosts.announced = hosts.announced.max(head_seq);
+        let mut changed: Vec<Environment> =
+            layers.iter().map(|change| (change.service.clone(), change.env.clone())).collect();
+        changed.sort_unstable();
+        changed.dedup();
+        let watched: Vec<&broadcast::Sender<Arc<LayerBatch>>> =
+            changed.iter().filter_map(|environment| watches.environments.get(environment)).collect();
+        if !watched.is_empty() {
+            let batch = Arc::new(LayerBatch { changes: layers, head_seq });
+            for channel in watched {
+                let _ = channel.send(batch.clone());
+            }
+        }
+        watches.announced = watches.announced.max(head_seq);
     }
 
     /// Publishes an apply step once its effects are written: the head moves, then log tails
@@ -181,7 +208,7 @@ impl Feed {
 
     /// Resets the head after a snapshot replaced the state (it may move backwards only then).
     pub fn reset_head(&self, head_seq: u64) {
-        self.hosts().announced = head_seq;
+        self.watches().announced = head_seq;
         self.head.send_replace(head_seq);
     }
 
@@ -196,23 +223,29 @@ impl Feed {
         BatchReceiver { receiver: self.batches.subscribe() }
     }
 
-    /// Receives the batches that change `host`'s desired release, announced from now on.
-    pub fn watch_host(&self, host: &str) -> HostReceiver {
-        let mut hosts = self.hosts();
-        let receiver = match hosts.channels.get(host) {
+    /// Watches `host`: its registration changes from now on, and the layer changes of the
+    /// environments added with [`HostWatch::follow`].
+    pub fn watch_host(&self, host: &str) -> HostWatch {
+        let mut watches = self.watches();
+        let registrations = match watches.hosts.get(host) {
             Some(channel) => channel.subscribe(),
             None => {
                 let (channel, receiver) = broadcast::channel(HOST_BATCHES_MAX);
-                hosts.channels.insert(host.to_string(), channel);
+                watches.hosts.insert(host.to_string(), channel);
                 receiver
             }
         };
-        HostReceiver { receiver, host: host.to_string(), hosts: self.hosts.clone() }
+        HostWatch { host: host.to_string(), registrations, environments: Vec::new(), watches: self.watches.clone() }
     }
 
     /// Hosts with at least one watcher.
     pub fn watched_hosts(&self) -> usize {
-        self.hosts().channels.len()
+        self.watches().hosts.len()
+    }
+
+    /// Environments with at least one watcher.
+    pub fn watched_environments(&self) -> usize {
+        self.watches().environments.len()
     }
 
     pub fn head(&self) -> watch::Receiver<u64> {
@@ -243,31 +276,84 @@ impl BatchReceiver {
     }
 }
 
-/// A watcher's view of one host's channel; the channel goes away with its last watcher.
-pub struct HostReceiver {
-    receiver: broadcast::Receiver<Arc<HostBatch>>,
+fn lock(watches: &Mutex<WatchChannels>) -> MutexGuard<'_, WatchChannels> {
+    // A panic while holding the lock leaves only maps of channels behind; they stay usable.
+    watches.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a watcher hears.
+#[derive(Debug)]
+pub enum WatchMessage {
+    /// The host's registration began, moved or ended at this seq.
+    Registration(u64),
+    /// Layers changed in an apply step that changed one of the followed environments.
+    Layers(Arc<LayerBatch>),
+}
+
+/// One watcher's channels: its host's, and one per environment it follows. Channels go away
+/// with their last watcher.
+pub struct HostWatch {
     host: String,
-    hosts: Arc<Mutex<HostChannels>>,
+    registrations: broadcast::Receiver<u64>,
+    environments: Vec<(Environment, broadcast::Receiver<Arc<LayerBatch>>)>,
+    watches: Arc<Mutex<WatchChannels>>,
 }
 
-impl HostReceiver {
-    pub async fn recv(&mut self) -> Result<Arc<HostBatch>, broadcast::error::RecvError> {
-        self.receiver.recv().await
+impl HostWatch {
+    /// Follows the layer of (service, env) from now on; true when it was not followed yet.
+    pub fn follow(&mut self, service: &str, env: &str) -> bool {
+        let environment = (service.to_string(), env.to_string());
+        if self.environments.iter().any(|(followed, _)| *followed == environment) {
+            return false;
+        }
+        let mut watches = lock(&self.watches);
+        let receiver = match watches.environments.get(&environment) {
+            Some(channel) => channel.subscribe(),
+            None => {
+                let (channel, receiver) = broadcast::channel(HOST_BATCHES_MAX);
+                watches.environments.insert(environment.clone(), channel);
+                receiver
+            }
+        };
+        self.environments.push((environment, receiver));
+        true
     }
 
-    /// The seq up to which batches have been announced. Read right after subscribing (or
-    /// after lagging), it is how far the disk must be read: the channel brings what follows.
+    /// The next message; registration news first. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<WatchMessage, broadcast::error::RecvError> {
+        let HostWatch { registrations, environments, .. } = self;
+        let layers = async {
+            if environments.is_empty() {
+                return std::future::pending().await;
+            }
+            let receivers = environments.iter_mut().map(|(_, receiver)| receiver.recv().boxed());
+            select_all(receivers).await.0
+        };
+        tokio::select! {
+            biased;
+            seq = registrations.recv() => seq.map(WatchMessage::Registration),
+            batch = layers => batch.map(WatchMessage::Layers),
+        }
+    }
+
+    /// The seq up to which watch messages have been announced. Read right after subscribing (or
+    /// after lagging), it is how far the disk must be read: the channels bring what follows.
     pub fn announced(&self) -> u64 {
-        self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).announced
+        lock(&self.watches).announced
     }
 }
 
-impl Drop for HostReceiver {
+impl Drop for HostWatch {
     fn drop(&mut self) {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Under the lock nobody can subscribe meanwhile; this receiver is still counted.
-        if hosts.channels.get(&self.host).is_some_and(|channel| channel.receiver_count() <= 1) {
-            hosts.channels.remove(&self.host);
+        let mut watches = lock(&self.watches);
+        // Under the lock nobody can subscribe meanwhile; this watcher's receivers still count.
+        if watches.hosts.get(&self.host).is_some_and(|channel| channel.receiver_count() <= 1) {
+            watches.hosts.remove(&self.host);
+        }
+        for (environment, _) in &self.environments {
+            if watches.environments.get(environment).is_some_and(|channel| channel.receiver_count() <= 1) {
+                watches.environments.remove(environment);
+            }
         }
     }
 }
@@ -276,46 +362,59 @@ impl Drop for HostReceiver {
 mod tests {
     use super::*;
 
-    fn directive(host: &str, seq: u64) -> Directive {
-        Directive {
-            host: host.into(),
-            service: "s".into(),
-            env: "e".into(),
-            release: format!("r{seq}"),
-            seq,
-            cause: "rollback".into(),
-            deployment: None,
-        }
+    fn layer_change(env: &str, seq: u64) -> LayerChange {
+        LayerChange { service: "s".into(), env: env.into(), seq, layer: Default::default() }
     }
 
-    /// Announces and publishes one apply step that changes `hosts`.
-    fn apply(feed: &Feed, head_seq: u64, hosts: &[&str]) {
-        let directives = hosts.iter().map(|host| (host.to_string(), vec![directive(host, head_seq)])).collect();
-        feed.announce(directives, head_seq);
+    /// Announces and publishes one apply step that changes the layers of `envs` and the
+    /// registrations of `hosts`.
+    fn apply(feed: &Feed, head_seq: u64, envs: &[&str], hosts: &[&str]) {
+        let layers = envs.iter().map(|env| layer_change(env, head_seq)).collect();
+        let registrations =
+            hosts.iter().map(|host| RegistrationChange { host: host.to_string(), seq: head_seq }).collect();
+        feed.announce(layers, registrations, head_seq);
         feed.publish(AppliedBatch { events: Vec::new(), head_seq });
     }
 
+    fn seq_of(message: WatchMessage) -> (&'static str, u64) {
+        match message {
+            WatchMessage::Registration(seq) => ("registration", seq),
+            WatchMessage::Layers(batch) => ("layers", batch.head_seq),
+        }
+    }
+
     #[tokio::test]
-    async fn a_host_channel_gets_only_its_own_changes_and_goes_away_with_its_last_watcher() {
+    async fn a_watcher_hears_its_environments_and_its_own_registration_and_channels_go_with_their_last_watcher() {
         let feed = Feed::new(0);
         let mut first = feed.watch_host("a");
-        let second = feed.watch_host("a");
-        let _other = feed.watch_host("b");
-        apply(&feed, 5, &["a", "c"]);
-        apply(&feed, 6, &["c"]);
-        apply(&feed, 7, &["a", "b"]);
+        assert!(first.follow("s", "prod"));
+        assert!(!first.follow("s", "prod"), "followed once");
+        let mut second = feed.watch_host("b");
+        second.follow("s", "prod");
+        let mut other = feed.watch_host("c");
+        other.follow("s", "test");
+        apply(&feed, 5, &["prod", "stage"], &[]);
+        apply(&feed, 6, &["stage"], &["b", "z"]);
+        apply(&feed, 7, &["prod"], &["a"]);
         assert_eq!(feed.head_seq(), 7);
         assert_eq!(first.announced(), 7);
-        let seqs: Vec<u64> = [first.recv().await.unwrap(), first.recv().await.unwrap()]
-            .iter()
-            .map(|batch| batch.directives[0].seq)
+        let heard: Vec<_> = [first.recv().await.unwrap(), first.recv().await.unwrap(), first.recv().await.unwrap()]
+            .into_iter()
+            .map(seq_of)
             .collect();
-        assert_eq!(seqs, [5, 7]);
-        assert_eq!(feed.watched_hosts(), 2);
+        // Registration news goes first once both are queued.
+        assert_eq!(heard, [("registration", 7), ("layers", 5), ("layers", 7)]);
+        assert_eq!(seq_of(second.recv().await.unwrap()), ("registration", 6));
+        assert_eq!(seq_of(second.recv().await.unwrap()), ("layers", 5));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), other.recv()).await.is_err(),
+            "test did not change"
+        );
+        assert_eq!((feed.watched_hosts(), feed.watched_environments()), (3, 2));
         drop(first);
-        assert_eq!(feed.watched_hosts(), 2);
+        assert_eq!((feed.watched_hosts(), feed.watched_environments()), (2, 2));
         drop(second);
-        assert_eq!(feed.watched_hosts(), 1);
+        assert_eq!((feed.watched_hosts(), feed.watched_environments()), (1, 1));
     }
 
     /// A batch of one event whose data is `data_bytes` long.
@@ -384,10 +483,11 @@ mod tests {
     async fn a_watcher_that_falls_behind_is_told_it_lagged() {
         let feed = Feed::new(0);
         let mut watcher = feed.watch_host("a");
+        watcher.follow("s", "prod");
         for seq in 1..=(HOST_BATCHES_MAX as u64 + 3) {
-            apply(&feed, seq, &["a"]);
+            apply(&feed, seq, &["prod"], &[]);
         }
         assert!(matches!(watcher.recv().await, Err(broadcast::error::RecvError::Lagged(3))));
-        assert_eq!(watcher.recv().await.unwrap().head_seq, 4);
+        assert_eq!(seq_of(watcher.recv().await.unwrap()), ("layers", 4));
     }
 }

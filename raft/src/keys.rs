@@ -25,6 +25,12 @@ pub enum RecordTag {
     Timeline = 8,
     /// (service, env) → environment record.
     Environment = 9,
+    /// (service, env) → desired layer.
+    Layer = 10,
+    /// (service, env) → counts wave starts need.
+    Tally = 11,
+    /// (service, env, group, host) → nothing: the registered hosts of a group.
+    HostGroup = 12,
 }
 
 /// Fields of events with a secondary index in `Space::EventIndex`.
@@ -134,6 +140,8 @@ pub const META_HEAD: &[u8] = b"head";
 pub const META_APPLIED: &[u8] = b"applied";
 pub const META_MEMBERSHIP: &[u8] = b"membership";
 pub const META_CLUSTER: &[u8] = b"cluster";
+/// The layout of the state machine's records, written with the cluster identity.
+pub const META_LAYOUT: &[u8] = b"layout";
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod codec;
 pub mod crash_point;
+pub mod desired;
 pub mod disk;
 pub mod error;
 pub mod event;

@@ -31,7 +31,11 @@ pub struct IdRecord {
     pub hash: [u8; 32],
 }
 
-/// One host in one (service, env): its registration, desired and observed state.
+/// One host in one (service, env): its registration and what it last reported. Only the host's
+/// own events (registered, deregistered, reported) write it. Its desired release is not stored:
+/// views resolve it from the environment's [`LayerRecord`] as of the same seq (see
+/// [`crate::desired`]) and fill in `desired`, so a rollback costs the same for 10 hosts as for
+/// 1,000,000.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
     pub host: String,
@@ -40,7 +44,11 @@ pub struct HostRecord {
     pub registered: bool,
     pub group: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Seq at which the current registration began: the host registered anew, or came back
+    /// after a deregistration, or moved to another group. Only assignments after it apply.
     pub registered_seq: u64,
+    /// Resolved at read time; never stored.
+    #[serde(skip)]
     pub desired: Option<Desired>,
     pub observed: Option<Observed>,
     /// Seq of the event that last changed this record.
@@ -145,8 +153,11 @@ pub struct DeploymentRecord {
     pub end_reason: Option<String>,
     /// Seq of the rollback that aborted it, if one did.
     pub rolled_back_by: Option<u64>,
-    /// Hosts selected by all waves so far.
+    /// Hosts selected by all waves so far, each counted when its wave started.
     pub selected_total: u64,
+    /// Of those, the hosts whose desired release this deployment still sets: registered, and
+    /// registered since before the wave that selected them. Kept while the deployment is active.
+    pub selected_now: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +198,60 @@ pub struct EnvironmentRecord {
     pub desired_release: Option<String>,
 }
 
+/// What decides the desired release of every host of one (service, env), versioned by seq.
+///
+/// A host's desired release is that of the newest assignment that applies to it: a rollback
+/// applies to every host registered before it; a deployment's wave to the hosts its rule selects
+/// among those registered before the wave started (the first wave of a deployment that selects a
+/// host wins). The list keeps only what can still decide a host: everything from the newest
+/// barrier on, a barrier being a rollback or a deployment one of whose waves selected every
+/// host registered then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Oldest first.
+    pub assignments: Vec<Assignment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Assignment {
+    Rollback { release: String, seq: u64 },
+    Deployment { id: String, release: String, waves: Vec<StartedWave> },
+}
+
+/// A wave of a deployment that has started, and which hosts it selected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedWave {
+    pub index: u32,
+    pub seq: u64,
+    pub rule: WaveRule,
+}
+
+/// Which of the hosts registered before a wave started, and not selected by an earlier wave of
+/// its deployment, the wave selected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaveRule {
+    /// These hosts (sorted).
+    Hosts(Vec<String>),
+    /// Hosts of this group.
+    Group(String),
+    /// Hosts whose name sorts at or before this one (a percent selector, resolved to the last
+    /// host it took in name order).
+    UpTo(String),
+    /// Every host: the deployment becomes a barrier.
+    All,
+    /// Nobody new.
+    Nobody,
+}
+
+/// Counts of one (service, env) that wave starts need without visiting hosts: registered hosts,
+/// and by release the registered hosts reporting it running or failed. Current value only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub registered: u64,
+    /// Release → (running, failed).
+    pub observed: BTreeMap<String, (u64, u64)>,
+}
+
 // ---- keys ----
 
 pub fn host_key(service: &str, env: &str, host: &str) -> Key {
@@ -211,6 +276,18 @@ pub fn timeline_key(service: &str, release: &str, seq: u64) -> Key {
 
 pub fn environment_key(service: &str, env: &str) -> Key {
     Key::record(RecordTag::Environment).text(service).text(env)
+}
+
+pub fn layer_key(service: &str, env: &str) -> Key {
+    Key::record(RecordTag::Layer).text(service).text(env)
+}
+
+pub fn tally_key(service: &str, env: &str) -> Key {
+    Key::record(RecordTag::Tally).text(service).text(env)
+}
+
+pub fn host_group_key(service: &str, env: &str, group: &str, host: &str) -> Key {
+    Key::record(RecordTag::HostGroup).text(service).text(env).text(group).text(host)
 }
 
 pub fn deployment_by_environment_key(service: &str, env: &str, seq: u64) -> Key {
@@ -296,6 +373,19 @@ pub fn environment(kv: &dyn KvRead, service: &str, env: &str) -> Result<Environm
         env: env.to_string(),
         ..EnvironmentRecord::default()
     }))
+}
+
+pub fn layer(kv: &dyn KvRead, service: &str, env: &str) -> Result<LayerRecord> {
+    Ok(read(kv, Space::State, layer_key(service, env).bytes())?.unwrap_or_default())
+}
+
+/// The layer of (service, env) as of `seq`.
+pub fn layer_at(kv: &dyn KvRead, service: &str, env: &str, seq: u64) -> Result<LayerRecord> {
+    Ok(read_at(kv, &layer_key(service, env), seq)?.unwrap_or_default())
+}
+
+pub fn tally(kv: &dyn KvRead, service: &str, env: &str) -> Result<Tally> {
+    Ok(read(kv, Space::State, tally_key(service, env).bytes())?.unwrap_or_default())
 }
 
 /// Every host ever registered in (service, env), registered or not, ordered by host name.

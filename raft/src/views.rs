@@ -3,16 +3,18 @@
 //! heads. "As of seq N" reads use the `History` space: one seek per record, independent of the
 //! length of history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::codec;
+use crate::desired;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::keys::{decode_u64, leading_text, prefix_end, seq_key, time_key, trailing_u64, IndexField, Key, RecordTag};
 use crate::kv::{Direction, KvRead, Space};
 use crate::ledger::Directive;
 use crate::records::{
-    self, DeploymentRecord, DeploymentState, EnvironmentRecord, Head, HostRecord, ReleaseRecord, TimelineEntry,
+    self, DeploymentRecord, DeploymentState, EnvironmentRecord, Head, HostRecord, LayerRecord, ReleaseRecord,
+    TimelineEntry,
 };
 
 /// Events visited per log read before the page is cut short (the reply's `next_seq` resumes).
@@ -238,32 +240,82 @@ pub struct FleetView {
     pub converged: u64,
 }
 
-/// The registered hosts of `service` (and `env`), now or as of `at_seq`.
-pub fn fleet(kv: &dyn KvRead, service: Option<&str>, env: Option<&str>, at_seq: Option<u64>) -> Result<FleetView> {
-    let head = records::head(kv)?;
-    let as_of_seq = at_seq.map_or(head.seq, |seq| seq.min(head.seq));
-    let prefix = match (service, env) {
+/// Layers of the environments a read visits, each read once, as of one seq.
+struct Layers<'a> {
+    kv: &'a dyn KvRead,
+    at_seq: Option<u64>,
+    read: HashMap<(String, String), LayerRecord>,
+}
+
+impl<'a> Layers<'a> {
+    /// Layers as they are now (`None`) or as of a seq.
+    fn new(kv: &'a dyn KvRead, at_seq: Option<u64>) -> Layers<'a> {
+        Layers { kv, at_seq, read: HashMap::new() }
+    }
+
+    fn of(&mut self, service: &str, env: &str) -> Result<&LayerRecord> {
+        let key = (service.to_string(), env.to_string());
+        if !self.read.contains_key(&key) {
+            let layer = match self.at_seq {
+                Some(seq) => records::layer_at(self.kv, service, env, seq)?,
+                None => records::layer(self.kv, service, env)?,
+            };
+            self.read.insert(key.clone(), layer);
+        }
+        Ok(&self.read[&key])
+    }
+
+    /// `host` with its desired release resolved. A host that left keeps, in the views, the
+    /// desired release it had when it deregistered (the event that last changed its record).
+    fn resolve(&mut self, mut host: HostRecord) -> Result<HostRecord> {
+        if !host.registered {
+            let layer = records::layer_at(self.kv, &host.service, &host.env, host.changed_seq)?;
+            host.registered = true;
+            host.desired = desired::resolve(&layer, &host);
+            host.registered = false;
+            return Ok(host);
+        }
+        let layer = self.of(&host.service, &host.env)?;
+        Ok(desired::with_desired(layer, host))
+    }
+}
+
+/// The host records under `prefix` as of `at_seq` (now when `None`), registered or not: the
+/// current record when the host has not changed since, else its version then.
+fn hosts_as_of(kv: &dyn KvRead, prefix: &Key, at_seq: Option<u64>) -> Result<Vec<HostRecord>> {
+    let mut hosts = Vec::new();
+    for (key, record) in records::scan_records::<HostRecord>(kv, prefix)? {
+        match at_seq {
+            Some(seq) if record.changed_seq > seq => {
+                if let Some(record) = records::read_at::<HostRecord>(kv, &Key::record_from_bytes(key), seq)? {
+                    hosts.push(record);
+                }
+            }
+            _ => hosts.push(record),
+        }
+    }
+    Ok(hosts)
+}
+
+fn hosts_prefix(service: Option<&str>, env: Option<&str>) -> Key {
+    match (service, env) {
         (Some(service), Some(env)) => Key::record(RecordTag::Host).text(service).text(env),
         (Some(service), None) => Key::record(RecordTag::Host).text(service),
         _ => Key::record(RecordTag::Host),
-    };
-    let current: Vec<(Vec<u8>, HostRecord)> = records::scan_records(kv, &prefix)?;
-    let mut hosts = Vec::with_capacity(current.len());
-    for (key, record) in current {
-        if env.is_some_and(|env| record.env != env) {
-            continue;
-        }
-        let record = if at_seq.is_some() && record.changed_seq > as_of_seq {
-            let key = Key::record_from_bytes(key);
-            match records::read_at::<HostRecord>(kv, &key, as_of_seq)? {
-                Some(record) => record,
-                None => continue,
-            }
-        } else {
-            record
-        };
-        if record.registered {
-            hosts.push(record);
+    }
+}
+
+/// The registered hosts of `service` (and `env`), now or as of `at_seq`, with their desired
+/// releases resolved from their environments' layers as of the same seq.
+pub fn fleet(kv: &dyn KvRead, service: Option<&str>, env: Option<&str>, at_seq: Option<u64>) -> Result<FleetView> {
+    let head = records::head(kv)?;
+    let as_of_seq = at_seq.map_or(head.seq, |seq| seq.min(head.seq));
+    let at_seq = at_seq.map(|_| as_of_seq);
+    let mut layers = Layers::new(kv, at_seq);
+    let mut hosts = Vec::new();
+    for record in hosts_as_of(kv, &hosts_prefix(service, env), at_seq)? {
+        if record.registered && env.is_none_or(|env| record.env == env) {
+            hosts.push(layers.resolve(record)?);
         }
     }
     let mut view =
@@ -283,13 +335,15 @@ pub fn fleet(kv: &dyn KvRead, service: Option<&str>, env: Option<&str>, at_seq: 
     Ok(view)
 }
 
-/// One host in every (service, env) it belongs to, now or as of `at_seq`.
+/// One host in every (service, env) it belongs to, now or as of `at_seq`, with its desired
+/// release resolved.
 pub fn host_state(kv: &dyn KvRead, host: &str, at_seq: Option<u64>) -> Result<Vec<HostRecord>> {
+    let mut layers = Layers::new(kv, at_seq);
     let mut states = Vec::new();
     for (service, env) in environments_of_host(kv, host)? {
         let key = records::host_key(&service, &env, host);
         if let Some(record) = records::read_current_or_at::<HostRecord>(kv, &key, at_seq)? {
-            states.push(record);
+            states.push(layers.resolve(record)?);
         }
     }
     Ok(states)
@@ -313,7 +367,8 @@ fn malformed_host_index(host: &str) -> Error {
     Error::Corrupt(format!("host index of {host:?} is malformed"))
 }
 
-/// The newest `limit` versions of a host's records across its environments, newest first.
+/// The newest `limit` versions of a host's records across its environments, newest first, each
+/// with its desired release as of its own seq.
 pub fn host_history(kv: &dyn KvRead, host: &str, limit: usize) -> Result<Vec<HostRecord>> {
     let mut versions = Vec::new();
     for (service, env) in environments_of_host(kv, host)? {
@@ -325,7 +380,7 @@ pub fn host_history(kv: &dyn KvRead, host: &str, limit: usize) -> Result<Vec<Hos
     }
     versions.sort_by_key(|version| std::cmp::Reverse(version.changed_seq));
     versions.truncate(limit);
-    Ok(versions)
+    versions.into_iter().map(|version| Layers::new(kv, Some(version.changed_seq)).resolve(version)).collect()
 }
 
 /// The host's desired releases as of now, and the seq they are as of.
@@ -336,6 +391,10 @@ pub fn watch_state(kv: &dyn KvRead, host: &str) -> Result<(u64, Vec<HostRecord>)
 
 /// Changes of `host`'s desired release at seqs in `[from_seq, until_seq]`, in seq order: at most
 /// about `limit` of them, and the seq to continue from (`until_seq + 1` when all were read).
+///
+/// A host's desired release changes only where its environment's layer does (its own events can
+/// only take a desired release away), so this visits the layer's versions in the range and
+/// resolves the host at each, against its release just before.
 pub fn directives_between(
     kv: &dyn KvRead,
     host: &str,
@@ -347,39 +406,37 @@ pub fn directives_between(
     // When an environment's scan stops at the limit, only seqs up to its last one are complete.
     let mut complete_until = until_seq;
     for (service, env) in environments_of_host(kv, host)? {
+        let host_key = records::host_key(&service, &env, host);
+        let key = records::layer_key(&service, &env);
         let mut found = 0;
-        let key = records::host_key(&service, &env, host);
-        let mut previous_release = match from_seq.checked_sub(1) {
-            Some(before) => records::read_at::<HostRecord>(kv, &key, before)?
-                .and_then(|record| record.desired.map(|desired| desired.release)),
-            None => None,
-        };
         let start = key.clone().number(from_seq).into_bytes();
         let end = match until_seq.checked_add(1) {
             Some(next) => key.clone().number(next).into_bytes(),
             None => prefix_end(key.bytes()),
         };
-        kv.scan(Space::History, &start, &end, Direction::Forward, &mut |_, value| {
-            let record = codec::decode::<HostRecord>(value)?;
-            if let Some(desired) = &record.desired {
-                let changed = previous_release.as_deref() != Some(desired.release.as_str());
-                if desired.seq == record.changed_seq && changed {
-                    directives.push(Directive {
-                        host: record.host.clone(),
-                        service: record.service.clone(),
-                        env: record.env.clone(),
-                        release: desired.release.clone(),
-                        seq: desired.seq,
-                        cause: desired.cause.clone(),
-                        deployment: desired.deployment.clone(),
-                    });
-                    found += 1;
-                    if found == limit {
-                        complete_until = complete_until.min(desired.seq);
-                        return Ok(false);
-                    }
+        // The layer just before the version being visited.
+        let mut before_layer = match from_seq.checked_sub(1) {
+            Some(before) => records::layer_at(kv, &service, &env, before)?,
+            None => LayerRecord::default(),
+        };
+        kv.scan(Space::History, &start, &end, Direction::Forward, &mut |stored_key, value| {
+            let seq = trailing_u64(stored_key).ok_or_else(|| Error::Corrupt("layer version without seq".into()))?;
+            let layer = codec::decode::<LayerRecord>(value)?;
+            // An event changes a layer or a host, never both: the host is the same just before.
+            let Some(record) = records::read_at::<HostRecord>(kv, &host_key, seq)? else {
+                before_layer = layer;
+                return Ok(true);
+            };
+            let before = desired::resolve(&before_layer, &record);
+            let directive = desired::directive_at(&layer, &record, seq, before.as_ref().map(|d| d.release.as_str()));
+            before_layer = layer;
+            if let Some(directive) = directive {
+                directives.push(directive);
+                found += 1;
+                if found == limit {
+                    complete_until = complete_until.min(seq);
+                    return Ok(false);
                 }
-                previous_release = Some(desired.release.clone());
             }
             Ok(true)
         })?;
@@ -487,8 +544,9 @@ pub struct HostChange {
 }
 
 /// Hosts of `service` (and `env`) whose registration, desired release or observed release as of
-/// `to_seq` differs from what it was as of `from_seq` (`from_seq` ≤ `to_seq` ≤ head). A host
-/// untouched since `from_seq` costs no history read.
+/// `to_seq` differs from what it was as of `from_seq` (`from_seq` ≤ `to_seq` ≤ head). Desired
+/// releases are resolved from the layers as of each seq; a host untouched since `from_seq` costs
+/// no history read.
 pub fn fleet_diff(
     kv: &dyn KvRead,
     service: Option<&str>,
@@ -496,28 +554,28 @@ pub fn fleet_diff(
     from_seq: u64,
     to_seq: u64,
 ) -> Result<Vec<HostChange>> {
-    let prefix = match (service, env) {
-        (Some(service), Some(env)) => Key::record(RecordTag::Host).text(service).text(env),
-        (Some(service), None) => Key::record(RecordTag::Host).text(service),
-        _ => Key::record(RecordTag::Host),
-    };
+    let prefix = hosts_prefix(service, env);
+    let (mut from_layers, mut to_layers) = (Layers::new(kv, Some(from_seq)), Layers::new(kv, Some(to_seq)));
     let mut changes = Vec::new();
     for (key, current) in records::scan_records::<HostRecord>(kv, &prefix)? {
-        if env.is_some_and(|env| current.env != env) || current.changed_seq <= from_seq {
+        if env.is_some_and(|env| current.env != env) {
             continue;
         }
         let key = Key::record_from_bytes(key);
-        let after = if current.changed_seq <= to_seq {
-            current
-        } else {
-            match records::read_at::<HostRecord>(kv, &key, to_seq)? {
-                Some(record) => record,
-                None => continue,
+        let at = |seq: u64, current: &HostRecord| -> Result<Option<HostRecord>> {
+            if seq == 0 {
+                return Ok(None);
             }
+            if current.changed_seq <= seq {
+                return Ok(Some(current.clone()));
+            }
+            records::read_at::<HostRecord>(kv, &key, seq)
         };
-        let before = match from_seq {
-            0 => None,
-            seq => records::read_at::<HostRecord>(kv, &key, seq)?,
+        let Some(after) = at(to_seq, &current)? else { continue };
+        let after = to_layers.resolve(after)?;
+        let before = match at(from_seq, &current)? {
+            Some(before) => Some(from_layers.resolve(before)?),
+            None => None,
         };
         let release = |record: Option<&HostRecord>| {
             (

@@ -1,7 +1,11 @@
 //! Property test: random command sequences applied to the ledger agree with a small, obviously
 //! correct model of the rules (same accept/refuse decisions, same views), and the chain verifies.
+//!
+//! The model keeps every host's desired release the naive way, writing each host a wave or a
+//! rollback reaches, while the ledger resolves it at read time from one layer per environment:
+//! the two must agree at the head, at every past seq, and in the directives an agent is sent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent, GENESIS_HASH};
 use fleetlog_raft::kv::{MemoryKv, Overlay};
@@ -11,7 +15,7 @@ use fleetlog_raft::views;
 use proptest::prelude::*;
 use serde_json::json;
 
-const HOSTS: [&str; 5] = ["h1", "h2", "h3", "h4", "h5"];
+const HOSTS: [&str; 7] = ["h1", "h2", "h3", "h4", "h5", "h6", "h7"];
 const RELEASES: [&str; 3] = ["r1", "r2", "r3"];
 const DEPLOYMENTS: [&str; 4] = ["d1", "d2", "d3", "d4"];
 const STATUSES: [&str; 3] = ["applying", "running", "failed"];
@@ -32,20 +36,23 @@ enum Op {
     Freeze(bool),
 }
 
+/// Weighted so that sequences often get deep: hosts registered, deployments with several waves
+/// started, reports on the releases being deployed.
 fn op() -> impl Strategy<Value = Op> {
+    let hosts = HOSTS.len();
     prop_oneof![
-        (0..3usize).prop_map(Op::CreateRelease),
-        (0..3usize, any::<bool>()).prop_map(|(r, b)| Op::Block(r, b)),
-        (0..5usize, 0..2usize).prop_map(|(h, g)| Op::Register(h, g)),
-        (0..5usize).prop_map(Op::Deregister),
-        (0..4usize, 0..3usize, 0..3usize).prop_map(|(d, r, t)| Op::Start(d, r, t)),
-        (0..4usize, 0..3usize).prop_map(|(d, w)| Op::StartWave(d, w)),
-        (0..4usize, 0..3usize).prop_map(|(d, w)| Op::CompleteWave(d, w)),
-        (0..4usize).prop_map(Op::Complete),
-        (0..4usize).prop_map(Op::Abort),
-        proptest::option::of(0..3usize).prop_map(Op::Rollback),
-        (0..5usize, 0..3usize, 0..3usize).prop_map(|(h, r, s)| Op::Report(h, r, s)),
-        any::<bool>().prop_map(Op::Freeze),
+        2 => (0..3usize).prop_map(Op::CreateRelease),
+        1 => (0..3usize, any::<bool>()).prop_map(|(r, b)| Op::Block(r, b)),
+        5 => (0..hosts, 0..2usize).prop_map(|(h, g)| Op::Register(h, g)),
+        1 => (0..hosts).prop_map(Op::Deregister),
+        3 => (0..4usize, 0..3usize, 0..4usize).prop_map(|(d, r, t)| Op::Start(d, r, t)),
+        5 => (0..4usize, 0..3usize).prop_map(|(d, w)| Op::StartWave(d, w)),
+        4 => (0..4usize, 0..3usize).prop_map(|(d, w)| Op::CompleteWave(d, w)),
+        2 => (0..4usize).prop_map(Op::Complete),
+        1 => (0..4usize).prop_map(Op::Abort),
+        1 => proptest::option::of(0..3usize).prop_map(Op::Rollback),
+        4 => (0..hosts, 0..3usize, 0..3usize).prop_map(|(h, r, s)| Op::Report(h, r, s)),
+        1 => any::<bool>().prop_map(Op::Freeze),
     ]
 }
 
@@ -58,7 +65,12 @@ fn template(index: usize) -> Vec<(&'static str, serde_json::Value)> {
             ("half", json!({"percent": 50})),
             ("rest", json!({"percent": 100})),
         ],
-        _ => vec![("pick", json!({"hosts": ["h2", "h4"]})), ("rest", json!({"percent": 100}))],
+        2 => vec![("pick", json!({"hosts": ["h2", "h4"]})), ("rest", json!({"percent": 100}))],
+        _ => vec![
+            ("third", json!({"percent": 34})),
+            ("two-thirds", json!({"percent": 67})),
+            ("rest", json!({"group": "g1"})),
+        ],
     }
 }
 
@@ -67,13 +79,17 @@ struct ModelDeployment {
     release: String,
     waves: Vec<(&'static str, serde_json::Value, WaveState)>,
     state: DeploymentState,
-    selected: BTreeSet<String>,
+    /// Hosts selected by its waves so far, each counted when its wave started.
+    selected_total: u64,
     /// Hosts each wave selected when it started, by wave index.
     wave_selected: BTreeMap<usize, u64>,
+    /// Converged and failed counts of each wave, as they were when the deployment ended.
+    ended_counts: Option<BTreeMap<usize, (u64, u64)>>,
 }
 
-/// What a host should run, and the deployment wave that set it (`None` after a rollback).
-type ModelDesired = (String, Option<(String, usize)>);
+/// What a host should run, the deployment wave that set it (`None` after a rollback), and the
+/// seq of the event that set it.
+type ModelDesired = (String, Option<(String, usize)>, u64);
 
 #[derive(Default)]
 struct Model {
@@ -85,6 +101,8 @@ struct Model {
     completed: Vec<String>,
     active: Option<String>,
     frozen: bool,
+    /// (host, seq, release): each change of a host's desired release to another release.
+    directives: Vec<(String, u64, String)>,
 }
 
 type Verdict = Result<(), &'static str>;
@@ -99,12 +117,18 @@ impl Model {
     }
 
     /// A wave's counters as the model defines them: the hosts it selected, and of the hosts whose
-    /// desired release this wave set, those running it (converged) and those that failed it.
+    /// desired release this wave sets, those running it (converged) and those that failed it;
+    /// once the deployment has ended, what they were then.
     fn wave_counts(&self, deployment: &str, wave: usize) -> (u64, u64, u64) {
         let selected = self.deployments[deployment].wave_selected.get(&wave).copied().unwrap_or(0);
+        if let Some(ended) = &self.deployments[deployment].ended_counts {
+            let (converged, failed) = ended.get(&wave).copied().unwrap_or_default();
+            return (selected, converged, failed);
+        }
         let (mut converged, mut failed) = (0, 0);
-        for (host, (release, set_by)) in &self.desired {
-            if set_by.as_ref() != Some(&(deployment.to_string(), wave)) {
+        for (host, (release, set_by, _)) in &self.desired {
+            // Only registered hosts count.
+            if set_by.as_ref() != Some(&(deployment.to_string(), wave)) || !self.hosts[host].0 {
                 continue;
             }
             match self.observed.get(host) {
@@ -120,7 +144,31 @@ impl Model {
         self.hosts.iter().filter(|(_, (registered, _))| *registered).map(|(host, _)| host.clone()).collect()
     }
 
-    fn apply(&mut self, op: &Op) -> Verdict {
+    /// Freezes the counters of deployment `id` as it ends.
+    fn end(&mut self, id: &str, state: DeploymentState) {
+        let waves = self.deployments[id].waves.len();
+        let counts = (0..waves)
+            .map(|wave| {
+                let (_, converged, failed) = self.wave_counts(id, wave);
+                (wave, (converged, failed))
+            })
+            .collect();
+        let deployment = self.deployments.get_mut(id).unwrap();
+        deployment.ended_counts = Some(counts);
+        deployment.state = state;
+    }
+
+    /// Sets a host's desired release the naive way, noting a directive when the release changes.
+    fn assign(&mut self, host: &str, desired: ModelDesired) {
+        let before = self.desired.get(host).map(|(release, _, _)| release.clone());
+        if before.as_deref() != Some(desired.0.as_str()) {
+            self.directives.push((host.to_string(), desired.2, desired.0.clone()));
+        }
+        self.desired.insert(host.to_string(), desired);
+    }
+
+    /// Applies `op` as the event at `seq` (if it is accepted).
+    fn apply(&mut self, op: &Op, seq: u64) -> Verdict {
         match op {
             Op::CreateRelease(r) => {
                 let release = RELEASES[*r].to_string();
@@ -138,8 +186,16 @@ impl Model {
                 }
             }
             Op::Register(h, g) => {
-                self.hosts.insert(HOSTS[*h].to_string(), (true, format!("g{g}")));
+                let host = HOSTS[*h].to_string();
+                let group = format!("g{g}");
+                // A registration that begins anew (new host, back after a deregistration, or
+                // another group) is reached only by what comes after it.
+                if self.hosts.get(&host) != Some(&(true, group.clone())) {
+                    self.desired.remove(&host);
+                }
+                self.hosts.insert(host, (true, group));
             }
+            // A host that leaves keeps, in the views, the desired release it had then.
             Op::Deregister(h) => match self.hosts.get_mut(HOSTS[*h]) {
                 Some((registered @ true, _)) => *registered = false,
                 _ => return Err("unknown_host"),
@@ -164,8 +220,9 @@ impl Model {
                         release: RELEASES[*r].into(),
                         waves,
                         state: DeploymentState::Active,
-                        selected: BTreeSet::new(),
+                        selected_total: 0,
                         wave_selected: BTreeMap::new(),
+                        ended_counts: None,
                     },
                 );
                 self.active = Some(id);
@@ -188,14 +245,21 @@ impl Model {
                 }
                 self.deployable(&deployment.release)?;
                 let registered = self.registered();
-                let fresh: Vec<String> =
-                    registered.iter().filter(|host| !deployment.selected.contains(*host)).cloned().collect();
+                // Hosts whose desired release an earlier wave of this deployment sets are not
+                // selected again.
+                // (Only registered hosts are candidates: what a host that left keeps does not count.)
+                let held = |host: &String| {
+                    self.desired.get(host).and_then(|(_, set_by, _)| set_by.as_ref()).is_some_and(|(by, _)| by == id)
+                };
+                let fresh: Vec<String> = registered.iter().filter(|host| !held(host)).cloned().collect();
                 let selector = &deployment.waves[index].1;
                 let chosen: Vec<String> = if let Some(group) = selector.get("group") {
                     fresh.iter().filter(|host| self.hosts[*host].1 == group.as_str().unwrap()).cloned().collect()
+                } else if let Some(100) = selector.get("percent").and_then(|percent| percent.as_u64()) {
+                    fresh
                 } else if let Some(percent) = selector.get("percent") {
                     let wanted = (registered.len() as u64 * percent.as_u64().unwrap()).div_ceil(100);
-                    let missing = wanted.saturating_sub(deployment.selected.len() as u64) as usize;
+                    let missing = wanted.saturating_sub(deployment.selected_total) as usize;
                     fresh.into_iter().take(missing).collect()
                 } else {
                     let names: Vec<String> =
@@ -203,14 +267,18 @@ impl Model {
                     if names.iter().any(|name| !registered.contains(name)) {
                         return Err("unknown_host");
                     }
-                    names.into_iter().filter(|name| !deployment.selected.contains(name)).collect()
+                    let mut names: Vec<String> = names.into_iter().filter(|name| !held(name)).collect();
+                    names.sort();
+                    names.dedup();
+                    names
                 };
                 let deployment = self.deployments.get_mut(id).unwrap();
                 deployment.waves[index].2 = WaveState::Started;
                 deployment.wave_selected.insert(index, chosen.len() as u64);
+                deployment.selected_total += chosen.len() as u64;
+                let release = deployment.release.clone();
                 for host in chosen {
-                    self.desired.insert(host.clone(), (deployment.release.clone(), Some((id.to_string(), index))));
-                    deployment.selected.insert(host);
+                    self.assign(&host, (release.clone(), Some((id.to_string(), index)), seq));
                 }
             }
             Op::CompleteWave(d, w) => {
@@ -236,10 +304,10 @@ impl Model {
                     if deployment.waves.iter().any(|wave| wave.2 != WaveState::Completed) {
                         return Err("waves_incomplete");
                     }
-                    deployment.state = DeploymentState::Completed;
+                    self.end(&id, DeploymentState::Completed);
                     self.completed.push(id);
                 } else {
-                    deployment.state = DeploymentState::Aborted;
+                    self.end(&id, DeploymentState::Aborted);
                 }
                 self.active = None;
             }
@@ -264,10 +332,10 @@ impl Model {
                     }
                 };
                 if let Some(id) = self.active.take() {
-                    self.deployments.get_mut(&id).unwrap().state = DeploymentState::Aborted;
+                    self.end(&id, DeploymentState::Aborted);
                 }
                 for host in self.registered() {
-                    self.desired.insert(host, (target.clone(), None));
+                    self.assign(&host, (target.clone(), None, seq));
                 }
             }
             Op::Report(h, r, s) => {
@@ -363,7 +431,22 @@ fn proposal(op: &Op, model: &Model, counter: usize) -> ProposedEvent {
     }
 }
 
+/// Every host's desired release as the ledger resolves it as of `seq` (now when `None`).
+fn resolved(kv: &MemoryKv, at_seq: Option<u64>) -> BTreeMap<String, ModelDesired> {
+    let mut desired = BTreeMap::new();
+    for host in HOSTS {
+        for record in views::host_state(kv, host, at_seq).unwrap() {
+            if let Some(d) = record.desired {
+                desired
+                    .insert(host.to_string(), (d.release, d.deployment.zip(d.wave.map(|wave| wave as usize)), d.seq));
+            }
+        }
+    }
+    desired
+}
+
 fn check_views(kv: &MemoryKv, model: &Model) {
+    assert_eq!(resolved(kv, None), model.desired, "desired releases, waves and seqs of every host");
     for host in HOSTS {
         let record = records::host(kv, "svc", "prod", host).unwrap();
         match model.hosts.get(host) {
@@ -372,8 +455,6 @@ fn check_views(kv: &MemoryKv, model: &Model) {
                 let record = record.expect("host exists");
                 assert_eq!(record.registered, *registered, "host {host} registration");
                 assert_eq!(record.group.as_deref(), Some(group.as_str()));
-                let desired = record.desired.map(|d| (d.release, d.deployment.zip(d.wave.map(|wave| wave as usize))));
-                assert_eq!(desired, model.desired.get(host).cloned(), "host {host} desired release and wave");
                 assert_eq!(
                     record.observed.map(|o| (o.release, o.status.as_str().to_string())),
                     model.observed.get(host).cloned(),
@@ -388,7 +469,7 @@ fn check_views(kv: &MemoryKv, model: &Model) {
         let waves: Vec<WaveState> = record.waves.iter().map(|wave| wave.state).collect();
         let expected_waves: Vec<WaveState> = expected.waves.iter().map(|wave| wave.2).collect();
         assert_eq!(waves, expected_waves, "deployment {id} waves");
-        assert_eq!(record.selected_total, expected.selected.len() as u64, "deployment {id} selected");
+        assert_eq!(record.selected_total, expected.selected_total, "deployment {id} selected");
         for (index, wave) in record.waves.iter().enumerate() {
             let counts = (wave.selected, wave.converged, wave.failed);
             assert_eq!(
@@ -408,13 +489,15 @@ fn check_views(kv: &MemoryKv, model: &Model) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
 
     #[test]
-    fn ledger_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+    fn ledger_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..120)) {
         let mut kv = MemoryKv::new();
         let mut model = Model::default();
         let mut appended = 0u64;
+        // The model's desired releases after each appended event, by seq.
+        let mut past = vec![BTreeMap::new()];
         for (counter, op) in ops.iter().enumerate() {
             let event = proposal(op, &model, counter);
             let command = LedgerCommand {
@@ -425,11 +508,12 @@ proptest! {
             let mut overlay = Overlay::new(&kv);
             let outcome = apply_command(&mut overlay, &command).unwrap().outcomes.remove(0);
             let writes = overlay.into_writes();
-            let verdict = model.apply(op);
+            let verdict = model.apply(op, appended + 1);
             match (&outcome, verdict) {
                 (AppendOutcome::Appended { .. }, Ok(())) => {
                     kv.apply(writes);
                     appended += 1;
+                    past.push(model.desired.clone());
                 }
                 (AppendOutcome::Rejected(rejection), Err(code)) => {
                     prop_assert_eq!(rejection.code.as_str(), code, "op {:?}", op);
@@ -437,6 +521,28 @@ proptest! {
                 (outcome, verdict) => prop_assert!(false, "op {:?}: ledger said {:?}, model said {:?}", op, outcome, verdict),
             }
             check_views(&kv, &model);
+        }
+        // As of every past seq, every host as the model had it then.
+        for (seq, desired) in past.iter().enumerate() {
+            prop_assert_eq!(&resolved(&kv, Some(seq as u64)), desired, "as of seq {}", seq);
+        }
+        // The directives an agent catching up from disk gets, from any seq on.
+        for host in HOSTS {
+            let expected: Vec<(u64, String)> = model
+                .directives
+                .iter()
+                .filter(|(name, _, _)| name == host)
+                .map(|(_, seq, release)| (*seq, release.clone()))
+                .collect();
+            let (directives, next) = views::directives_between(&kv, host, 1, appended, 10_000).unwrap();
+            prop_assert_eq!(next, appended + 1);
+            let got: Vec<(u64, String)> = directives.into_iter().map(|d| (d.seq, d.release)).collect();
+            prop_assert_eq!(&got, &expected, "directives of {}", host);
+            let from = appended / 2 + 1;
+            let (later, _) = views::directives_between(&kv, host, from, appended, 10_000).unwrap();
+            let later: Vec<u64> = later.into_iter().map(|d| d.seq).collect();
+            let expected_later: Vec<u64> = expected.iter().map(|(seq, _)| *seq).filter(|seq| *seq >= from).collect();
+            prop_assert_eq!(later, expected_later, "directives of {} from seq {}", host, from);
         }
         let page = views::read_events(&kv, &views::EventFilter::default(), 1, 10_000).unwrap();
         prop_assert_eq!(page.events.len() as u64, appended);

@@ -5,6 +5,8 @@ mod common;
 
 use common::{all_events, append, note, open_when_free, start, stop};
 use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion};
+use fleetlog_raft::keys::META_LAYOUT;
+use fleetlog_raft::kv::{Overlay, Space};
 use fleetlog_raft::storage::{snapshot, Database, LogStore, SnapshotFiles, StateMachine};
 use fleetlog_raft::types::{StorageError, TypeConfig};
 use fleetlog_raft::views::{self, EventFilter};
@@ -95,6 +97,32 @@ async fn a_state_machine_behind_the_log_catches_up_on_restart() {
     let node = start(directory.path()).await;
     assert_eq!(all_events(&node), acknowledged);
     stop(node).await;
+}
+
+/// A data directory written before layout 2 (host records holding desired releases; no layout
+/// recorded with the cluster identity) is refused at start, saying what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_an_older_layout_is_refused_at_start() {
+    let directory = TempDir::new().unwrap();
+    let node = start(directory.path()).await;
+    append(&node, vec![note("a", "1")]).await;
+    stop(node).await;
+    let path = directory.path().join("db");
+    {
+        let database = open_when_free(&path).await;
+        let reader = database.reader();
+        assert_eq!(fleetlog_raft::ledger::layout(&reader).unwrap(), Some(fleetlog_raft::ledger::LAYOUT_VERSION));
+        // What an older build left: the same identity, no layout.
+        let mut overlay = Overlay::new(&reader);
+        overlay.delete(Space::Meta, META_LAYOUT.to_vec());
+        let mut batch = rocksdb::WriteBatch::default();
+        database.add_writes(&mut batch, overlay.into_writes());
+        database.write_synced(batch).unwrap();
+    }
+    let database = open_when_free(&path).await;
+    let snapshots = SnapshotFiles::new(directory.path().join("snapshots")).unwrap();
+    let error = StateMachine::open(database, snapshots).err().expect("an older layout must be refused").to_string();
+    assert!(error.contains("older fleetlog") && error.contains("recreate the data directory"), "{error}");
 }
 
 /// A snapshot file round-trips every key space; a damaged one is refused before anything is

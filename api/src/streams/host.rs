@@ -1,8 +1,18 @@
 //! One host's directives: its state first, then every change of its desired release.
+//!
+//! Live, a watcher follows the layer channel of each environment of its host and resolves its
+//! own directives from each new layer and its host's registration (read from disk when it caught
+//! up, and again whenever that registration changes): a rollback costs the server one message
+//! per environment, and each watcher a little arithmetic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fleetlog_raft::feed::{Feed, HostReceiver};
+use fleetlog_raft::desired;
+use fleetlog_raft::feed::{Feed, HostWatch, WatchMessage};
 use fleetlog_raft::ledger::Directive;
+use fleetlog_raft::records::HostRecord;
 use fleetlog_raft::views;
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -17,11 +27,19 @@ const CATCH_UP_DIRECTIVES: usize = 1_000;
 
 pub struct HostSource {
     host: String,
+    /// The host's records, read when the stream last caught up from disk.
+    caught_up: Arc<Mutex<Option<CaughtUp>>>,
+}
+
+/// The host in each of its environments as of `seq`, desired releases resolved.
+struct CaughtUp {
+    seq: u64,
+    records: Vec<HostRecord>,
 }
 
 impl HostSource {
     pub fn new(host: String) -> HostSource {
-        HostSource { host }
+        HostSource { host, caught_up: Arc::default() }
     }
 }
 
@@ -52,7 +70,7 @@ impl Source for HostSource {
     type Live = HostLive;
 
     fn subscribe(&self, feed: &Feed) -> HostLive {
-        HostLive { receiver: feed.watch_host(&self.host) }
+        HostLive { watch: feed.watch_host(&self.host), caught_up: self.caught_up.clone(), records: HashMap::new() }
     }
 
     async fn read_disk(&self, app: &AppState, from: u64, until: u64) -> Result<(Option<Bytes>, u64), StreamEnd> {
@@ -63,27 +81,81 @@ impl Source for HostSource {
             .map_err(StreamEnd::Read)?;
         Ok((push_directives(directives.iter()), next))
     }
+
+    async fn caught_up(&self, app: &AppState, seq: u64) -> Result<(), StreamEnd> {
+        let host = self.host.clone();
+        let records =
+            app.read(false, move |kv| views::host_state(kv, &host, Some(seq))).await.map_err(StreamEnd::Read)?;
+        *lock(&self.caught_up) = Some(CaughtUp { seq, records });
+        Ok(())
+    }
 }
 
-/// The host's own channel: it only carries batches that change this host, so a gap can only
-/// be told by the channel itself (it lagged).
+fn lock(caught_up: &Mutex<Option<CaughtUp>>) -> std::sync::MutexGuard<'_, Option<CaughtUp>> {
+    caught_up.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The host's channels, and its records as of the last seq the stream covered.
 pub struct HostLive {
-    receiver: HostReceiver,
+    watch: HostWatch,
+    caught_up: Arc<Mutex<Option<CaughtUp>>>,
+    /// (service, env) → the host there, desired release as of what was sent.
+    records: HashMap<(String, String), HostRecord>,
+}
+
+impl HostLive {
+    /// Takes the records read when the stream last caught up. Following an environment for the
+    /// first time may have missed what was announced since that read: then the disk is read
+    /// again (the environment is followed from now on, so this happens once).
+    fn take_caught_up(&mut self) -> Option<LiveStep> {
+        let caught_up = lock(&self.caught_up).take()?;
+        let mut newly_followed = false;
+        self.records.clear();
+        for record in caught_up.records {
+            newly_followed |= self.watch.follow(&record.service, &record.env);
+            self.records.insert((record.service.clone(), record.env.clone()), record);
+        }
+        (newly_followed && self.watch.announced() > caught_up.seq).then_some(LiveStep::Gap)
+    }
+
+    /// The directives that the layer changes from `next` on make for this host.
+    fn directives(&mut self, changes: &[fleetlog_raft::ledger::LayerChange], next: u64) -> Vec<Directive> {
+        let mut directives = Vec::new();
+        for change in changes.iter().filter(|change| change.seq >= next) {
+            let Some(record) = self.records.get_mut(&(change.service.clone(), change.env.clone())) else {
+                continue;
+            };
+            let before = record.desired.as_ref().map(|desired| desired.release.as_str());
+            if let Some(directive) = desired::directive_at(&change.layer, record, change.seq, before) {
+                directives.push(directive);
+            }
+            record.desired = desired::resolve(&change.layer, record);
+        }
+        directives
+    }
 }
 
 impl Live for HostLive {
     async fn next(&mut self, next: u64) -> LiveStep {
-        match self.receiver.recv().await {
-            Ok(batch) => LiveStep::Messages {
-                text: push_directives(batch.directives.iter().filter(|directive| directive.seq >= next)),
-                head_seq: batch.head_seq,
-            },
-            Err(broadcast::error::RecvError::Lagged(_)) => LiveStep::Gap,
-            Err(broadcast::error::RecvError::Closed) => LiveStep::Closed,
+        if let Some(step) = self.take_caught_up() {
+            return step;
+        }
+        loop {
+            match self.watch.recv().await {
+                // The registration changed after what the stream covered: read it again.
+                Ok(WatchMessage::Registration(seq)) if seq >= next => return LiveStep::Gap,
+                Ok(WatchMessage::Registration(_)) => continue,
+                Ok(WatchMessage::Layers(batch)) => {
+                    let directives = self.directives(&batch.changes, next);
+                    return LiveStep::Messages { text: push_directives(directives.iter()), head_seq: batch.head_seq };
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return LiveStep::Gap,
+                Err(broadcast::error::RecvError::Closed) => return LiveStep::Closed,
+            }
         }
     }
 
     fn disk_until(&self) -> u64 {
-        self.receiver.announced()
+        self.watch.announced()
     }
 }

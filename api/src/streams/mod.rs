@@ -118,6 +118,12 @@ trait Source: Send + Sync + 'static {
         from: u64,
         until: u64,
     ) -> impl Future<Output = Result<(Option<Bytes>, u64), StreamEnd>> + Send;
+
+    /// Called once the disk has been read up to `seq`, before following the live channel again:
+    /// a source whose live messages depend on stored state reads it here, as of `seq`.
+    fn caught_up(&self, _app: &AppState, _seq: u64) -> impl Future<Output = Result<(), StreamEnd>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Where a stream's bytes go: straight to a socket, or to a channel an HTTP body reads.
@@ -239,6 +245,7 @@ async fn follow<S: Source, K: Sink>(app: &AppState, source: &S, mut next: u64, s
             }
             next = after;
         }
+        source.caught_up(app, next - 1).await?;
         loop {
             tokio::select! {
                 step = live.next(next) => match step {

@@ -3,18 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::selection::select_hosts;
+use super::selection;
 use super::validate::{Command, HostStatus};
 use super::{reject, Step};
+use crate::desired::{self, Mark};
 use crate::event::ProposedEvent;
 use crate::invariant;
 use crate::kv::{Overlay, Space};
 use crate::records::{
     self, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key, host_environment_key,
-    host_key, release_key, timeline_key, Block, DeploymentRecord, DeploymentState, Desired, EnvironmentRecord,
-    HostRecord, Observed, ReleaseRecord, TimelineEntry, WaveRecord, WaveState,
+    host_group_key, host_key, layer_key, release_key, tally_key, timeline_key, Assignment, Block, DeploymentRecord,
+    DeploymentState, EnvironmentRecord, HostRecord, LayerRecord, Observed, ReleaseRecord, StartedWave, Tally,
+    TimelineEntry, WaveRecord, WaveRule, WaveState,
 };
 use crate::rejection::{Rejection, RejectionCode};
 
@@ -52,19 +52,10 @@ pub(crate) struct Envelope {
 
 pub(crate) struct Effect {
     pub envelope: Envelope,
-    pub directives: Vec<Directive>,
-}
-
-/// A change of one host's desired release, sent to the agent watching that host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Directive {
-    pub host: String,
-    pub service: String,
-    pub env: String,
-    pub release: String,
-    pub seq: u64,
-    pub cause: String,
-    pub deployment: Option<String>,
+    /// The environment's desired layer, when this event changed it.
+    pub layer: Option<LayerRecord>,
+    /// The host whose registration this event began, changed or ended.
+    pub registration: Option<String>,
 }
 
 pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Command) -> Step<Effect> {
@@ -76,18 +67,21 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
             release: proposal.release.clone(),
             deployment: proposal.deployment.clone(),
         },
-        directives: Vec::new(),
+        layer: None,
+        registration: None,
     };
     match command {
         Command::ReleaseCreated => release_created(state, context)?,
         Command::ReleaseBlocked { reason } => release_blocking(state, context, true, reason)?,
         Command::ReleaseUnblocked { reason } => release_blocking(state, context, false, reason)?,
-        Command::TargetRegistered { group, labels } => target_registered(state, context, group, labels)?,
-        Command::TargetDeregistered => target_deregistered(state, context)?,
-        Command::DeploymentStarted { waves } => deployment_started(state, context, waves)?,
+        Command::TargetRegistered { group, labels } => {
+            effect.registration = target_registered(state, context, group, labels)?;
+        }
+        Command::TargetDeregistered => effect.registration = Some(target_deregistered(state, context)?),
+        Command::DeploymentStarted { waves } => effect.layer = Some(deployment_started(state, context, waves)?),
         Command::WaveStarted { wave } => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
-            effect.directives = wave_started(state, context, deployment, wave)?;
+            effect.layer = Some(wave_started(state, context, deployment, wave)?);
         }
         Command::WaveCompleted { wave } => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
@@ -95,13 +89,13 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
         }
         Command::DeploymentCompleted => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
-            deployment_ended(state, context, deployment, None)?;
+            effect.layer = deployment_ended(state, context, deployment, None)?;
         }
         Command::DeploymentAborted { reason } => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
-            deployment_ended(state, context, deployment, Some(reason.clone()))?;
+            effect.layer = deployment_ended(state, context, deployment, Some(reason.clone()))?;
         }
-        Command::Rollback { reason } => effect.directives = rollback(state, context, reason, &mut effect.envelope)?,
+        Command::Rollback { reason } => effect.layer = Some(rollback(state, context, reason, &mut effect.envelope)?),
         Command::HostReported { status, applied_seq } => host_reported(state, context, *status, *applied_seq)?,
         Command::FreezeStarted { reason } => freeze(state, context, Some(reason))?,
         Command::FreezeEnded { .. } => freeze(state, context, None)?,
@@ -147,12 +141,14 @@ fn release_blocking(state: &mut Overlay<'_>, context: &Context<'_>, block: bool,
     timeline(state, context, &service, &release, kind, None, None, None, Some(reason.to_string()))
 }
 
+/// Registers a host, or updates its registration. Returns the host when its registration began
+/// (new, back after a deregistration, or moved to another group): its desired release changes.
 fn target_registered(
     state: &mut Overlay<'_>,
     context: &Context<'_>,
     group: &Option<String>,
     labels: &BTreeMap<String, String>,
-) -> Step<()> {
+) -> Step<Option<String>> {
     let (service, env, host) = host_address(context)?;
     let previous = records::host(state, &service, &env, &host)?;
     let mut record = previous.clone().unwrap_or_else(|| HostRecord {
@@ -167,8 +163,17 @@ fn target_registered(
         observed: None,
         changed_seq: context.seq,
     });
-    if !record.registered {
+    // Waves select by group among the hosts registered before them: a host that moves to
+    // another group starts a new registration, as one coming back after a deregistration does.
+    let begins = !record.registered || record.group != *group;
+    if begins {
+        if record.registered {
+            remove_from_group(state, &record);
+        }
         record.registered_seq = context.seq;
+        if let Some(group) = group {
+            state.put(Space::State, host_group_key(&service, &env, group, &host).into_bytes(), Vec::new());
+        }
     }
     record.registered = true;
     record.group = group.clone();
@@ -176,22 +181,31 @@ fn target_registered(
     if previous.is_none() {
         state.put(Space::State, host_environment_key(&host, &service, &env).into_bytes(), Vec::new());
     }
-    let mut counters = Counters::default();
-    save_host(state, &mut counters, previous.as_ref(), record, context.seq)?;
-    counters.flush(state, context.seq)
+    save_host(state, context.seq, previous.as_ref(), record)?;
+    Ok(begins.then_some(host))
 }
 
-fn target_deregistered(state: &mut Overlay<'_>, context: &Context<'_>) -> Step<()> {
+fn target_deregistered(state: &mut Overlay<'_>, context: &Context<'_>) -> Step<String> {
     let (service, env, host) = host_address(context)?;
     let previous = registered_host(state, &service, &env, &host)?;
     let mut record = previous.clone();
     record.registered = false;
-    let mut counters = Counters::default();
-    save_host(state, &mut counters, Some(&previous), record, context.seq)?;
-    counters.flush(state, context.seq)
+    remove_from_group(state, &record);
+    save_host(state, context.seq, Some(&previous), record)?;
+    Ok(host)
 }
 
-fn deployment_started(state: &mut Overlay<'_>, context: &Context<'_>, waves: &[super::validate::WaveSpec]) -> Step<()> {
+fn remove_from_group(state: &mut Overlay<'_>, record: &HostRecord) {
+    if let Some(group) = &record.group {
+        state.delete(Space::State, host_group_key(&record.service, &record.env, group, &record.host).into_bytes());
+    }
+}
+
+fn deployment_started(
+    state: &mut Overlay<'_>,
+    context: &Context<'_>,
+    waves: &[super::validate::WaveSpec],
+) -> Step<LayerRecord> {
     let proposal = context.proposal;
     let id = context.field(&proposal.deployment, "deployment")?;
     let service = context.field(&proposal.service, "service")?;
@@ -233,6 +247,7 @@ fn deployment_started(state: &mut Overlay<'_>, context: &Context<'_>, waves: &[s
         end_reason: None,
         rolled_back_by: None,
         selected_total: 0,
+        selected_now: 0,
     };
     records::write_versioned(state, &deployment_key(&id), context.seq, &record)?;
     state.put(
@@ -243,7 +258,11 @@ fn deployment_started(state: &mut Overlay<'_>, context: &Context<'_>, waves: &[s
     state.put(Space::State, deployment_by_seq_key(context.seq).into_bytes(), id.as_bytes().to_vec());
     environment.active_deployment = Some(id.clone());
     records::write_versioned(state, &environment_key(&service, &env), context.seq, &environment)?;
-    timeline(state, context, &service, &release, "deployment.started", Some(&env), Some(&id), None, None)
+    let mut layer = records::layer(state, &service, &env)?;
+    layer.assignments.push(Assignment::Deployment { id: id.clone(), release: release.clone(), waves: Vec::new() });
+    records::write_versioned(state, &layer_key(&service, &env), context.seq, &layer)?;
+    timeline(state, context, &service, &release, "deployment.started", Some(&env), Some(&id), None, None)?;
+    Ok(layer)
 }
 
 /// Loads the deployment a step names, checks it is active, and fills the envelope from it.
@@ -277,12 +296,14 @@ fn active_deployment(state: &Overlay<'_>, context: &Context<'_>, envelope: &mut 
     Ok(deployment)
 }
 
+/// Starts a wave: its selector becomes a rule in the environment's layer, whatever the number of
+/// hosts it selects; no host record is written.
 fn wave_started(
     state: &mut Overlay<'_>,
     context: &Context<'_>,
     mut deployment: DeploymentRecord,
     wave_name: &str,
-) -> Step<Vec<Directive>> {
+) -> Step<LayerRecord> {
     let index = wave_index(&deployment, wave_name)?;
     if let Some(previous) = deployment.waves[..index].iter().find(|wave| wave.state != WaveState::Completed) {
         return reject(
@@ -293,41 +314,45 @@ fn wave_started(
     if deployment.waves[index].state != WaveState::Pending {
         return reject(RejectionCode::WaveOutOfOrder, format!("wave {wave_name:?} has already started"));
     }
-    let environment = records::environment(state, &deployment.service, &deployment.env)?;
+    let mut environment = records::environment(state, &deployment.service, &deployment.env)?;
     refuse_if_frozen(&environment)?;
     deployable(state, &deployment.service, &deployment.release)?;
 
-    let hosts = records::hosts_of(state, &deployment.service, &deployment.env)?;
-    let selected = select_hosts(&deployment, index, &hosts)?;
+    let mut layer = records::layer(state, &deployment.service, &deployment.env)?;
+    // The active deployment is always the newest assignment: nothing else is added while it runs.
+    let Some(Assignment::Deployment { id, waves: started, .. }) = layer.assignments.last_mut() else {
+        invariant::violated(format!(
+            "event seq {}: active deployment {:?} is not the newest assignment of its layer",
+            context.seq, deployment.id
+        ));
+    };
+    if *id != deployment.id {
+        invariant::violated(format!(
+            "event seq {}: the layer's newest deployment is {id:?}, the active one {:?}",
+            context.seq, deployment.id
+        ));
+    }
+    let tally = records::tally(state, &deployment.service, &deployment.env)?;
+    let selection = selection::select(state, &deployment, index, started, &tally)?;
+    let barrier = selection.rule == WaveRule::All;
+    started.push(StartedWave { index: index as u32, seq: context.seq, rule: selection.rule });
+    if barrier {
+        // Every host registered now is this deployment's: nothing older can reach a host again.
+        let newest = layer.assignments.len() - 1;
+        layer.assignments.drain(..newest);
+    }
+    records::write_versioned(state, &layer_key(&deployment.service, &deployment.env), context.seq, &layer)?;
+
     let wave = &mut deployment.waves[index];
     wave.state = WaveState::Started;
     wave.started = Some(context.step());
-    wave.selected = selected.len() as u64;
-    deployment.selected_total += selected.len() as u64;
+    wave.selected = selection.selected;
+    wave.converged = selection.converged;
+    wave.failed = selection.failed;
+    deployment.selected_total += selection.selected;
+    deployment.selected_now += selection.selected;
     records::write_versioned(state, &deployment_key(&deployment.id), context.seq, &deployment)?;
 
-    let mut counters = Counters::default();
-    let mut directives = Vec::with_capacity(selected.len());
-    for position in selected {
-        let previous = &hosts[position];
-        let mut record = previous.clone();
-        let changes = previous.desired.as_ref().map(|desired| desired.release != deployment.release).unwrap_or(true);
-        record.desired = Some(Desired {
-            release: deployment.release.clone(),
-            seq: context.seq,
-            cause: context.proposal.event_type.clone(),
-            deployment: Some(deployment.id.clone()),
-            wave: Some(index as u32),
-        });
-        // Like a replay from history: a directive only when the desired release changes.
-        if changes {
-            directives.push(directive(&record, context));
-        }
-        save_host(state, &mut counters, Some(previous), record, context.seq)?;
-    }
-    counters.flush(state, context.seq)?;
-
-    let mut environment = environment;
     environment.desired_release = Some(deployment.release.clone());
     records::write_versioned(state, &environment_key(&deployment.service, &deployment.env), context.seq, &environment)?;
     timeline(
@@ -341,7 +366,7 @@ fn wave_started(
         Some(wave_name),
         None,
     )?;
-    Ok(directives)
+    Ok(layer)
 }
 
 fn wave_completed(
@@ -376,13 +401,14 @@ fn wave_completed(
     )
 }
 
-/// Completes (`abort_reason` = None) or aborts a deployment.
+/// Completes (`abort_reason` = None) or aborts a deployment. Its counters are final from here
+/// on. Returns the layer when the deployment started no wave and leaves it.
 fn deployment_ended(
     state: &mut Overlay<'_>,
     context: &Context<'_>,
     mut deployment: DeploymentRecord,
     abort_reason: Option<String>,
-) -> Step<()> {
+) -> Step<Option<LayerRecord>> {
     let kind = match &abort_reason {
         None => {
             if let Some(open) = deployment.waves.iter().find(|wave| wave.state != WaveState::Completed) {
@@ -419,7 +445,19 @@ fn deployment_ended(
         Some(&deployment.id),
         None,
         abort_reason,
-    )
+    )?;
+    // A deployment that started no wave decides nothing: the layer lets go of it.
+    let mut layer = records::layer(state, &deployment.service, &deployment.env)?;
+    let unused = matches!(
+        layer.assignments.last(),
+        Some(Assignment::Deployment { id, waves, .. }) if *id == deployment.id && waves.is_empty()
+    );
+    if !unused {
+        return Ok(None);
+    }
+    layer.assignments.pop();
+    records::write_versioned(state, &layer_key(&deployment.service, &deployment.env), context.seq, &layer)?;
+    Ok(Some(layer))
 }
 
 fn rollback(
@@ -427,7 +465,7 @@ fn rollback(
     context: &Context<'_>,
     reason: &str,
     envelope: &mut Envelope,
-) -> Step<Vec<Directive>> {
+) -> Step<LayerRecord> {
     let service = context.field(&context.proposal.service, "service")?;
     let env = context.field(&context.proposal.env, "env")?;
     let mut environment = records::environment(state, &service, &env)?;
@@ -484,26 +522,10 @@ fn rollback(
         environment.active_deployment = None;
     }
 
-    let hosts = records::hosts_of(state, &service, &env)?;
-    let mut counters = Counters::default();
-    let mut directives = Vec::new();
-    // Every host of the environment is rewritten: records are taken, not cloned (10,000 hosts).
-    for mut record in hosts.into_iter().filter(|host| host.registered) {
-        let previous_mark = mark(&record);
-        let changes = record.desired.as_ref().map(|desired| desired.release != target).unwrap_or(true);
-        record.desired = Some(Desired {
-            release: target.clone(),
-            seq: context.seq,
-            cause: context.proposal.event_type.clone(),
-            deployment: None,
-            wave: None,
-        });
-        if changes {
-            directives.push(directive(&record, context));
-        }
-        save_marked_host(state, &mut counters, previous_mark, record, context.seq)?;
-    }
-    counters.flush(state, context.seq)?;
+    // One record decides every host: the rollback reaches each host registered now, whatever
+    // their number, and nothing older can reach a host again.
+    let layer = LayerRecord { assignments: vec![Assignment::Rollback { release: target.clone(), seq: context.seq }] };
+    records::write_versioned(state, &layer_key(&service, &env), context.seq, &layer)?;
     environment.desired_release = Some(target.clone());
     records::write_versioned(state, &environment_key(&service, &env), context.seq, &environment)?;
     if let Some(from) = &rolled_back_release {
@@ -521,7 +543,7 @@ fn rollback(
         )?;
     }
     timeline(state, context, &service, &target, "rollback_target", Some(&env), None, None, Some(reason.to_string()))?;
-    Ok(directives)
+    Ok(layer)
 }
 
 /// The newest completed deployment of (service, env) that `accept` takes.
@@ -554,9 +576,7 @@ fn host_reported(state: &mut Overlay<'_>, context: &Context<'_>, status: HostSta
         reported_seq: context.seq,
         reported_micros: context.time_micros,
     });
-    let mut counters = Counters::default();
-    save_host(state, &mut counters, Some(&previous), record, context.seq)?;
-    counters.flush(state, context.seq)
+    save_host(state, context.seq, Some(&previous), record)
 }
 
 /// Starts (`reason` given) or ends a freeze.
@@ -626,19 +646,6 @@ fn wave_index(deployment: &DeploymentRecord, wave_name: &str) -> Step<usize> {
     })
 }
 
-fn directive(record: &HostRecord, context: &Context<'_>) -> Directive {
-    let desired = record.desired.as_ref().expect("directive follows a desired release");
-    Directive {
-        host: record.host.clone(),
-        service: record.service.clone(),
-        env: record.env.clone(),
-        release: desired.release.clone(),
-        seq: context.seq,
-        cause: desired.cause.clone(),
-        deployment: desired.deployment.clone(),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn timeline(
     state: &mut Overlay<'_>,
@@ -663,109 +670,120 @@ fn timeline(
     Ok(())
 }
 
-/// How a host counts toward the wave that last set its desired release.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mark {
-    Converged,
-    Failed,
-}
-
-fn mark(record: &HostRecord) -> Option<((String, u32), Mark)> {
-    let desired = record.desired.as_ref()?;
-    let wave = (desired.deployment.clone()?, desired.wave?);
-    let observed = record.observed.as_ref()?;
-    if observed.release != desired.release {
-        return None;
-    }
-    match observed.status {
-        HostStatus::Running => Some((wave, Mark::Converged)),
-        HostStatus::Failed => Some((wave, Mark::Failed)),
-        HostStatus::Applying => None,
-    }
-}
-
-/// How much one wave's counters move.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct CounterDelta {
-    converged: i64,
-    failed: i64,
-}
-
-/// Changes of wave counters gathered over one event, written once per deployment. Keyed by
-/// deployment, then wave index, so each deployment record is read and written once.
-#[derive(Default)]
-struct Counters {
-    deltas: BTreeMap<String, BTreeMap<u32, CounterDelta>>,
-}
-
-impl Counters {
-    fn add(&mut self, marked: Option<((String, u32), Mark)>, sign: i64) {
-        if let Some(((deployment, wave), mark)) = marked {
-            let delta = self.deltas.entry(deployment).or_default().entry(wave).or_default();
-            match mark {
-                Mark::Converged => delta.converged += sign,
-                Mark::Failed => delta.failed += sign,
-            }
-        }
-    }
-
-    /// Writes the counters. A host that names a deployment or wave that does not exist, or a
-    /// counter going below zero, means the rules broke their own bookkeeping: a bug, not a
-    /// damaged disk, so it stops the apply loudly (on every build) instead of returning an error.
-    fn flush(self, state: &mut Overlay<'_>, seq: u64) -> Step<()> {
-        for (id, waves) in self.deltas {
-            if waves.values().all(|delta| *delta == CounterDelta::default()) {
-                continue;
-            }
-            let Some(mut deployment) = records::deployment(state, &id)? else {
-                invariant::violated(format!("event seq {seq}: a host names deployment {id:?}, which does not exist"));
-            };
-            for (wave, delta) in waves {
-                let Some(record) = deployment.waves.get_mut(wave as usize) else {
-                    invariant::violated(format!(
-                        "event seq {seq}: a host names wave {wave} of {id:?}, which does not exist"
-                    ));
-                };
-                let converged = record.converged.checked_add_signed(delta.converged);
-                let failed = record.failed.checked_add_signed(delta.failed);
-                let (Some(converged), Some(failed)) = (converged, failed) else {
-                    invariant::violated(format!(
-                        "event seq {seq}: wave counters of {id:?} wave {wave} go below zero (converged {} {:+}, failed {} {:+})",
-                        record.converged, delta.converged, record.failed, delta.failed
-                    ));
-                };
-                record.converged = converged;
-                record.failed = failed;
-            }
-            records::write_versioned(state, &deployment_key(&id), seq, &deployment)?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes a host record and notes how its wave counters move.
-fn save_host(
-    state: &mut Overlay<'_>,
-    counters: &mut Counters,
-    previous: Option<&HostRecord>,
-    record: HostRecord,
-    seq: u64,
-) -> Step<()> {
-    save_marked_host(state, counters, previous.and_then(mark), record, seq)
-}
-
-/// [`save_host`] for a caller that took the previous record's mark before changing it in place.
-fn save_marked_host(
-    state: &mut Overlay<'_>,
-    counters: &mut Counters,
-    previous_mark: Option<((String, u32), Mark)>,
-    mut record: HostRecord,
-    seq: u64,
-) -> Step<()> {
-    counters.add(previous_mark, -1);
-    counters.add(mark(&record), 1);
+/// Writes a host record changed by the host's own event, and keeps what counts hosts in step:
+/// the active deployment's wave counters and held hosts, and the environment's tally. A
+/// deployment that has ended keeps its counters as they were.
+///
+/// A counter going below zero, or a host counted toward a wave that does not exist, means the
+/// rules broke their own bookkeeping: a bug, not a damaged disk, so it stops the apply loudly
+/// (on every build) instead of returning an error.
+fn save_host(state: &mut Overlay<'_>, seq: u64, previous: Option<&HostRecord>, mut record: HostRecord) -> Step<()> {
     record.changed_seq = seq;
-    let key = host_key(&record.service, &record.env, &record.host);
+    record.desired = None;
+    let (service, env) = (record.service.clone(), record.env.clone());
+    let layer = records::layer(state, &service, &env)?;
+    let before = previous.and_then(|previous| desired::resolve(&layer, previous));
+    let after = desired::resolve(&layer, &record);
+    let active = match records::environment(state, &service, &env)?.active_deployment {
+        Some(id) => records::deployment(state, &id)?,
+        None => None,
+    };
+    if let Some(mut deployment) = active {
+        let held = |desired: &Option<records::Desired>| {
+            desired.as_ref().and_then(|desired| desired.deployment.as_deref()) == Some(deployment.id.as_str())
+        };
+        let mut changed = false;
+        if held(&before) && !held(&after) {
+            deployment.selected_now = deployment.selected_now.checked_sub(1).unwrap_or_else(|| {
+                invariant::violated(format!(
+                    "event seq {seq}: deployment {:?} holds no host, yet {:?} leaves it",
+                    deployment.id, record.host
+                ))
+            });
+            changed = true;
+        }
+        let marked = |host: Option<&HostRecord>, desired: &Option<records::Desired>| {
+            host.and_then(|host| desired::mark(host, desired.as_ref()))
+                .filter(|((id, _), _)| *id == deployment.id)
+                .map(|((_, wave), mark)| (wave, mark))
+        };
+        let (was, is) = (marked(previous, &before), marked(Some(&record), &after));
+        if was != is {
+            count(&mut deployment, seq, was, -1);
+            count(&mut deployment, seq, is, 1);
+            changed = true;
+        }
+        if changed {
+            records::write_versioned(state, &deployment_key(&deployment.id), seq, &deployment)?;
+        }
+    }
+    update_tally(state, seq, previous, &record)?;
+    let key = host_key(&service, &env, &record.host);
     records::write_versioned(state, &key, seq, &record)?;
     Ok(())
+}
+
+/// Moves one wave counter of `deployment` by `sign`.
+fn count(deployment: &mut DeploymentRecord, seq: u64, marked: Option<(u32, Mark)>, sign: i64) {
+    let Some((wave, mark)) = marked else { return };
+    let id = deployment.id.clone();
+    let Some(record) = deployment.waves.get_mut(wave as usize) else {
+        invariant::violated(format!(
+            "event seq {seq}: a host counts toward wave {wave} of {id:?}, which does not exist"
+        ));
+    };
+    let counter = match mark {
+        Mark::Converged => &mut record.converged,
+        Mark::Failed => &mut record.failed,
+    };
+    *counter = counter.checked_add_signed(sign).unwrap_or_else(|| {
+        invariant::violated(format!(
+            "event seq {seq}: wave counters of {id:?} wave {wave} go below zero ({} {:?} {sign:+})",
+            counter, mark
+        ))
+    });
+}
+
+/// Keeps the environment's counts of registered hosts and of their reports in step with one
+/// host's change.
+fn update_tally(state: &mut Overlay<'_>, seq: u64, previous: Option<&HostRecord>, record: &HostRecord) -> Step<()> {
+    // What a host adds to the tally: one registered host, and its report if it names a status
+    // that counts.
+    fn share(host: &HostRecord) -> Option<Option<(String, Mark)>> {
+        host.registered.then(|| {
+            host.observed.as_ref().and_then(|observed| {
+                desired::observed_mark(host, &observed.release).map(|mark| (observed.release.clone(), mark))
+            })
+        })
+    }
+    let (was, is) = (previous.and_then(share), share(record));
+    if was == is {
+        return Ok(());
+    }
+    let key = tally_key(&record.service, &record.env);
+    let mut tally: Tally = records::tally(state, &record.service, &record.env)?;
+    let mut apply = |share: Option<Option<(String, Mark)>>, sign: i64| {
+        let Some(report) = share else { return };
+        tally.registered = moved(tally.registered, sign, seq, "registered hosts");
+        if let Some((release, mark)) = report {
+            let counts = tally.observed.entry(release.clone()).or_default();
+            match mark {
+                Mark::Converged => counts.0 = moved(counts.0, sign, seq, "hosts running a release"),
+                Mark::Failed => counts.1 = moved(counts.1, sign, seq, "hosts failed on a release"),
+            }
+            if *counts == (0, 0) {
+                tally.observed.remove(&release);
+            }
+        }
+    };
+    apply(was, -1);
+    apply(is, 1);
+    records::write(state, Space::State, key.into_bytes(), &tally)?;
+    Ok(())
+}
+
+fn moved(value: u64, sign: i64, seq: u64, what: &str) -> u64 {
+    value
+        .checked_add_signed(sign)
+        .unwrap_or_else(|| invariant::violated(format!("event seq {seq}: the count of {what} goes below zero")))
 }

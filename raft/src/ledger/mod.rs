@@ -14,13 +14,13 @@ use crate::error::{Error, Result};
 use crate::event::{
     AppendOutcome, AppendRequest, AppendedEvent, ClusterIdentity, Event, ExpectedVersion, LedgerCommand,
 };
-use crate::keys::{decode_u64, seq_key, time_key, IndexField, Key, META_CLUSTER, META_HEAD};
+use crate::keys::{decode_u64, seq_key, time_key, IndexField, Key, META_CLUSTER, META_HEAD, META_LAYOUT};
 use crate::kv::{KvRead, Overlay, Space};
 use crate::merkle;
-use crate::records::{self, Head, IdRecord};
+use crate::records::{self, Head, IdRecord, LayerRecord};
 use crate::rejection::{Rejection, RejectionCode};
 
-pub use effects::Directive;
+pub use crate::desired::Directive;
 
 /// Why applying a request stopped: the request was refused (a value), or storage failed.
 pub(crate) enum Stop {
@@ -56,8 +56,27 @@ pub struct Applied {
     /// The canonical JSON of each event (same order): rendered once for the Merkle leaf, then
     /// reused by whoever serves the event.
     pub rendered: Vec<String>,
-    /// Desired-release changes of hosts, in seq order.
-    pub directives: Vec<Directive>,
+    /// Environments whose desired layer changed, in seq order.
+    pub layers: Vec<LayerChange>,
+    /// Hosts whose registration began, changed group or ended, in seq order: their desired
+    /// release may change without their layer changing.
+    pub registrations: Vec<RegistrationChange>,
+}
+
+/// An environment's desired layer as one event left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerChange {
+    pub service: String,
+    pub env: String,
+    pub seq: u64,
+    pub layer: LayerRecord,
+}
+
+/// A host whose registration in (service, env) one event began, moved or ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationChange {
+    pub host: String,
+    pub seq: u64,
 }
 
 /// Applies one command on top of `state`. Rejected requests leave no trace in `state`.
@@ -77,7 +96,8 @@ pub fn apply_command(state: &mut Overlay<'_>, command: &LedgerCommand) -> Result
                     };
                     applied.events.extend(done.events);
                     applied.rendered.extend(done.rendered);
-                    applied.directives.extend(done.directives);
+                    applied.layers.extend(done.layers);
+                    applied.registrations.extend(done.registrations);
                     (outcome, Some(scratch.into_writes()))
                 }
                 Err(Stop::Reject(rejection)) => (AppendOutcome::Rejected(rejection), None),
@@ -93,9 +113,19 @@ pub fn apply_command(state: &mut Overlay<'_>, command: &LedgerCommand) -> Result
         // Two leaders may each propose an identity before seeing the other's: the first applied wins.
         if state.get(Space::Meta, META_CLUSTER)?.is_none() {
             state.put(Space::Meta, META_CLUSTER.to_vec(), codec::encode(identity)?);
+            state.put(Space::Meta, META_LAYOUT.to_vec(), codec::encode(&LAYOUT_VERSION)?);
         }
     }
     Ok(applied)
+}
+
+/// The layout of the state machine's records this build writes and reads, recorded with the
+/// cluster identity. 2: desired releases resolved at read time from per-environment layers.
+pub const LAYOUT_VERSION: u64 = 2;
+
+/// The layout recorded in `state` (`None` before the cluster identity, or by builds before 2).
+pub fn layout(state: &dyn KvRead) -> Result<Option<u64>> {
+    state.get(Space::Meta, META_LAYOUT)?.map(|bytes| codec::decode(&bytes)).transpose()
 }
 
 /// The cluster's identity, once a leader has recorded it.
@@ -110,7 +140,8 @@ fn appended(event: &Event) -> AppendedEvent {
 struct RequestDone {
     events: Vec<Event>,
     rendered: Vec<String>,
-    directives: Vec<Directive>,
+    layers: Vec<LayerChange>,
+    registrations: Vec<RegistrationChange>,
     /// Set when the whole request replays known ids: their original positions.
     duplicate: Option<Vec<AppendedEvent>>,
 }
@@ -121,7 +152,8 @@ fn apply_request(state: &mut Overlay<'_>, time_micros: i64, request: &AppendRequ
         return Ok(RequestDone {
             events: Vec::new(),
             rendered: Vec::new(),
-            directives: Vec::new(),
+            layers: Vec::new(),
+            registrations: Vec::new(),
             duplicate: Some(original),
         });
     }
@@ -132,7 +164,8 @@ fn apply_request(state: &mut Overlay<'_>, time_micros: i64, request: &AppendRequ
     let time_micros = time_micros.max(head.time_micros);
     let mut events = Vec::with_capacity(request.events.len());
     let mut rendered = Vec::with_capacity(request.events.len());
-    let mut directives = Vec::new();
+    let mut layers = Vec::new();
+    let mut registrations = Vec::new();
     let mut batch_stream: Option<String> = None;
 
     for (index, (proposal, command)) in request.events.iter().zip(&commands).enumerate() {
@@ -190,10 +223,16 @@ fn apply_request(state: &mut Overlay<'_>, time_micros: i64, request: &AppendRequ
         rendered.push(write_event(state, &event, proposal.fingerprint())?);
         head = Head { seq, hash: event.hash, time_micros };
         records::write(state, Space::Meta, META_HEAD.to_vec(), &head)?;
-        directives.extend(outcome.directives);
+        if let Some(layer) = outcome.layer {
+            let (service, env) = (event.service.clone().unwrap_or_default(), event.env.clone().unwrap_or_default());
+            layers.push(LayerChange { service, env, seq, layer });
+        }
+        if let Some(host) = outcome.registration {
+            registrations.push(RegistrationChange { host, seq });
+        }
         events.push(event);
     }
-    Ok(RequestDone { events, rendered, directives, duplicate: None })
+    Ok(RequestDone { events, rendered, layers, registrations, duplicate: None })
 }
 
 /// `Some(original positions)` when every id of the request is already in the ledger with the

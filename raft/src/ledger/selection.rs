@@ -1,56 +1,156 @@
-//! Which hosts a wave selects, resolved at apply time against the hosts registered for the
-//! deployment's (service, env) at that seq. Deterministic: hosts are visited in name order.
+//! Which hosts a starting wave selects, recorded as a rule in the environment's desired layer
+//! (see [`crate::desired`]) rather than written to every host.
+//!
+//! The rule selects, among the hosts registered when the wave starts and not selected by an
+//! earlier wave of the deployment: the named hosts, the hosts of a group, or the first hosts in
+//! name order up to the percent asked. A percent of 100 takes every host without visiting any;
+//! the other selectors read (never write) about as many hosts as they select.
 
 use super::validate::Selector;
 use super::{reject, Step};
-use crate::records::{DeploymentRecord, HostRecord};
+use crate::desired::{observed_mark, selecting_wave, Mark};
+use crate::keys::{leading_text, prefix_end, Key, RecordTag};
+use crate::kv::{Direction, KvRead, Space};
+use crate::records::{self, DeploymentRecord, HostRecord, StartedWave, Tally, WaveRule};
 use crate::rejection::RejectionCode;
 
-/// Positions in `hosts` (all hosts of the environment, ordered by name) that wave `wave_index`
-/// selects. A host already selected by an earlier wave of the same deployment is not selected
-/// again, so a wave may select nobody new.
-pub(crate) fn select_hosts(deployment: &DeploymentRecord, wave_index: usize, hosts: &[HostRecord]) -> Step<Vec<usize>> {
-    let already_selected = |host: &HostRecord| {
-        host.desired.as_ref().and_then(|desired| desired.deployment.as_deref()) == Some(deployment.id.as_str())
-    };
-    let candidates = || {
-        hosts
-            .iter()
-            .enumerate()
-            .filter(|(_, host)| host.registered && !already_selected(host))
-            .map(|(position, _)| position)
-    };
-    let selected = match &deployment.waves[wave_index].selector {
+/// What a starting wave selected: its rule, how many hosts, and how many of those already run
+/// (or failed) the deployment's release.
+#[derive(Debug)]
+pub(crate) struct Selection {
+    pub rule: WaveRule,
+    pub selected: u64,
+    pub converged: u64,
+    pub failed: u64,
+}
+
+impl Selection {
+    fn new(rule: WaveRule) -> Selection {
+        Selection { rule, selected: 0, converged: 0, failed: 0 }
+    }
+
+    fn take(&mut self, host: &HostRecord, release: &str) {
+        self.selected += 1;
+        match observed_mark(host, release) {
+            Some(Mark::Converged) => self.converged += 1,
+            Some(Mark::Failed) => self.failed += 1,
+            None => {}
+        }
+    }
+}
+
+/// Resolves wave `wave_index` of `deployment`, whose earlier waves are `earlier`, against the
+/// hosts registered in its environment now (`tally` counts them).
+pub(crate) fn select(
+    state: &dyn KvRead,
+    deployment: &DeploymentRecord,
+    wave_index: usize,
+    earlier: &[StartedWave],
+    tally: &Tally,
+) -> Step<Selection> {
+    let (service, env, release) = (&deployment.service, &deployment.env, &deployment.release);
+    // Every registered host is a candidate unless an earlier wave of this deployment took it.
+    let candidate = |host: &HostRecord| host.registered && selecting_wave(earlier, host).is_none();
+    match &deployment.waves[wave_index].selector {
         Selector::Hosts(names) => {
-            let mut positions = Vec::with_capacity(names.len());
-            for name in names {
-                match hosts.binary_search_by(|host| host.host.as_str().cmp(name)) {
-                    Ok(position) if hosts[position].registered => {
-                        if !already_selected(&hosts[position]) {
-                            positions.push(position);
+            let mut sorted = names.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut selection = Selection::new(WaveRule::Hosts(sorted.clone()));
+            for name in &sorted {
+                match records::host(state, service, env, name)? {
+                    Some(host) if host.registered => {
+                        if candidate(&host) {
+                            selection.take(&host, release);
                         }
                     }
                     _ => {
                         return reject(
                             RejectionCode::UnknownHost,
-                            format!("host {name:?} is not registered for {}/{}", deployment.service, deployment.env),
+                            format!("host {name:?} is not registered for {service}/{env}"),
                         )
                     }
                 }
             }
-            positions.sort_unstable();
-            positions.dedup();
-            positions
+            Ok(selection)
         }
         Selector::Group(group) => {
-            candidates().filter(|position| hosts[*position].group.as_ref() == Some(group)).collect()
+            let mut selection = Selection::new(WaveRule::Group(group.clone()));
+            for name in group_members(state, service, env, group)? {
+                if let Some(host) = records::host(state, service, env, &name)? {
+                    if candidate(&host) {
+                        selection.take(&host, release);
+                    }
+                }
+            }
+            Ok(selection)
+        }
+        Selector::Percent(100) => {
+            // Every registered host: those not selected yet are the registered ones minus those
+            // this deployment still holds; their reports are the environment's counts minus
+            // what the earlier waves count.
+            let earlier_counts = deployment.waves[..wave_index]
+                .iter()
+                .fold((0u64, 0u64), |(converged, failed), wave| (converged + wave.converged, failed + wave.failed));
+            let (running, failing) = tally.observed.get(release).copied().unwrap_or_default();
+            let remaining = |total: u64, held: u64, what: &str| {
+                total.checked_sub(held).unwrap_or_else(|| {
+                    crate::invariant::violated(format!(
+                        "deployment {:?}: {what} counted by its earlier waves ({held}) exceed those of {service}/{env} ({total})",
+                        deployment.id
+                    ))
+                })
+            };
+            Ok(Selection {
+                rule: WaveRule::All,
+                selected: remaining(tally.registered, deployment.selected_now, "registered hosts"),
+                converged: remaining(running, earlier_counts.0, "hosts running the release"),
+                failed: remaining(failing, earlier_counts.1, "hosts failed on the release"),
+            })
         }
         Selector::Percent(percent) => {
-            let registered = hosts.iter().filter(|host| host.registered).count() as u64;
-            let wanted = (registered * u64::from(*percent)).div_ceil(100);
-            let missing = wanted.saturating_sub(deployment.selected_total) as usize;
-            candidates().take(missing).collect()
+            let wanted = (tally.registered * u64::from(*percent)).div_ceil(100);
+            let missing = wanted.saturating_sub(deployment.selected_total);
+            if missing == 0 {
+                return Ok(Selection::new(WaveRule::Nobody));
+            }
+            // The first `missing` candidates in name order; all of them if there are fewer.
+            let mut selection = Selection::new(WaveRule::All);
+            let prefix = Key::record(RecordTag::Host).text(service).text(env);
+            let mut last = None;
+            state.scan(
+                Space::State,
+                prefix.bytes(),
+                &prefix_end(prefix.bytes()),
+                Direction::Forward,
+                &mut |_, value| {
+                    let host: HostRecord = crate::codec::decode(value)?;
+                    if candidate(&host) {
+                        selection.take(&host, release);
+                        last = Some(host.host);
+                    }
+                    Ok(selection.selected < missing)
+                },
+            )?;
+            if selection.selected == missing {
+                if let Some(last) = last {
+                    selection.rule = WaveRule::UpTo(last);
+                }
+            }
+            Ok(selection)
         }
-    };
-    Ok(selected)
+    }
+}
+
+/// Names of the registered hosts of `group` in (service, env), in name order.
+fn group_members(state: &dyn KvRead, service: &str, env: &str, group: &str) -> crate::Result<Vec<String>> {
+    let prefix = Key::record(RecordTag::HostGroup).text(service).text(env).text(group);
+    let mut names = Vec::new();
+    state.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Forward, &mut |key, _| {
+        let (name, _) = leading_text(&key[prefix.bytes().len()..])
+            .ok_or_else(|| crate::Error::Corrupt(format!("group index of {service}/{env} is malformed")))?;
+        names.push(name.to_string());
+        Ok(true)
+    })?;
+    Ok(names)
 }

@@ -75,8 +75,10 @@ impl Bench {
         event
     }
 
+    /// The host in web/prod, its desired release resolved as every read does.
     fn host(&self, host: &str) -> HostRecord {
-        records::host(&self.kv, "web", "prod", host).unwrap().expect("host exists")
+        let states = views::host_state(&self.kv, host, None).unwrap();
+        states.into_iter().find(|state| state.service == "web" && state.env == "prod").expect("host exists")
     }
 
     fn desired(&self, host: &str) -> Option<String> {

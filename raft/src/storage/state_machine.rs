@@ -5,7 +5,6 @@
 //! restart replays exactly the entries whose effects were lost. The next group-commit fsync of
 //! the shared WAL makes these writes durable too.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -54,6 +53,21 @@ impl StateMachine {
             }
         }
         let head = records::head(&database.reader())?;
+        let identity = ledger::cluster_identity(&database.reader()).ok().flatten();
+        let layout = ledger::layout(&database.reader());
+        if (identity.is_some() || head.seq > 0) && !matches!(layout, Ok(Some(ledger::LAYOUT_VERSION))) {
+            // Builds before layout 2 stored every host's desired release in its record.
+            return Err(Error::Corrupt(format!(
+                "this data directory was written by an older fleetlog whose view records this build cannot read \
+                 (layout {}, this build reads layout {}): recreate the data directory, or export the ledger \
+                 with the older build first",
+                match layout {
+                    Ok(Some(version)) => version.to_string(),
+                    _ => "1".to_string(),
+                },
+                ledger::LAYOUT_VERSION
+            )));
+        }
         Ok(StateMachine { database, feed: Feed::new(head.seq), snapshots })
     }
 
@@ -87,7 +101,8 @@ fn read_meta<T: serde::de::DeserializeOwned>(database: &Database, key: &[u8]) ->
 struct Computed {
     responses: Vec<LedgerResponse>,
     published: AppliedBatch,
-    directives: HashMap<String, Vec<ledger::Directive>>,
+    layers: Vec<ledger::LayerChange>,
+    registrations: Vec<ledger::RegistrationChange>,
     /// `None` once written.
     writes: Option<Writes>,
 }
@@ -98,7 +113,8 @@ fn compute(database: &Database, entries: Vec<Entry>) -> Result<Computed> {
     let mut overlay = Overlay::new(&reader);
     let mut responses = Vec::with_capacity(entries.len());
     let mut published = AppliedBatch::default();
-    let mut directives: HashMap<String, Vec<ledger::Directive>> = HashMap::new();
+    let mut layers = Vec::new();
+    let mut registrations = Vec::new();
     let mut last_applied: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
     for entry in entries {
@@ -122,9 +138,8 @@ fn compute(database: &Database, entries: Vec<Entry>) -> Result<Computed> {
                 responses.push(LedgerResponse { outcomes: applied.outcomes });
                 let events = applied.events.into_iter().zip(applied.rendered);
                 published.events.extend(events.map(|(event, json)| Arc::new(CommittedEvent::rendered(event, json))));
-                for directive in applied.directives {
-                    directives.entry(directive.host.clone()).or_default().push(directive);
-                }
+                layers.extend(applied.layers);
+                registrations.extend(applied.registrations);
             }
             EntryPayload::Membership(members) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), members));
@@ -138,7 +153,7 @@ fn compute(database: &Database, entries: Vec<Entry>) -> Result<Computed> {
     if let Some(membership) = &membership {
         overlay.put(Space::Meta, META_MEMBERSHIP.to_vec(), codec::encode(membership)?);
     }
-    Ok(Computed { responses, published, directives, writes: Some(overlay.into_writes()) })
+    Ok(Computed { responses, published, layers, registrations, writes: Some(overlay.into_writes()) })
 }
 
 /// Writes computed effects in one batch. Runs on a blocking thread.
@@ -203,7 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = std::time::Instant::now();
         let mut computed = tokio::task::spawn_blocking(move || {
             let mut computed = compute(&database, entries)?;
-            if computed.directives.is_empty() {
+            if computed.layers.is_empty() && computed.registrations.is_empty() {
                 // Nobody to tell early: write on this thread, saving a hand-off.
                 write(&database, computed.writes.take().unwrap_or_default())?;
             }
@@ -213,13 +228,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(apply_join_error)?
         .map_err(|error| apply_error(&error))?;
         if let Some(writes) = computed.writes.take() {
-            tracing::debug!(elapsed = ?started.elapsed(), keys = writes.len(), "computed; announcing directives");
-            // Watchers hear of their directives before the effects are written: the entries
+            tracing::debug!(elapsed = ?started.elapsed(), keys = writes.len(), "computed; announcing to watchers");
+            // Watchers hear of layer changes before the effects are written: the entries
             // are committed, so a crash now only means computing the same effects again. The
             // head (and with it what readers see) moves only after the write, in `publish`.
             // Announcing from this runtime thread wakes the watchers through the scheduler's
             // local queue, which is much cheaper for 10,000 of them than waking from outside.
-            self.feed.announce(std::mem::take(&mut computed.directives), computed.published.head_seq);
+            let (layers, registrations) =
+                (std::mem::take(&mut computed.layers), std::mem::take(&mut computed.registrations));
+            self.feed.announce(layers, registrations, computed.published.head_seq);
             let database = self.database.clone();
             tokio::task::spawn_blocking(move || write(&database, writes))
                 .await
