@@ -11,7 +11,8 @@
 #   benches/cluster.sh fanout [AGENTS] [one|all]
 #                                        `fleetlog bench fanout`: AGENTS (default 10,000) simulated
 #                                        agents on node 1 (one) or spread over the 3 nodes (all),
-#                                        a rollback timed to each; then etcd the same way if installed
+#                                        a rollback timed to each; then etcd the same way if installed,
+#                                        then the machine's loopback floor (HOSTS=N registers N hosts)
 #
 # Uses the debug binary `make test` builds (dependencies -O2, workspace crates -O3). Set FLEETLOG to use
 # another, SNAPSHOT_EVERY to change the snapshot interval (entries) the nodes run with.
@@ -161,7 +162,8 @@ fanout() {
   servers="http://$(address 1)"
   if [ "$spread" = all ]; then servers="http://$(address 1),http://$(address 2),http://$(address 3)"; fi
   echo "fan-out: $agents agents on $spread of 3 nodes (fresh cluster, so memory per watcher is of this run)"
-  "$FLEETLOG" --server "$servers" bench fanout --agents "$agents" --rounds "${ROUNDS:-5}"
+  # HOSTS: hosts registered in the environment rolled back (default: one per agent).
+  "$FLEETLOG" --server "$servers" bench fanout --agents "$agents" --rounds "${ROUNDS:-5}" ${HOSTS:+--hosts "$HOSTS"}
 }
 
 up() {

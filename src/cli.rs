@@ -140,6 +140,10 @@ pub struct BenchFanoutArgs {
     /// Simulated agents, each with its own connection and host.
     #[arg(long, default_value_t = 1_000)]
     pub agents: usize,
+    /// Hosts registered in the environment rolled back (at least `--agents`; the first
+    /// `--agents` of them are watched): the rollback's cost should not depend on it.
+    #[arg(long)]
+    pub hosts: Option<usize>,
     /// Rollbacks to time (alternating between two releases).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -153,6 +157,10 @@ pub struct BenchFanoutArgs {
     /// Also print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Skip the loopback floor (one write to each of `--agents` loopback connections, or as
+    /// many as this process's open-file limit leaves room for, measured after the rounds).
+    #[arg(long)]
+    pub no_floor: bool,
 }
 
 #[derive(Args, Debug)]
@@ -212,9 +220,12 @@ pub struct BenchCompareArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchFleetArgs {
-    /// Hosts to register.
+    /// Hosts registered in the (service, env) whose fleet view is timed.
     #[arg(long, default_value_t = 10_000)]
     pub hosts: usize,
+    /// Hosts registered in all, the others in environments of `--hosts` each (at least `--hosts`).
+    #[arg(long)]
+    pub registered: Option<usize>,
     /// Fleet requests per measurement.
     #[arg(long, default_value_t = 20)]
     pub repeat: usize,

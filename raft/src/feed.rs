@@ -323,11 +323,12 @@ impl HostWatch {
     pub async fn recv(&mut self) -> Result<WatchMessage, broadcast::error::RecvError> {
         let HostWatch { registrations, environments, .. } = self;
         let layers = async {
-            if environments.is_empty() {
-                return std::future::pending().await;
+            match environments.as_mut_slice() {
+                [] => std::future::pending().await,
+                // Most hosts are in one environment: no allocation while a watcher idles.
+                [(_, receiver)] => receiver.recv().await,
+                several => select_all(several.iter_mut().map(|(_, receiver)| receiver.recv().boxed())).await.0,
             }
-            let receivers = environments.iter_mut().map(|(_, receiver)| receiver.recv().boxed());
-            select_all(receivers).await.0
         };
         tokio::select! {
             biased;

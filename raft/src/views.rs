@@ -338,6 +338,9 @@ pub fn fleet(kv: &dyn KvRead, service: Option<&str>, env: Option<&str>, at_seq: 
 /// One host in every (service, env) it belongs to, now or as of `at_seq`, with its desired
 /// release resolved.
 pub fn host_state(kv: &dyn KvRead, host: &str, at_seq: Option<u64>) -> Result<Vec<HostRecord>> {
+    // As of the head is now: current records, without a history seek each.
+    let head = records::head(kv)?.seq;
+    let at_seq = at_seq.filter(|seq| *seq < head);
     let mut layers = Layers::new(kv, at_seq);
     let mut states = Vec::new();
     for (service, env) in environments_of_host(kv, host)? {

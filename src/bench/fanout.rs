@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::bench::etcd;
+use crate::bench::{etcd, floor};
 use crate::cli::BenchFanoutArgs;
 
 /// How long one round may take before the bench gives up on missing agents.
@@ -221,8 +221,28 @@ pub async fn run(servers: &str, args: BenchFanoutArgs) -> Result<()> {
             println!("memory per idle watcher: fleetlog {:.1} KiB, etcd {:.1} KiB", ours / 1024.0, theirs / 1024.0);
         }
     }
+    // The machine's own floor, in the same run: the watchers above are closed by now.
+    let connections = floor::connections_possible(args.agents);
+    let floor_rounds = if args.no_floor { Vec::new() } else { floor::measure(connections, args.rounds).await? };
+    let floor_last = (!floor_rounds.is_empty()).then(|| floor::median_of(&floor_rounds, |round| round.last));
+    if let Some(floor_last) = floor_last {
+        println!(
+            "loopback floor ({connections} connections, one 200-byte write each): last p50 {:.1} ms, median p50 {:.1} ms, first p50 {:.1} ms",
+            milliseconds(floor_last),
+            milliseconds(floor::median_of(&floor_rounds, |round| round.median)),
+            milliseconds(floor::median_of(&floor_rounds, |round| round.first)),
+        );
+        println!(
+            "fleetlog last agent p50 / loopback floor: {:.2}x",
+            fleetlog.median_of(Round::last).as_secs_f64() / floor_last.as_secs_f64().max(1e-9)
+        );
+    }
     if args.json {
-        let report = json!({"fleetlog": fleetlog.json(), "etcd": etcd.as_ref().map(Measurement::json)});
+        let report = json!({
+            "fleetlog": fleetlog.json(),
+            "etcd": etcd.as_ref().map(Measurement::json),
+            "floor_last_ms_p50": floor_last.map(milliseconds),
+        });
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
@@ -254,7 +274,11 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
     for release in ["r1", "r2"] {
         writer.post("/v1/releases", &json!({"service": service, "release": release})).await?;
     }
-    let hosts: Vec<String> = (0..args.agents).map(|index| format!("{run}-h{index:05}")).collect();
+    let registered = args.hosts.unwrap_or(args.agents);
+    if registered < args.agents {
+        bail!("--hosts ({registered}) must be at least --agents ({})", args.agents);
+    }
+    let mut hosts: Vec<String> = (0..registered).map(|index| format!("{run}-h{index:07}")).collect();
     for chunk in hosts.chunks(1_000) {
         let events: Vec<Value> = chunk
             .iter()
@@ -262,6 +286,7 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
             .collect();
         writer.post("/v1/events", &json!({ "events": events })).await.context("registering the hosts")?;
     }
+    hosts.truncate(args.agents);
     let metrics_clients: Vec<reqwest::Client> = urls.iter().map(|_| reqwest::Client::new()).collect();
     let memory_before = resident_memory(&metrics_clients, urls).await;
 
@@ -291,7 +316,11 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
     }
     watchers.tasks.abort_all();
     Ok(Measurement {
-        system: format!("fleetlog (watchers on {} node{})", urls.len(), if urls.len() == 1 { "" } else { "s" }),
+        system: format!(
+            "fleetlog ({registered} hosts; watchers on {} node{})",
+            urls.len(),
+            if urls.len() == 1 { "" } else { "s" }
+        ),
         watchers: args.agents,
         connect_time: watchers.connect_time,
         memory_per_watcher,

@@ -6,6 +6,7 @@ mod catchup;
 mod compare;
 mod etcd;
 mod fanout;
+mod floor;
 mod load;
 mod proofs;
 mod rollback;
@@ -34,21 +35,52 @@ fn http_client(connections: usize) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder().pool_max_idle_per_host(connections).tcp_nodelay(true).build()?)
 }
 
-/// Registers `--hosts` targets (in batches), then times `GET /v1/fleet` now and at a past seq.
+/// Registers `--registered` targets (in batches; `--hosts` of them in the environment timed),
+/// deploys a release to every host of that environment, lets each host report it running, then
+/// times `GET /v1/fleet` of that environment now and as of a seq halfway through the reports.
 async fn fleet(server: &str, args: BenchFleetArgs) -> Result<()> {
     let http = http_client(4)?;
     let base = server.trim_end_matches('/').to_string();
     let service = format!("bench{}", std::process::id());
-    let mut first_seq = None;
+    let registered = args.registered.unwrap_or(args.hosts);
+    if args.hosts == 0 || registered < args.hosts {
+        anyhow::bail!("--hosts must be at least 1 and --registered at least --hosts");
+    }
+    let append = |events: Vec<Value>| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let response = http.post(format!("{base}/v1/events")).json(&json!({ "events": events })).send().await?;
+            let status = response.status();
+            let body: Value = response.json().await?;
+            if !status.is_success() {
+                anyhow::bail!("append refused ({status}): {body}");
+            }
+            body["first_seq"].as_u64().context("an append answer without first_seq")
+        }
+    };
+    // Host i lives in environment i / hosts: "prod" for the first `--hosts`, "env-K" after.
+    let env_of = |index: usize| match index / args.hosts {
+        0 => "prod".to_string(),
+        other => format!("env-{other}"),
+    };
+    for chunk_start in (0..registered).step_by(1_000) {
+        let events: Vec<Value> = (chunk_start..(chunk_start + 1_000).min(registered))
+            .map(|index| json!({"type": "target.registered", "host": format!("host-{index:07}"), "service": service, "env": env_of(index), "data": {"group": format!("g{}", index % 10)}}))
+            .collect();
+        append(events).await.context("register hosts")?;
+    }
+    append(vec![json!({"type": "release.created", "service": service, "release": "1.0"})]).await?;
+    let deployment = format!("{service}-d1");
+    append(vec![json!({"type": "deployment.started", "service": service, "env": "prod", "release": "1.0", "deployment": deployment, "data": {"waves": [{"name": "all", "percent": 100}]}})]).await?;
+    append(vec![json!({"type": "wave.started", "deployment": deployment, "data": {"wave": "all"}})]).await?;
+    let mut report_seqs = Vec::new();
     for chunk_start in (0..args.hosts).step_by(1_000) {
         let events: Vec<Value> = (chunk_start..(chunk_start + 1_000).min(args.hosts))
-            .map(|index| json!({"type": "target.registered", "host": format!("host-{index:05}"), "service": service, "env": "prod", "data": {"group": format!("g{}", index % 10)}}))
+            .map(|index| json!({"type": "host.reported", "host": format!("host-{index:07}"), "service": service, "env": "prod", "release": "1.0", "data": {"status": "running", "applied_seq": 1}}))
             .collect();
-        let response: Value =
-            http.post(format!("{base}/v1/events")).json(&json!({ "events": events })).send().await?.json().await?;
-        first_seq.get_or_insert(response["first_seq"].as_u64().context("register hosts")?);
+        report_seqs.push(append(events).await.context("report hosts")?);
     }
-    let middle_seq = first_seq.unwrap_or(1) + args.hosts as u64 / 2;
+    let middle_seq = report_seqs[report_seqs.len() / 2];
     let queries = [
         ("now", format!("service={service}&env=prod")),
         ("past", format!("service={service}&env=prod&at_seq={middle_seq}")),
@@ -71,7 +103,8 @@ async fn fleet(server: &str, args: BenchFleetArgs) -> Result<()> {
             json!({"hosts": hosts, "p50_ms": latencies.value_at_quantile(0.5) as f64 / 1000.0, "max_ms": latencies.max() as f64 / 1000.0}),
         );
     }
-    report.insert("registered".into(), json!(args.hosts));
+    report.insert("registered".into(), json!(registered));
+    report.insert("past_seq".into(), json!(middle_seq));
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! which aborts that deployment and leaves every host where the round began.
 //!
 //! The apply time and the keys written are what the state machine itself reports in its debug
-//! events (`elapsed` of "applied", `keys` of "computed; announcing directives"): the bench runs
+//! events (`elapsed` of "applied", `keys` of "computed; announcing to watchers"): the bench runs
 //! the ledger on a thread of its own with a subscriber that reads them. The round trip of
 //! `client_write` (log append and fsync, commit, apply, answer) is printed beside it.
 
@@ -320,7 +320,7 @@ impl Ledger {
 }
 
 /// Reads the state machine's debug events on the bench thread: the apply time of the last entry
-/// and, when it produced directives, the keys it wrote.
+/// and, when it changed a layer or a registration, the keys it wrote.
 #[derive(Clone, Default)]
 struct ApplyProbe {
     seen: Arc<Mutex<(Option<Duration>, Option<u64>)>>,
@@ -347,7 +347,7 @@ impl<S: tracing::Subscriber> Layer<S> for ApplyProbe {
         let mut seen = self.lock();
         match fields.message.as_str() {
             "applied" => seen.0 = fields.elapsed.or(seen.0),
-            "computed; announcing directives" => seen.1 = fields.keys.or(seen.1),
+            "computed; announcing to watchers" => seen.1 = fields.keys.or(seen.1),
             _ => {}
         }
     }

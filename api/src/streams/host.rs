@@ -5,7 +5,6 @@
 //! up, and again whenever that registration changes): a rollback costs the server one message
 //! per environment, and each watcher a little arithmetic.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -38,24 +37,27 @@ struct CaughtUp {
 }
 
 impl HostSource {
-    pub fn new(host: String) -> HostSource {
+    /// A stream resuming from a seq: it reads the host's records when it has caught up.
+    pub fn resuming(host: String) -> HostSource {
         HostSource { host, caught_up: Arc::default() }
     }
-}
 
-/// The `state` message a fresh watch starts with: the host's desired state in every
-/// environment as of the seq it names.
-pub async fn state_message(app: &AppState, host: &str) -> ApiResult<(u64, Bytes)> {
-    let name = host.to_string();
-    let (seq, records) = app.read(false, move |kv| views::watch_state(kv, &name)).await?;
-    let state = json!({
-        "seq": seq,
-        "host": host,
-        "targets": records.iter().map(wire::host).collect::<Vec<_>>(),
-    });
-    let mut text = String::new();
-    push_message(&mut text, seq, "state", &state.to_string());
-    Ok((seq, Bytes::from(text)))
+    /// A fresh watch: the host's `state` message (with the seq it is as of) and a source that
+    /// already holds the records it was made from, so a watch that is caught up at once reads
+    /// nothing more.
+    pub async fn fresh(app: &AppState, host: String) -> ApiResult<(u64, Bytes, HostSource)> {
+        let name = host.clone();
+        let (seq, records) = app.read(false, move |kv| views::watch_state(kv, &name)).await?;
+        let state = json!({
+            "seq": seq,
+            "host": host,
+            "targets": records.iter().map(wire::host).collect::<Vec<_>>(),
+        });
+        let mut text = String::new();
+        push_message(&mut text, seq, "state", &state.to_string());
+        let source = HostSource { host, caught_up: Arc::new(Mutex::new(Some(CaughtUp { seq, records }))) };
+        Ok((seq, Bytes::from(text), source))
+    }
 }
 
 fn push_directives<'a>(directives: impl Iterator<Item = &'a Directive>) -> Option<Bytes> {
@@ -70,7 +72,7 @@ impl Source for HostSource {
     type Live = HostLive;
 
     fn subscribe(&self, feed: &Feed) -> HostLive {
-        HostLive { watch: feed.watch_host(&self.host), caught_up: self.caught_up.clone(), records: HashMap::new() }
+        HostLive { watch: feed.watch_host(&self.host), caught_up: self.caught_up.clone(), records: Vec::new() }
     }
 
     async fn read_disk(&self, app: &AppState, from: u64, until: u64) -> Result<(Option<Bytes>, u64), StreamEnd> {
@@ -83,6 +85,9 @@ impl Source for HostSource {
     }
 
     async fn caught_up(&self, app: &AppState, seq: u64) -> Result<(), StreamEnd> {
+        if lock(&self.caught_up).as_ref().is_some_and(|caught_up| caught_up.seq == seq) {
+            return Ok(());
+        }
         let host = self.host.clone();
         let records =
             app.read(false, move |kv| views::host_state(kv, &host, Some(seq))).await.map_err(StreamEnd::Read)?;
@@ -99,8 +104,9 @@ fn lock(caught_up: &Mutex<Option<CaughtUp>>) -> std::sync::MutexGuard<'_, Option
 pub struct HostLive {
     watch: HostWatch,
     caught_up: Arc<Mutex<Option<CaughtUp>>>,
-    /// (service, env) → the host there, desired release as of what was sent.
-    records: HashMap<(String, String), HostRecord>,
+    /// The host in each of its environments, desired release as of what was sent: only what
+    /// resolving needs is kept (no labels, no report), as 10,000 watchers each hold one.
+    records: Vec<HostRecord>,
 }
 
 impl HostLive {
@@ -111,10 +117,13 @@ impl HostLive {
         let caught_up = lock(&self.caught_up).take()?;
         let mut newly_followed = false;
         self.records.clear();
-        for record in caught_up.records {
+        for mut record in caught_up.records {
             newly_followed |= self.watch.follow(&record.service, &record.env);
-            self.records.insert((record.service.clone(), record.env.clone()), record);
+            record.labels = Default::default();
+            record.observed = None;
+            self.records.push(record);
         }
+        self.records.shrink_to_fit();
         (newly_followed && self.watch.announced() > caught_up.seq).then_some(LiveStep::Gap)
     }
 
@@ -122,7 +131,9 @@ impl HostLive {
     fn directives(&mut self, changes: &[fleetlog_raft::ledger::LayerChange], next: u64) -> Vec<Directive> {
         let mut directives = Vec::new();
         for change in changes.iter().filter(|change| change.seq >= next) {
-            let Some(record) = self.records.get_mut(&(change.service.clone(), change.env.clone())) else {
+            let Some(record) =
+                self.records.iter_mut().find(|record| record.service == change.service && record.env == change.env)
+            else {
                 continue;
             };
             let before = record.desired.as_ref().map(|desired| desired.release.as_str());

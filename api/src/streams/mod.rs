@@ -194,12 +194,12 @@ pub async fn open(
         // Resuming: directives only; the agent has its state.
         Some(from) => {
             let slot = Slot::take(app, principal)?;
-            Ok(Opened { _slot: slot, first: None, next: from, kind: Kind::Host(HostSource::new(host)) })
+            Ok(Opened { _slot: slot, first: None, next: from, kind: Kind::Host(HostSource::resuming(host)) })
         }
         None => {
             let slot = Slot::take(app, principal)?;
-            let (seq, first) = host::state_message(app, &host).await?;
-            Ok(Opened { _slot: slot, first: Some(first), next: seq + 1, kind: Kind::Host(HostSource::new(host)) })
+            let (seq, first, source) = HostSource::fresh(app, host).await?;
+            Ok(Opened { _slot: slot, first: Some(first), next: seq + 1, kind: Kind::Host(source) })
         }
     }
 }
