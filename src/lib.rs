@@ -33,11 +33,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dev(args) => return dev::run(output, args).await,
         Command::Agent(args) => return agent::run(&cli.server, &credentials, args).await,
         Command::Token(command) => return token::run(command),
+        // Benches take their own server lists (`bench fanout` spreads watchers over several).
+        Command::Bench(command) => return bench::run(&cli.server, command).await,
         _ => {}
     }
     let client = Client::configured(&cli.server, &credentials)?;
     match cli.command {
-        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Token(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Token(_) | Command::Bench(_) => {
+            unreachable!("handled above")
+        }
         Command::Cluster(command) => cluster::run(&client, output, command).await,
         Command::Release(command) => commands::release(&client, output, command).await,
         Command::Target(command) => commands::target(&client, output, command).await,
@@ -52,6 +56,5 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => verify::run(&client, output, args).await,
         Command::Tail(args) => reads::tail(&client, output, args).await,
         Command::Append(args) => commands::append(&client, output, args).await,
-        Command::Bench(command) => bench::run(&cli.server, command).await,
     }
 }
