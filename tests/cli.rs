@@ -145,6 +145,16 @@ fn connection_errors_say_what_happened_and_what_to_try() {
     assert!(!stderr.contains("builder error"), "{stderr}");
 }
 
+/// `bench fanout` takes a list of servers to spread its watchers over: the list reaches the bench
+/// (which checks its own arguments first) instead of being refused as one malformed URL.
+#[test]
+fn a_bench_takes_a_list_of_servers() {
+    let servers = format!("http://127.0.0.1:{},http://127.0.0.1:{}", common::free_port(), common::free_port());
+    let (ok, stderr) = fleetlog_failing(&["--server", &servers, "bench", "fanout", "--agents", "0"]);
+    assert!(!ok && stderr.contains("--agents and --rounds must be at least 1"), "{stderr}");
+    assert!(!stderr.contains("must be a URL"), "{stderr}");
+}
+
 /// A 401 names the flag and the variable that carry a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_token_names_the_token_flag() {
