@@ -24,18 +24,26 @@ fn fleetlog_json(server: &Server, args: &[&str]) -> Value {
     serde_json::from_str(&fleetlog(server, &all)).expect("json output")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_deploys_in_waves_and_rolls_back() {
+const SHOP: [&str; 4] = ["--service", "shop", "--env", "prod"];
+
+/// A server with releases 1.0 and 2.0 of shop and hosts a, b, c registered in shop/prod.
+async fn shop_with_three_hosts() -> Server {
     let server = Server::start().await;
-    let shop = ["--service", "shop", "--env", "prod"];
     for release in ["1.0", "2.0"] {
         fleetlog(&server, &["release", "create", "--service", "shop", "--release", release]);
     }
     for host in ["a", "b", "c"] {
         let mut args = vec!["target", "register", "--host", host];
-        args.extend_from_slice(&shop);
+        args.extend_from_slice(&SHOP);
         fleetlog(&server, &args);
     }
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deploys_in_waves_and_rolls_back() {
+    let server = shop_with_three_hosts().await;
+    let shop = SHOP;
     for (id, release) in [("d-1", "1.0"), ("d-2", "2.0")] {
         let mut args = vec![
             "deploy",
@@ -186,4 +194,59 @@ async fn json_output_prints_errors_as_json() {
     let error: Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|_| panic!("not JSON: {stderr}"));
     assert!(!ok);
     assert_eq!(error["error"]["code"], "unreachable", "{error}");
+}
+
+/// A deployment's wave counters are its own and final once it ends: a later deployment that
+/// reselects its hosts, and a rollback that aborts that one, leave them as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wave_counters_stay_put_after_later_deployments_and_rollbacks() {
+    let server = shop_with_three_hosts().await;
+    let shop = SHOP;
+    let report = |host: &'static str, release: &'static str, status: &'static str| {
+        let mut args = vec!["report", "--host", host, "--release", release, "--status", status];
+        args.extend_from_slice(&shop);
+        fleetlog(&server, &args);
+    };
+    let counters = |id: &str| -> Vec<(u64, u64, u64)> {
+        let status = fleetlog_json(&server, &["deploy", "status", id]);
+        let waves = status["waves"].as_array().expect("waves").clone();
+        waves
+            .iter()
+            .map(|wave| {
+                let hosts = &wave["hosts"];
+                let count = |name: &str| hosts[name].as_u64().expect("a count");
+                (count("selected"), count("converged"), count("failed"))
+            })
+            .collect()
+    };
+    let start = |id: &str, release: &str| {
+        let mut args = vec!["deploy", "start", "--id", id, "--release", release, "--wave", "all:percent=100"];
+        args.extend_from_slice(&shop);
+        fleetlog(&server, &args);
+        fleetlog(&server, &["deploy", "wave", id, "all"]);
+    };
+
+    start("d-1", "1.0");
+    report("a", "1.0", "running");
+    report("b", "1.0", "failed");
+    fleetlog(&server, &["deploy", "wave", "d-1", "all", "--complete"]);
+    fleetlog(&server, &["deploy", "complete", "d-1"]);
+    assert_eq!(counters("d-1"), [(3, 1, 1)]);
+
+    // d-2 reselects every host; b recovers and a fails on 2.0: d-1 keeps what it had.
+    start("d-2", "2.0");
+    report("b", "2.0", "running");
+    report("a", "2.0", "failed");
+    assert_eq!(counters("d-1"), [(3, 1, 1)], "an ended deployment's counters never change");
+    assert_eq!(counters("d-2"), [(3, 1, 1)]);
+
+    // The rollback aborts d-2: its counters stay as they were when it ended.
+    let mut args = vec!["rollback", "--release", "1.0", "--reason", "errors"];
+    args.extend_from_slice(&shop);
+    fleetlog(&server, &args);
+    report("c", "2.0", "running");
+    report("a", "1.0", "running");
+    assert_eq!(fleetlog_json(&server, &["deploy", "status", "d-2"])["state"], "aborted");
+    assert_eq!(counters("d-2"), [(3, 1, 1)], "a rolled-back deployment keeps its counters");
+    assert_eq!(counters("d-1"), [(3, 1, 1)]);
 }

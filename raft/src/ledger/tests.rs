@@ -935,3 +935,48 @@ fn a_counter_below_zero_stops_the_apply_as_a_bug() {
     assert!(message.contains("\"d2\" wave 0") && message.contains("below zero"), "names neither: {message}");
     assert!(message.contains("event seq"), "does not name the event: {message}");
 }
+
+/// A rollback and a wave selecting every host write the same keys whatever the number of hosts:
+/// no host record is touched (the fleet view still shows every host moved).
+#[test]
+fn a_rollback_and_a_full_wave_write_as_many_keys_for_3_hosts_as_for_300() {
+    let keys_written = |hosts: usize| {
+        let mut bench = Bench::new();
+        for release in ["1.0", "2.0"] {
+            let event = bench.release(release);
+            bench.ok(event);
+        }
+        for index in 0..hosts {
+            let event = bench.register(&format!("h{index:03}"), "main");
+            bench.ok(event);
+        }
+        bench.deploy_fully("d1", "1.0");
+        let start = bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}]));
+        bench.ok(start);
+        let mut written = Vec::new();
+        // Records and their versions (the Merkle nodes an event adds depend on its seq alone).
+        let records = |kv: &MemoryKv| {
+            let mut count = 0;
+            for space in [crate::kv::Space::State, crate::kv::Space::History] {
+                kv.scan(space, &[], &[0xFF; 64], crate::kv::Direction::Forward, &mut |_, _| {
+                    count += 1;
+                    Ok(true)
+                })
+                .unwrap();
+            }
+            count
+        };
+        for event in [bench.wave("wave.started", "d2", "all"), bench.rollback(Some("1.0"))] {
+            let before = records(&bench.kv);
+            bench.ok(event);
+            // Records added (each here is new or a new version), and the fleet moved.
+            written.push(records(&bench.kv) - before);
+            let fleet = views::fleet(&bench.kv, Some("web"), Some("prod"), None).unwrap();
+            assert_eq!(fleet.hosts.len(), hosts);
+        }
+        let fleet = views::fleet(&bench.kv, Some("web"), Some("prod"), None).unwrap();
+        assert_eq!(fleet.desired.get("1.0"), Some(&(hosts as u64)), "every host rolled back");
+        written
+    };
+    assert_eq!(keys_written(3), keys_written(300));
+}
