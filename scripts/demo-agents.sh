@@ -49,24 +49,10 @@ print(sum(1 for host in view["hosts"] if host["converged"] and host["desired_rel
   done
 }
 
-# Waits until the hosts selected so far run the deployment's release.
+# Waits until the hosts the wave selected run the deployment's release (exit code 1 on a failed
+# host, 2 after 60 s).
 wait_wave() {
-  local deployment=$1 wave=$2 started=$SECONDS
-  while true; do
-    local done
-    done=$(curl -sf "$FLEETLOG_SERVER/v1/deployments/$deployment" | python3 -c '
-import json, sys
-view = json.load(sys.stdin)
-wave = next(w for w in view["waves"] if w["name"] == sys.argv[1])
-hosts = wave["hosts"]
-print("yes" if hosts["selected"] == hosts["converged"] else "no", hosts["selected"], hosts["converged"])' "$wave")
-    if [ "${done%% *}" = yes ]; then
-      echo "wave $wave: ${done#yes } (selected, converged)"
-      return 0
-    fi
-    if [ $((SECONDS - started)) -gt 60 ]; then echo "wave $wave did not converge: $done" >&2; exit 1; fi
-    sleep 0.2
-  done
+  "$FLEETLOG" deploy wait "$1" --wave "$2" --timeout-seconds 60 --interval-ms 200
 }
 
 say "a 3-node cluster on $(address 1), $(address 2), $(address 3)"

@@ -514,12 +514,37 @@ pub enum DeployCommand {
         #[arg(long)]
         id: Option<String>,
     },
-    /// Start a wave (or complete it with --complete).
+    /// Start a wave (or complete it with --complete); says how many hosts it selected.
+    ///
+    /// Example: fleetlog deploy wave d-2 canary --wait --timeout-seconds 300
     Wave {
         deployment: String,
         wave: String,
         #[arg(long)]
         complete: bool,
+        /// After starting the wave, wait for its hosts as `deploy wait` does (same exit codes).
+        #[arg(long, conflicts_with = "complete")]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit code 2).
+        #[arg(long, default_value_t = 600)]
+        timeout_seconds: u64,
+    },
+    /// Wait until the hosts of a wave (or of every started wave) have converged, showing their
+    /// progress. Exit code 0: converged; 1: a host failed, or the deployment was aborted or rolled
+    /// back; 2: timed out.
+    ///
+    /// Example: fleetlog deploy wait d-2 --wave canary --timeout-seconds 300
+    Wait {
+        deployment: String,
+        /// The wave to wait for (default: every wave started so far).
+        #[arg(long)]
+        wave: Option<String>,
+        /// Give up after this many seconds (exit code 2).
+        #[arg(long, default_value_t = 600)]
+        timeout_seconds: u64,
+        /// Milliseconds between two looks at the deployment.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
     },
     /// Complete a deployment whose waves are all completed.
     Complete { deployment: String },

@@ -1,5 +1,7 @@
 //! Commands that append: releases, targets, reports, deployments, rollbacks, freezes, events.
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use fleetlog_api::client::Client;
 use serde_json::{json, Map, Value};
@@ -107,6 +109,9 @@ pub fn parse_wave(text: &str) -> Result<Value> {
     })
 }
 
+/// Between two looks at a deployment while `deploy wave --wait` waits.
+const WAIT_INTERVAL: Duration = Duration::from_millis(500);
+
 pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> Result<()> {
     let response = match command {
         DeployCommand::Start { service, env, release, waves, id } => {
@@ -114,9 +119,34 @@ pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> 
             let body = json!({ "service": service, "env": env, "release": release, "waves": waves, "deployment": id });
             client.post("/v1/deployments", &without_nulls(body)).await?
         }
-        DeployCommand::Wave { deployment, wave, complete } => {
+        DeployCommand::Wave { deployment, wave, complete, wait, timeout_seconds } => {
             let action = if complete { "complete" } else { "start" };
-            client.post(&format!("/v1/deployments/{deployment}/waves/{wave}/{action}"), &json!({})).await?
+            let response =
+                client.post(&format!("/v1/deployments/{deployment}/waves/{wave}/{action}"), &json!({})).await?;
+            print_appended(output, &response);
+            if complete {
+                return Ok(());
+            }
+            if matches!(output, Output::Table) {
+                let view = client.get(&format!("/v1/deployments/{deployment}"), &[]).await?;
+                let selected = view["waves"]
+                    .as_array()
+                    .and_then(|waves| waves.iter().find(|started| started["name"] == wave.as_str()))
+                    .and_then(|started| started["hosts"]["selected"].as_u64());
+                if let Some(selected) = selected {
+                    println!("wave {wave} selected {selected} host{}", if selected == 1 { "" } else { "s" });
+                }
+            }
+            if wait {
+                let timeout = Duration::from_secs(timeout_seconds);
+                return crate::wait::wait(client, output, &deployment, Some(&wave), timeout, WAIT_INTERVAL).await;
+            }
+            return Ok(());
+        }
+        DeployCommand::Wait { deployment, wave, timeout_seconds, interval_ms } => {
+            let (timeout, interval) =
+                (Duration::from_secs(timeout_seconds), Duration::from_millis(interval_ms.max(50)));
+            return crate::wait::wait(client, output, &deployment, wave.as_deref(), timeout, interval).await;
         }
         DeployCommand::Complete { deployment } => {
             client.post(&format!("/v1/deployments/{deployment}/complete"), &json!({})).await?

@@ -15,6 +15,7 @@ pub mod reads;
 pub mod serve;
 pub mod token;
 pub mod verify;
+pub mod wait;
 
 use anyhow::{Context, Result};
 use fleetlog_api::client::{Client, Credentials};

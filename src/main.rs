@@ -36,7 +36,9 @@ fn main() {
         } else {
             eprintln!("error: {error:#}");
         }
-        std::process::exit(1);
+        // `deploy wait` ends with a code of its own (1 failed, 2 timed out).
+        let code = error.downcast_ref::<fleetlog::wait::WaitEnded>().map_or(1, |ended| ended.code);
+        std::process::exit(code);
     }
 }
 

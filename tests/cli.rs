@@ -250,3 +250,58 @@ async fn wave_counters_stay_put_after_later_deployments_and_rollbacks() {
     assert_eq!(counters("d-2"), [(3, 1, 1)], "a rolled-back deployment keeps its counters");
     assert_eq!(counters("d-1"), [(3, 1, 1)]);
 }
+
+/// `deploy wave` says how many hosts a wave selected; `deploy wait` ends with 2 when time runs
+/// out, 0 once every host converged, and 1 when a host failed (naming the wave and the count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_ends_with_a_code_scripts_can_use() {
+    let server = shop_with_three_hosts().await;
+    let run = |args: &[&str]| {
+        let output = Command::new(binary()).arg("--server").arg(&server.url).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), text)
+    };
+    let report = |host: &str, release: &str, status: &str| {
+        let mut args = vec!["report", "--host", host, "--release", release, "--status", status];
+        args.extend_from_slice(&SHOP);
+        fleetlog(&server, &args);
+    };
+    let mut start = vec![
+        "deploy",
+        "start",
+        "--id",
+        "d-1",
+        "--release",
+        "1.0",
+        "--wave",
+        "canary:hosts=a",
+        "--wave",
+        "rest:percent=100",
+    ];
+    start.extend_from_slice(&SHOP);
+    fleetlog(&server, &start);
+    let started = fleetlog(&server, &["deploy", "wave", "d-1", "canary"]);
+    assert!(started.contains("wave canary selected 1 host\n"), "{started}");
+
+    let (code, text) = run(&["deploy", "wait", "d-1", "--timeout-seconds", "1", "--interval-ms", "100"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("timed out") && text.contains("wave canary 0 of 1 converged"), "{text}");
+
+    report("a", "1.0", "running");
+    let (code, text) = run(&["deploy", "wait", "d-1", "--wave", "canary", "--timeout-seconds", "10"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("wave canary: 1 of 1 converged, 0 failed"), "{text}");
+
+    fleetlog(&server, &["deploy", "wave", "d-1", "canary", "--complete"]);
+    report("b", "1.0", "failed");
+    let (code, text) = run(&["deploy", "wave", "d-1", "rest", "--wait", "--timeout-seconds", "10"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("wave rest selected 2 hosts") && text.contains("wave rest of d-1: 1 host(s) failed"),
+        "{text}"
+    );
+
+    let (code, text) = run(&["deploy", "wait", "d-1", "--wave", "nosuch", "--timeout-seconds", "1"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("has no wave \"nosuch\""), "{text}");
+}

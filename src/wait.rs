@@ -1,0 +1,180 @@
+//! `fleetlog deploy wait` (and `deploy wave … --wait`): follows a deployment's waves until their
+//! hosts have converged, one has failed, or the time is up, and ends with an exit code a script
+//! can act on.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use fleetlog_api::client::Client;
+use serde_json::Value;
+
+use crate::cli::Output;
+
+/// Exit code when every host of the waves waited for converged.
+pub const EXIT_CONVERGED: i32 = 0;
+/// Exit code when a host failed, or the deployment was aborted or rolled back.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code when the time ran out first.
+pub const EXIT_TIMED_OUT: i32 = 2;
+
+/// How a wait ended without converging: the process exits with `code`.
+#[derive(Debug)]
+pub struct WaitEnded {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for WaitEnded {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WaitEnded {}
+
+/// One wave's progress as the deployment view shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Progress {
+    name: String,
+    state: String,
+    selected: u64,
+    converged: u64,
+    failed: u64,
+}
+
+impl Progress {
+    fn line(&self, terminal: bool) -> String {
+        let counts =
+            format!("{} of {} converged, {} failed ({})", self.converged, self.selected, self.failed, self.state);
+        if !terminal {
+            return format!("wave {}: {counts}", self.name);
+        }
+        const WIDTH: u64 = 30;
+        let filled = (self.converged * WIDTH).checked_div(self.selected).unwrap_or(WIDTH) as usize;
+        let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
+        format!("wave {:<12} [{bar}] {counts}", self.name)
+    }
+}
+
+fn waves_of(view: &Value) -> Vec<Progress> {
+    let count = |wave: &Value, name: &str| wave["hosts"][name].as_u64().unwrap_or(0);
+    view["waves"]
+        .as_array()
+        .map(|waves| {
+            waves
+                .iter()
+                .map(|wave| Progress {
+                    name: wave["name"].as_str().unwrap_or("?").to_string(),
+                    state: wave["state"].as_str().unwrap_or("?").to_string(),
+                    selected: count(wave, "selected"),
+                    converged: count(wave, "converged"),
+                    failed: count(wave, "failed"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits for `wave` of `deployment` (every started wave when `None`) to converge.
+pub async fn wait(
+    client: &Client,
+    output: Output,
+    deployment: &str,
+    wave: Option<&str>,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<()> {
+    let terminal = matches!(output, Output::Table) && std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut shown: Vec<Progress> = Vec::new();
+    loop {
+        let view = client.get(&format!("/v1/deployments/{deployment}"), &[]).await?;
+        let all = waves_of(&view);
+        let watched: Vec<Progress> = match wave {
+            Some(name) => match all.iter().find(|progress| progress.name == name) {
+                Some(progress) => vec![progress.clone()],
+                None => {
+                    let names: Vec<&str> = all.iter().map(|progress| progress.name.as_str()).collect();
+                    return Err(ended(
+                        EXIT_FAILED,
+                        format!("deployment {deployment} has no wave {name:?}; its waves: {}", names.join(", ")),
+                    ));
+                }
+            },
+            None => all.iter().filter(|progress| progress.state != "pending").cloned().collect(),
+        };
+        if matches!(output, Output::Table) && watched != shown {
+            show(&watched, &shown, terminal);
+            shown = watched.clone();
+        }
+        let state = view["state"].as_str().unwrap_or("?");
+        if let Some(failed) = watched.iter().find(|progress| progress.failed > 0) {
+            return Err(ended(
+                EXIT_FAILED,
+                format!(
+                    "wave {} of {deployment}: {} host(s) failed; `fleetlog fleet --service {} --env {}` shows which",
+                    failed.name,
+                    failed.failed,
+                    view["service"].as_str().unwrap_or("?"),
+                    view["env"].as_str().unwrap_or("?")
+                ),
+            ));
+        }
+        if state == "aborted" {
+            let reason = view["end_reason"].as_str().unwrap_or("no reason given");
+            return Err(ended(EXIT_FAILED, format!("deployment {deployment} was aborted: {reason}")));
+        }
+        let pending = wave.is_some() && watched.iter().all(|progress| progress.state == "pending");
+        let converged = watched.iter().all(|progress| progress.converged >= progress.selected);
+        if !pending && converged && (!watched.is_empty() || state == "completed") {
+            if matches!(output, Output::Json) {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("converged: {}", summary(&watched));
+            }
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(ended(
+                EXIT_TIMED_OUT,
+                format!("timed out after {:.0} s: {}", timeout.as_secs_f64(), summary(&watched)),
+            ));
+        }
+        tokio::time::sleep(interval.min(timeout.saturating_sub(started.elapsed()))).await;
+    }
+}
+
+fn ended(code: i32, message: String) -> anyhow::Error {
+    WaitEnded { code, message }.into()
+}
+
+fn summary(waves: &[Progress]) -> String {
+    if waves.is_empty() {
+        return "no wave has started".to_string();
+    }
+    let parts: Vec<String> = waves
+        .iter()
+        .map(|progress| format!("wave {} {} of {} converged", progress.name, progress.converged, progress.selected))
+        .collect();
+    parts.join(", ")
+}
+
+/// Prints the waves: redrawn in place on a terminal, a line per change otherwise.
+fn show(waves: &[Progress], before: &[Progress], terminal: bool) {
+    let mut stdout = std::io::stdout().lock();
+    if terminal {
+        // Move up over the lines drawn last time and draw them again.
+        if !before.is_empty() {
+            let _ = write!(stdout, "\x1b[{}A", before.len());
+        }
+        for progress in waves {
+            let _ = writeln!(stdout, "\x1b[2K{}", progress.line(true));
+        }
+    } else {
+        for progress in waves.iter().filter(|progress| !before.contains(progress)) {
+            let _ = writeln!(stdout, "{}", progress.line(false));
+        }
+    }
+    let _ = stdout.flush();
+}
