@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(name = "fleetlog", version, about = "A replicated, append-only release ledger and event store")]
 pub struct Cli {
-    /// Server to talk to.
+    /// Server to talk to: a URL, or a comma-separated list of them to fail over between.
     #[arg(long, global = true, env = "FLEETLOG_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
     /// Bearer token for servers that require one (see `fleetlog token create`).
@@ -25,55 +25,83 @@ pub struct Cli {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Aligned columns, for reading.
     Table,
+    /// The server's JSON, for scripts.
     Json,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node. Without flags: a single-node cluster in ./fleetlog-data on 127.0.0.1:7070.
+    #[command(
+        after_help = "Examples:\n  fleetlog serve\n  fleetlog serve --node-id 1 --listen 127.0.0.1:7071 --data ./node-1 --cluster-secret s3cret"
+    )]
     Serve(ServeArgs),
     /// Membership: form a cluster, add, promote and remove nodes, show status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Run a local cluster of several nodes in child processes (for trying things out).
+    #[command(after_help = "Example:\n  fleetlog dev --nodes 3 --base-port 7071 --data ./fleetlog-dev")]
     Dev(DevArgs),
-    /// Releases of a service.
+    /// Create, block, unblock and list the releases of a service.
     #[command(subcommand)]
     Release(ReleaseCommand),
-    /// Hosts of the fleet.
+    /// Add hosts to a fleet or remove them.
     #[command(subcommand)]
     Target(TargetCommand),
     /// Report what a host runs (what an agent does).
+    #[command(
+        after_help = "Example:\n  fleetlog report --service checkout --env prod --host web-1 --release 1.4.2 --status running --applied-seq 14"
+    )]
     Report(ReportArgs),
-    /// Deployments in waves.
+    /// Deploy a release in waves, follow its progress, complete or abort it.
     #[command(subcommand)]
     Deploy(DeployCommand),
     /// Roll an environment back with one event.
+    #[command(
+        after_help = "Example:\n  fleetlog rollback --service checkout --env prod --reason \"checkout errors up 4x on canaries\""
+    )]
     Rollback(RollbackArgs),
-    /// Deployment freezes.
+    /// Stop deployments to an environment for a while, and allow them again.
     #[command(subcommand)]
     Freeze(FreezeCommand),
     /// What should run and does run on every host, now or at a past moment.
+    #[command(
+        after_help = "Examples:\n  fleetlog fleet --service checkout --env prod\n  fleetlog fleet --service checkout --env prod --at-seq 18"
+    )]
     Fleet(FleetArgs),
     /// One host in every environment, with its recent history.
+    #[command(after_help = "Example:\n  fleetlog host web-2")]
     Host(HostArgs),
     /// Hosts whose registration, desired or observed release changed between two moments.
+    #[command(after_help = "Example:\n  fleetlog diff --from 12 --to 19 --service checkout --env prod")]
     Diff(DiffArgs),
-    /// Read the log.
+    /// Read the log, filtered.
+    #[command(after_help = "Example:\n  fleetlog history --service checkout --env prod --type wave. --limit 20")]
     History(HistoryArgs),
     /// Follow the log as it grows.
+    #[command(after_help = "Example:\n  fleetlog tail --service checkout --from-seq 18")]
     Tail(TailArgs),
     /// Append an event of any type.
+    #[command(
+        after_help = "Example:\n  fleetlog append --type myapp.config.changed --service checkout --env prod --data '{\"key\":\"timeout\",\"value\":30}' --id cfg-118"
+    )]
     Append(AppendArgs),
     /// Keep one host of one environment on its desired release: watch the ledger, run a command
     /// for every directive, report the outcome. `--server` may list several URLs, comma-separated.
+    #[command(
+        after_help = "Example:\n  fleetlog agent --server http://127.0.0.1:7071,http://127.0.0.1:7072,http://127.0.0.1:7073 --host web-1 --service checkout --env prod --group canary --state-dir /var/lib/fleetlog-agent --exec 'deploy-checkout \"$FLEETLOG_RELEASE\"'"
+    )]
     Agent(AgentArgs),
     /// Check the ledger without trusting the server: the signed checkpoint against a pinned key,
     /// consistency with the checkpoint seen last time, inclusion proofs of sampled (or named)
     /// events; or, offline, an export against a checkpoint; or the audit trail of a release.
+    #[command(
+        after_help = "Examples:\n  fleetlog verify --key \"$(curl -s http://127.0.0.1:7070/v1/checkpoint/key)\"\n  fleetlog verify --seq 14,19\n  fleetlog verify --release checkout@1.4.2\n  fleetlog verify --export ledger.ndjson --checkpoint checkpoint.txt"
+    )]
     Verify(VerifyArgs),
-    /// Tokens for `serve --token-file`.
+    /// Make tokens for `serve --token-file`.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Load generators that measure a running server, and in-process measures of the apply step.
@@ -236,8 +264,10 @@ pub struct AgentArgs {
     /// The host this agent runs on, as registered in the fleet.
     #[arg(long)]
     pub host: String,
+    /// The service whose release the agent keeps on the host.
     #[arg(long)]
     pub service: String,
+    /// The environment the host belongs to.
     #[arg(long)]
     pub env: String,
     /// Shell command run for each directive, with FLEETLOG_SERVICE, FLEETLOG_ENV, FLEETLOG_RELEASE,
@@ -338,12 +368,15 @@ pub struct ServeArgs {
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     /// Make a token: prints the token on the first line and its token-file line on the second.
+    #[command(
+        after_help = "Examples:\n  fleetlog token create --role deployer --name ci\n  fleetlog token create --role agent --name web-agents --hosts web-1,web-2 --expires 2027-01-01T00:00:00Z"
+    )]
     Create(TokenCreateArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct TokenCreateArgs {
-    /// admin, deployer, agent or auditor.
+    /// What the token may do: admin, deployer, agent or auditor.
     #[arg(long)]
     pub role: String,
     /// The principal: the actor of every event appended with this token (default: ROLE-RANDOM).
@@ -360,14 +393,21 @@ pub struct TokenCreateArgs {
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Form a cluster from members started with `serve --node-id`.
+    #[command(
+        after_help = "Example:\n  fleetlog cluster init --server http://127.0.0.1:7071 --members 1=127.0.0.1:7071,2=127.0.0.1:7072,3=127.0.0.1:7073"
+    )]
     Init(ClusterInitArgs),
     /// Add a node that copies the log without voting (a read replica, or a voter-to-be).
+    #[command(after_help = "Example:\n  fleetlog cluster add-learner --node-id 4 --addr 127.0.0.1:7074")]
     AddLearner(ClusterAddLearnerArgs),
     /// Make a learner a voter.
+    #[command(after_help = "Example:\n  fleetlog cluster promote --node-id 4")]
     Promote(ClusterNodeArgs),
     /// Remove a node from the cluster.
+    #[command(after_help = "Example:\n  fleetlog cluster remove --node-id 2")]
     Remove(ClusterNodeArgs),
-    /// Leader, term, and every node's log, applied index and lag.
+    /// Show the leader, the term, every node's log, applied index and lag, and the checkpoint key.
+    #[command(after_help = "Example:\n  fleetlog cluster status")]
     Status,
 }
 
@@ -380,6 +420,7 @@ pub struct ClusterInitArgs {
 
 #[derive(Args, Debug)]
 pub struct ClusterAddLearnerArgs {
+    /// Id of the new node, as given to its `serve --node-id` (never reused).
     #[arg(long)]
     pub node_id: u64,
     /// Address the new node serves on.
@@ -389,6 +430,7 @@ pub struct ClusterAddLearnerArgs {
 
 #[derive(Args, Debug)]
 pub struct ClusterNodeArgs {
+    /// Id of the node.
     #[arg(long)]
     pub node_id: u64,
 }
@@ -409,13 +451,20 @@ pub struct DevArgs {
 #[derive(Subcommand, Debug)]
 pub enum ReleaseCommand {
     /// Record that a release of a service exists.
+    #[command(
+        after_help = "Example:\n  fleetlog release create --service checkout --release 1.4.2 --notes \"faster cart\" --commit 9f3c2a1 --id checkout-1.4.2"
+    )]
     Create {
+        /// The service the release belongs to.
         #[arg(long)]
         service: String,
+        /// The release's name or version.
         #[arg(long)]
         release: String,
+        /// Where the release's build can be found (an image, a package, a URL).
         #[arg(long)]
         artifact: Option<String>,
+        /// Notes about the release.
         #[arg(long)]
         notes: Option<String>,
         /// A commit in the release (repeatable).
@@ -426,25 +475,39 @@ pub enum ReleaseCommand {
         id: Option<String>,
     },
     /// Forbid deploying a release or rolling back to it.
+    #[command(
+        after_help = "Example:\n  fleetlog release block --service checkout --release 1.4.2 --reason \"checkout errors up 4x on canaries\""
+    )]
     Block {
+        /// The service the release belongs to.
         #[arg(long)]
         service: String,
+        /// The release to block.
         #[arg(long)]
         release: String,
+        /// Why the release is blocked.
         #[arg(long)]
         reason: String,
     },
     /// Allow a blocked release again.
+    #[command(
+        after_help = "Example:\n  fleetlog release unblock --service checkout --release 1.4.2 --reason \"cart timeout fixed in config\""
+    )]
     Unblock {
+        /// The service the release belongs to.
         #[arg(long)]
         service: String,
+        /// The release to allow again.
         #[arg(long)]
         release: String,
+        /// Why the release is allowed again.
         #[arg(long)]
         reason: String,
     },
     /// Releases of a service with their timelines.
+    #[command(after_help = "Example:\n  fleetlog release list --service checkout")]
     List {
+        /// The service whose releases to list.
         #[arg(long)]
         service: String,
     },
@@ -453,25 +516,36 @@ pub enum ReleaseCommand {
 #[derive(Subcommand, Debug)]
 pub enum TargetCommand {
     /// Add a host to the fleet of (service, env).
+    #[command(
+        after_help = "Example:\n  fleetlog target register --service checkout --env prod --host web-1 --group canary --label zone=eu-1a"
+    )]
     Register {
+        /// The service the host runs.
         #[arg(long)]
         service: String,
+        /// The environment the host belongs to.
         #[arg(long)]
         env: String,
+        /// The host's name.
         #[arg(long)]
         host: String,
+        /// Group the host belongs to (waves can select hosts by group).
         #[arg(long)]
         group: Option<String>,
-        /// key=value (repeatable).
+        /// A label as key=value (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
     },
     /// Remove a host from the fleet (its history stays).
+    #[command(after_help = "Example:\n  fleetlog target deregister --service checkout --env prod --host web-6")]
     Deregister {
+        /// The service the host runs.
         #[arg(long)]
         service: String,
+        /// The environment the host belongs to.
         #[arg(long)]
         env: String,
+        /// The host to remove.
         #[arg(long)]
         host: String,
     },
@@ -479,20 +553,25 @@ pub enum TargetCommand {
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
+    /// The service the host runs.
     #[arg(long)]
     pub service: String,
+    /// The environment the host belongs to.
     #[arg(long)]
     pub env: String,
+    /// The host reporting.
     #[arg(long)]
     pub host: String,
+    /// The release the host runs or is installing.
     #[arg(long)]
     pub release: String,
-    /// applying, running or failed.
+    /// The host's state: applying, running or failed.
     #[arg(long)]
     pub status: String,
     /// Seq of the directive the host applied.
     #[arg(long, default_value_t = 0)]
     pub applied_seq: u64,
+    /// A short note, such as why the release failed.
     #[arg(long)]
     pub message: Option<String>,
 }
@@ -500,11 +579,17 @@ pub struct ReportArgs {
 #[derive(Subcommand, Debug)]
 pub enum DeployCommand {
     /// Start a deployment of a release in waves.
+    #[command(
+        after_help = "Example:\n  fleetlog deploy start --service checkout --env prod --release 1.4.2 --id d-2 --wave canary:group=canary --wave rest:percent=100"
+    )]
     Start {
+        /// The service to deploy.
         #[arg(long)]
         service: String,
+        /// The environment to deploy to.
         #[arg(long)]
         env: String,
+        /// The release to deploy.
         #[arg(long)]
         release: String,
         /// NAME:percent=N, NAME:group=G or NAME:hosts=a,b (repeatable, in order).
@@ -515,11 +600,15 @@ pub enum DeployCommand {
         id: Option<String>,
     },
     /// Start a wave (or complete it with --complete); says how many hosts it selected.
-    ///
-    /// Example: fleetlog deploy wave d-2 canary --wait --timeout-seconds 300
+    #[command(
+        after_help = "Examples:\n  fleetlog deploy wave d-2 canary --wait --timeout-seconds 300\n  fleetlog deploy wave d-2 canary --complete"
+    )]
     Wave {
+        /// The deployment's id.
         deployment: String,
+        /// The wave's name.
         wave: String,
+        /// Complete the wave instead of starting it.
         #[arg(long)]
         complete: bool,
         /// After starting the wave, wait for its hosts as `deploy wait` does (same exit codes).
@@ -530,11 +619,13 @@ pub enum DeployCommand {
         timeout_seconds: u64,
     },
     /// Wait until the hosts of a wave (or of every started wave) have converged, showing their
-    /// progress. Exit code 0: converged; 1: a host failed, or the deployment was aborted or rolled
-    /// back; 2: timed out.
+    /// progress.
     ///
-    /// Example: fleetlog deploy wait d-2 --wave canary --timeout-seconds 300
+    /// Exit code 0: converged; 1: a host failed, or the deployment was aborted or rolled back;
+    /// 2: timed out.
+    #[command(after_help = "Example:\n  fleetlog deploy wait d-2 --wave canary --timeout-seconds 300")]
     Wait {
+        /// The deployment's id.
         deployment: String,
         /// The wave to wait for (default: every wave started so far).
         #[arg(long)]
@@ -547,20 +638,33 @@ pub enum DeployCommand {
         interval_ms: u64,
     },
     /// Complete a deployment whose waves are all completed.
-    Complete { deployment: String },
-    /// Abort a deployment (hosts keep their desired release; use rollback to revert).
-    Abort {
+    #[command(after_help = "Example:\n  fleetlog deploy complete d-1")]
+    Complete {
+        /// The deployment's id.
         deployment: String,
+    },
+    /// Abort a deployment (hosts keep their desired release; use rollback to revert).
+    #[command(after_help = "Example:\n  fleetlog deploy abort d-2 --reason \"canary healthchecks failing\"")]
+    Abort {
+        /// The deployment's id.
+        deployment: String,
+        /// Why the deployment is aborted.
         #[arg(long)]
         reason: String,
     },
     /// One deployment's progress, or the latest deployments.
+    #[command(
+        after_help = "Examples:\n  fleetlog deploy status d-2\n  fleetlog deploy status d-2 --at-seq 18\n  fleetlog deploy status --service checkout --env prod"
+    )]
     Status {
+        /// The deployment's id (default: list the latest deployments).
         deployment: Option<String>,
         #[command(flatten)]
         moment: MomentArgs,
+        /// List only deployments of this service.
         #[arg(long)]
         service: Option<String>,
+        /// List only deployments to this environment.
         #[arg(long)]
         env: Option<String>,
     },
@@ -568,10 +672,13 @@ pub enum DeployCommand {
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
+    /// The service to roll back.
     #[arg(long)]
     pub service: String,
+    /// The environment to roll back.
     #[arg(long)]
     pub env: String,
+    /// Why the environment is rolled back.
     #[arg(long)]
     pub reason: String,
     /// Target release (default: the last completed release before the one rolled back).
@@ -581,19 +688,33 @@ pub struct RollbackArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum FreezeCommand {
+    /// Stop new deployments and waves to an environment (rollbacks are still allowed).
+    #[command(
+        after_help = "Example:\n  fleetlog freeze start --service checkout --env prod --reason \"holiday sales\""
+    )]
     Start {
+        /// The service to freeze.
         #[arg(long)]
         service: String,
+        /// The environment to freeze.
         #[arg(long)]
         env: String,
+        /// Why deployments are stopped.
         #[arg(long)]
         reason: String,
     },
+    /// Allow deployments to a frozen environment again.
+    #[command(
+        after_help = "Example:\n  fleetlog freeze end --service checkout --env prod --reason \"sales are over\""
+    )]
     End {
+        /// The frozen service.
         #[arg(long)]
         service: String,
+        /// The frozen environment.
         #[arg(long)]
         env: String,
+        /// Why deployments are allowed again.
         #[arg(long, default_value = "freeze ended")]
         reason: String,
     },
@@ -611,8 +732,10 @@ pub struct MomentArgs {
 
 #[derive(Args, Debug)]
 pub struct FleetArgs {
+    /// Show only hosts of this service.
     #[arg(long)]
     pub service: Option<String>,
+    /// Show only hosts of this environment.
     #[arg(long)]
     pub env: Option<String>,
     #[command(flatten)]
@@ -621,6 +744,7 @@ pub struct FleetArgs {
 
 #[derive(Args, Debug)]
 pub struct HostArgs {
+    /// The host's name.
     pub host: String,
     #[command(flatten)]
     pub moment: MomentArgs,
@@ -631,18 +755,25 @@ pub struct FilterArgs {
     /// Event type, or a prefix ending in a dot (wave.).
     #[arg(long = "type")]
     pub event_type: Option<String>,
+    /// Only events of this stream (such as checkout/prod).
     #[arg(long)]
     pub stream: Option<String>,
+    /// Only events of this service.
     #[arg(long)]
     pub service: Option<String>,
+    /// Only events of this environment.
     #[arg(long)]
     pub env: Option<String>,
+    /// Only events about this host.
     #[arg(long)]
     pub host: Option<String>,
+    /// Only events about this release.
     #[arg(long)]
     pub release: Option<String>,
+    /// Only events of this deployment.
     #[arg(long)]
     pub deployment: Option<String>,
+    /// Only events appended by this actor (a token's name, or anonymous).
     #[arg(long)]
     pub actor: Option<String>,
     /// Events at or after this time (RFC 3339).
@@ -687,8 +818,10 @@ pub struct DiffArgs {
     /// To this moment (default: now).
     #[arg(long)]
     pub to: Option<String>,
+    /// Show only hosts of this service.
     #[arg(long)]
     pub service: Option<String>,
+    /// Show only hosts of this environment.
     #[arg(long)]
     pub env: Option<String>,
 }
@@ -700,6 +833,7 @@ pub struct HistoryArgs {
     /// The log as it stood at this time (RFC 3339): the newest --limit events at or before it.
     #[arg(long, conflicts_with = "until")]
     pub at: Option<String>,
+    /// First seq to read.
     #[arg(long, default_value_t = 1)]
     pub from_seq: u64,
     /// Events to print at most.
@@ -718,26 +852,34 @@ pub struct TailArgs {
 
 #[derive(Args, Debug)]
 pub struct AppendArgs {
+    /// Event type, dotted lowercase (such as myapp.config.changed).
     #[arg(long = "type")]
     pub event_type: String,
+    /// Stream to append to (default: SERVICE/ENV when both are given, else _global).
     #[arg(long)]
     pub stream: Option<String>,
+    /// The service the event is about.
     #[arg(long)]
     pub service: Option<String>,
+    /// The environment the event is about.
     #[arg(long)]
     pub env: Option<String>,
+    /// The host the event is about.
     #[arg(long)]
     pub host: Option<String>,
+    /// The release the event is about.
     #[arg(long)]
     pub release: Option<String>,
+    /// The deployment the event is about.
     #[arg(long)]
     pub deployment: Option<String>,
-    /// JSON object.
+    /// The event's data, a JSON object.
     #[arg(long)]
     pub data: Option<String>,
+    /// Idempotency key: retrying with the same id never appends twice.
     #[arg(long)]
     pub id: Option<String>,
-    /// any, no_stream, exists or a version number.
+    /// Append only if the stream is at this version: any, no_stream, exists or a version number.
     #[arg(long)]
     pub expected_version: Option<String>,
 }

@@ -21,6 +21,8 @@ use crate::output::print;
 /// error on the way never leaves them running. `fleetlog dev` and `fleetlog bench compare` use it.
 pub struct LocalCluster {
     children: Vec<Child>,
+    /// Positions in `children` of the nodes already reported as exited.
+    reported: Vec<usize>,
     /// Node id and `HOST:PORT`, in id order.
     pub members: Vec<(u64, String)>,
     /// Whether this start formed the cluster (false: it had been formed before).
@@ -47,7 +49,7 @@ impl LocalCluster {
     pub async fn start(data: &Path, members: Vec<(u64, String)>) -> Result<LocalCluster> {
         let executable = std::env::current_exe().context("cannot find the fleetlog executable")?;
         std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
-        let mut cluster = LocalCluster { children: Vec::new(), members, formed: false };
+        let mut cluster = LocalCluster { children: Vec::new(), reported: Vec::new(), members, formed: false };
         for (id, address) in &cluster.members {
             let log_path = data.join(format!("node-{id}.log"));
             let log =
@@ -77,6 +79,21 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Nodes that exited since the last call, with how they ended (each reported once).
+    pub fn newly_exited(&mut self) -> Vec<(u64, std::process::ExitStatus)> {
+        let mut exited = Vec::new();
+        for (index, child) in self.children.iter_mut().enumerate() {
+            if self.reported.contains(&index) {
+                continue;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                self.reported.push(index);
+                exited.push((self.members[index].0, status));
+            }
+        }
+        exited
+    }
+
     /// `http://HOST:PORT` of each node, in id order.
     pub fn urls(&self) -> Vec<String> {
         self.members.iter().map(|(_, address)| format!("http://{address}")).collect()
@@ -98,14 +115,32 @@ pub async fn run(output: Output, args: DevArgs) -> Result<()> {
     } else {
         eprintln!("cluster already formed");
     }
+    let mut cluster = cluster;
     let first = Client::new(&cluster.urls()[0])?;
     print(output, &first.get("/v1/cluster", &[]).await?, render_status);
-    eprintln!("try: fleetlog --server {} cluster status; Ctrl-C stops the cluster", first.base());
-    crate::serve::shutdown_signal().await;
+    eprintln!("try: fleetlog --server {} cluster status; Ctrl-C stops the cluster", cluster.urls().join(","));
+    let shutdown = crate::serve::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut check = tokio::time::interval(NODE_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = check.tick() => {
+                // A node that dies is said at once, with where to look; the others keep running.
+                for (id, status) in cluster.newly_exited() {
+                    let log = args.data.join(format!("node-{id}.log"));
+                    eprintln!("node {id} exited ({status}); its log: {}; the other nodes keep running", log.display());
+                }
+            }
+        }
+    }
     eprintln!("stopping {} nodes", args.nodes);
     drop(cluster);
     Ok(())
 }
+
+/// How often `fleetlog dev` looks for nodes that exited.
+const NODE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Polls `path` on `client` until it answers 2xx, for up to a minute.
 async fn wait_until_ok(client: &Client, path: &str, failure: &str) -> Result<()> {

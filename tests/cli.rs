@@ -305,3 +305,70 @@ async fn deploy_wait_ends_with_a_code_scripts_can_use() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("has no wave \"nosuch\""), "{text}");
 }
+
+/// `--server` takes a list, as the agent's does: a node that cannot be reached is skipped, and
+/// when none can be, the error names each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_fails_over_to_the_next_server() {
+    let server = Server::start().await;
+    let (first, second) =
+        (format!("http://127.0.0.1:{}", common::free_port()), format!("http://127.0.0.1:{}", common::free_port()));
+    let list = format!("{first}, {}", server.url);
+    let output = Command::new(binary())
+        .args(["--server", &list, "release", "create", "--service", "shop", "--release", "1.0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("seq 1 release.created"), "{stdout}");
+
+    let (ok, stderr) = fleetlog_failing(&["--server", &format!("{first},{second}"), "fleet"]);
+    assert!(!ok && stderr.contains("connection refused"), "{stderr}");
+    assert!(stderr.contains(&format!("also unreachable: {first}")), "{stderr}");
+}
+
+/// `fleetlog dev` says so when one of its nodes dies, naming the node and its log.
+#[test]
+fn dev_reports_a_node_that_died() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::TempDir::new().unwrap();
+    let port = common::free_port();
+    let mut dev = Command::new(binary())
+        .args(["dev", "--nodes", "1", "--base-port", &port.to_string(), "--data"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(dev.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while let Ok(line) = received.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("fleetlog dev never said {needle:?}");
+    };
+    wait_for("try: fleetlog --server");
+    // The node is dev's only child: kill it as a crash would.
+    let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", dev.id(), dev.id())).unwrap();
+    let node: i32 = children.split_whitespace().next().expect("a node process").parse().unwrap();
+    // SAFETY: sending a signal to a process this test started (through dev).
+    unsafe {
+        libc::kill(node, libc::SIGKILL);
+    }
+    let line = wait_for("exited");
+    assert!(line.contains("node 1 exited") && line.contains("node-1.log"), "{line}");
+    // SAFETY: as above; dev stops on SIGTERM.
+    unsafe {
+        libc::kill(dev.id() as i32, libc::SIGTERM);
+    }
+    let _ = dev.wait();
+}

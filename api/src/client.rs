@@ -1,6 +1,8 @@
 //! A small HTTP client for the CLI: JSON calls that turn API errors into [`ClientError`], and a
 //! reader for Server-Sent Events.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -23,22 +25,40 @@ pub struct Credentials {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// A client of one server, or of a list of servers it fails over between: a request goes to the
+/// server that answered last, and moves on to the next only when a connection could not be
+/// made (nothing was sent, so trying another node is always safe).
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// Index in `bases` of the server that answered last.
+    current: Arc<AtomicUsize>,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`.
+    /// `base` is the server's URL, e.g. `http://127.0.0.1:7070`, or several, comma-separated.
     pub fn new(base: &str) -> Result<Client, ClientError> {
         Client::configured(base, &Credentials::default())
     }
 
     /// A client that sends the token with every request and trusts the CA for https URLs.
-    pub fn configured(base: &str, credentials: &Credentials) -> Result<Client, ClientError> {
-        let base = base.trim_end_matches('/').to_string();
-        check_server_url(&base)?;
+    /// `servers` is one URL or a comma-separated list to fail over between.
+    pub fn configured(servers: &str, credentials: &Credentials) -> Result<Client, ClientError> {
+        let bases: Vec<String> = servers
+            .split(',')
+            .map(|base| base.trim().trim_end_matches('/').to_string())
+            .filter(|base| !base.is_empty())
+            .collect();
+        let Some(base) = bases.first().cloned() else {
+            return Err(ClientError::Transport {
+                url: servers.to_string(),
+                reason: "no server given (set one with --server or FLEETLOG_SERVER)".to_string(),
+            });
+        };
+        for base in &bases {
+            check_server_url(base)?;
+        }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = credentials.token.as_deref().filter(|token| !token.is_empty()) {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -63,28 +83,22 @@ impl Client {
         }
         let http =
             builder.build().map_err(|error| ClientError::Transport { url: base.clone(), reason: error.to_string() })?;
-        Ok(Client { base, http })
+        Ok(Client { bases: Arc::new(bases), current: Arc::default(), http })
     }
 
+    /// The server that answered last (the first of the list before any answer).
     pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
-        let url = self.url(path);
-        let request = self.http.get(&url).query(query).timeout(Duration::from_secs(60));
-        self.send(url, request).await
+        self.send(path, |url| self.http.get(url).query(query).timeout(Duration::from_secs(60))).await
     }
 
     /// A GET whose successful answer is text (a signed checkpoint, a key); errors are still JSON.
     pub async fn get_text(&self, path: &str, query: &[(&str, String)]) -> Result<String, ClientError> {
-        let url = self.url(path);
-        let request = self.http.get(&url).query(query).timeout(Duration::from_secs(60));
-        let (status, bytes) = self.exchange(&url, request).await?;
+        let (url, status, bytes) =
+            self.exchange(path, |url| self.http.get(url).query(query).timeout(Duration::from_secs(60))).await?;
         if !status.is_success() {
             return Err(error_from(&url, status, &bytes));
         }
@@ -93,15 +107,11 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let url = self.url(path);
-        let request = self.http.post(&url).json(body).timeout(Duration::from_secs(60));
-        self.send(url, request).await
+        self.send(path, |url| self.http.post(url).json(body).timeout(Duration::from_secs(60))).await
     }
 
     pub async fn delete(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let url = self.url(path);
-        let request = self.http.delete(&url).json(body).timeout(Duration::from_secs(60));
-        self.send(url, request).await
+        self.send(path, |url| self.http.delete(url).json(body).timeout(Duration::from_secs(60))).await
     }
 
     /// Any method, with a body when given, and a caller-chosen timeout (membership changes wait
@@ -113,29 +123,63 @@ impl Client {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Value, ClientError> {
-        let url = self.url(path);
-        let mut request = self.http.request(method, &url).timeout(timeout);
-        if let Some(body) = body {
-            request = request.json(body);
+        self.send(path, |url| {
+            let request = self.http.request(method.clone(), url).timeout(timeout);
+            match body {
+                Some(body) => request.json(body),
+                None => request,
+            }
+        })
+        .await
+    }
+
+    /// Sends the request `build` makes for a URL to the current server, and to the next ones in
+    /// turn while a connection cannot be made; the server that answers becomes the current one.
+    async fn response(
+        &self,
+        path: &str,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<(String, reqwest::Response), ClientError> {
+        let count = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % count;
+        let mut unreachable = Vec::new();
+        for offset in 0..count {
+            let index = (first + offset) % count;
+            let url = format!("{}{}", self.bases[index], path);
+            match build(&url).send().await {
+                Ok(response) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok((url, response));
+                }
+                Err(error) if error.is_connect() && offset + 1 < count => unreachable.push(self.bases[index].clone()),
+                Err(error) => {
+                    let mut reason = describe(&error);
+                    if !unreachable.is_empty() {
+                        reason.push_str(&format!("; also unreachable: {}", unreachable.join(", ")));
+                    }
+                    return Err(ClientError::Transport { url, reason });
+                }
+            }
         }
-        self.send(url, request).await
+        unreachable!("the loop returns on its last server")
     }
 
     async fn exchange(
         &self,
-        url: &str,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(reqwest::StatusCode, bytes::Bytes), ClientError> {
-        let transport =
-            |error: reqwest::Error| ClientError::Transport { url: url.to_string(), reason: describe(&error) };
-        let response = request.send().await.map_err(transport)?;
+        path: &str,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<(String, reqwest::StatusCode, bytes::Bytes), ClientError> {
+        let (url, response) = self.response(path, build).await?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(transport)?;
-        Ok((status, bytes))
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| ClientError::Transport { url: url.clone(), reason: describe(&error) })?;
+        Ok((url, status, bytes))
     }
 
-    async fn send(&self, url: String, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let (status, bytes) = self.exchange(&url, request).await?;
+    async fn send(&self, path: &str, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let (url, status, bytes) = self.exchange(path, build).await?;
         if !status.is_success() {
             return Err(error_from(&url, status, &bytes));
         }
@@ -152,15 +196,15 @@ impl Client {
         query: &[(&str, String)],
         last_event_id: Option<u64>,
     ) -> Result<SseReader, ClientError> {
-        let url = self.url(path);
-        let mut request = self.http.get(&url).query(query).header("accept", "text/event-stream");
-        if let Some(seen) = last_event_id {
-            request = request.header("last-event-id", seen.to_string());
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| ClientError::Transport { url: url.clone(), reason: describe(&error) })?;
+        let (url, response) = self
+            .response(path, |url| {
+                let request = self.http.get(url).query(query).header("accept", "text/event-stream");
+                match last_event_id {
+                    Some(seen) => request.header("last-event-id", seen.to_string()),
+                    None => request,
+                }
+            })
+            .await?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let body: Value = response.json().await.unwrap_or(Value::Null);
