@@ -187,9 +187,20 @@ fn render_deployment(deployment: &Value) -> String {
 
 pub fn render_releases(view: &Value) -> String {
     let mut text = String::new();
-    for release in view["releases"].as_array().into_iter().flatten() {
-        let blocked = if release["blocked"] == Value::Bool(true) { " [blocked]" } else { "" };
+    let releases = view["releases"].as_array().map_or(&[][..], Vec::as_slice);
+    text.push_str(&format!("RELEASES ({}), oldest first, each with its timeline\n", releases.len()));
+    for release in releases {
+        let blocked = match release["blocked_reason"].as_str() {
+            Some(reason) if release["blocked"] == Value::Bool(true) => format!(" [blocked: {reason}]"),
+            _ if release["blocked"] == Value::Bool(true) => " [blocked]".to_string(),
+            _ => String::new(),
+        };
         text.push_str(&format!("{}@{}{}\n", cell(&release["service"]), cell(&release["release"]), blocked));
+        for field in ["artifact", "notes"] {
+            if let Some(value) = release[field].as_str() {
+                text.push_str(&format!("  {field}: {value}\n"));
+            }
+        }
         for entry in release["timeline"].as_array().into_iter().flatten() {
             let mut line = format!(
                 "  seq {:>6}  {}  {:<20} by {}",
@@ -207,6 +218,7 @@ pub fn render_releases(view: &Value) -> String {
             text.push('\n');
         }
     }
+    text.push_str("\nENVIRONMENTS\n");
     let mut environments = Table::new(&["ENV", "DESIRED", "ACTIVE DEPLOYMENT", "FROZEN"]);
     for environment in view["environments"].as_array().into_iter().flatten() {
         environments.row(vec![

@@ -372,3 +372,30 @@ fn dev_reports_a_node_that_died() {
     }
     let _ = dev.wait();
 }
+
+/// `release list` shows a release's notes and artifact, under a heading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_list_shows_notes_under_a_heading() {
+    let server = Server::start().await;
+    fleetlog(
+        &server,
+        &[
+            "release",
+            "create",
+            "--service",
+            "shop",
+            "--release",
+            "2.0",
+            "--notes",
+            "faster cart",
+            "--artifact",
+            "shop:2.0",
+        ],
+    );
+    let listed = fleetlog(&server, &["release", "list", "--service", "shop"]);
+    assert!(listed.starts_with("RELEASES (1)"), "{listed}");
+    assert!(listed.contains("shop@2.0\n  artifact: shop:2.0\n  notes: faster cart\n"), "{listed}");
+    assert!(listed.contains("\nENVIRONMENTS\n"), "{listed}");
+    let json = fleetlog_json(&server, &["release", "list", "--service", "shop"]);
+    assert_eq!(json["releases"][0]["notes"], "faster cart");
+}

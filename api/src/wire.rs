@@ -146,6 +146,8 @@ pub fn release(view: &ReleaseView) -> Value {
         "created": step(&view.record.created),
         "blocked": view.record.blocked.is_some(),
         "blocked_reason": view.record.blocked.as_ref().map(|block| block.reason.clone()),
+        "artifact": view.record.artifact,
+        "notes": view.record.notes,
         "timeline": view.timeline.iter().map(timeline_entry).collect::<Vec<_>>(),
     })
 }

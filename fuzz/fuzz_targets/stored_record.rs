@@ -4,7 +4,9 @@
 
 use fleetlog_raft::codec;
 use fleetlog_raft::event::Event;
-use fleetlog_raft::records::{DeploymentRecord, EnvironmentRecord, Head, HostRecord, ReleaseRecord};
+use fleetlog_raft::records::{
+    DeploymentRecord, EnvironmentRecord, Head, HostRecord, LayerRecord, ReleaseRecord, Tally,
+};
 use fleetlog_raft::types::Entry;
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
@@ -19,13 +21,15 @@ fn round_trip<T: Serialize + DeserializeOwned>(bytes: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, bytes)) = data.split_first() else { return };
-    match kind % 7 {
+    match kind % 9 {
         0 => round_trip::<Event>(bytes),
         1 => round_trip::<HostRecord>(bytes),
         2 => round_trip::<DeploymentRecord>(bytes),
         3 => round_trip::<ReleaseRecord>(bytes),
         4 => round_trip::<EnvironmentRecord>(bytes),
         5 => round_trip::<Head>(bytes),
+        6 => round_trip::<LayerRecord>(bytes),
+        7 => round_trip::<Tally>(bytes),
         _ => round_trip::<Entry>(bytes),
     }
 });

@@ -166,6 +166,9 @@ pub struct ReleaseRecord {
     pub release: String,
     pub created: Step,
     pub blocked: Option<Block>,
+    /// What `release.created` said the release is made of, and its notes.
+    pub artifact: Option<String>,
+    pub notes: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

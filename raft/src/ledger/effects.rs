@@ -71,7 +71,7 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
         registration: None,
     };
     match command {
-        Command::ReleaseCreated => release_created(state, context)?,
+        Command::ReleaseCreated { artifact, notes } => release_created(state, context, artifact, notes)?,
         Command::ReleaseBlocked { reason } => release_blocking(state, context, true, reason)?,
         Command::ReleaseUnblocked { reason } => release_blocking(state, context, false, reason)?,
         Command::TargetRegistered { group, labels } => {
@@ -104,14 +104,25 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
     Ok(effect)
 }
 
-fn release_created(state: &mut Overlay<'_>, context: &Context<'_>) -> Step<()> {
+fn release_created(
+    state: &mut Overlay<'_>,
+    context: &Context<'_>,
+    artifact: &Option<String>,
+    notes: &Option<String>,
+) -> Step<()> {
     let service = context.field(&context.proposal.service, "service")?;
     let release = context.field(&context.proposal.release, "release")?;
     if records::release(state, &service, &release)?.is_some() {
         return reject(RejectionCode::ReleaseExists, format!("release {service}@{release} already exists"));
     }
-    let record =
-        ReleaseRecord { service: service.clone(), release: release.clone(), created: context.step(), blocked: None };
+    let record = ReleaseRecord {
+        service: service.clone(),
+        release: release.clone(),
+        created: context.step(),
+        blocked: None,
+        artifact: artifact.clone(),
+        notes: notes.clone(),
+    };
     records::write_versioned(state, &release_key(&service, &release), context.seq, &record)?;
     timeline(state, context, &service, &release, "created", None, None, None, None)
 }

@@ -13,7 +13,10 @@ use crate::rejection::{Rejection, RejectionCode};
 /// What a proposed event means to the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    ReleaseCreated,
+    ReleaseCreated {
+        artifact: Option<String>,
+        notes: Option<String>,
+    },
     ReleaseBlocked {
         reason: String,
     },
@@ -199,10 +202,10 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
     let command = match event.event_type.as_str() {
         "release.created" => {
             envelope(event, &SERVICE_RELEASE)?;
-            data.optional_text("artifact", REASON_CHARS_MAX)?;
-            data.optional_text("notes", REASON_CHARS_MAX)?;
+            let artifact = data.optional_text("artifact", REASON_CHARS_MAX)?;
+            let notes = data.optional_text("notes", REASON_CHARS_MAX)?;
             data.optional_text_list("commits")?;
-            Command::ReleaseCreated
+            Command::ReleaseCreated { artifact, notes }
         }
         "release.blocked" => {
             envelope(event, &SERVICE_RELEASE)?;
