@@ -14,6 +14,13 @@ pub fn run(command: TokenCommand) -> Result<()> {
 fn create(args: TokenCreateArgs) -> Result<()> {
     let role = Role::parse(&args.role)
         .ok_or_else(|| anyhow!("--role {:?} is not a role: admin, deployer, agent or auditor", args.role))?;
+    // Said in the flags of this command, not in the token file's `hosts=` form.
+    if role == Role::Agent && args.hosts.is_empty() {
+        return Err(anyhow!("an agent token must name the hosts it may act for: add --hosts web-1,web-2"));
+    }
+    if role != Role::Agent && !args.hosts.is_empty() {
+        return Err(anyhow!("only agent tokens name hosts: drop --hosts, or use --role agent"));
+    }
     let name = match args.name {
         Some(name) => name,
         None => {

@@ -399,3 +399,13 @@ async fn release_list_shows_notes_under_a_heading() {
     let json = fleetlog_json(&server, &["release", "list", "--service", "shop"]);
     assert_eq!(json["releases"][0]["notes"], "faster cart");
 }
+
+/// `token create` names its own flag when an agent token lacks hosts (not the token file's
+/// `hosts=` form), and refuses hosts on other roles.
+#[test]
+fn token_create_names_the_hosts_flag() {
+    let (ok, stderr) = fleetlog_failing(&["token", "create", "--role", "agent", "--name", "web"]);
+    assert!(!ok && stderr.contains("--hosts web-1,web-2") && !stderr.contains("hosts=A"), "{stderr}");
+    let (ok, stderr) = fleetlog_failing(&["token", "create", "--role", "deployer", "--name", "ci", "--hosts", "web-1"]);
+    assert!(!ok && stderr.contains("only agent tokens name hosts"), "{stderr}");
+}
