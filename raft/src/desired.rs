@@ -18,6 +18,12 @@ pub fn resolve(layer: &LayerRecord, host: &HostRecord) -> Option<Desired> {
     if !host.registered {
         return None;
     }
+    resolve_registration(layer, host)
+}
+
+/// What `layer` assigns to the host's registration, registered now or not: the views show a
+/// host that left with what it had when it left (`layer` as of its deregistration).
+pub fn resolve_registration(layer: &LayerRecord, host: &HostRecord) -> Option<Desired> {
     for assignment in layer.assignments.iter().rev() {
         match assignment {
             Assignment::Rollback { release, seq } => {

@@ -102,12 +102,6 @@ pub trait KvRead {
         })?;
         Ok(found)
     }
-
-    /// [`KvRead::last_in`] of each range, in order. Stores that can serve many point-in-range
-    /// lookups from one cursor override it (RocksDB: one iterator instead of one per range).
-    fn last_in_each(&self, space: Space, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>> {
-        ranges.iter().map(|(start, end)| Ok(self.last_in(space, start, end)?.map(|(_, value)| value))).collect()
-    }
 }
 
 /// Pending writes: `None` deletes the key.

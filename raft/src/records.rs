@@ -325,21 +325,15 @@ pub fn write_versioned<T: Serialize>(overlay: &mut Overlay<'_>, key: &Key, seq: 
 
 /// The version of a record as of `seq` (the last one written at or before it).
 pub fn read_at<T: DeserializeOwned>(kv: &dyn KvRead, key: &Key, seq: u64) -> Result<Option<T>> {
-    let (start, end) = version_range(key, seq);
-    match kv.last_in(Space::History, &start, &end)? {
-        Some((_, bytes)) => Ok(Some(codec::decode(&bytes)?)),
-        None => Ok(None),
-    }
-}
-
-/// The range of `Space::History` whose last entry is the version of `key` as of `seq`.
-pub fn version_range(key: &Key, seq: u64) -> (Vec<u8>, Vec<u8>) {
     let start = key.clone().number(0).into_bytes();
     let end = match seq.checked_add(1) {
         Some(next) => key.clone().number(next).into_bytes(),
         None => prefix_end(key.bytes()),
     };
-    (start, end)
+    match kv.last_in(Space::History, &start, &end)? {
+        Some((_, bytes)) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
 }
 
 /// Current value, or the value as of `at_seq` when given.

@@ -270,9 +270,7 @@ impl<'a> Layers<'a> {
     fn resolve(&mut self, mut host: HostRecord) -> Result<HostRecord> {
         if !host.registered {
             let layer = records::layer_at(self.kv, &host.service, &host.env, host.changed_seq)?;
-            host.registered = true;
-            host.desired = desired::resolve(&layer, &host);
-            host.registered = false;
+            host.desired = desired::resolve_registration(&layer, &host);
             return Ok(host);
         }
         let layer = self.of(&host.service, &host.env)?;
@@ -284,24 +282,15 @@ impl<'a> Layers<'a> {
 /// current record when the host has not changed since, else its version then.
 fn hosts_as_of(kv: &dyn KvRead, prefix: &Key, at_seq: Option<u64>) -> Result<Vec<HostRecord>> {
     let mut hosts = Vec::new();
-    // Hosts changed since `at_seq`: their versions then, looked up together (one cursor).
-    let mut older = Vec::new();
     for (key, record) in records::scan_records::<HostRecord>(kv, prefix)? {
         match at_seq {
             Some(seq) if record.changed_seq > seq => {
-                older.push(records::version_range(&Key::record_from_bytes(key), seq));
+                if let Some(record) = records::read_at::<HostRecord>(kv, &Key::record_from_bytes(key), seq)? {
+                    hosts.push(record);
+                }
             }
             _ => hosts.push(record),
         }
-    }
-    for version in kv.last_in_each(Space::History, &older)?.into_iter().flatten() {
-        hosts.push(codec::decode(&version)?);
-    }
-    if !older.is_empty() {
-        // Back in key order: service, env, host.
-        hosts.sort_by(|left, right| {
-            (&left.service, &left.env, &left.host).cmp(&(&right.service, &right.env, &right.host))
-        });
     }
     Ok(hosts)
 }

@@ -6,7 +6,7 @@ mod common;
 use common::{all_events, append, note, open_when_free, start, stop};
 use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion};
 use fleetlog_raft::keys::META_LAYOUT;
-use fleetlog_raft::kv::{KvRead, Overlay, Space};
+use fleetlog_raft::kv::{Overlay, Space};
 use fleetlog_raft::storage::{snapshot, Database, LogStore, SnapshotFiles, StateMachine};
 use fleetlog_raft::types::{StorageError, TypeConfig};
 use fleetlog_raft::views::{self, EventFilter};
@@ -123,46 +123,6 @@ async fn a_data_directory_of_an_older_layout_is_refused_at_start() {
     let snapshots = SnapshotFiles::new(directory.path().join("snapshots")).unwrap();
     let error = StateMachine::open(database, snapshots).err().expect("an older layout must be refused").to_string();
     assert!(error.contains("older fleetlog") && error.contains("recreate the data directory"), "{error}");
-}
-
-/// Many "version as of" lookups from one RocksDB cursor find exactly what one lookup each finds,
-/// including a range whose end is itself a stored key and ranges with nothing in them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn versions_looked_up_together_match_one_lookup_each() {
-    let directory = TempDir::new().unwrap();
-    let database = Database::open(&directory.path().join("db")).unwrap();
-    let key = |name: &str| fleetlog_raft::keys::Key::empty().text(name);
-    {
-        let reader = database.reader();
-        let mut overlay = Overlay::new(&reader);
-        for (name, seqs) in [("a", vec![2u64, 5, 9]), ("b", vec![4]), ("d", vec![1, 7])] {
-            for seq in seqs {
-                overlay.put(Space::History, key(name).number(seq).into_bytes(), format!("{name}@{seq}").into_bytes());
-            }
-        }
-        let mut batch = rocksdb::WriteBatch::default();
-        database.add_writes(&mut batch, overlay.into_writes());
-        database.write_synced(batch).unwrap();
-    }
-    let reader = database.snapshot_reader();
-    let mut ranges = Vec::new();
-    for name in ["a", "b", "c", "d"] {
-        for seq in [0u64, 1, 3, 4, 5, 8, 9, 100] {
-            ranges.push(fleetlog_raft::records::version_range(&key(name), seq));
-        }
-    }
-    let together = reader.last_in_each(Space::History, &ranges).unwrap();
-    let one_each: Vec<Option<Vec<u8>>> = ranges
-        .iter()
-        .map(|(start, end)| reader.last_in(Space::History, start, end).unwrap().map(|(_, value)| value))
-        .collect();
-    assert_eq!(together, one_each);
-    let text = |value: &Option<Vec<u8>>| value.as_ref().map(|bytes| String::from_utf8(bytes.clone()).unwrap());
-    // a as of 4 is a@2; as of 5 (a key equal to the range's last seq) a@5; b before 4 nothing.
-    assert_eq!(text(&together[3]), Some("a@2".to_string()));
-    assert_eq!(text(&together[4]), Some("a@5".to_string()));
-    assert_eq!(text(&together[8 + 2]), None);
-    assert!(together[16..24].iter().all(Option::is_none), "c has no versions");
 }
 
 /// A snapshot file round-trips every key space; a damaged one is refused before anything is

@@ -237,26 +237,4 @@ impl KvRead for Reader<'_> {
         iterator.status()?;
         Ok(())
     }
-
-    fn last_in_each(&self, space: Space, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut iterator = self.database.raw().raw_iterator_cf_opt(self.database.space(space), self.options());
-        let mut found = Vec::with_capacity(ranges.len());
-        for (start, end) in ranges {
-            if start >= end {
-                found.push(None);
-                continue;
-            }
-            // The last key at or before `end`, then one back if it is `end` itself (exclusive).
-            iterator.seek_for_prev(end);
-            if iterator.key() == Some(end.as_slice()) {
-                iterator.prev();
-            }
-            iterator.status()?;
-            found.push(match (iterator.key(), iterator.value()) {
-                (Some(key), Some(value)) if key >= start.as_slice() => Some(value.to_vec()),
-                _ => None,
-            });
-        }
-        Ok(found)
-    }
 }
