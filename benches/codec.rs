@@ -45,7 +45,10 @@ fn host_record() -> HostRecord {
             applied_seq: 2_000,
             reported_seq: 2_013,
             reported_micros: TIME_MICROS,
+            message: None,
         }),
+        running: Some("2.0.0".into()),
+        failure: None,
         changed_seq: 2_013,
     }
 }

@@ -580,7 +580,7 @@ pub struct ReportArgs {
 pub enum DeployCommand {
     /// Start a deployment of a release in waves.
     #[command(
-        after_help = "Example:\n  fleetlog deploy start --service checkout --env prod --release 1.4.2 --id d-2 --wave canary:group=canary --wave rest:percent=100"
+        after_help = "Examples:\n  fleetlog deploy start --service checkout --env prod --release 1.4.2 --id d-2 --wave canary:group=canary --wave rest:percent=100\n  fleetlog deploy start --service checkout --env staging --release 1.4.2 --wave all:percent=100 --force \"hosts register after the start\""
     )]
     Start {
         /// The service to deploy.
@@ -598,10 +598,21 @@ pub enum DeployCommand {
         /// Deployment id (generated when absent).
         #[arg(long)]
         id: Option<String>,
+        /// Go ahead where a guard would refuse (no registered host, a group matching no host),
+        /// giving the reason, which is recorded in the event.
+        #[arg(long, value_name = "REASON")]
+        force: Option<String>,
+        /// Then follow the deployment until it ends, showing each wave's progress as its waves
+        /// are started (exit code 0: completed; 1: a host failed or it was aborted; 2: timed out).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit code 2).
+        #[arg(long, default_value_t = 3600)]
+        timeout_seconds: u64,
     },
     /// Start a wave (or complete it with --complete); says how many hosts it selected.
     #[command(
-        after_help = "Examples:\n  fleetlog deploy wave d-2 canary --wait --timeout-seconds 300\n  fleetlog deploy wave d-2 canary --complete"
+        after_help = "Examples:\n  fleetlog deploy wave d-2 canary --wait --timeout-seconds 300\n  fleetlog deploy wave d-2 canary --complete\n  fleetlog deploy wave d-2 canary --complete --force \"web-2's disk is full, not the release\""
     )]
     Wave {
         /// The deployment's id.
@@ -611,6 +622,10 @@ pub enum DeployCommand {
         /// Complete the wave instead of starting it.
         #[arg(long)]
         complete: bool,
+        /// Go ahead where a guard would refuse (completing a wave with failed hosts, starting
+        /// one whose group matches no host), giving the reason, which is recorded in the event.
+        #[arg(long, value_name = "REASON")]
+        force: Option<String>,
         /// After starting the wave, wait for its hosts as `deploy wait` does (same exit codes).
         #[arg(long, conflicts_with = "complete")]
         wait: bool,
@@ -637,11 +652,16 @@ pub enum DeployCommand {
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
     },
-    /// Complete a deployment whose waves are all completed.
-    #[command(after_help = "Example:\n  fleetlog deploy complete d-1")]
+    /// Complete a deployment whose waves are all completed (refused while hosts failed).
+    #[command(
+        after_help = "Examples:\n  fleetlog deploy complete d-1\n  fleetlog deploy complete d-2 --force \"web-2's disk is full, not the release\""
+    )]
     Complete {
         /// The deployment's id.
         deployment: String,
+        /// Complete it although hosts failed, giving the reason, which is recorded in the event.
+        #[arg(long, value_name = "REASON")]
+        force: Option<String>,
     },
     /// Abort a deployment (hosts keep their desired release; use rollback to revert).
     #[command(after_help = "Example:\n  fleetlog deploy abort d-2 --reason \"canary healthchecks failing\"")]

@@ -11,6 +11,7 @@ use crate::cli::{
 };
 use crate::output::{cell, print, Table};
 use crate::reads;
+use crate::wait::Goal;
 
 /// Prints the event a typed command appended.
 fn print_appended(output: Output, response: &Value) {
@@ -114,15 +115,25 @@ const WAIT_INTERVAL: Duration = Duration::from_millis(500);
 
 pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> Result<()> {
     let response = match command {
-        DeployCommand::Start { service, env, release, waves, id } => {
+        DeployCommand::Start { service, env, release, waves, id, force, wait, timeout_seconds } => {
             let waves = waves.iter().map(|wave| parse_wave(wave)).collect::<Result<Vec<_>>>()?;
-            let body = json!({ "service": service, "env": env, "release": release, "waves": waves, "deployment": id });
-            client.post("/v1/deployments", &without_nulls(body)).await?
+            let body = json!({
+                "service": service, "env": env, "release": release, "waves": waves, "deployment": id,
+                "force_reason": force,
+            });
+            let response = client.post("/v1/deployments", &without_nulls(body)).await?;
+            print_appended(output, &response);
+            if !wait {
+                return Ok(());
+            }
+            let deployment = response["event"]["deployment"].as_str().context("the server named no deployment")?;
+            let timeout = Duration::from_secs(timeout_seconds);
+            return crate::wait::wait(client, output, deployment, Goal::Ended, timeout, WAIT_INTERVAL).await;
         }
-        DeployCommand::Wave { deployment, wave, complete, wait, timeout_seconds } => {
+        DeployCommand::Wave { deployment, wave, complete, force, wait, timeout_seconds } => {
             let action = if complete { "complete" } else { "start" };
-            let response =
-                client.post(&format!("/v1/deployments/{deployment}/waves/{wave}/{action}"), &json!({})).await?;
+            let body = without_nulls(json!({ "force_reason": force }));
+            let response = client.post(&format!("/v1/deployments/{deployment}/waves/{wave}/{action}"), &body).await?;
             print_appended(output, &response);
             if complete {
                 return Ok(());
@@ -139,17 +150,22 @@ pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> 
             }
             if wait {
                 let timeout = Duration::from_secs(timeout_seconds);
-                return crate::wait::wait(client, output, &deployment, Some(&wave), timeout, WAIT_INTERVAL).await;
+                return crate::wait::wait(client, output, &deployment, Goal::Wave(&wave), timeout, WAIT_INTERVAL).await;
             }
             return Ok(());
         }
         DeployCommand::Wait { deployment, wave, timeout_seconds, interval_ms } => {
             let (timeout, interval) =
                 (Duration::from_secs(timeout_seconds), Duration::from_millis(interval_ms.max(50)));
-            return crate::wait::wait(client, output, &deployment, wave.as_deref(), timeout, interval).await;
+            let goal = match &wave {
+                Some(wave) => Goal::Wave(wave),
+                None => Goal::StartedWaves,
+            };
+            return crate::wait::wait(client, output, &deployment, goal, timeout, interval).await;
         }
-        DeployCommand::Complete { deployment } => {
-            client.post(&format!("/v1/deployments/{deployment}/complete"), &json!({})).await?
+        DeployCommand::Complete { deployment, force } => {
+            let body = without_nulls(json!({ "force_reason": force }));
+            client.post(&format!("/v1/deployments/{deployment}/complete"), &body).await?
         }
         DeployCommand::Abort { deployment, reason } => {
             client.post(&format!("/v1/deployments/{deployment}/abort"), &json!({ "reason": reason })).await?

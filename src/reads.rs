@@ -47,7 +47,17 @@ pub async fn fleet(client: &Client, output: Output, args: FleetArgs) -> Result<(
     }
     let response = client.get("/v1/fleet", &query).await?;
     print(output, &response, |view| {
-        let mut table = Table::new(&["HOST", "SERVICE", "ENV", "GROUP", "DESIRED", "OBSERVED", "STATUS", "CONVERGED"]);
+        let mut table = Table::new(&[
+            "HOST",
+            "SERVICE",
+            "ENV",
+            "GROUP",
+            "DESIRED",
+            "OBSERVED",
+            "STATUS",
+            "CONVERGED",
+            "FAILED INSTALL",
+        ]);
         for host in view["hosts"].as_array().into_iter().flatten() {
             table.row(vec![
                 cell(&host["host"]),
@@ -58,15 +68,17 @@ pub async fn fleet(client: &Client, output: Output, args: FleetArgs) -> Result<(
                 cell(&host["observed_release"]),
                 cell(&host["status"]),
                 if host["converged"] == Value::Bool(true) { "yes".into() } else { "no".into() },
+                failure_cell(&host["failure"]),
             ]);
         }
         let summary = &view["summary"];
         format!(
-            "{}as of seq {}: {} hosts, {} converged; desired {}; observed {}\n",
+            "{}as of seq {}: {} hosts, {} converged, {} failing; desired {}; observed {}\n",
             table.render(),
             cell(&view["as_of_seq"]),
             cell(&summary["total"]),
             cell(&summary["converged"]),
+            cell(&summary["failing"]),
             counts(&summary["desired"]),
             counts(&summary["observed"]),
         )
@@ -87,7 +99,9 @@ fn counts(value: &Value) -> String {
 pub async fn host(client: &Client, output: Output, args: HostArgs) -> Result<()> {
     let response = client.get(&format!("/v1/hosts/{}", args.host), &moment_query(&args.moment)).await?;
     print(output, &response, |view| {
-        let mut table = Table::new(&["SERVICE", "ENV", "REGISTERED", "DESIRED", "CAUSE", "OBSERVED", "STATUS"]);
+        let mut table =
+            Table::new(&["SERVICE", "ENV", "REGISTERED", "DESIRED", "CAUSE", "OBSERVED", "STATUS", "FAILED INSTALL"]);
+        let mut failures = String::new();
         for target in view["targets"].as_array().into_iter().flatten() {
             table.row(vec![
                 cell(&target["service"]),
@@ -97,7 +111,21 @@ pub async fn host(client: &Client, output: Output, args: HostArgs) -> Result<()>
                 cell(&target["desired_cause"]),
                 cell(&target["observed_release"]),
                 cell(&target["status"]),
+                failure_cell(&target["failure"]),
             ]);
+            let failure = &target["failure"];
+            if !failure.is_null() {
+                failures.push_str(&format!(
+                    "{}/{}: installing {} failed (attempt {}) at seq {}, {}: {}\n",
+                    cell(&target["service"]),
+                    cell(&target["env"]),
+                    cell(&failure["release"]),
+                    cell(&failure["attempt"]),
+                    cell(&failure["seq"]),
+                    cell(&failure["time"]),
+                    failure["message"].as_str().unwrap_or("no message"),
+                ));
+            }
         }
         let mut history = Table::new(&["SEQ", "SERVICE", "ENV", "DESIRED", "OBSERVED", "STATUS"]);
         for version in view["history"].as_array().into_iter().flatten() {
@@ -110,7 +138,7 @@ pub async fn host(client: &Client, output: Output, args: HostArgs) -> Result<()>
                 cell(&version["status"]),
             ]);
         }
-        format!("{}\nrecent changes:\n{}", table.render(), history.render())
+        format!("{}{failures}\nrecent changes:\n{}", table.render(), history.render())
     });
     Ok(())
 }
@@ -182,7 +210,50 @@ fn render_deployment(deployment: &Value) -> String {
     if !deployment["end_reason"].is_null() {
         text.push_str(&format!("ended: {}\n", cell(&deployment["end_reason"])));
     }
+    let failures = deployment["failures"].as_array().map_or(&[][..], Vec::as_slice);
+    if !failures.is_empty() {
+        text.push_str("failed hosts:\n");
+        for failure in failures {
+            text.push_str(&format!(
+                "  {} (wave {}): attempt {} at seq {} ({}): {}; runs {}\n",
+                cell(&failure["host"]),
+                cell(&failure["wave"]),
+                cell(&failure["attempt"]),
+                cell(&failure["seq"]),
+                cell(&failure["time"]),
+                failure["message"].as_str().unwrap_or("no message"),
+                cell(&failure["observed_release"]),
+            ));
+        }
+    }
+    let overrides = deployment["overrides"].as_array().map_or(&[][..], Vec::as_slice);
+    if !overrides.is_empty() {
+        text.push_str("guards overridden:\n");
+        for item in overrides {
+            text.push_str(&format!(
+                "  seq {}: {} ({})\n",
+                cell(&item["seq"]),
+                cell(&item["guard"]),
+                cell(&item["reason"])
+            ));
+        }
+    }
     text
+}
+
+/// A host's failed install in one cell: release, attempt and message.
+fn failure_cell(failure: &Value) -> String {
+    if failure.is_null() {
+        return "-".to_string();
+    }
+    // A table cell keeps the start of the message; `fleetlog host` shows it whole.
+    const SHOWN_CHARS: usize = 40;
+    let message = failure["message"].as_str().unwrap_or("no message");
+    let shown: String = match message.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}…", &message[..end]),
+        None => message.to_string(),
+    };
+    format!("{} #{}: {shown}", cell(&failure["release"]), cell(&failure["attempt"]))
 }
 
 pub fn render_releases(view: &Value) -> String {

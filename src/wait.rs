@@ -76,15 +76,31 @@ fn waves_of(view: &Value) -> Vec<Progress> {
         .unwrap_or_default()
 }
 
-/// Waits for `wave` of `deployment` (every started wave when `None`) to converge.
+/// What a wait waits for.
+#[derive(Clone, Copy, Debug)]
+pub enum Goal<'a> {
+    /// The hosts of one wave converged.
+    Wave(&'a str),
+    /// The hosts of every wave started so far converged (at least one wave started).
+    StartedWaves,
+    /// The deployment completed (`deploy start --wait`): waves are followed as they start.
+    Ended,
+}
+
+/// Waits for `goal` of `deployment`, failing early when a watched host failed or the
+/// deployment was aborted.
 pub async fn wait(
     client: &Client,
     output: Output,
     deployment: &str,
-    wave: Option<&str>,
+    goal: Goal<'_>,
     timeout: Duration,
     interval: Duration,
 ) -> Result<()> {
+    let wave = match goal {
+        Goal::Wave(name) => Some(name),
+        Goal::StartedWaves | Goal::Ended => None,
+    };
     let terminal = matches!(output, Output::Table) && std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut shown: Vec<Progress> = Vec::new();
@@ -127,11 +143,18 @@ pub async fn wait(
         }
         let pending = wave.is_some() && watched.iter().all(|progress| progress.state == "pending");
         let converged = watched.iter().all(|progress| progress.converged >= progress.selected);
-        if !pending && converged && (!watched.is_empty() || state == "completed") {
+        let reached = match goal {
+            Goal::Ended => state == "completed",
+            Goal::Wave(_) | Goal::StartedWaves => {
+                !pending && converged && (!watched.is_empty() || state == "completed")
+            }
+        };
+        if reached {
             if matches!(output, Output::Json) {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
-                println!("converged: {}", summary(&watched));
+                let word = if matches!(goal, Goal::Ended) { "completed" } else { "converged" };
+                println!("{word}: {}", summary(&watched));
             }
             return Ok(());
         }

@@ -254,7 +254,7 @@ async fn offline_verify_detects_every_kind_of_tampering() {
         server.ok(&format!("/v1/deployments/d-2/waves/{wave}/complete"), &json!({})).await;
     }
     report(&server, "web-3", "2.0", "failed").await;
-    server.ok("/v1/deployments/d-2/complete", &json!({})).await;
+    server.ok("/v1/deployments/d-2/complete", &json!({"force_reason": "web-3 is being replaced"})).await;
     server.ok("/v1/rollbacks", &json!({"service": "shop", "env": "prod", "reason": "errors on web-3"})).await;
     let custom = json!({"events": [
         {"type": "app.audit.note", "data": {"text": "naïve café — 日本語 🚀 \"quoted\" \\ \n\t\u{7f}\u{2028}",
@@ -554,11 +554,11 @@ async fn release_audit_trail_is_verified() {
     report(&server, "web-1", "1.1", "applying").await;
     report(&server, "web-1", "1.1", "running").await;
     report(&server, "web-2", "1.1", "failed").await;
-    server.ok("/v1/deployments/d-2/waves/canary/complete", &json!({})).await;
+    server.ok("/v1/deployments/d-2/waves/canary/complete", &json!({"force_reason": "web-2 is being replaced"})).await;
     server.ok("/v1/deployments/d-2/waves/rest/start", &json!({})).await;
     report(&server, "web-3", "1.1", "running").await;
     server.ok("/v1/deployments/d-2/waves/rest/complete", &json!({})).await;
-    server.ok("/v1/deployments/d-2/complete", &json!({})).await;
+    server.ok("/v1/deployments/d-2/complete", &json!({"force_reason": "web-2 is being replaced"})).await;
     let rollback = server.ok("/v1/rollbacks", &json!({"service": "shop", "env": "prod", "reason": "latency"})).await;
     let rollback_seq = rollback["seq"].as_u64().unwrap();
     assert_eq!(rollback["event"]["release"], "1.0");
@@ -744,7 +744,10 @@ async fn fleet_diff_and_history_at_past_moments() {
     assert_eq!(second_to_third.len(), 3, "{second_to_third:?}");
     assert_eq!(second_to_third[0], ("shop/web-2".into(), Some(on("1.0", Some("1.0"))), on("2.0", Some("1.0"))));
     // A host that leaves keeps its last desired release in the view, marked unregistered.
-    assert_eq!(second_to_third[1], ("shop/web-3".into(), Some(on("1.0", None)), (false, json!("1.0"), Value::Null)));
+    assert_eq!(
+        second_to_third[1],
+        ("shop/web-3".into(), Some(on("1.0", Some("1.0"))), (false, json!("1.0"), json!("1.0")))
+    );
     assert_eq!(second_to_third[2], ("shop/web-4".into(), Some(fresh.clone()), on("2.0", None)));
     // `to` defaults to the head.
     let to_head = diff(format!("from={second}&service=shop")).await;

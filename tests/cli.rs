@@ -61,6 +61,11 @@ async fn the_cli_deploys_in_waves_and_rolls_back() {
         fleetlog(&server, &args);
         for wave in ["first", "rest"] {
             fleetlog(&server, &["deploy", "wave", id, wave]);
+            for host in ["a", "b", "c"] {
+                let mut report = vec!["report", "--host", host, "--release", release, "--status", "running"];
+                report.extend_from_slice(&shop);
+                fleetlog(&server, &report);
+            }
             fleetlog(&server, &["deploy", "wave", id, wave, "--complete"]);
         }
         fleetlog(&server, &["deploy", "complete", id]);
@@ -229,8 +234,8 @@ async fn wave_counters_stay_put_after_later_deployments_and_rollbacks() {
     start("d-1", "1.0");
     report("a", "1.0", "running");
     report("b", "1.0", "failed");
-    fleetlog(&server, &["deploy", "wave", "d-1", "all", "--complete"]);
-    fleetlog(&server, &["deploy", "complete", "d-1"]);
+    fleetlog(&server, &["deploy", "wave", "d-1", "all", "--complete", "--force", "b is being replaced"]);
+    fleetlog(&server, &["deploy", "complete", "d-1", "--force", "b is being replaced"]);
     assert_eq!(counters("d-1"), [(3, 1, 1)]);
 
     // d-2 reselects every host; b recovers and a fails on 2.0: d-1 keeps what it had.
@@ -408,4 +413,181 @@ fn token_create_names_the_hosts_flag() {
     assert!(!ok && stderr.contains("--hosts web-1,web-2") && !stderr.contains("hosts=A"), "{stderr}");
     let (ok, stderr) = fleetlog_failing(&["token", "create", "--role", "deployer", "--name", "ci", "--hosts", "web-1"]);
     assert!(!ok && stderr.contains("only agent tokens name hosts"), "{stderr}");
+}
+
+/// Runs fleetlog and returns its exit code and what it printed (stdout, then stderr).
+fn fleetlog_code(server: &Server, args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(binary()).arg("--server").arg(&server.url).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), text)
+}
+
+/// A misspelt env or group, and completing a rollout whose hosts failed, are refused with a
+/// stable code and a sentence naming `--force`; forced, the reason is kept with the deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_refuse_typos_and_failed_rollouts_until_forced() {
+    let server = shop_with_three_hosts().await;
+    let deploy = |env: &str, id: &str, wave: &str, force: Option<&str>| {
+        let mut args = vec!["deploy", "start", "--service", "shop", "--env", env, "--release", "1.0", "--id", id];
+        args.extend_from_slice(&["--wave", wave]);
+        if let Some(reason) = force {
+            args.extend_from_slice(&["--force", reason]);
+        }
+        fleetlog_code(&server, &args)
+    };
+    let (code, text) = deploy("prdo", "d-typo", "all:percent=100", None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no_hosts") && text.contains("shop/prdo has no registered host"), "{text}");
+    assert!(text.contains("--force REASON"), "the refusal says how to override: {text}");
+    let (code, text) = deploy("prod", "d-1", "a:group=nosuch", None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("selector_matches_nobody") && text.contains("group \"nosuch\""), "{text}");
+    // Nothing of either was written.
+    let (code, text) = fleetlog_code(&server, &["deploy", "status", "d-1"]);
+    assert_eq!(code, Some(1), "{text}");
+
+    let (code, text) = deploy("prod", "d-1", "all:percent=100", None);
+    assert_eq!(code, Some(0), "{text}");
+    fleetlog(&server, &["deploy", "wave", "d-1", "all"]);
+    for (host, status) in [("a", "running"), ("b", "failed"), ("c", "running")] {
+        let mut args = vec!["report", "--host", host, "--release", "1.0", "--status", status];
+        args.extend_from_slice(&SHOP);
+        fleetlog(&server, &args);
+    }
+    for args in [&["deploy", "wave", "d-1", "all", "--complete"][..], &["deploy", "complete", "d-1"][..]] {
+        let (code, text) = fleetlog_code(&server, args);
+        if args[1] == "wave" {
+            assert_eq!(code, Some(1), "{text}");
+            assert!(text.contains("hosts_failed") && text.contains("1 host failed on 1.0"), "{text}");
+        }
+        let mut forced = args.to_vec();
+        forced.extend_from_slice(&["--force", "b's disk is full, not the release"]);
+        fleetlog(&server, &forced);
+    }
+    let status = fleetlog_json(&server, &["deploy", "status", "d-1"]);
+    assert_eq!(status["state"], "completed");
+    let overrides: Vec<(&str, &str)> = status["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| (item["guard"].as_str().unwrap(), item["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(overrides, [("hosts_failed", "b's disk is full, not the release"); 2]);
+    // The reason is in the events themselves, and in the release's timeline.
+    let events = fleetlog(&server, &["--output", "json", "history", "--type", "wave.completed"]);
+    assert!(events.contains("\"force_reason\":\"b's disk is full, not the release\""), "{events}");
+    let releases = fleetlog(&server, &["release", "list", "--service", "shop"]);
+    assert!(releases.contains("wave=all detail=forced past hosts_failed: b's disk is full"), "{releases}");
+}
+
+/// Why a host failed shows in the fleet, host and deployment views; the host still runs what it
+/// ran; and a default rollback skips a release that never ran on a host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_show_everywhere_and_rollbacks_skip_releases_that_never_ran() {
+    let server = shop_with_three_hosts().await;
+    fleetlog(&server, &["release", "create", "--service", "shop", "--release", "3.0"]);
+    let report = |host: &str, release: &str, status: &str, message: Option<&str>| {
+        let mut args = vec!["report", "--host", host, "--release", release, "--status", status];
+        args.extend_from_slice(&SHOP);
+        if let Some(message) = message {
+            args.extend_from_slice(&["--message", message]);
+        }
+        fleetlog(&server, &args);
+    };
+    let deploy = |id: &str, release: &str| {
+        let mut args = vec!["deploy", "start", "--id", id, "--release", release, "--wave", "all:percent=100"];
+        args.extend_from_slice(&SHOP);
+        fleetlog(&server, &args);
+        fleetlog(&server, &["deploy", "wave", id, "all"]);
+    };
+    let finish = |id: &str| {
+        let reason = "b is known to be broken";
+        fleetlog(&server, &["deploy", "wave", id, "all", "--complete", "--force", reason]);
+        fleetlog(&server, &["deploy", "complete", id, "--force", reason]);
+    };
+    // 1.0 runs everywhere; 2.0 completes without any host running it; 3.0 fails twice on b.
+    deploy("d-1", "1.0");
+    for host in ["a", "b", "c"] {
+        report(host, "1.0", "running", None);
+    }
+    finish("d-1");
+    deploy("d-2", "2.0");
+    finish("d-2");
+    deploy("d-3", "3.0");
+    report("a", "3.0", "running", None);
+    report("b", "3.0", "failed", Some("exit 3: port 8080 in use"));
+    report("b", "3.0", "applying", None);
+    report("b", "3.0", "failed", Some("exit 3: port 8080 still in use"));
+
+    let fleet = fleetlog_json(&server, &["fleet", "--service", "shop", "--env", "prod"]);
+    let b = fleet["hosts"].as_array().unwrap().iter().find(|host| host["host"] == "b").unwrap().clone();
+    assert_eq!(b["observed_release"], "1.0", "a failed install leaves the release b runs");
+    assert_eq!((b["status"].as_str(), b["reported_release"].as_str()), (Some("failed"), Some("3.0")));
+    assert_eq!(b["failure"]["release"], "3.0");
+    assert_eq!(b["failure"]["attempt"], 2);
+    assert_eq!(b["failure"]["message"], "exit 3: port 8080 still in use");
+    assert!(b["failure"]["time"].is_string() && b["failure"]["seq"].is_u64(), "{b}");
+    assert_eq!(fleet["summary"]["failing"], 1);
+    assert_eq!(fleet["summary"]["observed"], serde_json::json!({"1.0": 2, "3.0": 1}));
+
+    let table = fleetlog(&server, &["fleet", "--service", "shop", "--env", "prod"]);
+    assert!(table.contains("3.0 #2: exit 3: port 8080 still in use"), "{table}");
+    assert!(table.contains("1 failing"), "{table}");
+    let host = fleetlog(&server, &["host", "b"]);
+    assert!(host.contains("installing 3.0 failed (attempt 2)") && host.contains("port 8080 still in use"), "{host}");
+    let status = fleetlog(&server, &["deploy", "status", "d-3"]);
+    assert!(status.contains("failed hosts:\n  b (wave all): attempt 2"), "{status}");
+    assert!(status.contains("exit 3: port 8080 still in use; runs 1.0"), "{status}");
+
+    // The default target skips 2.0, which never ran on a host, for 1.0.
+    finish("d-3");
+    let mut args = vec!["rollback", "--reason", "b cannot take 3.0"];
+    args.extend_from_slice(&SHOP);
+    let rolled = fleetlog_json(&server, &args);
+    assert_eq!(rolled["event"]["release"], "1.0");
+    // The failure list of an ended deployment stays as it was when it ended.
+    report("b", "1.0", "running", None);
+    let failures = fleetlog_json(&server, &["deploy", "status", "d-3"])["failures"].clone();
+    assert_eq!(failures.as_array().map(Vec::len), Some(1), "{failures}");
+    let fleet = fleetlog_json(&server, &["fleet", "--service", "shop", "--env", "prod"]);
+    assert_eq!(fleet["summary"]["failing"], 0, "a running report clears the failure");
+}
+
+/// `deploy start --wait` follows the deployment until it completes, through waves started by
+/// another command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_start_waits_for_the_whole_deployment() {
+    let server = shop_with_three_hosts().await;
+    let mut args = vec!["--server", &server.url, "deploy", "start", "--id", "d-1", "--release", "1.0"];
+    args.extend_from_slice(&["--wave", "canary:hosts=a", "--wave", "rest:percent=100", "--wait"]);
+    args.extend_from_slice(&["--timeout-seconds", "60"]);
+    args.extend_from_slice(&SHOP);
+    let waiting = Command::new(binary())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run deploy start --wait");
+    // Give it time to start the deployment before its waves are driven.
+    for _ in 0..100 {
+        if fleetlog_code(&server, &["deploy", "status", "d-1"]).0 == Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for wave in ["canary", "rest"] {
+        fleetlog(&server, &["deploy", "wave", "d-1", wave]);
+        for host in ["a", "b", "c"] {
+            let mut report = vec!["report", "--host", host, "--release", "1.0", "--status", "running"];
+            report.extend_from_slice(&SHOP);
+            fleetlog(&server, &report);
+        }
+        fleetlog(&server, &["deploy", "wave", "d-1", wave, "--complete"]);
+    }
+    fleetlog(&server, &["deploy", "complete", "d-1"]);
+    let output = waiting.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("seq 6 deployment.started"), "{text}");
+    assert!(text.contains("completed: wave canary 1 of 1 converged, wave rest 2 of 2 converged"), "{text}");
 }

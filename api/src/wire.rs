@@ -31,13 +31,28 @@ pub struct HostView<'a> {
     desired_seq: Option<u64>,
     desired_cause: Option<&'a str>,
     deployment: Option<&'a str>,
+    /// The release the host runs: a failed install leaves the previous one.
     observed_release: Option<&'a str>,
+    /// The newest report: its status, the release it was about, its message.
     status: Option<&'static str>,
+    reported_release: Option<&'a str>,
+    message: Option<&'a str>,
     applied_seq: Option<u64>,
     reported_seq: Option<u64>,
     reported_at: Option<String>,
+    failure: Option<FailureView<'a>>,
     converged: bool,
     changed_seq: u64,
+}
+
+/// The newest failed install of a host that has not reported running since.
+#[derive(Serialize)]
+pub struct FailureView<'a> {
+    release: &'a str,
+    message: Option<&'a str>,
+    attempt: u32,
+    seq: u64,
+    time: String,
 }
 
 pub fn host(record: &HostRecord) -> HostView<'_> {
@@ -54,11 +69,20 @@ pub fn host(record: &HostRecord) -> HostView<'_> {
         desired_seq: desired.map(|d| d.seq),
         desired_cause: desired.map(|d| d.cause.as_str()),
         deployment: desired.and_then(|d| d.deployment.as_deref()),
-        observed_release: observed.map(|o| o.release.as_str()),
+        observed_release: record.running.as_deref(),
         status: observed.map(|o| o.status.as_str()),
+        reported_release: observed.map(|o| o.release.as_str()),
+        message: observed.and_then(|o| o.message.as_deref()),
         applied_seq: observed.map(|o| o.applied_seq),
         reported_seq: observed.map(|o| o.reported_seq),
         reported_at: observed.map(|o| format_time(o.reported_micros)),
+        failure: record.failure.as_ref().map(|failure| FailureView {
+            release: &failure.release,
+            message: failure.message.as_deref(),
+            attempt: failure.attempt,
+            seq: failure.reported_seq,
+            time: format_time(failure.reported_micros),
+        }),
         converged: record.converged(),
         changed_seq: record.changed_seq,
     }
@@ -69,6 +93,7 @@ pub struct FleetSummary<'a> {
     desired: &'a std::collections::BTreeMap<String, u64>,
     observed: &'a std::collections::BTreeMap<String, u64>,
     converged: u64,
+    failing: u64,
     total: usize,
 }
 
@@ -87,6 +112,7 @@ pub fn fleet(view: &FleetView) -> FleetDocument<'_> {
             desired: &view.desired,
             observed: &view.observed,
             converged: view.converged,
+            failing: view.failing,
             total: view.hosts.len(),
         },
     }
@@ -112,6 +138,11 @@ pub fn deployment(record: &DeploymentRecord) -> Value {
         "end_reason": record.end_reason,
         "rolled_back_by": record.rolled_back_by,
         "selected_total": record.selected_total,
+        "overrides": record.overrides.iter().map(|item| json!({
+            "seq": item.seq,
+            "guard": item.guard,
+            "reason": item.reason,
+        })).collect::<Vec<_>>(),
         "waves": record.waves.iter().map(|wave| {
             let mut value = json!({
                 "name": wave.name,
@@ -123,6 +154,21 @@ pub fn deployment(record: &DeploymentRecord) -> Value {
             value["selector"] = selector(&wave.selector);
             value
         }).collect::<Vec<_>>(),
+    })
+}
+
+/// A host that failed a deployment's install, for the deployment view.
+pub fn host_failure(deployment: &DeploymentRecord, record: &HostRecord) -> Value {
+    let failure = record.failure.as_ref();
+    let wave = record.desired.as_ref().and_then(|desired| desired.wave);
+    json!({
+        "host": record.host,
+        "wave": wave.and_then(|index| deployment.waves.get(index as usize)).map(|wave| &wave.name),
+        "observed_release": record.running,
+        "message": failure.and_then(|failure| failure.message.as_deref()),
+        "attempt": failure.map(|failure| failure.attempt),
+        "seq": failure.map(|failure| failure.reported_seq),
+        "time": failure.map(|failure| format_time(failure.reported_micros)),
     })
 }
 

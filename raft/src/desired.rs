@@ -155,6 +155,8 @@ mod tests {
             registered_seq,
             desired: None,
             observed: None,
+            running: None,
+            failure: None,
             changed_seq: registered_seq,
         }
     }

@@ -50,7 +50,13 @@ pub struct HostRecord {
     /// Resolved at read time; never stored.
     #[serde(skip)]
     pub desired: Option<Desired>,
+    /// The newest report, whatever its status.
     pub observed: Option<Observed>,
+    /// The release of the newest `running` report: what the host runs, even after a failed
+    /// install of another.
+    pub running: Option<String>,
+    /// The newest failed install since the host last reported `running`.
+    pub failure: Option<Failure>,
     /// Seq of the event that last changed this record.
     pub changed_seq: u64,
 }
@@ -82,6 +88,18 @@ pub struct Observed {
     pub release: String,
     pub status: HostStatus,
     pub applied_seq: u64,
+    pub reported_seq: u64,
+    pub reported_micros: i64,
+    pub message: Option<String>,
+}
+
+/// A failed install: the release, what the host said, and how many failed reports in a row
+/// the host sent for that release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub release: String,
+    pub message: Option<String>,
+    pub attempt: u32,
     pub reported_seq: u64,
     pub reported_micros: i64,
 }
@@ -158,6 +176,17 @@ pub struct DeploymentRecord {
     /// Of those, the hosts whose desired release this deployment still sets: registered, and
     /// registered since before the wave that selected them. Kept while the deployment is active.
     pub selected_now: u64,
+    /// Guards its events overrode with `data.force_reason`, oldest first.
+    pub overrides: Vec<Override>,
+}
+
+/// A guard an event overrode, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    pub seq: u64,
+    /// The rejection code the event would otherwise have met, e.g. `hosts_failed`.
+    pub guard: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

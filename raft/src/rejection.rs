@@ -73,6 +73,9 @@ rejection_codes! {
     AlreadyFrozen => ("already_frozen", Conflict),
     NotFrozen => ("not_frozen", Conflict),
     NoRollbackTarget => ("no_rollback_target", Conflict),
+    NoHosts => ("no_hosts", Conflict),
+    SelectorMatchesNobody => ("selector_matches_nobody", Conflict),
+    HostsFailed => ("hosts_failed", Conflict),
 }
 
 /// A refused command: nothing of its batch was written.

@@ -236,8 +236,11 @@ pub struct FleetView {
     pub as_of_seq: u64,
     pub hosts: Vec<HostRecord>,
     pub desired: BTreeMap<String, u64>,
+    /// Hosts by the release they run.
     pub observed: BTreeMap<String, u64>,
     pub converged: u64,
+    /// Hosts whose newest install failed (and that have not reported running since).
+    pub failing: u64,
 }
 
 /// Layers of the environments a read visits, each read once, as of one seq.
@@ -316,17 +319,26 @@ pub fn fleet(kv: &dyn KvRead, service: Option<&str>, env: Option<&str>, at_seq: 
             hosts.push(layers.resolve(record)?);
         }
     }
-    let mut view =
-        FleetView { as_of_seq, hosts: Vec::new(), desired: BTreeMap::new(), observed: BTreeMap::new(), converged: 0 };
+    let mut view = FleetView {
+        as_of_seq,
+        hosts: Vec::new(),
+        desired: BTreeMap::new(),
+        observed: BTreeMap::new(),
+        converged: 0,
+        failing: 0,
+    };
     for host in &hosts {
         if let Some(desired) = &host.desired {
             *view.desired.entry(desired.release.clone()).or_default() += 1;
         }
-        if let Some(observed) = &host.observed {
-            *view.observed.entry(observed.release.clone()).or_default() += 1;
+        if let Some(running) = &host.running {
+            *view.observed.entry(running.clone()).or_default() += 1;
         }
         if host.converged() {
             view.converged += 1;
+        }
+        if host.failure.is_some() {
+            view.failing += 1;
         }
     }
     view.hosts = hosts;
@@ -370,13 +382,21 @@ fn malformed_host_index(host: &str) -> Error {
 
 /// The newest `limit` versions of a host's records across its environments, newest first, each
 /// with its desired release as of its own seq.
-pub fn host_history(kv: &dyn KvRead, host: &str, limit: usize) -> Result<Vec<HostRecord>> {
+pub fn host_history(kv: &dyn KvRead, host: &str, up_to_seq: Option<u64>, limit: usize) -> Result<Vec<HostRecord>> {
     let mut versions = Vec::new();
     for (service, env) in environments_of_host(kv, host)? {
         let prefix = records::host_key(&service, &env, host);
-        kv.scan(Space::History, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Reverse, &mut |_, value| {
+        // Versions written after `up_to_seq` are not read at all, so `limit` counts only the
+        // versions the answer may hold.
+        let end = match up_to_seq.and_then(|seq| seq.checked_add(1)) {
+            Some(next) => prefix.clone().number(next).into_bytes(),
+            None => prefix_end(prefix.bytes()),
+        };
+        let mut taken = 0;
+        kv.scan(Space::History, prefix.bytes(), &end, Direction::Reverse, &mut |_, value| {
             versions.push(codec::decode::<HostRecord>(value)?);
-            Ok(versions.len() < limit * 4)
+            taken += 1;
+            Ok(taken < limit)
         })?;
     }
     versions.sort_by_key(|version| std::cmp::Reverse(version.changed_seq));
@@ -449,6 +469,39 @@ pub fn directives_between(
 
 pub fn deployment(kv: &dyn KvRead, id: &str, at_seq: Option<u64>) -> Result<Option<DeploymentRecord>> {
     records::read_current_or_at(kv, &records::deployment_key(id), at_seq)
+}
+
+/// How many failed hosts a deployment view lists.
+pub const DEPLOYMENT_FAILURES_MAX: usize = 100;
+
+/// The hosts that count as failed toward `deployment`'s waves, as of `at_seq` (the head when
+/// `None`), in name order, at most [`DEPLOYMENT_FAILURES_MAX`]. An ended deployment's are those
+/// of the seq it ended at, as its counters are.
+pub fn deployment_failures(
+    kv: &dyn KvRead,
+    deployment: &DeploymentRecord,
+    at_seq: Option<u64>,
+) -> Result<Vec<HostRecord>> {
+    if deployment.waves.iter().all(|wave| wave.failed == 0) {
+        return Ok(Vec::new());
+    }
+    let seq = match (&deployment.ended, at_seq) {
+        (Some(ended), Some(at_seq)) => Some(ended.seq.min(at_seq)),
+        (Some(ended), None) => Some(ended.seq),
+        (None, at_seq) => at_seq,
+    };
+    let view = fleet(kv, Some(&deployment.service), Some(&deployment.env), seq)?;
+    let mut failed: Vec<HostRecord> = view
+        .hosts
+        .into_iter()
+        .filter(|host| {
+            desired::mark(host, host.desired.as_ref())
+                .is_some_and(|((id, _), mark)| id == deployment.id && mark == desired::Mark::Failed)
+        })
+        .collect();
+    failed.sort_by(|a, b| a.host.cmp(&b.host));
+    failed.truncate(DEPLOYMENT_FAILURES_MAX);
+    Ok(failed)
 }
 
 /// Filters of a deployment listing.
@@ -582,7 +635,7 @@ pub fn fleet_diff(
             (
                 record.is_some_and(|record| record.registered),
                 record.and_then(|record| record.desired.as_ref().map(|desired| desired.release.clone())),
-                record.and_then(|record| record.observed.as_ref().map(|observed| observed.release.clone())),
+                record.and_then(|record| record.running.clone()),
             )
         };
         if release(before.as_ref()) != release(Some(&after)) {

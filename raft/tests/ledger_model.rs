@@ -26,10 +26,11 @@ enum Op {
     Block(usize, bool),
     Register(usize, usize),
     Deregister(usize),
-    Start(usize, usize, usize),
-    StartWave(usize, usize),
-    CompleteWave(usize, usize),
-    Complete(usize),
+    /// The last field of each: the event carries a force reason, overriding the guards.
+    Start(usize, usize, usize, bool),
+    StartWave(usize, usize, bool),
+    CompleteWave(usize, usize, bool),
+    Complete(usize, bool),
     Abort(usize),
     Rollback(Option<usize>),
     Report(usize, usize, usize),
@@ -45,10 +46,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize, any::<bool>()).prop_map(|(r, b)| Op::Block(r, b)),
         5 => (0..hosts, 0..2usize).prop_map(|(h, g)| Op::Register(h, g)),
         1 => (0..hosts).prop_map(Op::Deregister),
-        3 => (0..4usize, 0..3usize, 0..4usize).prop_map(|(d, r, t)| Op::Start(d, r, t)),
-        5 => (0..4usize, 0..3usize).prop_map(|(d, w)| Op::StartWave(d, w)),
-        4 => (0..4usize, 0..3usize).prop_map(|(d, w)| Op::CompleteWave(d, w)),
-        2 => (0..4usize).prop_map(Op::Complete),
+        3 => (0..4usize, 0..3usize, 0..4usize, any::<bool>()).prop_map(|(d, r, t, f)| Op::Start(d, r, t, f)),
+        5 => (0..4usize, 0..3usize, any::<bool>()).prop_map(|(d, w, f)| Op::StartWave(d, w, f)),
+        4 => (0..4usize, 0..3usize, any::<bool>()).prop_map(|(d, w, f)| Op::CompleteWave(d, w, f)),
+        2 => (0..4usize, any::<bool>()).prop_map(|(d, f)| Op::Complete(d, f)),
         1 => (0..4usize).prop_map(Op::Abort),
         1 => proptest::option::of(0..3usize).prop_map(Op::Rollback),
         4 => (0..hosts, 0..3usize, 0..3usize).prop_map(|(h, r, s)| Op::Report(h, r, s)),
@@ -85,6 +86,8 @@ struct ModelDeployment {
     wave_selected: BTreeMap<usize, u64>,
     /// Converged and failed counts of each wave, as they were when the deployment ended.
     ended_counts: Option<BTreeMap<usize, (u64, u64)>>,
+    /// The guards its events overrode, in order.
+    overrides: Vec<&'static str>,
 }
 
 /// What a host should run, the deployment wave that set it (`None` after a rollback), and the
@@ -97,6 +100,10 @@ struct Model {
     hosts: BTreeMap<String, (bool, String)>,
     desired: BTreeMap<String, ModelDesired>,
     observed: BTreeMap<String, (String, String)>,
+    /// The release each host last reported running.
+    running: BTreeMap<String, String>,
+    /// Each host's failed install since it last reported running: release and attempt.
+    failures: BTreeMap<String, (String, u32)>,
     deployments: BTreeMap<String, ModelDeployment>,
     completed: Vec<String>,
     active: Option<String>,
@@ -138,6 +145,22 @@ impl Model {
             }
         }
         (selected, converged, failed)
+    }
+
+    /// A guard: `Err(code)` unless forced, in which case the override is noted.
+    fn guard(overrides: &mut Vec<&'static str>, code: &'static str, force: bool) -> Verdict {
+        if !force {
+            return Err(code);
+        }
+        overrides.push(code);
+        Ok(())
+    }
+
+    /// Whether a wave's selector is a group no registered host belongs to.
+    fn empty_group(&self, selector: &serde_json::Value) -> bool {
+        selector.get("group").is_some_and(|group| {
+            !self.hosts.values().any(|(registered, of)| *registered && of == group.as_str().unwrap())
+        })
     }
 
     fn registered(&self) -> Vec<String> {
@@ -200,7 +223,7 @@ impl Model {
                 Some((registered @ true, _)) => *registered = false,
                 _ => return Err("unknown_host"),
             },
-            Op::Start(d, r, t) => {
+            Op::Start(d, r, t, force) => {
                 let id = DEPLOYMENTS[*d].to_string();
                 if self.deployments.contains_key(&id) {
                     return Err("deployment_exists");
@@ -211,6 +234,12 @@ impl Model {
                 }
                 if self.frozen {
                     return Err("frozen");
+                }
+                let mut overrides = Vec::new();
+                if self.registered().is_empty() {
+                    Self::guard(&mut overrides, "no_hosts", *force)?;
+                } else if template(*t).iter().any(|(_, selector)| self.empty_group(selector)) {
+                    Self::guard(&mut overrides, "selector_matches_nobody", *force)?;
                 }
                 let waves =
                     template(*t).into_iter().map(|(name, selector)| (name, selector, WaveState::Pending)).collect();
@@ -223,11 +252,12 @@ impl Model {
                         selected_total: 0,
                         wave_selected: BTreeMap::new(),
                         ended_counts: None,
+                        overrides,
                     },
                 );
                 self.active = Some(id);
             }
-            Op::StartWave(d, w) => {
+            Op::StartWave(d, w, force) => {
                 let id = DEPLOYMENTS[*d];
                 let deployment = self.deployments.get(id).ok_or("unknown_deployment")?.clone();
                 if deployment.state != DeploymentState::Active {
@@ -244,6 +274,10 @@ impl Model {
                     return Err("frozen");
                 }
                 self.deployable(&deployment.release)?;
+                let mut overrides = deployment.overrides.clone();
+                if self.empty_group(&deployment.waves[index].1) {
+                    Self::guard(&mut overrides, "selector_matches_nobody", *force)?;
+                }
                 let registered = self.registered();
                 // Hosts whose desired release an earlier wave of this deployment sets are not
                 // selected again.
@@ -273,6 +307,7 @@ impl Model {
                     names
                 };
                 let deployment = self.deployments.get_mut(id).unwrap();
+                deployment.overrides = overrides;
                 deployment.waves[index].2 = WaveState::Started;
                 deployment.wave_selected.insert(index, chosen.len() as u64);
                 deployment.selected_total += chosen.len() as u64;
@@ -281,29 +316,43 @@ impl Model {
                     self.assign(&host, (release.clone(), Some((id.to_string(), index)), seq));
                 }
             }
-            Op::CompleteWave(d, w) => {
-                let deployment = self.deployments.get_mut(DEPLOYMENTS[*d]).ok_or("unknown_deployment")?;
+            Op::CompleteWave(d, w, force) => {
+                let id = DEPLOYMENTS[*d];
+                let deployment = self.deployments.get(id).ok_or("unknown_deployment")?;
                 if deployment.state != DeploymentState::Active {
                     return Err("deployment_not_active");
                 }
                 let name = wave_name(deployment, *w);
-                let wave = deployment.waves.iter_mut().find(|wave| wave.0 == name).ok_or("unknown_wave")?;
-                match wave.2 {
+                let index = deployment.waves.iter().position(|wave| wave.0 == name).ok_or("unknown_wave")?;
+                match deployment.waves[index].2 {
                     WaveState::Pending => return Err("wave_not_started"),
                     WaveState::Completed => return Err("wave_already_completed"),
-                    WaveState::Started => wave.2 = WaveState::Completed,
+                    WaveState::Started => {}
                 }
+                let mut overrides = deployment.overrides.clone();
+                if self.wave_counts(id, index).2 > 0 {
+                    Self::guard(&mut overrides, "hosts_failed", *force)?;
+                }
+                let deployment = self.deployments.get_mut(id).unwrap();
+                deployment.overrides = overrides;
+                deployment.waves[index].2 = WaveState::Completed;
             }
-            Op::Complete(d) | Op::Abort(d) => {
+            Op::Complete(d, _) | Op::Abort(d) => {
                 let id = DEPLOYMENTS[*d].to_string();
-                let deployment = self.deployments.get_mut(&id).ok_or("unknown_deployment")?;
+                let deployment = self.deployments.get(&id).ok_or("unknown_deployment")?;
                 if deployment.state != DeploymentState::Active {
                     return Err("deployment_not_active");
                 }
-                if matches!(op, Op::Complete(_)) {
+                if let Op::Complete(_, force) = op {
                     if deployment.waves.iter().any(|wave| wave.2 != WaveState::Completed) {
                         return Err("waves_incomplete");
                     }
+                    let failed: u64 = (0..deployment.waves.len()).map(|wave| self.wave_counts(&id, wave).2).sum();
+                    let mut overrides = deployment.overrides.clone();
+                    if failed > 0 {
+                        Self::guard(&mut overrides, "hosts_failed", *force)?;
+                    }
+                    self.deployments.get_mut(&id).unwrap().overrides = overrides;
                     self.end(&id, DeploymentState::Completed);
                     self.completed.push(id);
                 } else {
@@ -323,9 +372,15 @@ impl Model {
                     }
                     None => {
                         let from = from.ok_or("no_rollback_target")?;
+                        // Only a release that ran on some host while its deployment lasted.
+                        let ran = |id: &String| {
+                            let counts = self.deployments[id].ended_counts.as_ref().unwrap();
+                            counts.values().any(|(converged, _)| *converged > 0)
+                        };
                         self.completed
                             .iter()
                             .rev()
+                            .filter(|id| ran(id))
                             .map(|id| self.deployments[id].release.clone())
                             .find(|release| *release != from && !self.releases[release])
                             .ok_or("no_rollback_target")?
@@ -343,8 +398,22 @@ impl Model {
                 if !self.hosts.get(&host).is_some_and(|(registered, _)| *registered) {
                     return Err("unknown_host");
                 }
-                let status = STATUSES[*s];
-                self.observed.insert(host, (RELEASES[*r].to_string(), status.to_string()));
+                let (status, release) = (STATUSES[*s], RELEASES[*r].to_string());
+                match status {
+                    "running" => {
+                        self.running.insert(host.clone(), release.clone());
+                        self.failures.remove(&host);
+                    }
+                    "failed" => {
+                        let attempt = match self.failures.get(&host) {
+                            Some((failed, attempt)) if *failed == release => attempt + 1,
+                            _ => 1,
+                        };
+                        self.failures.insert(host.clone(), (release.clone(), attempt));
+                    }
+                    _ => {}
+                }
+                self.observed.insert(host, (release, status.to_string()));
             }
             Op::Freeze(start) => match (*start, self.frozen) {
                 (true, true) => return Err("already_frozen"),
@@ -390,7 +459,7 @@ fn proposal(op: &Op, model: &Model, counter: usize) -> ProposedEvent {
             event("target.registered", &[env[0], env[1], ("host", HOSTS[*h])], json!({"group": format!("g{g}")}))
         }
         Op::Deregister(h) => event("target.deregistered", &[env[0], env[1], ("host", HOSTS[*h])], json!({})),
-        Op::Start(d, r, t) => {
+        Op::Start(d, r, t, force) => {
             let waves: Vec<serde_json::Value> = template(*t)
                 .into_iter()
                 .map(|(name, selector)| {
@@ -402,16 +471,18 @@ fn proposal(op: &Op, model: &Model, counter: usize) -> ProposedEvent {
             event(
                 "deployment.started",
                 &[env[0], env[1], ("deployment", DEPLOYMENTS[*d]), ("release", RELEASES[*r])],
-                json!({ "waves": waves }),
+                with_force(json!({ "waves": waves }), *force),
             )
         }
-        Op::StartWave(d, w) | Op::CompleteWave(d, w) => {
+        Op::StartWave(d, w, force) | Op::CompleteWave(d, w, force) => {
             let name =
                 model.deployments.get(DEPLOYMENTS[*d]).map(|deployment| wave_name(deployment, *w)).unwrap_or("all");
             let event_type = if matches!(op, Op::StartWave(..)) { "wave.started" } else { "wave.completed" };
-            event(event_type, &[("deployment", DEPLOYMENTS[*d])], json!({ "wave": name }))
+            event(event_type, &[("deployment", DEPLOYMENTS[*d])], with_force(json!({ "wave": name }), *force))
         }
-        Op::Complete(d) => event("deployment.completed", &[("deployment", DEPLOYMENTS[*d])], json!({})),
+        Op::Complete(d, force) => {
+            event("deployment.completed", &[("deployment", DEPLOYMENTS[*d])], with_force(json!({}), *force))
+        }
         Op::Abort(d) => event("deployment.aborted", &[("deployment", DEPLOYMENTS[*d])], json!({"reason": "test"})),
         Op::Rollback(release) => {
             let mut fields = env.to_vec();
@@ -429,6 +500,14 @@ fn proposal(op: &Op, model: &Model, counter: usize) -> ProposedEvent {
             event(if *start { "freeze.started" } else { "freeze.ended" }, &env, json!({"reason": "test"}))
         }
     }
+}
+
+/// `data` with a force reason when `force`.
+fn with_force(mut data: serde_json::Value, force: bool) -> serde_json::Value {
+    if force {
+        data["force_reason"] = json!("known flaky host");
+    }
+    data
 }
 
 /// Every host's desired release as the ledger resolves it as of `seq` (now when `None`).
@@ -460,6 +539,12 @@ fn check_views(kv: &MemoryKv, model: &Model) {
                     model.observed.get(host).cloned(),
                     "host {host} observed"
                 );
+                assert_eq!(record.running.as_ref(), model.running.get(host), "host {host} runs");
+                assert_eq!(
+                    record.failure.map(|failure| (failure.release, failure.attempt)),
+                    model.failures.get(host).cloned(),
+                    "host {host} failed install"
+                );
             }
         }
     }
@@ -470,6 +555,8 @@ fn check_views(kv: &MemoryKv, model: &Model) {
         let expected_waves: Vec<WaveState> = expected.waves.iter().map(|wave| wave.2).collect();
         assert_eq!(waves, expected_waves, "deployment {id} waves");
         assert_eq!(record.selected_total, expected.selected_total, "deployment {id} selected");
+        let overrides: Vec<&str> = record.overrides.iter().map(|item| item.guard.as_str()).collect();
+        assert_eq!(overrides, expected.overrides, "deployment {id} guards overridden");
         for (index, wave) in record.waves.iter().enumerate() {
             let counts = (wave.selected, wave.converged, wave.failed);
             assert_eq!(

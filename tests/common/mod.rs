@@ -224,7 +224,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Releases 1.0 and 2.0 of "shop", six hosts of shop/prod (two canaries), 1.0 deployed everywhere.
+/// Releases 1.0 and 2.0 of "shop", six hosts of shop/prod (two canaries), 1.0 deployed and
+/// running everywhere.
 pub async fn seed_fleet(server: &Server) {
     for release in ["1.0", "2.0"] {
         server.ok("/v1/releases", &json!({"service": "shop", "release": release})).await;
@@ -250,6 +251,13 @@ pub async fn deploy_fully(server: &Server, deployment: &str, release: &str) {
         )
         .await;
     server.ok(&format!("/v1/deployments/{deployment}/waves/all/start"), &json!({})).await;
+    // Every host runs it, so a later rollback may go back to it.
+    let fleet = server.fleet("service=shop&env=prod").await;
+    for host in fleet["hosts"].as_array().into_iter().flatten() {
+        let report = json!({"host": host["host"], "service": "shop", "env": "prod", "release": release,
+                            "status": "running", "applied_seq": 1});
+        server.ok("/v1/reports", &report).await;
+    }
     server.ok(&format!("/v1/deployments/{deployment}/waves/all/complete"), &json!({})).await;
     server.ok(&format!("/v1/deployments/{deployment}/complete"), &json!({})).await;
 }

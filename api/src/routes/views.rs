@@ -113,10 +113,7 @@ pub async fn host(
             };
             let as_of_seq = at_seq.unwrap_or(views::head(kv)?.seq);
             let states = views::host_state(kv, &name, at_seq)?;
-            let history: Vec<_> = views::host_history(kv, &name, limit)?
-                .into_iter()
-                .filter(|version| version.changed_seq <= as_of_seq)
-                .collect();
+            let history = views::host_history(kv, &name, Some(as_of_seq), limit)?;
             Ok(Ok((as_of_seq, states, history)))
         })
         .await??;
@@ -143,13 +140,24 @@ pub async fn deployment(
     let record = app
         .read(params.linearizable(), move |kv| {
             Ok(match resolve(kv, moment)? {
-                Ok(at_seq) => Ok((at_seq, views::deployment(kv, &name, at_seq)?)),
+                Ok(at_seq) => {
+                    let record = views::deployment(kv, &name, at_seq)?;
+                    let failures = match &record {
+                        Some(record) => views::deployment_failures(kv, record, at_seq)?,
+                        None => Vec::new(),
+                    };
+                    Ok((at_seq, record.map(|record| (record, failures))))
+                }
                 Err(error) => Err(error),
             })
         })
         .await??;
     match record {
-        (_, Some(record)) => Ok(Json(wire::deployment(&record))),
+        (_, Some((record, failures))) => {
+            let mut document = wire::deployment(&record);
+            document["failures"] = failures.iter().map(|host| wire::host_failure(&record, host)).collect();
+            Ok(Json(document))
+        }
         (None, None) => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist"))),
         (Some(seq), None) => Err(ApiError::not_found(
             "deployment_not_found",

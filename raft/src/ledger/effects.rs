@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::selection;
-use super::validate::{Command, HostStatus};
+use super::validate::{Command, HostStatus, Selector, WaveSpec};
 use super::{reject, Step};
 use crate::desired::{self, Mark};
 use crate::event::ProposedEvent;
@@ -13,8 +13,8 @@ use crate::kv::{Overlay, Space};
 use crate::records::{
     self, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key, host_environment_key,
     host_group_key, host_key, layer_key, release_key, tally_key, timeline_key, Assignment, Block, DeploymentRecord,
-    DeploymentState, EnvironmentRecord, HostRecord, LayerRecord, Observed, ReleaseRecord, StartedWave, Tally,
-    TimelineEntry, WaveRecord, WaveRule, WaveState,
+    DeploymentState, EnvironmentRecord, Failure, HostRecord, LayerRecord, Observed, Override, ReleaseRecord,
+    StartedWave, Tally, TimelineEntry, WaveRecord, WaveRule, WaveState,
 };
 use crate::rejection::{Rejection, RejectionCode};
 
@@ -78,25 +78,29 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
             effect.registration = target_registered(state, context, group, labels)?;
         }
         Command::TargetDeregistered => effect.registration = Some(target_deregistered(state, context)?),
-        Command::DeploymentStarted { waves } => effect.layer = Some(deployment_started(state, context, waves)?),
-        Command::WaveStarted { wave } => {
-            let deployment = active_deployment(state, context, &mut effect.envelope)?;
-            effect.layer = Some(wave_started(state, context, deployment, wave)?);
+        Command::DeploymentStarted { waves, force } => {
+            effect.layer = Some(deployment_started(state, context, waves, force)?);
         }
-        Command::WaveCompleted { wave } => {
+        Command::WaveStarted { wave, force } => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
-            wave_completed(state, context, deployment, wave)?;
+            effect.layer = Some(wave_started(state, context, deployment, wave, force)?);
         }
-        Command::DeploymentCompleted => {
+        Command::WaveCompleted { wave, force } => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
-            effect.layer = deployment_ended(state, context, deployment, None)?;
+            wave_completed(state, context, deployment, wave, force)?;
+        }
+        Command::DeploymentCompleted { force } => {
+            let deployment = active_deployment(state, context, &mut effect.envelope)?;
+            effect.layer = deployment_ended(state, context, deployment, Ending::Completed { force })?;
         }
         Command::DeploymentAborted { reason } => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
-            effect.layer = deployment_ended(state, context, deployment, Some(reason.clone()))?;
+            effect.layer = deployment_ended(state, context, deployment, Ending::Aborted { reason })?;
         }
         Command::Rollback { reason } => effect.layer = Some(rollback(state, context, reason, &mut effect.envelope)?),
-        Command::HostReported { status, applied_seq } => host_reported(state, context, *status, *applied_seq)?,
+        Command::HostReported { status, applied_seq, message } => {
+            host_reported(state, context, *status, *applied_seq, message)?
+        }
         Command::FreezeStarted { reason } => freeze(state, context, Some(reason))?,
         Command::FreezeEnded { .. } => freeze(state, context, None)?,
         Command::Custom => {}
@@ -172,6 +176,8 @@ fn target_registered(
         registered_seq: context.seq,
         desired: None,
         observed: None,
+        running: None,
+        failure: None,
         changed_seq: context.seq,
     });
     // Waves select by group among the hosts registered before them: a host that moves to
@@ -215,7 +221,8 @@ fn remove_from_group(state: &mut Overlay<'_>, record: &HostRecord) {
 fn deployment_started(
     state: &mut Overlay<'_>,
     context: &Context<'_>,
-    waves: &[super::validate::WaveSpec],
+    waves: &[WaveSpec],
+    force: &Option<String>,
 ) -> Step<LayerRecord> {
     let proposal = context.proposal;
     let id = context.field(&proposal.deployment, "deployment")?;
@@ -234,6 +241,16 @@ fn deployment_started(
         );
     }
     refuse_if_frozen(&environment)?;
+    let mut overrides = Vec::new();
+    if records::tally(state, &service, &env)?.registered == 0 {
+        let refusal = Rejection::new(
+            RejectionCode::NoHosts,
+            format!("{service}/{env} has no registered host, so this deployment would reach nobody (a misspelt env?)"),
+        );
+        guard(context, refusal, force, &mut overrides)?;
+    } else if let Some(refusal) = waves.iter().find_map(|wave| empty_group(state, &service, &env, wave).transpose()) {
+        guard(context, refusal?, force, &mut overrides)?;
+    }
     let record = DeploymentRecord {
         id: id.clone(),
         service: service.clone(),
@@ -259,6 +276,7 @@ fn deployment_started(
         rolled_back_by: None,
         selected_total: 0,
         selected_now: 0,
+        overrides,
     };
     records::write_versioned(state, &deployment_key(&id), context.seq, &record)?;
     state.put(
@@ -272,7 +290,8 @@ fn deployment_started(
     let mut layer = records::layer(state, &service, &env)?;
     layer.assignments.push(Assignment::Deployment { id: id.clone(), release: release.clone(), waves: Vec::new() });
     records::write_versioned(state, &layer_key(&service, &env), context.seq, &layer)?;
-    timeline(state, context, &service, &release, "deployment.started", Some(&env), Some(&id), None, None)?;
+    let detail = forced(&record.overrides, context.seq);
+    timeline(state, context, &service, &release, "deployment.started", Some(&env), Some(&id), None, detail)?;
     Ok(layer)
 }
 
@@ -314,6 +333,7 @@ fn wave_started(
     context: &Context<'_>,
     mut deployment: DeploymentRecord,
     wave_name: &str,
+    force: &Option<String>,
 ) -> Step<LayerRecord> {
     let index = wave_index(&deployment, wave_name)?;
     if let Some(previous) = deployment.waves[..index].iter().find(|wave| wave.state != WaveState::Completed) {
@@ -328,6 +348,10 @@ fn wave_started(
     let mut environment = records::environment(state, &deployment.service, &deployment.env)?;
     refuse_if_frozen(&environment)?;
     deployable(state, &deployment.service, &deployment.release)?;
+    let spec = WaveSpec { name: wave_name.to_string(), selector: deployment.waves[index].selector.clone() };
+    if let Some(refusal) = empty_group(state, &deployment.service, &deployment.env, &spec)? {
+        guard(context, refusal, force, &mut deployment.overrides)?;
+    }
 
     let mut layer = records::layer(state, &deployment.service, &deployment.env)?;
     // The active deployment is always the newest assignment: nothing else is added while it runs.
@@ -375,7 +399,7 @@ fn wave_started(
         Some(&deployment.env),
         Some(&deployment.id),
         Some(wave_name),
-        None,
+        forced(&deployment.overrides, context.seq),
     )?;
     Ok(layer)
 }
@@ -385,6 +409,7 @@ fn wave_completed(
     context: &Context<'_>,
     mut deployment: DeploymentRecord,
     wave_name: &str,
+    force: &Option<String>,
 ) -> Step<()> {
     let index = wave_index(&deployment, wave_name)?;
     match deployment.waves[index].state {
@@ -395,6 +420,19 @@ fn wave_completed(
             return reject(RejectionCode::WaveAlreadyCompleted, format!("wave {wave_name:?} has already completed"))
         }
         WaveState::Started => {}
+    }
+    let wave = &deployment.waves[index];
+    if wave.failed > 0 {
+        let refusal = Rejection::new(
+            RejectionCode::HostsFailed,
+            format!(
+                "wave {wave_name:?} has {} failed on {} (of {} selected); roll back, abort, or wait for a retry to succeed",
+                hosts(wave.failed),
+                deployment.release,
+                wave.selected
+            ),
+        );
+        guard(context, refusal, force, &mut deployment.overrides)?;
     }
     deployment.waves[index].state = WaveState::Completed;
     deployment.waves[index].completed = Some(context.step());
@@ -408,20 +446,31 @@ fn wave_completed(
         Some(&deployment.env),
         Some(&deployment.id),
         Some(wave_name),
-        None,
+        forced(&deployment.overrides, context.seq),
     )
 }
 
-/// Completes (`abort_reason` = None) or aborts a deployment. Its counters are final from here
-/// on. Returns the layer when the deployment started no wave and leaves it.
+/// How a deployment ends.
+enum Ending<'a> {
+    /// Every wave completed; `force` overrides the failed-hosts guard.
+    Completed {
+        force: &'a Option<String>,
+    },
+    Aborted {
+        reason: &'a str,
+    },
+}
+
+/// Completes or aborts a deployment. Its counters are final from here on. Returns the layer
+/// when the deployment started no wave and leaves it.
 fn deployment_ended(
     state: &mut Overlay<'_>,
     context: &Context<'_>,
     mut deployment: DeploymentRecord,
-    abort_reason: Option<String>,
+    ending: Ending<'_>,
 ) -> Step<Option<LayerRecord>> {
-    let kind = match &abort_reason {
-        None => {
+    let (kind, abort_reason) = match ending {
+        Ending::Completed { force } => {
             if let Some(open) = deployment.waves.iter().find(|wave| wave.state != WaveState::Completed) {
                 return reject(
                     RejectionCode::WavesIncomplete,
@@ -432,12 +481,25 @@ fn deployment_ended(
                     ),
                 );
             }
+            let failed: u64 = deployment.waves.iter().map(|wave| wave.failed).sum();
+            if failed > 0 {
+                let refusal = Rejection::new(
+                    RejectionCode::HostsFailed,
+                    format!(
+                        "deployment {:?} has {} failed on {}; roll back or abort it",
+                        deployment.id,
+                        hosts(failed),
+                        deployment.release
+                    ),
+                );
+                guard(context, refusal, force, &mut deployment.overrides)?;
+            }
             deployment.state = DeploymentState::Completed;
-            "deployment.completed"
+            ("deployment.completed", None)
         }
-        Some(_) => {
+        Ending::Aborted { reason } => {
             deployment.state = DeploymentState::Aborted;
-            "deployment.aborted"
+            ("deployment.aborted", Some(reason.to_string()))
         }
     };
     deployment.ended = Some(context.step());
@@ -455,7 +517,7 @@ fn deployment_ended(
         Some(&deployment.env),
         Some(&deployment.id),
         None,
-        abort_reason,
+        abort_reason.or_else(|| forced(&deployment.overrides, context.seq)),
     )?;
     // A deployment that started no wave decides nothing: the layer lets go of it.
     let mut layer = records::layer(state, &deployment.service, &deployment.env)?;
@@ -505,6 +567,11 @@ fn rollback(
                 if deployment.release == *from {
                     return Ok(false);
                 }
+                // A release that never ran on any host there is no safe place to go back to.
+                let converged: u64 = deployment.waves.iter().map(|wave| wave.converged).sum();
+                if converged == 0 {
+                    return Ok(false);
+                }
                 let release = records::release(state, &service, &deployment.release)?;
                 Ok(release.is_some_and(|release| release.blocked.is_none()))
             })?;
@@ -514,7 +581,7 @@ fn rollback(
                     return reject(
                         RejectionCode::NoRollbackTarget,
                         format!(
-                            "{service}/{env} has no earlier completed release other than {from} that is not blocked"
+                            "{service}/{env} has no earlier completed release other than {from} that ran on a host there and is not blocked; name a release"
                         ),
                     )
                 }
@@ -575,17 +642,46 @@ fn last_completed(
     Ok(found)
 }
 
-fn host_reported(state: &mut Overlay<'_>, context: &Context<'_>, status: HostStatus, applied_seq: u64) -> Step<()> {
+fn host_reported(
+    state: &mut Overlay<'_>,
+    context: &Context<'_>,
+    status: HostStatus,
+    applied_seq: u64,
+    message: &Option<String>,
+) -> Step<()> {
     let (service, env, host) = host_address(context)?;
     let release = context.field(&context.proposal.release, "release")?;
     let previous = registered_host(state, &service, &env, &host)?;
     let mut record = previous.clone();
+    match status {
+        // What the host runs changes only when it says it runs something; a failed install
+        // leaves the previous release running, with the attempt kept beside it.
+        HostStatus::Running => {
+            record.running = Some(release.clone());
+            record.failure = None;
+        }
+        HostStatus::Failed => {
+            let attempt = match &previous.failure {
+                Some(failure) if failure.release == release => failure.attempt.saturating_add(1),
+                _ => 1,
+            };
+            record.failure = Some(Failure {
+                release: release.clone(),
+                message: message.clone(),
+                attempt,
+                reported_seq: context.seq,
+                reported_micros: context.time_micros,
+            });
+        }
+        HostStatus::Applying => {}
+    }
     record.observed = Some(Observed {
         release,
         status,
         applied_seq,
         reported_seq: context.seq,
         reported_micros: context.time_micros,
+        message: message.clone(),
     });
     save_host(state, context.seq, Some(&previous), record)
 }
@@ -645,6 +741,55 @@ fn refuse_if_frozen(environment: &EnvironmentRecord) -> Step<()> {
             format!("{}/{} is frozen: {}", environment.service, environment.env, freeze.reason),
         ),
         None => Ok(()),
+    }
+}
+
+/// A guard against a silent mistake: `refusal` stands unless the event carries a force reason,
+/// which is then kept with the deployment beside the guard it overrode.
+fn guard(context: &Context<'_>, refusal: Rejection, force: &Option<String>, overrides: &mut Vec<Override>) -> Step<()> {
+    match force {
+        Some(reason) => {
+            overrides.push(Override {
+                seq: context.seq,
+                guard: refusal.code.as_str().to_string(),
+                reason: reason.clone(),
+            });
+            Ok(())
+        }
+        None => Err(super::Stop::Reject(Rejection::new(
+            refusal.code,
+            format!("{}. To go ahead anyway, give a reason: --force REASON (data.force_reason)", refusal.message),
+        ))),
+    }
+}
+
+/// The timeline's note of the guards the event at `seq` overrode, if any.
+fn forced(overrides: &[Override], seq: u64) -> Option<String> {
+    let notes: Vec<String> = overrides
+        .iter()
+        .filter(|item| item.seq == seq)
+        .map(|item| format!("forced past {}: {}", item.guard, item.reason))
+        .collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+/// The refusal of a wave whose group has no registered host in (service, env).
+fn empty_group(state: &Overlay<'_>, service: &str, env: &str, wave: &WaveSpec) -> Step<Option<Rejection>> {
+    let Selector::Group(group) = &wave.selector else { return Ok(None) };
+    if selection::group_has_members(state, service, env, group)? {
+        return Ok(None);
+    }
+    Ok(Some(Rejection::new(
+        RejectionCode::SelectorMatchesNobody,
+        format!("wave {:?}: group {group:?} matches no host registered for {service}/{env}", wave.name),
+    )))
+}
+
+fn hosts(count: u64) -> String {
+    if count == 1 {
+        "1 host".to_string()
+    } else {
+        format!("{count} hosts")
     }
 }
 

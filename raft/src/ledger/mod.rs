@@ -121,7 +121,9 @@ pub fn apply_command(state: &mut Overlay<'_>, command: &LedgerCommand) -> Result
 
 /// The layout of the state machine's records this build writes and reads, recorded with the
 /// cluster identity. 2: desired releases resolved at read time from per-environment layers.
-pub const LAYOUT_VERSION: u64 = 2;
+/// 3: hosts keep the release they run apart from a failed install; deployments keep the guards
+/// they overrode.
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// The layout recorded in `state` (`None` before the cluster identity, or by builds before 2).
 pub fn layout(state: &dyn KvRead) -> Result<Option<u64>> {

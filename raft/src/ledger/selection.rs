@@ -142,6 +142,17 @@ pub(crate) fn select(
     }
 }
 
+/// Whether `group` has a registered host in (service, env): one step of the group index.
+pub(crate) fn group_has_members(state: &dyn KvRead, service: &str, env: &str, group: &str) -> crate::Result<bool> {
+    let prefix = Key::record(RecordTag::HostGroup).text(service).text(env).text(group);
+    let mut found = false;
+    state.scan(Space::State, prefix.bytes(), &prefix_end(prefix.bytes()), Direction::Forward, &mut |_, _| {
+        found = true;
+        Ok(false)
+    })?;
+    Ok(found)
+}
+
 /// Names of the registered hosts of `group` in (service, env), in name order.
 fn group_members(state: &dyn KvRead, service: &str, env: &str, group: &str) -> crate::Result<Vec<String>> {
     let prefix = Key::record(RecordTag::HostGroup).text(service).text(env).text(group);

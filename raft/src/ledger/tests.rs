@@ -155,6 +155,12 @@ impl Bench {
         self.ok(event);
         let event = self.wave("wave.started", deployment, "all");
         self.ok(event);
+        // Every host runs it, so it is a release a rollback may go back to.
+        let hosts = views::fleet(&self.kv, Some("web"), Some("prod"), None).unwrap().hosts;
+        for host in hosts {
+            let event = self.report(&host.host, release, "running");
+            self.ok(event);
+        }
         let event = self.wave("wave.completed", deployment, "all");
         self.ok(event);
         let event = self.complete(deployment);
@@ -571,6 +577,106 @@ fn rollback_after_completed_deployments_skips_blocked_and_same_release() {
     let rollback = bench.rollback(None);
     bench.ok(rollback);
     assert_eq!(bench.desired("c").as_deref(), Some("1.0"));
+}
+
+#[test]
+fn rollback_skips_a_completed_release_that_never_ran_on_a_host() {
+    let mut bench = Bench::fleet();
+    // 2.0 completes without a single host reporting it running.
+    for event in [
+        bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}])),
+        bench.wave("wave.started", "d2", "all"),
+        bench.wave("wave.completed", "d2", "all"),
+        bench.complete("d2"),
+    ] {
+        bench.ok(event);
+    }
+    let created = bench.release("3.0");
+    bench.ok(created);
+    bench.deploy_fully("d3", "3.0");
+    // Rolling back 3.0: 2.0 is the newer completed release, but only 1.0 ever ran.
+    let rollback = bench.rollback(None);
+    bench.ok(rollback);
+    assert_eq!(bench.desired("a").as_deref(), Some("1.0"));
+}
+
+/// An event with `data.force_reason` added.
+fn forced(mut event: ProposedEvent, reason: &str) -> ProposedEvent {
+    let mut data: Value = serde_json::from_str(&event.data).unwrap();
+    data["force_reason"] = json!(reason);
+    event.data = crate::canonical::to_canonical_string(&data).unwrap();
+    event
+}
+
+#[test]
+fn guards_refuse_silent_mistakes_until_forced_and_keep_the_reason() {
+    let mut bench = Bench::fleet();
+    // A deployment to an environment without hosts (a misspelt env).
+    let typo = bench.event(
+        "deployment.started",
+        &[("deployment", "d2-typo"), ("service", "web"), ("env", "prdo"), ("release", "2.0")],
+        json!({"waves": [{"name": "all", "percent": 100}]}),
+    );
+    assert_eq!(bench.refused(typo.clone()), RejectionCode::NoHosts);
+    // A group nobody belongs to.
+    let nosuch = bench.start("d2", "2.0", json!([{"name": "a", "group": "nosuch"}]));
+    assert_eq!(bench.refused(nosuch.clone()), RejectionCode::SelectorMatchesNobody);
+    bench.ok(forced(nosuch, "hosts of nosuch register next"));
+    assert_eq!(bench.deployment("d2").overrides[0].guard, "selector_matches_nobody");
+    // Still nobody in the group when the wave starts.
+    let wave = bench.wave("wave.started", "d2", "a");
+    assert_eq!(bench.refused(wave.clone()), RejectionCode::SelectorMatchesNobody);
+    bench.ok(forced(wave, "start it anyway"));
+    let abort = bench.event("deployment.aborted", &[("deployment", "d2")], json!({"reason": "typo"}));
+    bench.ok(abort);
+
+    // A failed host blocks completing its wave, and then the deployment.
+    let start = bench.start("d3", "2.0", json!([{"name": "canary", "group": "canary"}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d3", "canary");
+    bench.ok(wave);
+    for (host, status) in [("a", "running"), ("b", "failed")] {
+        let report = bench.report(host, "2.0", status);
+        bench.ok(report);
+    }
+    let complete_wave = bench.wave("wave.completed", "d3", "canary");
+    assert_eq!(bench.refused(complete_wave.clone()), RejectionCode::HostsFailed);
+    bench.ok(forced(complete_wave, "b's disk is full"));
+    let complete = bench.complete("d3");
+    assert_eq!(bench.refused(complete.clone()), RejectionCode::HostsFailed);
+    let seq = bench.ok(forced(complete, "b's disk is full"));
+    let guards: Vec<(String, String)> =
+        bench.deployment("d3").overrides.into_iter().map(|item| (item.guard, item.reason)).collect();
+    assert_eq!(
+        guards,
+        vec![("hosts_failed".to_string(), "b's disk is full".to_string()); 2],
+        "each override is kept with its reason"
+    );
+    assert_eq!(bench.deployment("d3").overrides[1].seq, seq);
+    // The typo, forced, is kept as an override of `no_hosts`.
+    bench.ok(forced(typo, "hosts register after the start"));
+    assert_eq!(bench.deployment("d2-typo").overrides[0].guard, "no_hosts");
+}
+
+#[test]
+fn a_failed_install_leaves_the_running_release_and_counts_attempts() {
+    let mut bench = Bench::fleet();
+    let start = bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "all");
+    bench.ok(wave);
+    for status in ["applying", "failed", "applying", "failed"] {
+        let report = bench.report("a", "2.0", status);
+        bench.ok(report);
+    }
+    let host = bench.host("a");
+    assert_eq!(host.running.as_deref(), Some("1.0"), "a still runs 1.0");
+    let failure = host.failure.expect("the failed install is kept");
+    assert_eq!((failure.release.as_str(), failure.attempt), ("2.0", 2));
+    let report = bench.report("a", "2.0", "running");
+    bench.ok(report);
+    let host = bench.host("a");
+    assert_eq!((host.running.as_deref(), host.failure), (Some("2.0"), None));
 }
 
 #[test]

@@ -30,14 +30,19 @@ pub enum Command {
     TargetDeregistered,
     DeploymentStarted {
         waves: Vec<WaveSpec>,
+        force: Option<String>,
     },
     WaveStarted {
         wave: String,
+        force: Option<String>,
     },
     WaveCompleted {
         wave: String,
+        force: Option<String>,
     },
-    DeploymentCompleted,
+    DeploymentCompleted {
+        force: Option<String>,
+    },
     DeploymentAborted {
         reason: String,
     },
@@ -47,6 +52,7 @@ pub enum Command {
     HostReported {
         status: HostStatus,
         applied_seq: u64,
+        message: Option<String>,
     },
     FreezeStarted {
         reason: String,
@@ -231,20 +237,20 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
         "deployment.started" => {
             envelope(event, &DEPLOYMENT_START)?;
             data.optional_text("description", REASON_CHARS_MAX)?;
-            Command::DeploymentStarted { waves: data.waves()? }
+            Command::DeploymentStarted { waves: data.waves()?, force: data.force_reason()? }
         }
         "wave.started" => {
             envelope(event, &DEPLOYMENT_STEP)?;
-            Command::WaveStarted { wave: data.wave()? }
+            Command::WaveStarted { wave: data.wave()?, force: data.force_reason()? }
         }
         "wave.completed" => {
             envelope(event, &DEPLOYMENT_STEP)?;
-            Command::WaveCompleted { wave: data.wave()? }
+            Command::WaveCompleted { wave: data.wave()?, force: data.force_reason()? }
         }
         "deployment.completed" => {
             envelope(event, &DEPLOYMENT_STEP)?;
             data.optional_text("notes", REASON_CHARS_MAX)?;
-            Command::DeploymentCompleted
+            Command::DeploymentCompleted { force: data.force_reason()? }
         }
         "deployment.aborted" => {
             envelope(event, &DEPLOYMENT_STEP)?;
@@ -264,8 +270,8 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
                 )
             })?;
             let applied_seq = data.required_u64("applied_seq")?;
-            data.optional_text("message", MESSAGE_CHARS_MAX)?;
-            Command::HostReported { status, applied_seq }
+            let message = data.optional_text("message", MESSAGE_CHARS_MAX)?;
+            Command::HostReported { status, applied_seq, message }
         }
         "freeze.started" => {
             envelope(event, &SERVICE_ENV)?;
@@ -385,6 +391,11 @@ impl<'a> DataFields<'a> {
 
     fn reason(&mut self) -> Result<String, Rejection> {
         self.required_text("reason", REASON_CHARS_MAX)
+    }
+
+    /// Why a deployer overrides a guard (`data.force_reason`): recorded with the event.
+    fn force_reason(&mut self) -> Result<Option<String>, Rejection> {
+        self.optional_text("force_reason", REASON_CHARS_MAX)
     }
 
     fn wave(&mut self) -> Result<String, Rejection> {
