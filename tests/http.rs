@@ -256,3 +256,62 @@ async fn sigterm_shuts_down_cleanly_with_open_streams() {
     server.kill_and_restart().await;
     assert_eq!(server.all_events().await, before);
 }
+
+/// A typed wave command takes its wave from the path only, and a deployment started again with
+/// the same Idempotency-Key and no id is the same deployment (a replay, not a conflict).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_commands_take_the_path_and_replay_by_key() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let start = json!({"service": "shop", "env": "prod", "release": "2.0",
+                       "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]});
+    let client = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .post(format!("{}/v1/deployments", server.url))
+            .header("idempotency-key", "release-2.0-prod")
+            .json(&start)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        answers.push((status, response.json::<Value>().await.unwrap()));
+    }
+    assert_eq!((answers[0].0, answers[1].0), (201, 200), "{answers:?}");
+    assert_eq!(answers[1].1["duplicate"], true);
+    let id = answers[0].1["event"]["deployment"].as_str().unwrap().to_string();
+    assert_eq!(answers[1].1["event"]["deployment"], id.as_str());
+
+    let (status, error) =
+        server.post(&format!("/v1/deployments/{id}/waves/canary/start"), &json!({"wave": "rest"})).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (422, Some("field_not_allowed")), "{error}");
+    let started = server.ok(&format!("/v1/deployments/{id}/waves/canary/start"), &json!({})).await;
+    assert_eq!(started["event"]["data"]["wave"], "canary");
+    // A freeze's end still takes a reason from the body in place of the default.
+    server.ok("/v1/freezes", &json!({"service": "shop", "env": "prod", "reason": "sale"})).await;
+    let (status, ended) =
+        server.send(reqwest::Method::DELETE, "/v1/freezes/shop/prod", Some(&json!({"reason": "sale over"}))).await;
+    assert_eq!(status, 201, "{ended}");
+    assert_eq!(ended["event"]["data"]["reason"], "sale over");
+}
+
+/// A host's history as of a past seq holds the newest versions up to that seq, however many
+/// came after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_history_at_a_past_seq_is_not_cut_by_later_versions() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let then = server.head().await;
+    for _ in 0..10 {
+        let report = json!({"host": "web-1", "service": "shop", "env": "prod", "release": "1.0",
+                            "status": "running", "applied_seq": 1});
+        server.ok("/v1/reports", &report).await;
+    }
+    let (status, view) = server.get(&format!("/v1/hosts/web-1?at_seq={then}&limit=2")).await;
+    assert_eq!(status, 200, "{view}");
+    let seqs: Vec<u64> =
+        view["history"].as_array().unwrap().iter().map(|version| version["changed_seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs.len(), 2, "two versions at or before seq {then}: {view}");
+    assert!(seqs.iter().all(|seq| *seq <= then), "{seqs:?}");
+}

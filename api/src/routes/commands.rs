@@ -23,11 +23,13 @@ struct Command {
     fixed: Vec<(&'static str, String)>,
     /// Data members added by the path.
     data: Vec<(&'static str, Value)>,
+    /// Data members the body may give, with the value taken when it does not.
+    defaults: Vec<(&'static str, Value)>,
 }
 
 impl Command {
     fn new(event_type: &'static str, envelope: &'static [&'static str]) -> Command {
-        Command { event_type, envelope, fixed: Vec::new(), data: Vec::new() }
+        Command { event_type, envelope, fixed: Vec::new(), data: Vec::new(), defaults: Vec::new() }
     }
 
     fn fixed(mut self, name: &'static str, value: String) -> Command {
@@ -37,6 +39,11 @@ impl Command {
 
     fn data(mut self, name: &'static str, value: Value) -> Command {
         self.data.push((name, value));
+        self
+    }
+
+    fn default_data(mut self, name: &'static str, value: Value) -> Command {
+        self.defaults.push((name, value));
         self
     }
 
@@ -80,6 +87,14 @@ impl Command {
             set(&mut event, name, Some(value));
         }
         for (name, value) in self.data {
+            if body.insert(name.to_string(), value).is_some() {
+                return Err(ApiError::invalid(
+                    "field_not_allowed",
+                    format!("{name} comes from the path, not the body"),
+                ));
+            }
+        }
+        for (name, value) in self.defaults {
             body.entry(name.to_string()).or_insert(value);
         }
         event.data = canonical_data(&Value::Object(body))?;
@@ -158,7 +173,15 @@ pub async fn start_deployment(
     JsonObject(mut body): JsonObject,
 ) -> ApiResult<Response> {
     if !body.contains_key("deployment") {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        // A retry with the same Idempotency-Key must name the same deployment, or the ledger
+        // would see another event under the same id; without a key any fresh id will do.
+        let id = match headers.get("idempotency-key") {
+            Some(key) => {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(key.as_bytes()))
+            }
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
         body.insert("deployment".into(), Value::String(format!("dep-{}", &id[..12])));
     }
     run(app, principal, headers, body, Command::new("deployment.started", &["deployment", "service", "env", "release"]))
@@ -265,6 +288,6 @@ pub async fn end_freeze(
     let command = Command::new("freeze.ended", &[])
         .fixed("service", service)
         .fixed("env", env)
-        .data("reason", Value::String("freeze ended".into()));
+        .default_data("reason", Value::String("freeze ended".into()));
     run(app, principal, headers, body, command).await
 }

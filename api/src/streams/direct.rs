@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{open, Sink, StreamEnd};
-use crate::auth::{Permission, Principal};
+use crate::auth::{self, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -68,14 +68,17 @@ pub async fn serve(app: AppState, mut stream: TcpStream) {
     }
 }
 
-/// Runs the gate's checks the router's middleware runs for routed requests.
+/// Runs the gate's checks the router's middleware runs for routed requests, with the rule
+/// `ACCESS_RULES` gives the route, so the two paths cannot disagree.
 fn admit(app: &AppState, request: &StreamRequest) -> Result<Principal, ApiError> {
     let authorization = request.authorization.as_deref().map(str::as_bytes);
-    match request.path.strip_prefix("/v1/watch/") {
-        Some(host) => app.gate.admit(authorization, Permission::HostRead, Some(host)),
-        None => app.gate.admit(authorization, Permission::Read, None),
-    }
-    .inspect_err(|_| app.metrics.refused())
+    let (template, host) = match request.path.strip_prefix("/v1/watch/") {
+        Some(host) => ("/v1/watch/{host}", Some(host)),
+        None => ("/v1/subscribe", None),
+    };
+    let permission = auth::permission(&Method::GET, template)
+        .ok_or_else(|| ApiError::internal(format!("{template} has no access rule")))?;
+    app.gate.admit(authorization, permission, host).inspect_err(|_| app.metrics.refused())
 }
 
 async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, ApiError> {
