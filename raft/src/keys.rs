@@ -31,6 +31,8 @@ pub enum RecordTag {
     Tally = 11,
     /// (service, env, group, host) → nothing: the registered hosts of a group.
     HostGroup = 12,
+    /// (service, env, release) → seq of the first report of a host there running it.
+    Ran = 13,
 }
 
 /// Fields of events with a secondary index in `Space::EventIndex`.

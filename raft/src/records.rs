@@ -318,6 +318,10 @@ pub fn tally_key(service: &str, env: &str) -> Key {
     Key::record(RecordTag::Tally).text(service).text(env)
 }
 
+pub fn ran_key(service: &str, env: &str, release: &str) -> Key {
+    Key::record(RecordTag::Ran).text(service).text(env).text(release)
+}
+
 pub fn host_group_key(service: &str, env: &str, group: &str, host: &str) -> Key {
     Key::record(RecordTag::HostGroup).text(service).text(env).text(group).text(host)
 }

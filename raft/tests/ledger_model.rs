@@ -104,6 +104,8 @@ struct Model {
     running: BTreeMap<String, String>,
     /// Each host's failed install since it last reported running: release and attempt.
     failures: BTreeMap<String, (String, u32)>,
+    /// Releases some host reported running.
+    ran: std::collections::BTreeSet<String>,
     deployments: BTreeMap<String, ModelDeployment>,
     completed: Vec<String>,
     active: Option<String>,
@@ -372,16 +374,12 @@ impl Model {
                     }
                     None => {
                         let from = from.ok_or("no_rollback_target")?;
-                        // Only a release that ran on some host while its deployment lasted.
-                        let ran = |id: &String| {
-                            let counts = self.deployments[id].ended_counts.as_ref().unwrap();
-                            counts.values().any(|(converged, _)| *converged > 0)
-                        };
+                        // Only a release some host reported running.
                         self.completed
                             .iter()
                             .rev()
-                            .filter(|id| ran(id))
                             .map(|id| self.deployments[id].release.clone())
+                            .filter(|release| self.ran.contains(release))
                             .find(|release| *release != from && !self.releases[release])
                             .ok_or("no_rollback_target")?
                     }
@@ -401,6 +399,7 @@ impl Model {
                 let (status, release) = (STATUSES[*s], RELEASES[*r].to_string());
                 match status {
                     "running" => {
+                        self.ran.insert(release.clone());
                         self.running.insert(host.clone(), release.clone());
                         self.failures.remove(&host);
                     }

@@ -9,7 +9,7 @@ use super::{reject, Step};
 use crate::desired::{self, Mark};
 use crate::event::ProposedEvent;
 use crate::invariant;
-use crate::kv::{Overlay, Space};
+use crate::kv::{KvRead, Overlay, Space};
 use crate::records::{
     self, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key, host_environment_key,
     host_group_key, host_key, layer_key, release_key, tally_key, timeline_key, Assignment, Block, DeploymentRecord,
@@ -567,9 +567,8 @@ fn rollback(
                 if deployment.release == *from {
                     return Ok(false);
                 }
-                // A release that never ran on any host there is no safe place to go back to.
-                let converged: u64 = deployment.waves.iter().map(|wave| wave.converged).sum();
-                if converged == 0 {
+                // A release no host there ever reported running is no safe place to go back to.
+                if state.get(Space::State, records::ran_key(&service, &env, &deployment.release).bytes())?.is_none() {
                     return Ok(false);
                 }
                 let release = records::release(state, &service, &deployment.release)?;
@@ -659,6 +658,11 @@ fn host_reported(
         HostStatus::Running => {
             record.running = Some(release.clone());
             record.failure = None;
+            // The first host running a release there makes it a place a rollback may go back to.
+            let ran = records::ran_key(&service, &env, &release);
+            if state.get(Space::State, ran.bytes())?.is_none() {
+                records::write(state, Space::State, ran.into_bytes(), &context.seq)?;
+            }
         }
         HostStatus::Failed => {
             let attempt = match &previous.failure {

@@ -600,6 +600,28 @@ fn rollback_skips_a_completed_release_that_never_ran_on_a_host() {
     assert_eq!(bench.desired("a").as_deref(), Some("1.0"));
 }
 
+#[test]
+fn a_release_reported_running_after_its_deployment_ended_is_a_rollback_target() {
+    let mut bench = Bench::fleet();
+    for event in [
+        bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}])),
+        bench.wave("wave.started", "d2", "all"),
+        bench.wave("wave.completed", "d2", "all"),
+        bench.complete("d2"),
+    ] {
+        bench.ok(event);
+    }
+    // An agent's report may land after the deployment completed: 2.0 did run.
+    let report = bench.report("a", "2.0", "running");
+    bench.ok(report);
+    let created = bench.release("3.0");
+    bench.ok(created);
+    bench.deploy_fully("d3", "3.0");
+    let rollback = bench.rollback(None);
+    bench.ok(rollback);
+    assert_eq!(bench.desired("a").as_deref(), Some("2.0"));
+}
+
 /// An event with `data.force_reason` added.
 fn forced(mut event: ProposedEvent, reason: &str) -> ProposedEvent {
     let mut data: Value = serde_json::from_str(&event.data).unwrap();
