@@ -15,13 +15,14 @@ use fleetlog_raft::event::Event;
 use fleetlog_raft::ledger::validate::HostStatus;
 use fleetlog_raft::records::{HostRecord, Observed};
 use fleetlog_raft::types::{Entry, LogId};
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::vote::leader_id_adv::CommittedLeaderId;
+use openraft::EntryPayload;
 
 use common::{committed_event, custom_command, TIME_MICROS};
 
 fn entry(events: usize) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(3, 1), 1_000_000),
+        log_id: LogId::new(CommittedLeaderId { term: 3, node_id: 1 }, 1_000_000),
         payload: EntryPayload::Normal(custom_command(1, events, 0)),
     }
 }

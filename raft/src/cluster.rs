@@ -10,7 +10,7 @@ use openraft::{BasicNode, ChangeMembers};
 
 use crate::node::Node;
 use crate::peers::{path, NodeStatus};
-use crate::types::NodeId;
+use crate::types::{NodeId, TypeConfig};
 
 /// How long membership changes may take (a learner catching up included).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -160,7 +160,7 @@ impl Node {
 
     async fn finish_change<T>(
         &self,
-        change: impl std::future::Future<Output = Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>>,
+        change: impl std::future::Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
     ) -> Result<(), MembershipError> {
         match tokio::time::timeout(MEMBERSHIP_TIMEOUT, change).await {
             Err(_) => Err(MembershipError::Timeout(MEMBERSHIP_TIMEOUT)),
@@ -169,6 +169,10 @@ impl Node {
                 Err(MembershipError::NotLeader {
                     leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)),
                 })
+            }
+            // The change's entry was cut from the log (a new leader): whether it took is unknown.
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(MembershipError::Unavailable("the change was overtaken by a new leader; look and retry".into()))
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => Err(match error {
                 ChangeMembershipError::InProgress(_) => MembershipError::Unavailable(error.to_string()),

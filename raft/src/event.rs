@@ -104,6 +104,14 @@ pub struct LedgerCommand {
     pub identity: Option<ClusterIdentity>,
 }
 
+/// How openraft names an entry's payload in its logs: its size, never its contents.
+impl std::fmt::Display for LedgerCommand {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let events: usize = self.requests.iter().map(|request| request.events.len()).sum();
+        write!(formatter, "{} requests, {events} events", self.requests.len())
+    }
+}
+
 /// Facts about the cluster itself that every replica must agree on, decided once by a leader.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {

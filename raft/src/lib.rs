@@ -41,6 +41,8 @@ pub mod records;
 pub mod rejection;
 pub mod resume;
 #[cfg(feature = "storage")]
+pub mod snapshot_receiver;
+#[cfg(feature = "storage")]
 pub mod storage;
 pub mod types;
 pub mod views;

@@ -5,18 +5,17 @@
 
 use std::sync::Arc;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
+use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{BasicNode, EntryPayload};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
 
 use crate::peers::{path, PeerError, Peers};
-use crate::types::{Entry, LogId, NodeId, TypeConfig};
+use crate::types::{Entry, LogId, NodeId, SnapshotMeta, TypeConfig};
 
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -44,22 +43,37 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     }
 }
 
+/// One piece of a snapshot file on its way to a peer. The receiver appends `data` at `offset`
+/// to the file it keeps for (`vote`, `meta`), and installs the file when `done`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub vote: VoteOf<TypeConfig>,
+    pub meta: SnapshotMeta,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    pub done: bool,
+}
+
+/// Bytes of a snapshot file per request: well under the peer body limit, and a few round trips
+/// per hundred megabytes.
+const SNAPSHOT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
 impl PeerConnection {
-    async fn rpc<Request, Response, E>(
+    /// One request and its answer. A peer whose Raft has stopped answers with its fatal error;
+    /// to this node that is a peer it cannot use for now, as a network failure is.
+    async fn rpc<Request, Response>(
         &self,
         path: &str,
         request: &Request,
         option: &RPCOption,
-    ) -> Result<Response, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Response, RPCError<TypeConfig>>
     where
         Request: Serialize,
         Response: DeserializeOwned,
-        E: std::error::Error,
-        RaftError<NodeId, E>: DeserializeOwned,
     {
-        let answer: Result<Response, RaftError<NodeId, E>> =
+        let answer: Result<Response, RaftError<TypeConfig>> =
             self.peers.call(self.target, &self.address, path, request, option.hard_ttl()).await.map_err(rpc_error)?;
-        answer.map_err(|error| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, error)))
+        answer.map_err(|error| RPCError::Network(NetworkError::new(&error)))
     }
 }
 
@@ -102,19 +116,21 @@ fn entry_bytes(entry: &Entry) -> usize {
     }
 }
 
-fn rpc_error<E: std::error::Error>(error: PeerError) -> RPCError<NodeId, BasicNode, E> {
+fn rpc_error<E: std::error::Error>(error: PeerError) -> RPCError<TypeConfig, E> {
     match error {
         PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
         PeerError::NoAnswer { .. } | PeerError::Refused { .. } => RPCError::Network(NetworkError::new(&error)),
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = tokio::fs::File;
+
     async fn append_entries(
         &mut self,
         mut request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let last_sent = keep_within_budget(&mut request.entries);
         let response = self.rpc(path::APPEND_ENTRIES, &request, &option).await?;
         Ok(match (response, last_sent) {
@@ -124,27 +140,74 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         })
     }
 
-    async fn install_snapshot(
-        &mut self,
-        request: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
-        self.rpc(path::INSTALL_SNAPSHOT, &request, &option).await
-    }
-
     async fn vote(
         &mut self,
-        request: VoteRequest<NodeId>,
+        request: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(path::VOTE, &request, &option).await
+    }
+
+    /// Sends the snapshot file in chunks, read from the file as they go: never whole in memory.
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, tokio::fs::File>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut file = snapshot.snapshot;
+        let mut offset = 0u64;
+        let send = async {
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                let mut filled = 0;
+                while filled < data.len() {
+                    let read = file
+                        .read(&mut data[filled..])
+                        .await
+                        .map_err(|error| StreamingError::Network(NetworkError::new(&error)))?;
+                    if read == 0 {
+                        break;
+                    }
+                    filled += read;
+                }
+                data.truncate(filled);
+                let done = filled < SNAPSHOT_CHUNK_BYTES;
+                let chunk = SnapshotChunk { vote: vote.clone(), meta: snapshot.meta.clone(), offset, data, done };
+                let answer: crate::snapshot_receiver::ChunkAnswer = self
+                    .peers
+                    .call(self.target, &self.address, path::INSTALL_SNAPSHOT, &chunk, option.hard_ttl())
+                    .await
+                    .map_err(|error| match error {
+                        PeerError::Unreachable { .. } => StreamingError::Unreachable(Unreachable::new(&error)),
+                        _ => StreamingError::Network(NetworkError::new(&error)),
+                    })?;
+                match answer {
+                    Ok(Some(response)) => return Ok(response),
+                    Ok(None) if !done => offset += filled as u64,
+                    Ok(None) => {
+                        return Err(StreamingError::Network(NetworkError::new(&std::io::Error::other(
+                            "the peer took the last chunk without answering with its vote",
+                        ))))
+                    }
+                    Err(refused) => {
+                        return Err(StreamingError::Network(NetworkError::new(&std::io::Error::other(refused))))
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = send => sent,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use openraft::vote::leader_id_adv::CommittedLeaderId;
+    use openraft::EntryPayload;
 
     use super::*;
     use crate::event::{AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
@@ -154,7 +217,10 @@ mod tests {
         event.data = format!("{{\"pad\":\"{}\"}}", "x".repeat(data_bytes));
         let request = AppendRequest { events: vec![event], expected_version: ExpectedVersion::Any, actor: "t".into() };
         let command = LedgerCommand { time_micros: 1, requests: vec![request], identity: None };
-        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(command) }
+        Entry {
+            log_id: LogId::new(CommittedLeaderId { term: 1, node_id: 1 }, index),
+            payload: EntryPayload::Normal(command),
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::{BasicNode, Config, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -20,9 +21,11 @@ use crate::error::{Error, Result};
 use crate::event::{AppendOutcome, AppendRequest, ClusterIdentity, LedgerCommand};
 use crate::feed::Feed;
 use crate::network::PeerNetwork;
+use crate::network::SnapshotChunk;
 use crate::peers::{path, PeerError, Peers};
+use crate::snapshot_receiver::{ChunkAnswer, SnapshotReceiver};
 use crate::storage::{Database, LogStore, SnapshotFiles, StateMachine};
-use crate::types::{NodeId, Raft};
+use crate::types::{NodeId, Raft, TypeConfig};
 
 /// How long a write may wait for commit before its outcome is reported unknown.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,6 +115,7 @@ struct NodeInner {
     peers: Arc<Peers>,
     batcher: Batcher,
     disk: DiskGuard,
+    snapshot_receiver: SnapshotReceiver,
 }
 
 fn raft_config(snapshot_every: u64) -> Result<Config> {
@@ -144,7 +148,8 @@ impl Node {
         let snapshots = SnapshotFiles::new(config.data_dir.join("snapshots"))?;
         let state_machine = StateMachine::open(database.clone(), snapshots.clone())?;
         let feed = state_machine.feed().clone();
-        let log_store = LogStore::new(database.clone(), snapshots);
+        let log_store = LogStore::new(database.clone(), snapshots.clone());
+        let snapshot_receiver = SnapshotReceiver::new(snapshots);
         let peers = Arc::new(Peers::new(
             config.peer_routes.clone(),
             config.cluster_secret.clone(),
@@ -164,6 +169,7 @@ impl Node {
                 database,
                 feed,
                 peers,
+                snapshot_receiver,
             }),
         };
         if config.bootstrap == Bootstrap::SingleNode && !node.raft().is_initialized().await.map_err(raft_error)? {
@@ -193,6 +199,11 @@ impl Node {
         &self.inner.database
     }
 
+    /// Takes one chunk of a snapshot the leader sends (see [`SnapshotReceiver`]).
+    pub async fn receive_snapshot_chunk(&self, chunk: SnapshotChunk) -> ChunkAnswer {
+        self.inner.snapshot_receiver.receive(&self.inner.raft, chunk).await
+    }
+
     pub fn feed(&self) -> &Feed {
         &self.inner.feed
     }
@@ -209,7 +220,7 @@ impl Node {
     /// stops hearing from a quorum. Streams on a node out of contact go stale, so they are ended.
     pub fn in_contact(&self) -> bool {
         let metrics = self.inner.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         let Some(leader) = metrics.current_leader else { return false };
         if leader != self.inner.id || metrics.membership_config.membership().voter_ids().count() <= 1 {
             return true;
@@ -219,7 +230,7 @@ impl Node {
 
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.inner.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader?;
         let address = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, address))
@@ -320,10 +331,10 @@ impl Node {
 
     /// On the leader: the log index a linearizable read must see applied.
     pub async fn read_index_here(&self, timeout: Duration) -> std::result::Result<Option<u64>, WriteError> {
-        match tokio::time::timeout(timeout, self.inner.raft.get_read_log_id()).await {
+        match tokio::time::timeout(timeout, self.inner.raft.get_read_log_id(ReadPolicy::ReadIndex)).await {
             Err(_) => Err(WriteError::Timeout(WRITE_TIMEOUT)),
-            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|log_id| log_id.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+            Ok(Ok((read_log_id, _applied))) => Ok(Some(read_log_id.index())),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
                 Err(WriteError::NotLeader { leader: forward.leader_id.map(|leader| (leader, String::new())) })
             }
             Ok(Err(error)) => Err(WriteError::Unavailable(error.to_string())),
@@ -345,12 +356,12 @@ impl Node {
     /// True when this node knows a leader and has applied what it knows to be committed.
     pub fn is_ready(&self) -> bool {
         let metrics = self.inner.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         metrics.current_leader.is_some() && metrics.last_applied.map(|id| id.index) >= metrics.last_log_index
     }
 
-    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {
-        self.inner.raft.metrics().borrow().clone()
+    pub fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
+        self.inner.raft.metrics().borrow_watched().clone()
     }
 
     /// The cluster's identity, once recorded.
@@ -379,7 +390,7 @@ async fn record_identity_when_leading(node: Node) {
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "cannot read the cluster identity"),
         }
-        let leading = metrics.borrow().state == ServerState::Leader;
+        let leading = metrics.borrow_watched().state == ServerState::Leader;
         if leading {
             let identity = new_identity();
             let command = LedgerCommand { time_micros: now_micros(), requests: Vec::new(), identity: Some(identity) };

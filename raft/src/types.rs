@@ -1,26 +1,18 @@
 //! The openraft type configuration of fleetlog.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::event::{AppendOutcome, LedgerCommand};
 
 openraft::declare_raft_types!(
-    /// Types of fleetlog's Raft: ledger commands in, outcomes out, snapshots as files.
+    /// Types of fleetlog's Raft: ledger commands in, outcomes out.
     pub TypeConfig:
         D = LedgerCommand,
         R = LedgerResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = openraft_rt_tokio::TokioRuntime,
 );
-
-// `declare_raft_types!` names `Cursor` in its defaults even when they are overridden.
-#[allow(dead_code)]
-type DefaultSnapshotData = Cursor<Vec<u8>>;
 
 /// What applying one entry produced: an outcome per request (empty for blank and membership
 /// entries).
@@ -29,11 +21,14 @@ pub struct LedgerResponse {
     pub outcomes: Vec<AppendOutcome>,
 }
 
+use openraft::type_config::alias;
+
 pub type NodeId = u64;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = alias::EntryOf<TypeConfig>;
+pub type LogId = alias::LogIdOf<TypeConfig>;
+pub type Vote = alias::VoteOf<TypeConfig>;
+pub type StoredMembership = alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
+#[cfg(feature = "storage")]
+pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachine>;

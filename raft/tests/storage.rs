@@ -10,7 +10,7 @@ use fleetlog_raft::kv::{Overlay, Space};
 use fleetlog_raft::storage::{snapshot, Database, LogStore, SnapshotFiles, StateMachine};
 use fleetlog_raft::types::{StorageError, TypeConfig};
 use fleetlog_raft::views::{self, EventFilter};
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
 struct RocksBuilder;
@@ -26,9 +26,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
 }
 
 /// openraft's own storage suite passes against the log store and state machine.
-#[test]
-fn openraft_storage_suite_passes() {
-    Suite::test_all(RocksBuilder).expect("storage suite");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_passes() {
+    Suite::test_all(RocksBuilder).await.expect("storage suite");
 }
 
 /// Acknowledged events survive a restart with the same seqs, hashes and stream versions.

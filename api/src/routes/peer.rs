@@ -88,7 +88,7 @@ async fn vote(State(app): State<AppState>, request: Request) -> Response {
 
 async fn install_snapshot(State(app): State<AppState>, request: Request) -> Response {
     match accept(&app, request).await {
-        Ok(request) => answer(&app.node.raft().install_snapshot(request).await),
+        Ok(chunk) => answer(&app.node.receive_snapshot_chunk(chunk).await),
         Err(refusal) => refusal,
     }
 }

@@ -11,11 +11,11 @@
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use rocksdb::WriteBatch;
 use tokio::sync::mpsc;
 
@@ -23,7 +23,7 @@ use super::db::{Database, LOG_FAMILY, RAFT_META_FAMILY};
 use super::snapshot::SnapshotFiles;
 use crate::codec;
 use crate::limits::RECENT_ENTRIES_BUDGET_BYTES;
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
@@ -43,7 +43,7 @@ pub struct LogStore {
     snapshots: SnapshotFiles,
     recent: Arc<Mutex<RecentEntries>>,
     /// The flusher thread ends when the last clone is dropped and this channel closes.
-    flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flushes: mpsc::Sender<IOFlushed<TypeConfig>>,
 }
 
 /// A copy of the log's newest entries: always a contiguous run of indexes that equals what is
@@ -116,7 +116,7 @@ impl RecentEntries {
 
 impl LogStore {
     pub fn new(database: Database, snapshots: SnapshotFiles) -> LogStore {
-        let (flushes, mut pending) = mpsc::channel::<LogFlushed<TypeConfig>>(PENDING_FLUSHES_MAX);
+        let (flushes, mut pending) = mpsc::channel::<IOFlushed<TypeConfig>>(PENDING_FLUSHES_MAX);
         let flusher_database = database.clone();
         std::thread::Builder::new()
             .name("fleetlog-log-flusher".into())
@@ -133,7 +133,7 @@ impl LogStore {
                             Ok(()) => Ok(()),
                             Err(error) => Err(std::io::Error::other(error.to_string())),
                         };
-                        callback.log_io_completed(outcome);
+                        callback.io_completed(outcome);
                     }
                 }
             })
@@ -141,7 +141,7 @@ impl LogStore {
         LogStore { database, snapshots, recent: Arc::default(), flushes }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
         let family = self.database.family(RAFT_META_FAMILY);
         match self.database.raw().get_cf(family, key).map_err(|error| read_error(&error))? {
             Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(|error| read_error(&error))?)),
@@ -151,15 +151,15 @@ impl LogStore {
 
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(Database) -> Result<T, StorageError> + Send + 'static,
-    ) -> Result<T, StorageError> {
+        work: impl FnOnce(Database) -> Result<T, io::Error> + Send + 'static,
+    ) -> Result<T, io::Error> {
         let database = self.database.clone();
         tokio::task::spawn_blocking(move || work(database))
             .await
             .map_err(|error| write_error(&format!("storage task failed: {error}")))?
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+    fn last_entry_id(&self) -> Result<Option<LogId>, io::Error> {
         let family = self.database.family(LOG_FAMILY);
         let mut iterator = self.database.raw().raw_iterator_cf(family);
         iterator.seek_to_last();
@@ -176,12 +176,12 @@ impl LogStore {
     }
 }
 
-fn read_error(error: &dyn std::fmt::Display) -> StorageError {
-    StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Read, openraft::AnyError::error(error.to_string())).into()
+fn read_error(error: &dyn std::fmt::Display) -> io::Error {
+    io::Error::other(format!("reading the Raft log: {error}"))
 }
 
-fn write_error(error: &dyn std::fmt::Display) -> StorageError {
-    StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Write, openraft::AnyError::error(error.to_string())).into()
+fn write_error(error: &dyn std::fmt::Display) -> io::Error {
+    io::Error::other(format!("writing the Raft log: {error}"))
 }
 
 /// Adds the purge of the log through `log_id` to `batch`, unless the log is purged that far
@@ -204,10 +204,14 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.read_meta(VOTE_KEY)
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, io::Error> {
         let start = match range.start_bound() {
             Bound::Included(index) => *index,
             Bound::Excluded(index) => index + 1,
@@ -247,7 +251,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.read_meta(PURGED_KEY)?;
         let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
@@ -257,7 +261,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let bytes = codec::encode(vote).map_err(|error| write_error(&error))?;
         self.blocking(move |database| {
             let mut batch = WriteBatch::default();
@@ -268,11 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta(VOTE_KEY)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Called on every commit; losing it only means re-learning the commit index, so no fsync.
         let bytes = codec::encode(&committed).map_err(|error| write_error(&error))?;
         let mut batch = WriteBatch::default();
@@ -280,11 +280,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.database.write_unsynced(batch).map_err(|error| write_error(&error))
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self.read_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -300,7 +300,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Written on this thread rather than handed to a blocking thread: an unsynced write only
         // copies into the memtable and the WAL buffer (tens of microseconds), less than the
-        // hand-off itself, and openraft's core waits for this append before it does anything else.
+        // hand-off itself. The core submits appends without waiting for their flush.
         self.database.write_unsynced(batch).map_err(|error| write_error(&error))?;
         {
             // After the write: what is in memory is always also in the database.
@@ -314,19 +314,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last_kept: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_kept.map_or(0, |log_id| log_id.index + 1);
         // Before the deletion: a reader never gets a copy of an entry that is gone.
-        self.recent.lock().expect("recent entries lock").remove_from(log_id.index);
+        self.recent.lock().expect("recent entries lock").remove_from(from);
         self.blocking(move |database| {
             let mut batch = WriteBatch::default();
-            batch.delete_range_cf(database.family(LOG_FAMILY), index_key(log_id.index), index_key(u64::MAX));
+            batch.delete_range_cf(database.family(LOG_FAMILY), index_key(from), index_key(u64::MAX));
             // Synced: conflicting entries must not come back after a crash.
             database.write_synced(batch).map_err(|error| write_error(&error))
         })
         .await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // openraft never reads purged entries again, whatever is physically deleted below.
         self.recent.lock().expect("recent entries lock").remove_through(log_id.index);
         let Some(log_id) = self.snapshots.purge_limit(log_id).map_err(|error| write_error(&error))? else {
@@ -343,12 +344,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use openraft::vote::leader_id_adv::CommittedLeaderId;
+    use openraft::EntryPayload;
 
     use super::*;
 
     fn entry(term: u64, index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(term, 1), index), payload: EntryPayload::Blank }
+        Entry { log_id: LogId::new(CommittedLeaderId { term: term, node_id: 1 }, index), payload: EntryPayload::Blank }
     }
 
     fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {

@@ -134,17 +134,15 @@ impl SnapshotFiles {
     pub fn install(&self, database: &Database, received: &Path, expected: &SnapshotMeta) -> Result<SnapshotMeta> {
         let _alone = self.alone();
         let meta = verify(received)?;
-        if meta.last_log_id != expected.last_log_id || meta.snapshot_id != expected.snapshot_id {
+        if meta.last_log_id != expected.last_log_id || meta.last_membership != expected.last_membership {
             return Err(Error::Corrupt(format!(
-                "snapshot file {} holds snapshot {} at {:?}, not the announced {} at {:?}",
+                "snapshot file {} holds the state at {:?}, not the announced {:?}",
                 received.display(),
-                meta.snapshot_id,
                 meta.last_log_id,
-                expected.snapshot_id,
                 expected.last_log_id
             )));
         }
-        let kept = self.adopt(received, &meta.snapshot_id)?;
+        let kept = self.adopt(received, &snapshot_name(&meta.last_log_id))?;
         crash_point::reached(INSTALL_CRASH_POINT, 1);
         replace_state(database, &kept, &meta)?;
         self.set_current(&meta, &kept)?;
@@ -222,11 +220,8 @@ impl SnapshotFiles {
         let reader = database.snapshot_reader();
         let last_log_id: Option<LogId> = read_meta(&reader, META_APPLIED)?.flatten();
         let last_membership: StoredMembership = read_meta(&reader, META_MEMBERSHIP)?.unwrap_or_default();
-        let snapshot_id = match &last_log_id {
-            Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, unique_suffix()),
-            None => format!("empty-{}", unique_suffix()),
-        };
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id: snapshot_id.clone() };
+        let snapshot_id = snapshot_name(&last_log_id);
+        let meta = SnapshotMeta { last_log_id, last_membership };
         let path = self.directory.join(format!("{snapshot_id}.snap"));
         let temporary = self.directory.join(format!("{snapshot_id}.partial"));
         let mut writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, File::create(&temporary)?));
@@ -403,6 +398,15 @@ fn read_block_into(reader: &mut impl Read, bytes_max: u32, block: &mut Vec<u8>) 
     block.resize(length as usize, 0);
     reader.read_exact(block)?;
     Ok(())
+}
+
+/// A file name for a snapshot of the state at `last_log_id`, unique on this node: two builds
+/// at the same log id never share a file.
+fn snapshot_name(last_log_id: &Option<LogId>) -> String {
+    match last_log_id {
+        Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, unique_suffix()),
+        None => format!("empty-{}", unique_suffix()),
+    }
 }
 
 fn unique_suffix() -> String {

@@ -8,8 +8,11 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use std::io;
+
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
 use rocksdb::WriteBatch;
 
 use super::db::Database;
@@ -22,7 +25,10 @@ use crate::keys::{META_APPLIED, META_MEMBERSHIP};
 use crate::kv::{KvRead, Overlay, Space, Writes};
 use crate::ledger;
 use crate::records;
-use crate::types::{Entry, LedgerResponse, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LedgerResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// A snapshot as openraft hands it around: its meta and the open file.
+type FileSnapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, tokio::fs::File>;
 
 #[derive(Clone)]
 pub struct StateMachine {
@@ -80,14 +86,13 @@ impl StateMachine {
     }
 }
 
-fn storage_error(subject: ErrorSubject<u64>, verb: ErrorVerb, error: &dyn std::fmt::Display) -> StorageError {
-    StorageIOError::new(subject, verb, openraft::AnyError::error(error.to_string())).into()
+fn storage_error(what: &str, error: &dyn std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what}: {error}"))
 }
 
 /// This replica's storage failed while applying: Raft stops on this node only.
-fn apply_error(error: &dyn std::fmt::Display) -> StorageError {
-    let error = format!("this replica's storage failed: {error}");
-    storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, &error)
+fn apply_error(error: &dyn std::fmt::Display) -> io::Error {
+    storage_error("this replica's storage failed while applying", error)
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(database: &Database, key: &[u8]) -> Result<Option<T>> {
@@ -187,7 +192,7 @@ fn stop_on_bug(panic: Box<dyn std::any::Any + Send>) -> ! {
 
 /// A failed `spawn_blocking` of the apply step: a panic is a broken invariant, anything else the
 /// runtime shutting down.
-fn apply_join_error(error: tokio::task::JoinError) -> StorageError {
+fn apply_join_error(error: tokio::task::JoinError) -> io::Error {
     match error.try_into_panic() {
         Ok(panic) => stop_on_bug(panic),
         Err(error) => apply_error(&error),
@@ -195,25 +200,31 @@ fn apply_join_error(error: tokio::task::JoinError) -> StorageError {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = tokio::fs::File;
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let read = |key| read_meta(&self.database, key);
-        let applied: Option<LogId> = read(META_APPLIED)
-            .map_err(|error| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &error))?
-            .flatten();
+        let applied: Option<LogId> =
+            read(META_APPLIED).map_err(|error| storage_error("reading the applied position", &error))?.flatten();
         let membership: StoredMembership = read_meta(&self.database, META_MEMBERSHIP)
-            .map_err(|error| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &error))?
+            .map_err(|error| storage_error("reading the membership", &error))?
             .unwrap_or_default();
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<LedgerResponse>, StorageError>
+    async fn apply<Entries>(&mut self, mut stream: Entries) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        Entries: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Every entry openraft hands over at once is applied in one batch, as before; each
+        // waiting client is answered only after the batch is written and published.
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = stream.try_next().await? {
+            entries.push(entry);
+            responders.push(responder);
+        }
         let database = self.database.clone();
         let started = std::time::Instant::now();
         let mut computed = tokio::task::spawn_blocking(move || {
@@ -245,36 +256,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         tracing::debug!(elapsed = ?started.elapsed(), head = computed.published.head_seq, "applied");
         self.feed.publish(computed.published);
-        Ok(computed.responses)
+        for (responder, response) in responders.into_iter().zip(computed.responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        // From now until the install is done the log is purged no further than the current
-        // snapshot (`SnapshotFiles::purge_limit`).
-        self.snapshots.begin_receiving();
-        let path = self.snapshots.incoming_path();
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await
-            .map_err(|error| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, &error))?;
-        Ok(Box::new(file))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
-        let error = |error: &dyn std::fmt::Display| {
-            storage_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, error)
-        };
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> Result<(), io::Error> {
+        let error = |error: &dyn std::fmt::Display| storage_error("installing a snapshot", error);
         let file = snapshot.into_std().await;
         file.sync_all().map_err(|e| error(&e))?;
         let path = received_path(&file).map_err(|e| error(&e))?;
@@ -290,19 +285,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|e| error(&e))?
         .map_err(|e| error(&e))?;
         let head = records::head(&self.database.reader()).map_err(|e| error(&e))?;
-        tracing::info!(snapshot = %installed.snapshot_id, head = head.seq, "installed snapshot");
+        tracing::info!(last_log_id = ?installed.last_log_id, head = head.seq, "installed snapshot");
         self.feed.reset_head(head.seq);
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let read_error =
-            |error: &dyn std::fmt::Display| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, error);
+    async fn get_current_snapshot(&mut self) -> Result<Option<FileSnapshot>, io::Error> {
+        let read_error = |error: &dyn std::fmt::Display| storage_error("reading the current snapshot", error);
         let Some((meta, path)) = self.snapshots.current().map_err(|e| read_error(&e))? else {
             return Ok(None);
         };
         let file = tokio::fs::File::open(&path).await.map_err(|e| read_error(&e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+        Ok(Some(Snapshot { meta, snapshot: file }))
     }
 }
 
@@ -313,16 +307,17 @@ fn received_path(file: &std::fs::File) -> Result<std::path::PathBuf> {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = tokio::fs::File;
+
+    async fn build_snapshot(&mut self) -> Result<FileSnapshot, io::Error> {
         let database = self.database.clone();
         let snapshots = self.snapshots.clone();
-        let error =
-            |error: &dyn std::fmt::Display| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, error);
+        let error = |error: &dyn std::fmt::Display| storage_error("building a snapshot", error);
         let (meta, path) = tokio::task::spawn_blocking(move || snapshots.build(&database))
             .await
             .map_err(|e| error(&e))?
             .map_err(|e| error(&e))?;
         let file = tokio::fs::File::open(&path).await.map_err(|e| error(&e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        Ok(Snapshot { meta, snapshot: file })
     }
 }
