@@ -1,7 +1,8 @@
 //! Gathers concurrent append requests into one Raft entry.
 //!
-//! openraft 0.9 makes every `client_write` its own log entry, and the leader handles entries one
-//! at a time. Under load, requests wait here while a few proposals are in flight; the next
+//! Every `client_write` is its own log entry, and each entry costs the leader a round of work
+//! (openraft 0.10 merges consecutive writes, `client_write_many`, which fleetlog does not use
+//! yet). Under load, requests wait here while a few proposals are in flight; the next
 //! proposal takes everything that waited (up to a size bound) as one `LedgerCommand`. A lone
 //! client never waits: with a free slot its request is proposed at once. The ledger applies the
 //! requests of a command in order, each with its own outcome, so per-request results,

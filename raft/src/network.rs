@@ -174,7 +174,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 }
                 data.truncate(filled);
                 let done = filled < SNAPSHOT_CHUNK_BYTES;
-                let chunk = SnapshotChunk { vote: vote.clone(), meta: snapshot.meta.clone(), offset, data, done };
+                let chunk = SnapshotChunk { vote, meta: snapshot.meta.clone(), offset, data, done };
                 let answer: crate::snapshot_receiver::ChunkAnswer = self
                     .peers
                     .call(self.target, &self.address, path::INSTALL_SNAPSHOT, &chunk, option.hard_ttl())

@@ -216,7 +216,7 @@ impl Node {
     /// Whether this node is in contact with a working cluster: it knows a leader and, if it is
     /// that leader (of more than one voter), a quorum acknowledged it within
     /// [`QUORUM_CONTACT_MAX`]. A follower cut off from the majority stops knowing a leader within
-    /// an election timeout; a leader cut off keeps its role (openraft 0.9 has no check-quorum) but
+    /// an election timeout; a leader cut off keeps its role for a while (openraft has no check-quorum) but
     /// stops hearing from a quorum. Streams on a node out of contact go stale, so they are ended.
     pub fn in_contact(&self) -> bool {
         let metrics = self.inner.raft.metrics();
@@ -225,7 +225,10 @@ impl Node {
         if leader != self.inner.id || metrics.membership_config.membership().voter_ids().count() <= 1 {
             return true;
         }
-        metrics.millis_since_quorum_ack.is_some_and(|millis| millis < QUORUM_CONTACT_MAX.as_millis() as u64)
+        metrics
+            .last_quorum_acked
+            .as_ref()
+            .is_some_and(|acked| openraft::Instant::elapsed(&**acked) < QUORUM_CONTACT_MAX)
     }
 
     pub fn leader(&self) -> Option<(NodeId, String)> {

@@ -53,13 +53,8 @@ impl SnapshotReceiver {
                 .create_new(true)
                 .open(&path)
                 .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
-            *incoming = Some(Incoming {
-                vote: chunk.vote.clone(),
-                last_log_id: chunk.meta.last_log_id,
-                path,
-                file,
-                next_offset: 0,
-            });
+            *incoming =
+                Some(Incoming { vote: chunk.vote, last_log_id: chunk.meta.last_log_id, path, file, next_offset: 0 });
         }
         let Some(current) = incoming.as_mut() else {
             return Err(format!("a chunk at offset {} of a transfer that has not begun here", chunk.offset));

@@ -350,7 +350,7 @@ mod tests {
     use super::*;
 
     fn entry(term: u64, index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId { term: term, node_id: 1 }, index), payload: EntryPayload::Blank }
+        Entry { log_id: LogId::new(CommittedLeaderId { term, node_id: 1 }, index), payload: EntryPayload::Blank }
     }
 
     fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {

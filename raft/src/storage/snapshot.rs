@@ -78,8 +78,9 @@ impl SnapshotFiles {
 
     /// How far the Raft log may be purged when openraft asks for `wanted`.
     ///
-    /// openraft 0.9 purges a follower's log up to a received snapshot as soon as it hands the
-    /// snapshot to the state machine, without waiting for the install. A crash in between would
+    /// openraft 0.9 purged a follower's log up to a received snapshot as soon as it handed the
+    /// snapshot to the state machine, without waiting for the install (0.10 waits for the
+    /// snapshot; this bound stays as a second line of defence). A crash in between would
     /// leave the log purged past the current snapshot, a state from which openraft refuses to
     /// start (it asserts purged <= snapshot). So while a snapshot is being received or installed,
     /// the log is purged no further than the current snapshot (`None`: not at all); the install
