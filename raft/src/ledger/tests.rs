@@ -150,6 +150,18 @@ impl Bench {
         bench
     }
 
+    /// Deploys `release` to every host and completes, with no host reporting anything.
+    fn deploy_unreported(&mut self, deployment: &str, release: &str) {
+        for event in [
+            self.start(deployment, release, json!([{"name": "all", "percent": 100}])),
+            self.wave("wave.started", deployment, "all"),
+            self.wave("wave.completed", deployment, "all"),
+            self.complete(deployment),
+        ] {
+            self.ok(event);
+        }
+    }
+
     fn deploy_fully(&mut self, deployment: &str, release: &str) {
         let event = self.start(deployment, release, json!([{"name": "all", "percent": 100}]));
         self.ok(event);
@@ -583,14 +595,7 @@ fn rollback_after_completed_deployments_skips_blocked_and_same_release() {
 fn rollback_skips_a_completed_release_that_never_ran_on_a_host() {
     let mut bench = Bench::fleet();
     // 2.0 completes without a single host reporting it running.
-    for event in [
-        bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}])),
-        bench.wave("wave.started", "d2", "all"),
-        bench.wave("wave.completed", "d2", "all"),
-        bench.complete("d2"),
-    ] {
-        bench.ok(event);
-    }
+    bench.deploy_unreported("d2", "2.0");
     let created = bench.release("3.0");
     bench.ok(created);
     bench.deploy_fully("d3", "3.0");
@@ -603,14 +608,7 @@ fn rollback_skips_a_completed_release_that_never_ran_on_a_host() {
 #[test]
 fn a_release_reported_running_after_its_deployment_ended_is_a_rollback_target() {
     let mut bench = Bench::fleet();
-    for event in [
-        bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}])),
-        bench.wave("wave.started", "d2", "all"),
-        bench.wave("wave.completed", "d2", "all"),
-        bench.complete("d2"),
-    ] {
-        bench.ok(event);
-    }
+    bench.deploy_unreported("d2", "2.0");
     // An agent's report may land after the deployment completed: 2.0 did run.
     let report = bench.report("a", "2.0", "running");
     bench.ok(report);
