@@ -1,6 +1,7 @@
 //! Hostile peers and clients against real `fleetlog serve` processes (docs/security.md, "Limits"
 //! and "Slow and silent clients"): a peer call without the cluster secret is refused from its
-//! headers before its body is read; a stream whose client stopped reading is closed after the
+//! headers before its body is read, an append stream is switched to only with it and closes on a
+//! bad frame; a stream whose client stopped reading is closed after the
 //! send timeout and resumes with `Last-Event-ID`; a page of the log stops at its byte budget and
 //! continues where it says; shutdown drops a stuck client after its grace period; connections
 //! beyond the cap get 503 `too_many_connections`.
@@ -298,6 +299,66 @@ async fn a_peer_call_without_the_secret_is_refused_before_its_body_is_read() {
     // Refusing hurt neither node.
     assert_eq!(with_secret.get("/readyz").await.0, 200);
     assert_eq!(without_secret.get("/readyz").await.0, 200);
+}
+
+/// Sends the request that opens an append stream on a new connection and returns the connection
+/// with the status of its answer.
+async fn open_append_stream(node: &Node, secret: Option<&str>, protocol: &str) -> (TcpStream, u16) {
+    let mut connection = TcpStream::connect(&node.address).await.unwrap();
+    let secret_line = secret.map(|secret| format!("{}: {secret}\r\n", fleetlog_raft::peers::SECRET_HEADER));
+    let head = format!(
+        "GET {} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {protocol}\r\n{}\r\n",
+        fleetlog_raft::peers::path::APPEND_STREAM,
+        secret_line.unwrap_or_default()
+    );
+    connection.write_all(head.as_bytes()).await.unwrap();
+    let status = tokio::time::timeout(WAIT, read_head(&mut connection)).await.unwrap().as_deref().map_or(0, status_of);
+    (connection, status)
+}
+
+/// Whether the server closes `connection` within a few seconds, reading and dropping whatever it
+/// still sends.
+async fn closed_by_server(connection: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), connection.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    false
+}
+
+/// The append stream is switched to only for a caller with the secret and the protocol; once
+/// switched, a frame that claims more than the frame limit, or one that does not decode, closes
+/// the stream without the server reserving the memory it claims, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_stream_needs_the_secret_and_closes_on_a_bad_frame() {
+    let node = Node::start(&["--cluster-secret", "the-right-secret"]).await;
+    let protocol = fleetlog_raft::append_stream::UPGRADE_PROTOCOL;
+    assert_eq!(open_append_stream(&node, None, protocol).await.1, 401, "no secret");
+    assert_eq!(open_append_stream(&node, Some("a-wrong-secret"), protocol).await.1, 401, "a wrong secret");
+    assert_eq!(open_append_stream(&node, Some("the-right-secret"), "websocket").await.1, 426, "another protocol");
+
+    let baseline = node.resident_bytes();
+    let (mut oversized, status) = open_append_stream(&node, Some("the-right-secret"), protocol).await;
+    assert_eq!(status, 101);
+    // A length of 4 GiB - 1, and then bytes that never add up to it.
+    oversized.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let _ = oversized.write_all(&[7u8; 4096]).await;
+    assert!(closed_by_server(&mut oversized).await, "a frame over the limit closes the stream");
+    let growth = node.resident_bytes().saturating_sub(baseline);
+    assert!(growth < 64 * 1024 * 1024, "the server's memory grew by {} MiB", growth / (1024 * 1024));
+
+    let (mut garbage, status) = open_append_stream(&node, Some("the-right-secret"), protocol).await;
+    assert_eq!(status, 101);
+    let mut frame = 16u32.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0xAB; 16]);
+    garbage.write_all(&frame).await.unwrap();
+    assert!(closed_by_server(&mut garbage).await, "an undecodable request closes the stream");
+
+    assert_eq!(node.get("/readyz").await.0, 200);
 }
 
 // ---- streams whose client stopped reading ----

@@ -14,6 +14,8 @@
 //! is the pure domain alone: no RocksDB, no running node; the fuzz targets build it that way.
 
 #[cfg(feature = "storage")]
+pub mod append_stream;
+#[cfg(feature = "storage")]
 pub mod batcher;
 pub mod canonical;
 pub mod checkpoint;
@@ -36,6 +38,8 @@ pub mod merkle;
 pub mod network;
 #[cfg(feature = "storage")]
 pub mod node;
+#[cfg(feature = "storage")]
+pub mod peer_server;
 pub mod peers;
 pub mod records;
 pub mod rejection;

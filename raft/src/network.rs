@@ -1,21 +1,27 @@
-//! openraft's network over HTTP: each RPC is one POST to the peer's API listener with a codec
-//! body (see [`crate::peers`]), bounded by the TTL openraft gives it. A connection failure is
-//! reported as `Unreachable`, so openraft backs off instead of hammering a dead peer. An
-//! append-entries call carries at most a few megabytes; the rest goes in the next call.
+//! openraft's network: replication and heartbeats go over one long-lived, pipelined stream per
+//! peer ([`crate::append_stream`]); votes and snapshot chunks are single POSTs to the peer's API
+//! listener with a codec body (see [`crate::peers`]), bounded by the TTL openraft gives them. A
+//! connection failure is reported as `Unreachable`, so openraft backs off instead of hammering a
+//! dead peer. How much one append-entries request carries is bounded where the entries are read
+//! (the log reader's byte budget), not here.
 
 use std::sync::Arc;
 
+use futures::Stream;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
-use openraft::{BasicNode, EntryPayload};
+use openraft::{BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
+use crate::append_stream::StreamClient;
 use crate::peers::{path, PeerError, Peers};
-use crate::types::{Entry, LogId, NodeId, SnapshotMeta, TypeConfig};
+use crate::types::{NodeId, SnapshotMeta, TypeConfig};
 
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -28,18 +34,24 @@ impl PeerNetwork {
     }
 }
 
-/// The connection to one peer. Connections are pooled by the shared client, so this is cheap.
+/// The connection to one peer: its append stream, and the shared client's pool for the rest.
 pub struct PeerConnection {
     peers: Arc<Peers>,
     target: NodeId,
     address: String,
+    stream: StreamClient,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
-        PeerConnection { peers: self.peers.clone(), target, address: node.addr.clone() }
+        PeerConnection {
+            peers: self.peers.clone(),
+            target,
+            address: node.addr.clone(),
+            stream: StreamClient::new(target, node.addr.clone()),
+        }
     }
 }
 
@@ -77,45 +89,6 @@ impl PeerConnection {
     }
 }
 
-/// Most bytes of entries one append-entries call carries. openraft gives every such call one
-/// heartbeat interval (100 ms) to finish, the follower's fsync included, and bounds calls by entry
-/// count only, while one entry may hold a megabyte of events.
-const APPEND_BYTES_MAX: usize = 2 * 1024 * 1024;
-/// Rough bytes of an entry or event beyond the events' data.
-const OVERHEAD_BYTES: usize = 256;
-
-/// Drops the entries after the byte budget (always keeping the first) and returns the log id of
-/// the last one kept when any were dropped.
-fn keep_within_budget(entries: &mut Vec<Entry>) -> Option<LogId> {
-    let mut bytes = 0;
-    let mut kept = 0;
-    for entry in entries.iter() {
-        bytes += entry_bytes(entry);
-        if kept > 0 && bytes > APPEND_BYTES_MAX {
-            break;
-        }
-        kept += 1;
-    }
-    if kept == entries.len() {
-        return None;
-    }
-    entries.truncate(kept);
-    entries.last().map(|entry| entry.log_id)
-}
-
-fn entry_bytes(entry: &Entry) -> usize {
-    match &entry.payload {
-        EntryPayload::Normal(command) => command
-            .requests
-            .iter()
-            .flat_map(|request| &request.events)
-            .map(|event| event.data.len() + OVERHEAD_BYTES)
-            .sum::<usize>()
-            .max(OVERHEAD_BYTES),
-        EntryPayload::Blank | EntryPayload::Membership(_) => OVERHEAD_BYTES,
-    }
-}
-
 fn rpc_error<E: std::error::Error>(error: PeerError) -> RPCError<TypeConfig, E> {
     match error {
         PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
@@ -126,18 +99,27 @@ fn rpc_error<E: std::error::Error>(error: PeerError) -> RPCError<TypeConfig, E> 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = tokio::fs::File;
 
+    /// One call on its own; openraft replicates through [`Self::stream_append`] instead.
     async fn append_entries(
         &mut self,
-        mut request: AppendEntriesRequest<TypeConfig>,
+        request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let last_sent = keep_within_budget(&mut request.entries);
-        let response = self.rpc(path::APPEND_ENTRIES, &request, &option).await?;
-        Ok(match (response, last_sent) {
-            // The peer took everything it was sent, which was a prefix of what openraft asked for.
-            (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
-            (response, _) => response,
-        })
+        self.rpc(path::APPEND_ENTRIES, &request, &option).await
+    }
+
+    fn stream_append<'s, Input>(
+        &'s mut self,
+        input: Input,
+        _option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        Input: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        self.stream.session(&self.peers, input)
     }
 
     async fn vote(
@@ -201,43 +183,5 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             closed = cancel => Err(StreamingError::Closed(closed)),
             sent = send => sent,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::vote::leader_id_adv::CommittedLeaderId;
-    use openraft::EntryPayload;
-
-    use super::*;
-    use crate::event::{AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
-
-    fn entry(index: u64, data_bytes: usize) -> Entry {
-        let mut event = ProposedEvent::new(format!("e-{index}"), "test.note");
-        event.data = format!("{{\"pad\":\"{}\"}}", "x".repeat(data_bytes));
-        let request = AppendRequest { events: vec![event], expected_version: ExpectedVersion::Any, actor: "t".into() };
-        let command = LedgerCommand { time_micros: 1, requests: vec![request], identity: None };
-        Entry {
-            log_id: LogId::new(CommittedLeaderId { term: 1, node_id: 1 }, index),
-            payload: EntryPayload::Normal(command),
-        }
-    }
-
-    #[test]
-    fn small_batches_go_whole() {
-        let mut entries: Vec<Entry> = (1..=100).map(|index| entry(index, 300)).collect();
-        assert_eq!(keep_within_budget(&mut entries), None);
-        assert_eq!(entries.len(), 100);
-    }
-
-    #[test]
-    fn large_batches_are_cut_after_the_budget_but_never_empty() {
-        let mut entries: Vec<Entry> = (1..=10).map(|index| entry(index, 900 * 1024)).collect();
-        let last = keep_within_budget(&mut entries).expect("cut");
-        assert_eq!(entries.len(), 2);
-        assert_eq!(last.index, 2);
-        let mut huge = vec![entry(7, 5 * 1024 * 1024)];
-        assert_eq!(keep_within_budget(&mut huge), None, "a single entry always goes");
-        assert_eq!(huge.len(), 1);
     }
 }

@@ -20,6 +20,8 @@ pub const SECRET_HEADER: &str = "x-fleetlog-cluster-secret";
 /// Paths of the peer protocol, served on the API listener.
 pub mod path {
     pub const APPEND_ENTRIES: &str = "/raft/append-entries";
+    /// Upgraded to a stream of pipelined append-entries calls (see [`crate::append_stream`]).
+    pub const APPEND_STREAM: &str = "/raft/append-stream";
     pub const VOTE: &str = "/raft/vote";
     pub const INSTALL_SNAPSHOT: &str = "/raft/install-snapshot";
     pub const FORWARD_APPEND: &str = "/raft/forward-append";
@@ -133,6 +135,39 @@ impl Peers {
         codec::decode(&body).map_err(|error| refused(error.to_string()))
     }
 }
+
+impl Peers {
+    /// Opens a connection to `path` on `target` and switches it to `protocol`: the request carries
+    /// the secret, and the peer answers 101 only once it has checked it.
+    pub async fn open_stream(
+        &self,
+        target: NodeId,
+        address: &str,
+        path: &str,
+        protocol: &str,
+    ) -> Result<reqwest::Upgraded, PeerError> {
+        let refused = |message: String| PeerError::Refused { target, message };
+        let request = self
+            .request(reqwest::Method::GET, target, address, path)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol)
+            .send();
+        let response = tokio::time::timeout(STREAM_OPEN_TIMEOUT, request)
+            .await
+            .map_err(|_| PeerError::NoAnswer { target, message: "no answer to the stream request".into() })?
+            .map_err(|error| transport_error(target, address, &error))?;
+        let status = response.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let body = response.bytes().await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+            return Err(refused(format!("HTTP {status}: {text}")));
+        }
+        response.upgrade().await.map_err(|error| PeerError::NoAnswer { target, message: error_chain(&error) })
+    }
+}
+
+/// How long opening a stream may take, the TLS handshake included.
+const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn transport_error(target: NodeId, address: &str, error: &reqwest::Error) -> PeerError {
     // Only a failed connect proves the request never left; anything later may have been acted on.

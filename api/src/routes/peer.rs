@@ -1,46 +1,75 @@
-//! The peer protocol's receiving side: Raft RPCs, forwarded writes, read-index requests and
-//! status probes from other nodes. Bodies are the raft crate's codec; every call must present
-//! the cluster secret when one is configured.
+//! The peer protocol's HTTP face: Raft RPCs, forwarded writes, read-index requests and status
+//! probes from other nodes, and the upgrade to a leader's append stream. What each call does is
+//! the raft crate's ([`fleetlog_raft::peer_server`]); this module checks the caller and moves the
+//! bytes. Every call must present the cluster secret when one is configured.
 //!
-//! The secret is checked from the headers before a byte of the body is read: a caller without it
-//! gets its refusal at once, whatever it claims to send. A body is then read within the client
-//! timeout (408 `body_timeout`) and up to [`PEER_BODY_BYTES_MAX`] (413 `body_too_large`).
+//! The secret is checked from the headers before a byte of the body is read, and before a stream
+//! is switched to: a caller without it gets its refusal at once, whatever it claims to send. A
+//! body is then read within the client timeout (408 `body_timeout`) and up to
+//! [`PEER_BODY_BYTES_MAX`] (413 `body_too_large`).
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
-use fleetlog_raft::codec;
-use fleetlog_raft::event::AppendRequest;
-use fleetlog_raft::node::WRITE_TIMEOUT;
+use fleetlog_raft::append_stream::UPGRADE_PROTOCOL;
+use fleetlog_raft::peer_server::{self, CallError, PeerCall};
 use fleetlog_raft::peers::{path, secret_matches, SECRET_HEADER};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use hyper_util::rt::TokioIo;
 
 use crate::input::read_body;
 use crate::limits::PEER_BODY_BYTES_MAX;
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(path::APPEND_ENTRIES, post(append_entries))
-        .route(path::VOTE, post(vote))
-        .route(path::INSTALL_SNAPSHOT, post(install_snapshot))
-        .route(path::FORWARD_APPEND, post(forward_append))
-        .route(path::READ_INDEX, post(read_index))
-        .route(path::STATUS, post(status))
+    let router = PeerCall::ALL.into_iter().fold(Router::new(), |router, call| {
+        router.route(call.path(), post(move |state: State<AppState>, request: Request| answer(call, state, request)))
+    });
+    router.route(path::APPEND_STREAM, get(append_stream))
 }
 
-/// Checks the secret from the headers, then reads the body and decodes it.
-async fn accept<T: DeserializeOwned>(app: &AppState, request: Request) -> Result<T, Response> {
+/// Checks the secret from the headers, then reads the body and answers the call.
+async fn answer(call: PeerCall, State(app): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    check_secret(app, &parts.headers).map_err(IntoResponse::into_response)?;
-    let bytes = read_body(&parts.headers, body, PEER_BODY_BYTES_MAX, app.client_timeout)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    codec::decode(&bytes)
-        .map_err(|error| (StatusCode::BAD_REQUEST, format!("undecodable peer body: {error}")).into_response())
+    if let Err(refusal) = check_secret(&app, &parts.headers) {
+        return refusal.into_response();
+    }
+    let bytes = match read_body(&parts.headers, body, PEER_BODY_BYTES_MAX, app.client_timeout).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match peer_server::answer(&app.node, call, &bytes).await {
+        Ok(answer) => ([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response(),
+        Err(error @ CallError::Undecodable(_)) => (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+        Err(error @ CallError::Unencodable(_)) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
+        }
+    }
+}
+
+/// Switches the connection to a leader's append stream, once the secret checks out.
+async fn append_stream(State(app): State<AppState>, mut request: Request) -> Response {
+    if let Err(refusal) = check_secret(&app, request.headers()) {
+        return refusal.into_response();
+    }
+    let asked = request.headers().get(header::UPGRADE).and_then(|value| value.to_str().ok());
+    if asked != Some(UPGRADE_PROTOCOL) {
+        return (StatusCode::UPGRADE_REQUIRED, format!("this path takes an upgrade to {UPGRADE_PROTOCOL}"))
+            .into_response();
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    let node = app.node.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(connection) => peer_server::serve_append_stream(node, TokioIo::new(connection)).await,
+            Err(error) => tracing::warn!(%error, "append stream: the upgrade failed"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
+    response
 }
 
 /// Whether the headers carry what a peer call needs: the cluster secret, when one is set.
@@ -63,54 +92,4 @@ fn check_secret(app: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, 
         None => {}
     }
     Ok(())
-}
-
-fn answer<T: Serialize>(value: &T) -> Response {
-    match codec::encode(value) {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
-    }
-}
-
-async fn append_entries(State(app): State<AppState>, request: Request) -> Response {
-    match accept(&app, request).await {
-        Ok(request) => answer(&app.node.raft().append_entries(request).await),
-        Err(refusal) => refusal,
-    }
-}
-
-async fn vote(State(app): State<AppState>, request: Request) -> Response {
-    match accept(&app, request).await {
-        Ok(request) => answer(&app.node.raft().vote(request).await),
-        Err(refusal) => refusal,
-    }
-}
-
-async fn install_snapshot(State(app): State<AppState>, request: Request) -> Response {
-    match accept(&app, request).await {
-        Ok(chunk) => answer(&app.node.receive_snapshot_chunk(chunk).await),
-        Err(refusal) => refusal,
-    }
-}
-
-/// A follower's client write, proposed here without forwarding it again.
-async fn forward_append(State(app): State<AppState>, request: Request) -> Response {
-    match accept::<AppendRequest>(&app, request).await {
-        Ok(request) => answer(&app.node.append_here(request, WRITE_TIMEOUT).await),
-        Err(refusal) => refusal,
-    }
-}
-
-async fn read_index(State(app): State<AppState>, request: Request) -> Response {
-    match accept::<()>(&app, request).await {
-        Ok(()) => answer(&app.node.read_index_here(WRITE_TIMEOUT).await),
-        Err(refusal) => refusal,
-    }
-}
-
-async fn status(State(app): State<AppState>, request: Request) -> Response {
-    match accept::<()>(&app, request).await {
-        Ok(()) => answer(&app.node.local_status()),
-        Err(refusal) => refusal,
-    }
 }

@@ -23,6 +23,7 @@ use super::db::{Database, LOG_FAMILY, RAFT_META_FAMILY};
 use super::snapshot::SnapshotFiles;
 use crate::codec;
 use crate::limits::RECENT_ENTRIES_BUDGET_BYTES;
+use crate::storage::append_budget;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -245,6 +246,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Ok(entries)
         })
         .await
+    }
+
+    /// What replication sends in one request: the entries, cut to the byte budget.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let mut entries = self.try_get_log_entries(start..end).await?;
+        append_budget::keep_within_budget(&mut entries);
+        Ok(entries)
     }
 }
 

@@ -1,5 +1,6 @@
 //! RocksDB-backed storage for openraft: the log store, the state machine and snapshot files.
 
+pub mod append_budget;
 pub mod db;
 // openraft's trait methods return its `StorageError`, which is large; the helpers follow suit.
 #[allow(clippy::result_large_err)]
