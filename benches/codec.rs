@@ -1,4 +1,4 @@
-//! The storage codec (`fleetlog_raft::codec`, a version byte and bincode): a Raft log entry
+//! The storage codec (`fleetlog_raft::domain::codec`, a version byte and bincode): a Raft log entry
 //! holding a ledger command, written by the log store and sent to followers, and the records the
 //! state machine stores: the event under its seq, and a host record, rewritten by every event
 //! about that host. Events carry 256 bytes of `data`.
@@ -10,11 +10,11 @@ mod common;
 use std::collections::BTreeMap;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fleetlog_raft::codec::{decode, encode};
-use fleetlog_raft::event::Event;
-use fleetlog_raft::ledger::validate::HostStatus;
-use fleetlog_raft::records::{HostRecord, Observed};
-use fleetlog_raft::types::{Entry, LogId};
+use fleetlog_raft::consensus::types::{Entry, LogId};
+use fleetlog_raft::domain::codec::{decode, encode};
+use fleetlog_raft::domain::event::Event;
+use fleetlog_raft::domain::ledger::validate::HostStatus;
+use fleetlog_raft::domain::records::{HostRecord, Observed};
 use openraft::vote::leader_id_adv::CommittedLeaderId;
 use openraft::EntryPayload;
 

@@ -7,9 +7,9 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fleetlog_raft::canonical::to_canonical_string;
-use fleetlog_raft::kv::{MemoryKv, Overlay};
-use fleetlog_raft::ledger::apply_command;
+use fleetlog_raft::domain::canonical::to_canonical_string;
+use fleetlog_raft::domain::kv::{MemoryKv, Overlay};
+use fleetlog_raft::domain::ledger::apply_command;
 
 use common::{committed_event, custom_command, custom_proposal};
 

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fleetlog_raft::kv::{MemoryKv, Overlay};
-use fleetlog_raft::merkle::{leaf_hash, store, Hash};
+use fleetlog_raft::domain::kv::{MemoryKv, Overlay};
+use fleetlog_raft::domain::merkle::{leaf_hash, store, Hash};
 
 use common::committed_event;
 

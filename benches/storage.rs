@@ -10,8 +10,8 @@ mod common;
 use std::cell::Cell;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use fleetlog_raft::kv::Overlay;
-use fleetlog_raft::ledger::apply_command;
+use fleetlog_raft::domain::kv::Overlay;
+use fleetlog_raft::domain::ledger::apply_command;
 use fleetlog_raft::storage::Database;
 use rocksdb::WriteBatch;
 
@@ -26,7 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EVENTS_BEFORE: usize = 10_000;
 
 /// Applies one command on top of the store and writes its effects: one replica's apply.
-fn apply_and_write(database: &Database, command: &fleetlog_raft::event::LedgerCommand) -> usize {
+fn apply_and_write(database: &Database, command: &fleetlog_raft::domain::event::LedgerCommand) -> usize {
     let reader = database.reader();
     let mut overlay = Overlay::new(&reader);
     let applied = apply_command(&mut overlay, command).expect("no storage failure");

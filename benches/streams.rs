@@ -13,8 +13,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fleetlog_api::streams::push_message;
 use fleetlog_api::wire::directive_json;
-use fleetlog_raft::feed::CommittedEvent;
-use fleetlog_raft::ledger::Directive;
+use fleetlog_raft::domain::ledger::Directive;
+use fleetlog_raft::storage::feed::CommittedEvent;
 
 use common::committed_event;
 

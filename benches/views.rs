@@ -9,12 +9,12 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fleetlog_raft::canonical::to_canonical_string;
-use fleetlog_raft::event::{AppendOutcome, LedgerCommand, ProposedEvent};
-use fleetlog_raft::kv::{MemoryKv, Overlay};
-use fleetlog_raft::ledger::apply_command;
-use fleetlog_raft::records;
-use fleetlog_raft::views;
+use fleetlog_raft::domain::canonical::to_canonical_string;
+use fleetlog_raft::domain::event::{AppendOutcome, LedgerCommand, ProposedEvent};
+use fleetlog_raft::domain::kv::{MemoryKv, Overlay};
+use fleetlog_raft::domain::ledger::apply_command;
+use fleetlog_raft::domain::records;
+use fleetlog_raft::domain::views;
 use serde_json::json;
 
 use common::{command_of, padded};

@@ -318,14 +318,14 @@ pub struct ServeArgs {
     #[arg(long, env = "FLEETLOG_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Raft log entries between snapshots; the log behind a snapshot is purged.
-    #[arg(long, default_value_t = fleetlog_raft::node::SNAPSHOT_EVERY_ENTRIES)]
+    #[arg(long, default_value_t = fleetlog_raft::consensus::node::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every: u64,
     /// Concurrent streams (watch and subscribe) this node serves; beyond it: 503 too_many_subscribers.
     #[arg(long, default_value_t = fleetlog_api::state::SUBSCRIBERS_MAX)]
     pub max_subscribers: usize,
     /// Free space (MiB) the data directory's filesystem must keep; below it appends get 503
     /// disk_full while reads and streams go on.
-    #[arg(long, default_value_t = fleetlog_raft::disk::RESERVE_BYTES / (1024 * 1024))]
+    #[arg(long, default_value_t = fleetlog_raft::storage::disk::RESERVE_BYTES / (1024 * 1024))]
     pub min_free_mib: u64,
     /// Seconds a client has to send a request head, and again its body (slow-loris defence);
     /// a late body gets 408 body_timeout, a late head a closed connection.

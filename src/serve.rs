@@ -8,7 +8,7 @@ use fleetlog_api::auth::Tokens;
 use fleetlog_api::gate::GateOptions;
 use fleetlog_api::state::ApiOptions;
 use fleetlog_api::tls::ServerConfig;
-use fleetlog_raft::node::{Bootstrap, Node, NodeConfig};
+use fleetlog_raft::consensus::node::{Bootstrap, Node, NodeConfig};
 
 use crate::cli::ServeArgs;
 use crate::cluster::parse_node_addresses;

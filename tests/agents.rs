@@ -575,8 +575,8 @@ async fn a_stalled_subscriber_catches_up_from_disk_without_a_gap() {
     let mut log_sizes = vec![ROLLBACK_EVENT_BYTES * directive_batch; DIRECTIVE_BATCHES];
     log_sizes.extend(std::iter::repeat_n(NOTE_BYTES as u64, NOTES));
     let watch_sizes = vec![DIRECTIVE_BYTES * directive_batch; DIRECTIVE_BATCHES];
-    let ring = fleetlog_raft::feed::FEED_BATCHES_MAX;
-    let host_channel = fleetlog_raft::feed::HOST_BATCHES_MAX;
+    let ring = fleetlog_raft::storage::feed::FEED_BATCHES_MAX;
+    let host_channel = fleetlog_raft::storage::feed::HOST_BATCHES_MAX;
     for (route, path, stream) in &stalled {
         if *path == log_path {
             assert_pushed_off_its_channel(stream, *route, "subscribe", &log_sizes, ring);

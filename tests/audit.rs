@@ -212,16 +212,16 @@ fn rehashed(line: &str, edit: impl FnOnce(&mut Value)) -> String {
     edit(&mut event);
     let object = event.as_object_mut().unwrap();
     object.remove("hash");
-    let content = fleetlog_raft::canonical::to_canonical_string(&Value::Object(object.clone())).unwrap();
+    let content = fleetlog_raft::domain::canonical::to_canonical_string(&Value::Object(object.clone())).unwrap();
     object.insert("hash".into(), Value::String(hex::encode(Sha256::digest(content.as_bytes()))));
-    fleetlog_raft::canonical::to_canonical_string(&event).unwrap()
+    fleetlog_raft::domain::canonical::to_canonical_string(&event).unwrap()
 }
 
 /// The event of an export line with `edit` applied and nothing else changed.
 fn edited(line: &str, edit: impl FnOnce(&mut Value)) -> String {
     let mut event: Value = serde_json::from_str(line).unwrap();
     edit(&mut event);
-    fleetlog_raft::canonical::to_canonical_string(&event).unwrap()
+    fleetlog_raft::domain::canonical::to_canonical_string(&event).unwrap()
 }
 
 fn write_lines(path: &Path, lines: &[String]) {
@@ -481,7 +481,7 @@ async fn online_verify_keeps_a_witness_and_catches_a_fork() {
     }
     // The pinned key cannot be swapped for another one.
     let stranger =
-        fleetlog_raft::checkpoint::NoteSigner::new(parse_note(&checkpoint(&first, "").await).origin, &[5; 32]);
+        fleetlog_raft::domain::checkpoint::NoteSigner::new(parse_note(&checkpoint(&first, "").await).origin, &[5; 32]);
     verify(&first.url, &["--key", &stranger.verifier().to_string()]).failed_with(&["pins the key"]);
 
     // The fork: a copy of the stopped node's data, started elsewhere, with the same key.
@@ -1018,7 +1018,7 @@ async fn checkpoint_signature_verifies_with_openssl() {
 /// it, offline and against a live cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_key_with_a_plus_in_its_base64_is_accepted() {
-    use fleetlog_raft::checkpoint::{origin, Checkpoint, NoteSigner};
+    use fleetlog_raft::domain::checkpoint::{origin, Checkpoint, NoteSigner};
 
     // Offline, deterministically: a key with a '+' in its base64 signs the empty tree.
     let name = origin("0123456789abcdef");

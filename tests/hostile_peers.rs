@@ -224,7 +224,8 @@ async fn send_huge_body(node: &Node, path: &str, secret: Option<&str>, body_byte
         })
     };
 
-    let secret_line = secret.map(|secret| format!("{}: {secret}\r\n", fleetlog_raft::peers::SECRET_HEADER));
+    let secret_line =
+        secret.map(|secret| format!("{}: {secret}\r\n", fleetlog_raft::consensus::peer::client::SECRET_HEADER));
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n{}content-length: {body_bytes}\r\n\r\n",
         secret_line.unwrap_or_default()
@@ -270,9 +271,9 @@ async fn a_peer_call_without_the_secret_is_refused_before_its_body_is_read() {
     // A single node with tokens and no secret takes no peer calls at all (403).
     let without_secret = Node::start(&["--token-file", tokens.path().to_str().unwrap()]).await;
     let cases = [
-        (&with_secret, fleetlog_raft::peers::path::APPEND_ENTRIES, None, 401),
-        (&with_secret, fleetlog_raft::peers::path::INSTALL_SNAPSHOT, Some("a-wrong-secret"), 401),
-        (&without_secret, fleetlog_raft::peers::path::FORWARD_APPEND, None, 403),
+        (&with_secret, fleetlog_raft::consensus::peer::client::path::APPEND_ENTRIES, None, 401),
+        (&with_secret, fleetlog_raft::consensus::peer::client::path::INSTALL_SNAPSHOT, Some("a-wrong-secret"), 401),
+        (&without_secret, fleetlog_raft::consensus::peer::client::path::FORWARD_APPEND, None, 403),
     ];
     for (node, path, secret, expected) in cases {
         let outcome = send_huge_body(node, path, secret, BODY_BYTES).await;
@@ -305,10 +306,11 @@ async fn a_peer_call_without_the_secret_is_refused_before_its_body_is_read() {
 /// with the status of its answer.
 async fn open_append_stream(node: &Node, secret: Option<&str>, protocol: &str) -> (TcpStream, u16) {
     let mut connection = TcpStream::connect(&node.address).await.unwrap();
-    let secret_line = secret.map(|secret| format!("{}: {secret}\r\n", fleetlog_raft::peers::SECRET_HEADER));
+    let secret_line =
+        secret.map(|secret| format!("{}: {secret}\r\n", fleetlog_raft::consensus::peer::client::SECRET_HEADER));
     let head = format!(
         "GET {} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: {protocol}\r\n{}\r\n",
-        fleetlog_raft::peers::path::APPEND_STREAM,
+        fleetlog_raft::consensus::peer::client::path::APPEND_STREAM,
         secret_line.unwrap_or_default()
     );
     connection.write_all(head.as_bytes()).await.unwrap();
@@ -336,7 +338,7 @@ async fn closed_by_server(connection: &mut TcpStream) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_stream_needs_the_secret_and_closes_on_a_bad_frame() {
     let node = Node::start(&["--cluster-secret", "the-right-secret"]).await;
-    let protocol = fleetlog_raft::append_stream::UPGRADE_PROTOCOL;
+    let protocol = fleetlog_raft::consensus::peer::append_stream::UPGRADE_PROTOCOL;
     assert_eq!(open_append_stream(&node, None, protocol).await.1, 401, "no secret");
     assert_eq!(open_append_stream(&node, Some("a-wrong-secret"), protocol).await.1, 401, "a wrong secret");
     assert_eq!(open_append_stream(&node, Some("the-right-secret"), "websocket").await.1, 426, "another protocol");
@@ -480,7 +482,7 @@ async fn a_page_over_the_byte_budget_is_cut_and_next_continues_it() {
     let node = Node::start(&[]).await;
     // About 6 MiB of events.
     let head = node.append_notes(100, LARGE_DATA_BYTES).await;
-    let budget = fleetlog_raft::limits::READ_PAGE_BUDGET_BYTES;
+    let budget = fleetlog_raft::domain::limits::READ_PAGE_BUDGET_BYTES;
 
     let mut seqs = Vec::new();
     let mut from = 1;

@@ -62,7 +62,7 @@ fn the_lossy_file_system_keeps_only_what_was_synced() {
     assert_eq!(fs::read(root.join("grown")).unwrap(), b"kept and lost");
     assert_eq!(fs::read(root.join("shrunk")).unwrap(), b"kept");
     assert_eq!(fs::read(root.join("config")).unwrap(), b"new");
-    let free = fleetlog_raft::disk::free_bytes(&root).unwrap();
+    let free = fleetlog_raft::storage::disk::free_bytes(&root).unwrap();
     assert!(free > 1 << 30, "the server refuses appends below 256 MiB free; the file system reports {free}");
 
     let report = mount.power_cut();

@@ -845,7 +845,7 @@ fn serve_refuses_to_start_with_unsafe_or_broken_access_settings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// A single node with tokens and no cluster secret used to serve its peer routes to anyone.
 async fn peer_routes_are_no_way_around_the_tokens() {
-    use fleetlog_raft::event::{AppendRequest, ExpectedVersion, ProposedEvent};
+    use fleetlog_raft::domain::event::{AppendRequest, ExpectedVersion, ProposedEvent};
     let tokens = Tokens::create();
     let serve = tokens.serve(&[]).await;
     let client = Client::new(&serve);
@@ -858,8 +858,8 @@ async fn peer_routes_are_no_way_around_the_tokens() {
         expected_version: ExpectedVersion::Any,
         actor: tokens.admin.name.clone(),
     };
-    let url = format!("{}{}", serve.url, fleetlog_raft::peers::path::FORWARD_APPEND);
-    let body = fleetlog_raft::codec::encode(&forged).unwrap();
+    let url = format!("{}{}", serve.url, fleetlog_raft::consensus::peer::client::path::FORWARD_APPEND);
+    let body = fleetlog_raft::domain::codec::encode(&forged).unwrap();
     let response = client.http.post(url).body(body).send().await.unwrap();
     let status = response.status().as_u16();
 

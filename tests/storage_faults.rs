@@ -32,7 +32,7 @@ impl SmallFilesystem {
     }
 
     fn free_bytes(&self) -> u64 {
-        fleetlog_raft::disk::free_bytes(self.path()).unwrap()
+        fleetlog_raft::storage::disk::free_bytes(self.path()).unwrap()
     }
 
     /// Takes all but `leave` bytes of the free space with one file.

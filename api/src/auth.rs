@@ -15,8 +15,8 @@ use std::sync::Arc;
 use axum::http::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 
-use fleetlog_raft::ledger::validate;
-use fleetlog_raft::peers::constant_time_equal;
+use fleetlog_raft::consensus::peer::client::constant_time_equal;
+use fleetlog_raft::domain::ledger::validate;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -25,7 +25,7 @@ const TOKEN_PREFIX: &str = "flt_";
 /// Random bytes in a token.
 const TOKEN_RANDOM_BYTES: usize = 32;
 /// Characters of a principal's name or a host's.
-const NAME_CHARS_MAX: usize = fleetlog_raft::limits::NAME_CHARS_MAX;
+const NAME_CHARS_MAX: usize = fleetlog_raft::domain::limits::NAME_CHARS_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use fleetlog_raft::node::WriteError;
+use fleetlog_raft::consensus::node::WriteError;
 use fleetlog_raft::{Rejection, RejectionKind};
 
 #[derive(Debug, thiserror::Error)]

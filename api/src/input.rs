@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
-use fleetlog_raft::event::{ExpectedVersion, ProposedEvent};
-use fleetlog_raft::limits::{BATCH_EVENTS_MAX, EVENT_DATA_BYTES_MAX};
+use fleetlog_raft::domain::event::{ExpectedVersion, ProposedEvent};
+use fleetlog_raft::domain::limits::{BATCH_EVENTS_MAX, EVENT_DATA_BYTES_MAX};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
@@ -209,7 +209,7 @@ pub fn parse_event(map: &Map<String, Value>) -> ApiResult<ProposedEvent> {
 
 /// Canonical text of an event's data, within the size limit.
 pub fn canonical_data(data: &Value) -> ApiResult<String> {
-    let text = fleetlog_raft::canonical::to_canonical_string(data)
+    let text = fleetlog_raft::domain::canonical::to_canonical_string(data)
         .map_err(|error| ApiError::invalid("unsafe_number", format!("data: {error}")))?;
     if text.len() > EVENT_DATA_BYTES_MAX {
         return Err(ApiError::new(
@@ -257,7 +257,7 @@ impl Params {
     pub fn time(&self, name: &str) -> ApiResult<Option<i64>> {
         match self.0.get(name) {
             None => Ok(None),
-            Some(text) => fleetlog_raft::event::parse_time(text).map(Some).ok_or_else(|| {
+            Some(text) => fleetlog_raft::domain::event::parse_time(text).map(Some).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_parameter",
                     format!("{name} must be an RFC 3339 time such as 2026-11-28T06:00:00Z, not {text:?}"),

@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use fleetlog_raft::node::Node;
+use fleetlog_raft::consensus::node::Node;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::error::ApiError;

@@ -1,7 +1,7 @@
 //! Named bounds of the HTTP layer on what clients and peers can hold: connections, time and bytes.
 //! Each is a default; `fleetlog serve` has a flag for those an operator may need to move.
 //! (The ledger's own bounds, and the byte budgets of the node's caches and pages, are in
-//! `fleetlog_raft::limits`.)
+//! `fleetlog_raft::domain::limits`.)
 
 use std::time::Duration;
 

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetlog_raft::event::{AppendOutcome, AppendRequest, Event};
-use fleetlog_raft::kv::KvRead;
-use fleetlog_raft::ledger::validate;
-use fleetlog_raft::node::{Node, WRITE_TIMEOUT};
-use fleetlog_raft::records;
+use fleetlog_raft::consensus::node::{Node, WRITE_TIMEOUT};
+use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, Event};
+use fleetlog_raft::domain::kv::KvRead;
+use fleetlog_raft::domain::ledger::validate;
+use fleetlog_raft::domain::records;
 use tokio::sync::{watch, Semaphore};
 
 use crate::error::{ApiError, ApiResult};
@@ -140,7 +140,7 @@ impl AppState {
 
     /// Reads one committed event.
     pub async fn event(&self, seq: u64) -> ApiResult<Option<Event>> {
-        self.read(false, move |kv| fleetlog_raft::views::event(kv, seq)).await
+        self.read(false, move |kv| fleetlog_raft::domain::views::event(kv, seq)).await
     }
 
     /// Seq of the ledger head in this node's applied state.

@@ -1,11 +1,11 @@
 //! JSON shapes of the views. Events are served as their canonical JSON text (see
-//! `fleetlog_raft::event::Event::canonical_json`), never re-serialised.
+//! `fleetlog_raft::domain::event::Event::canonical_json`), never re-serialised.
 
-use fleetlog_raft::event::format_time;
-use fleetlog_raft::ledger::validate::Selector;
-use fleetlog_raft::ledger::Directive;
-use fleetlog_raft::records::{DeploymentRecord, EnvironmentRecord, HostRecord, Step, TimelineEntry};
-use fleetlog_raft::views::{FleetView, ReleaseView};
+use fleetlog_raft::domain::event::format_time;
+use fleetlog_raft::domain::ledger::validate::Selector;
+use fleetlog_raft::domain::ledger::Directive;
+use fleetlog_raft::domain::records::{DeploymentRecord, EnvironmentRecord, HostRecord, Step, TimelineEntry};
+use fleetlog_raft::domain::views::{FleetView, ReleaseView};
 use serde::Serialize;
 use serde_json::{json, Value};
 

@@ -4,7 +4,7 @@
 // Each bench uses a part of this module; the rest would warn as unused in that bench.
 #![allow(dead_code)]
 
-use fleetlog_raft::event::{AppendRequest, Event, ExpectedVersion, LedgerCommand, ProposedEvent, GENESIS_HASH};
+use fleetlog_raft::domain::event::{AppendRequest, Event, ExpectedVersion, LedgerCommand, ProposedEvent, GENESIS_HASH};
 
 /// Bytes of canonical JSON in every event's `data`.
 pub const PAYLOAD_BYTES: usize = 256;

@@ -3,7 +3,7 @@
 //! it is the same bytes.
 #![no_main]
 
-use fleetlog_raft::canonical::to_canonical_string;
+use fleetlog_raft::domain::canonical::to_canonical_string;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

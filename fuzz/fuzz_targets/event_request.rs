@@ -3,9 +3,9 @@
 //! as canonical JSON.
 #![no_main]
 
-use fleetlog_raft::canonical;
-use fleetlog_raft::event::AppendRequest;
-use fleetlog_raft::ledger::validate;
+use fleetlog_raft::domain::canonical;
+use fleetlog_raft::domain::event::AppendRequest;
+use fleetlog_raft::domain::ledger::validate;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! lies between 1 and one past the head, never panics.
 #![no_main]
 
-use fleetlog_raft::resume::resume_position;
+use fleetlog_raft::domain::resume::resume_position;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,12 +2,12 @@
 //! panics, and what it accepts encodes again to bytes that decode to the same encoding.
 #![no_main]
 
-use fleetlog_raft::codec;
-use fleetlog_raft::event::Event;
-use fleetlog_raft::records::{
+use fleetlog_raft::domain::codec;
+use fleetlog_raft::domain::event::Event;
+use fleetlog_raft::domain::records::{
     DeploymentRecord, EnvironmentRecord, Head, HostRecord, LayerRecord, ReleaseRecord, Tally,
 };
-use fleetlog_raft::types::Entry;
+use fleetlog_raft::consensus::types::Entry;
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -28,7 +28,7 @@ pub enum Error {
     #[error("raft: {0}")]
     Raft(String),
     #[error("proof: {0}")]
-    Proof(#[from] crate::merkle::ProofError),
+    Proof(#[from] crate::domain::merkle::ProofError),
     #[error("the node is shutting down")]
     ShuttingDown,
     /// Reads are refused while a snapshot install replaces the state machine; they succeed again

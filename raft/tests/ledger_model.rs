@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent, GENESIS_HASH};
-use fleetlog_raft::kv::{MemoryKv, Overlay};
-use fleetlog_raft::ledger::apply_command;
-use fleetlog_raft::records::{self, DeploymentState, WaveState};
-use fleetlog_raft::views;
+use fleetlog_raft::domain::event::{
+    AppendOutcome, AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent, GENESIS_HASH,
+};
+use fleetlog_raft::domain::kv::{MemoryKv, Overlay};
+use fleetlog_raft::domain::ledger::apply_command;
+use fleetlog_raft::domain::records::{self, DeploymentState, WaveState};
+use fleetlog_raft::domain::views;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -443,7 +445,7 @@ fn proposal(op: &Op, model: &Model, counter: usize) -> ProposedEvent {
                 _ => event.deployment = value,
             }
         }
-        event.data = fleetlog_raft::canonical::to_canonical_string(&data).unwrap();
+        event.data = fleetlog_raft::domain::canonical::to_canonical_string(&data).unwrap();
         event
     };
     let env = [("service", "svc"), ("env", "prod")];

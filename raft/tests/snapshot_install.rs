@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::{dump, ledger_with_notes, open_when_free, Dump};
-use fleetlog_raft::crash_point;
+use fleetlog_raft::consensus::types::SnapshotMeta;
+use fleetlog_raft::storage::crash_point;
 use fleetlog_raft::storage::snapshot::{self, INSTALL_CRASH_POINT, INSTALL_STEPS};
 use fleetlog_raft::storage::{Database, SnapshotFiles, StateMachine};
-use fleetlog_raft::types::SnapshotMeta;
 use tempfile::TempDir;
 
 /// Environment of the child process that installs and crashes: its data directory and the

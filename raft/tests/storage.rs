@@ -4,12 +4,12 @@
 mod common;
 
 use common::{all_events, append, note, open_when_free, start, stop};
-use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion};
-use fleetlog_raft::keys::META_LAYOUT;
-use fleetlog_raft::kv::{Overlay, Space};
+use fleetlog_raft::consensus::types::{StorageError, TypeConfig};
+use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion};
+use fleetlog_raft::domain::keys::META_LAYOUT;
+use fleetlog_raft::domain::kv::{Overlay, Space};
+use fleetlog_raft::domain::views::{self, EventFilter};
 use fleetlog_raft::storage::{snapshot, Database, LogStore, SnapshotFiles, StateMachine};
-use fleetlog_raft::types::{StorageError, TypeConfig};
-use fleetlog_raft::views::{self, EventFilter};
 use openraft::testing::log::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
@@ -111,7 +111,10 @@ async fn a_data_directory_of_an_older_layout_is_refused_at_start() {
     {
         let database = open_when_free(&path).await;
         let reader = database.reader();
-        assert_eq!(fleetlog_raft::ledger::layout(&reader).unwrap(), Some(fleetlog_raft::ledger::LAYOUT_VERSION));
+        assert_eq!(
+            fleetlog_raft::domain::ledger::layout(&reader).unwrap(),
+            Some(fleetlog_raft::domain::ledger::LAYOUT_VERSION)
+        );
         // What an older build left: the same identity, no layout.
         let mut overlay = Overlay::new(&reader);
         overlay.delete(Space::Meta, META_LAYOUT.to_vec());

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use fleetlog_raft::merkle::{self, Hash};
+use fleetlog_raft::domain::merkle::{self, Hash};
 use hdrhistogram::Histogram;
 use rand::Rng;
 use serde_json::{json, Value};

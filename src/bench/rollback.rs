@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
-use fleetlog_raft::limits::BATCH_EVENTS_MAX;
-use fleetlog_raft::node::{now_micros, Node, NodeConfig};
+use fleetlog_raft::consensus::node::{now_micros, Node, NodeConfig};
+use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
+use fleetlog_raft::domain::limits::BATCH_EVENTS_MAX;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};

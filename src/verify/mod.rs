@@ -16,9 +16,9 @@ mod witness;
 
 use anyhow::{bail, Context, Result};
 use fleetlog_api::client::Client;
-use fleetlog_raft::canonical;
-use fleetlog_raft::checkpoint::{Checkpoint, NoteVerifier};
-use fleetlog_raft::merkle::{self, Hash};
+use fleetlog_raft::domain::canonical;
+use fleetlog_raft::domain::checkpoint::{Checkpoint, NoteVerifier};
+use fleetlog_raft::domain::merkle::{self, Hash};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

@@ -10,9 +10,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use fleetlog_raft::checkpoint::NoteVerifier;
-use fleetlog_raft::event::GENESIS_HASH;
-use fleetlog_raft::merkle::RootBuilder;
+use fleetlog_raft::domain::checkpoint::NoteVerifier;
+use fleetlog_raft::domain::event::GENESIS_HASH;
+use fleetlog_raft::domain::merkle::RootBuilder;
 use serde_json::json;
 
 use super::{check_event_text, CheckedEvent};

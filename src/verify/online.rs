@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use fleetlog_api::client::Client;
-use fleetlog_raft::checkpoint::{Checkpoint, NoteVerifier};
-use fleetlog_raft::merkle;
+use fleetlog_raft::domain::checkpoint::{Checkpoint, NoteVerifier};
+use fleetlog_raft::domain::merkle;
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::json;
@@ -113,7 +113,7 @@ pub(super) async fn check_consistency(
 async fn prove_with_link(client: &Client, checkpoint: &Checkpoint, seq: u64) -> Result<u64> {
     let (_, checked) = prove_event(client, checkpoint, seq).await?;
     let expected_previous =
-        if seq == 1 { fleetlog_raft::event::GENESIS_HASH } else { fetch_event(client, seq - 1).await?.1.hash };
+        if seq == 1 { fleetlog_raft::domain::event::GENESIS_HASH } else { fetch_event(client, seq - 1).await?.1.hash };
     if checked.prev_hash != expected_previous {
         bail!("MISMATCH: seq {seq} does not link to the hash of seq {}", seq - 1);
     }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use fleetlog_api::client::Client;
-use fleetlog_raft::checkpoint::NoteVerifier;
+use fleetlog_raft::domain::checkpoint::NoteVerifier;
 use futures::StreamExt;
 use serde_json::{json, Value};
 

@@ -83,7 +83,7 @@ pub struct Cluster {
     voters: Vec<u64>,
     snapshot_every: Option<u64>,
     cluster_secret: Option<String>,
-    /// `FLEETLOG_CRASH_POINT` for a node's next starts (see `fleetlog_raft::crash_point`).
+    /// `FLEETLOG_CRASH_POINT` for a node's next starts (see `fleetlog_raft::storage::crash_point`).
     crash_points: BTreeMap<u64, String>,
     pub http: reqwest::Client,
     directory: Option<tempfile::TempDir>,
@@ -238,7 +238,7 @@ impl Cluster {
             });
         }
         if let Some(point) = self.crash_points.get(&id) {
-            command.env(fleetlog_raft::crash_point::VARIABLE, point);
+            command.env(fleetlog_raft::storage::crash_point::VARIABLE, point);
         }
         let child = command
             .env("FLEETLOG_LOG", std::env::var("FLEETLOG_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
@@ -862,7 +862,7 @@ pub fn chain_problem(events: &[Value]) -> Option<String> {
         let Some(hash) = hashed.remove("hash") else {
             return Some(format!("seq {expected_seq} has no hash"));
         };
-        let canonical = match fleetlog_raft::canonical::to_canonical_string(&Value::Object(hashed)) {
+        let canonical = match fleetlog_raft::domain::canonical::to_canonical_string(&Value::Object(hashed)) {
             Ok(canonical) => canonical,
             Err(error) => return Some(format!("seq {expected_seq}: cannot canonicalise: {error}")),
         };

@@ -212,7 +212,7 @@ pub fn verify_chain(events: &[Value]) {
         assert_eq!(event["prev_hash"].as_str().unwrap(), previous, "link at seq {}", position + 1);
         let mut hashed = event.as_object().unwrap().clone();
         let hash = hashed.remove("hash").unwrap();
-        let canonical = fleetlog_raft::canonical::to_canonical_string(&Value::Object(hashed)).unwrap();
+        let canonical = fleetlog_raft::domain::canonical::to_canonical_string(&Value::Object(hashed)).unwrap();
         let computed = sha256_hex(canonical.as_bytes());
         assert_eq!(hash.as_str().unwrap(), computed, "hash of seq {}", position + 1);
         previous = computed;

@@ -1,5 +1,5 @@
 //! RFC 9162 Merkle tree hashes, paths and proof checks written from the RFC's definitions and
-//! nothing else: the tests compare the product's tree (`fleetlog_raft::merkle`) against this one,
+//! nothing else: the tests compare the product's tree (`fleetlog_raft::domain::merkle`) against this one,
 //! so it must not share any of its code.
 
 use sha2::{Digest, Sha256};

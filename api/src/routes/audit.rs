@@ -13,12 +13,12 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
-use fleetlog_raft::checkpoint::Checkpoint;
-use fleetlog_raft::event::ClusterIdentity;
-use fleetlog_raft::kv::KvRead;
-use fleetlog_raft::merkle::store::StoredTree;
-use fleetlog_raft::merkle::Hash;
-use fleetlog_raft::{ledger, views};
+use fleetlog_raft::domain::checkpoint::Checkpoint;
+use fleetlog_raft::domain::event::ClusterIdentity;
+use fleetlog_raft::domain::kv::KvRead;
+use fleetlog_raft::domain::merkle::store::StoredTree;
+use fleetlog_raft::domain::merkle::Hash;
+use fleetlog_raft::domain::{ledger, views};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -81,7 +81,8 @@ pub async fn checkpoint(
                 Err(error) => return Ok(Err(error)),
             };
             let root = StoredTree::new(kv).root(size)?;
-            let checkpoint = Checkpoint { origin: fleetlog_raft::checkpoint::origin(&identity.cluster_id), size, root };
+            let checkpoint =
+                Checkpoint { origin: fleetlog_raft::domain::checkpoint::origin(&identity.cluster_id), size, root };
             Ok(Ok(identity.signer().sign(&checkpoint)))
         })
         .await??;
@@ -232,7 +233,7 @@ fn moment(params: &Params, name: &str) -> ApiResult<Option<Moment>> {
             .map_err(|_| ApiError::bad_request("invalid_parameter", format!("{name} {text:?} is too large")))?;
         return Ok(Some(Moment::Seq(seq)));
     }
-    match fleetlog_raft::event::parse_time(&text) {
+    match fleetlog_raft::domain::event::parse_time(&text) {
         Some(time) => Ok(Some(Moment::Time(time))),
         None => Err(ApiError::bad_request(
             "invalid_parameter",

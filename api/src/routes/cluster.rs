@@ -11,9 +11,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleetlog_raft::cluster::{ClusterStatus, MembershipError};
-use fleetlog_raft::peers::NodeStatus;
-use fleetlog_raft::types::NodeId;
+use fleetlog_raft::consensus::cluster::{ClusterStatus, MembershipError};
+use fleetlog_raft::consensus::peer::client::NodeStatus;
+use fleetlog_raft::consensus::types::NodeId;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, ApiResult};

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
+use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
 use serde_json::{Map, Value};
 
 use crate::auth::{Principal, Role};

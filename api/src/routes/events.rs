@@ -7,9 +7,9 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use fleetlog_raft::canonical::write_string;
-use fleetlog_raft::event::{push_hex, AppendOutcome, AppendRequest, AppendedEvent};
-use fleetlog_raft::views::{self, EventFilter};
+use fleetlog_raft::domain::canonical::write_string;
+use fleetlog_raft::domain::event::{push_hex, AppendOutcome, AppendRequest, AppendedEvent};
+use fleetlog_raft::domain::views::{self, EventFilter};
 use serde_json::Value;
 
 use crate::auth::Principal;
@@ -154,7 +154,7 @@ pub async fn stream(
     PathParams(stream): PathParams<String>,
     Query(raw): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    fleetlog_raft::ledger::validate::check_stream_name(&stream)
+    fleetlog_raft::domain::ledger::validate::check_stream_name(&stream)
         .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))?;
     let params = Params::new(raw, &["from_version", "limit"])?;
     let from_version = params.number("from_version")?.unwrap_or(0);

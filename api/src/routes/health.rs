@@ -32,16 +32,20 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let raft = app.node.metrics();
-    let is_leader = raft.current_leader == Some(raft.id);
+    let status = app.node.local_status();
+    let is_leader = status.leader == Some(status.id);
     let gauges = [
         ("fleetlog_head_seq", "Seq of the last applied event.", app.node.feed().head_seq() as f64),
-        ("fleetlog_raft_term", "Current Raft term.", raft.current_term as f64),
-        ("fleetlog_raft_last_log_index", "Index of the last Raft log entry.", raft.last_log_index.unwrap_or(0) as f64),
+        ("fleetlog_raft_term", "Current Raft term.", status.term as f64),
+        (
+            "fleetlog_raft_last_log_index",
+            "Index of the last Raft log entry.",
+            status.last_log_index.unwrap_or(0) as f64,
+        ),
         (
             "fleetlog_raft_applied_index",
             "Index of the last applied Raft log entry.",
-            raft.last_applied.map(|id| id.index).unwrap_or(0) as f64,
+            status.applied_index.unwrap_or(0) as f64,
         ),
         ("fleetlog_raft_is_leader", "1 when this node is the leader.", if is_leader { 1.0 } else { 0.0 }),
         (

@@ -1,6 +1,6 @@
 //! The peer protocol's HTTP face: Raft RPCs, forwarded writes, read-index requests and status
 //! probes from other nodes, and the upgrade to a leader's append stream. What each call does is
-//! the raft crate's ([`fleetlog_raft::peer_server`]); this module checks the caller and moves the
+//! the raft crate's ([`fleetlog_raft::consensus::peer::server`]); this module checks the caller and moves the
 //! bytes. Every call must present the cluster secret when one is configured.
 //!
 //! The secret is checked from the headers before a byte of the body is read, and before a stream
@@ -13,9 +13,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use fleetlog_raft::append_stream::UPGRADE_PROTOCOL;
-use fleetlog_raft::peer_server::{self, CallError, PeerCall};
-use fleetlog_raft::peers::{path, secret_matches, SECRET_HEADER};
+use fleetlog_raft::consensus::peer::append_stream::UPGRADE_PROTOCOL;
+use fleetlog_raft::consensus::peer::client::{path, secret_matches, SECRET_HEADER};
+use fleetlog_raft::consensus::peer::server::{self as peer_server, CallError, PeerCall};
 use hyper_util::rt::TokioIo;
 
 use crate::input::read_body;

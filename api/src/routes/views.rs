@@ -7,9 +7,9 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleetlog_raft::kv::KvRead;
-use fleetlog_raft::records::DeploymentState;
-use fleetlog_raft::views::{self, DeploymentFilter};
+use fleetlog_raft::domain::kv::KvRead;
+use fleetlog_raft::domain::records::DeploymentState;
+use fleetlog_raft::domain::views::{self, DeploymentFilter};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
@@ -49,7 +49,7 @@ fn resolve(kv: &dyn KvRead, moment: Moment) -> fleetlog_raft::Result<Result<Opti
             Some(seq) => Ok(Some(seq)),
             None => Err(ApiError::not_found(
                 "before_first_event",
-                format!("{} is before the first event of the ledger", fleetlog_raft::event::format_time(time)),
+                format!("{} is before the first event of the ledger", fleetlog_raft::domain::event::format_time(time)),
             )),
         },
     })
@@ -67,11 +67,11 @@ pub fn name_param(params: &Params, name: &str) -> ApiResult<Option<String>> {
 
 /// A name taken from the path, checked before it becomes part of a storage key.
 fn path_name(what: &str, value: &str) -> ApiResult<()> {
-    fleetlog_raft::ledger::validate::check_name(
+    fleetlog_raft::domain::ledger::validate::check_name(
         what,
         value,
-        fleetlog_raft::limits::NAME_CHARS_MAX,
-        fleetlog_raft::ledger::validate::is_release_char,
+        fleetlog_raft::domain::limits::NAME_CHARS_MAX,
+        fleetlog_raft::domain::ledger::validate::is_release_char,
     )
     .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))
 }

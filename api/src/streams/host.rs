@@ -8,11 +8,11 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fleetlog_raft::desired;
-use fleetlog_raft::feed::{Feed, HostWatch, WatchMessage};
-use fleetlog_raft::ledger::Directive;
-use fleetlog_raft::records::HostRecord;
-use fleetlog_raft::views;
+use fleetlog_raft::domain::desired;
+use fleetlog_raft::domain::ledger::Directive;
+use fleetlog_raft::domain::records::HostRecord;
+use fleetlog_raft::domain::views;
+use fleetlog_raft::storage::feed::{Feed, HostWatch, WatchMessage};
 use serde_json::json;
 use tokio::sync::broadcast;
 
@@ -128,7 +128,7 @@ impl HostLive {
     }
 
     /// The directives that the layer changes from `next` on make for this host.
-    fn directives(&mut self, changes: &[fleetlog_raft::ledger::LayerChange], next: u64) -> Vec<Directive> {
+    fn directives(&mut self, changes: &[fleetlog_raft::domain::ledger::LayerChange], next: u64) -> Vec<Directive> {
         let mut directives = Vec::new();
         for change in changes.iter().filter(|change| change.seq >= next) {
             let Some(record) =

@@ -1,8 +1,8 @@
 //! The log, filtered: every committed event that matches, in seq order.
 
 use bytes::Bytes;
-use fleetlog_raft::feed::{BatchReceiver, CommittedEvent, Feed};
-use fleetlog_raft::views::{self, EventFilter};
+use fleetlog_raft::domain::views::{self, EventFilter};
+use fleetlog_raft::storage::feed::{BatchReceiver, CommittedEvent, Feed};
 use tokio::sync::broadcast;
 
 use super::{push_message, Live, LiveStep, Source, StreamEnd};

@@ -19,10 +19,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetlog_raft::feed::Feed;
+use fleetlog_raft::storage::feed::Feed;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use fleetlog_raft::resume::{resume_position, ResumeError};
+use fleetlog_raft::domain::resume::{resume_position, ResumeError};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -182,11 +182,11 @@ pub async fn open(
         return Err(ApiError::not_found("not_found", format!("no stream at {path}")));
     };
     let host = host.to_string();
-    fleetlog_raft::ledger::validate::check_name(
+    fleetlog_raft::domain::ledger::validate::check_name(
         "host",
         &host,
-        fleetlog_raft::limits::NAME_CHARS_MAX,
-        fleetlog_raft::ledger::validate::is_name_char,
+        fleetlog_raft::domain::limits::NAME_CHARS_MAX,
+        fleetlog_raft::domain::ledger::validate::is_name_char,
     )
     .map_err(|rejection| ApiError::bad_request("invalid_parameter", rejection.message))?;
     let params = Params::new(query, &["from_seq"])?;

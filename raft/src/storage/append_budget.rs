@@ -4,7 +4,7 @@
 
 use openraft::EntryPayload;
 
-use crate::types::{Entry, LogId};
+use crate::consensus::types::{Entry, LogId};
 
 /// Most bytes of entries one append-entries request carries. openraft bounds requests by entry
 /// count only, while one entry may hold a megabyte of events; an answer that waits on a follower's
@@ -50,7 +50,7 @@ mod tests {
     use openraft::vote::leader_id_adv::CommittedLeaderId;
 
     use super::*;
-    use crate::event::{AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
+    use crate::domain::event::{AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
 
     fn entry(index: u64, data_bytes: usize) -> Entry {
         let mut event = ProposedEvent::new(format!("e-{index}"), "test.note");

@@ -13,8 +13,8 @@ use rocksdb::{
     SnapshotWithThreadMode, WriteBatch, WriteOptions, DB,
 };
 
+use crate::domain::kv::{Direction, KvRead, Space, Visitor, Writes};
 use crate::error::{Error, Result};
-use crate::kv::{Direction, KvRead, Space, Visitor, Writes};
 
 /// Column family of Raft log entries, keyed by index.
 pub const LOG_FAMILY: &str = "raft_log";

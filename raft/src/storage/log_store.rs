@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 
 use super::db::{Database, LOG_FAMILY, RAFT_META_FAMILY};
 use super::snapshot::SnapshotFiles;
-use crate::codec;
-use crate::limits::RECENT_ENTRIES_BUDGET_BYTES;
+use crate::consensus::types::{Entry, LogId, TypeConfig, Vote};
+use crate::domain::codec;
+use crate::domain::limits::RECENT_ENTRIES_BUDGET_BYTES;
 use crate::storage::append_budget;
-use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";

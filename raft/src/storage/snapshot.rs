@@ -21,12 +21,12 @@ use sha2::{Digest, Sha256};
 
 use super::db::Database;
 use super::log_store;
-use crate::codec;
-use crate::crash_point;
+use crate::consensus::types::{LogId, SnapshotMeta, StoredMembership};
+use crate::domain::codec;
+use crate::domain::keys::{META_APPLIED, META_MEMBERSHIP};
+use crate::domain::kv::{Direction, KvRead, Space};
 use crate::error::{Error, Result};
-use crate::keys::{META_APPLIED, META_MEMBERSHIP};
-use crate::kv::{Direction, KvRead, Space};
-use crate::types::{LogId, SnapshotMeta, StoredMembership};
+use crate::storage::crash_point;
 
 const MAGIC: &[u8; 8] = b"FLSNAP01";
 const END_MARK: u8 = 0xFF;

@@ -17,15 +17,15 @@ use rocksdb::WriteBatch;
 
 use super::db::Database;
 use super::snapshot::SnapshotFiles;
-use crate::codec;
+use crate::consensus::types::{Entry, LedgerResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::domain::codec;
+use crate::domain::invariant;
+use crate::domain::keys::{META_APPLIED, META_MEMBERSHIP};
+use crate::domain::kv::{KvRead, Overlay, Space, Writes};
+use crate::domain::ledger;
+use crate::domain::records;
 use crate::error::{Error, Result};
-use crate::feed::{AppliedBatch, CommittedEvent, Feed};
-use crate::invariant;
-use crate::keys::{META_APPLIED, META_MEMBERSHIP};
-use crate::kv::{KvRead, Overlay, Space, Writes};
-use crate::ledger;
-use crate::records;
-use crate::types::{Entry, LedgerResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::storage::feed::{AppliedBatch, CommittedEvent, Feed};
 
 /// A snapshot as openraft hands it around: its meta and the open file.
 type FileSnapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, tokio::fs::File>;

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetlog_raft::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
-use fleetlog_raft::node::{Node, NodeConfig};
+use fleetlog_raft::consensus::node::{Node, NodeConfig};
+use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
+use fleetlog_raft::domain::views::{self, EventFilter};
 use fleetlog_raft::storage::Database;
-use fleetlog_raft::views::{self, EventFilter};
 
 pub fn note(id: &str, text: &str) -> ProposedEvent {
     let mut event = ProposedEvent::new(id, "test.note");
@@ -50,7 +50,7 @@ pub async fn append(node: &Node, events: Vec<ProposedEvent>) -> Vec<u64> {
     }
 }
 
-pub fn all_events(node: &Node) -> Vec<fleetlog_raft::event::Event> {
+pub fn all_events(node: &Node) -> Vec<fleetlog_raft::domain::event::Event> {
     let reader = node.database().snapshot_reader();
     views::read_events(&reader, &EventFilter::default(), 1, 10_000).unwrap().events
 }
@@ -74,8 +74,8 @@ pub async fn open_when_free(path: &Path) -> Database {
 /// state machines are. The install mark is bookkeeping of an install, not state: it is left out.
 pub type Dump = std::collections::BTreeMap<(u8, Vec<u8>), Vec<u8>>;
 
-pub fn dump(reader: &dyn fleetlog_raft::kv::KvRead) -> Dump {
-    use fleetlog_raft::kv::{Direction, Space};
+pub fn dump(reader: &dyn fleetlog_raft::domain::kv::KvRead) -> Dump {
+    use fleetlog_raft::domain::kv::{Direction, Space};
     let mut dump = Dump::new();
     for space in Space::ALL {
         reader

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{AppendOutcome, LedgerCommand};
+use crate::domain::event::{AppendOutcome, LedgerCommand};
 
 openraft::declare_raft_types!(
     /// Types of fleetlog's Raft: ledger commands in, outcomes out.

@@ -1,6 +1,6 @@
 //! openraft's network: replication and heartbeats go over one long-lived, pipelined stream per
-//! peer ([`crate::append_stream`]); votes and snapshot chunks are single POSTs to the peer's API
-//! listener with a codec body (see [`crate::peers`]), bounded by the TTL openraft gives them. A
+//! peer ([`crate::consensus::peer::append_stream`]); votes and snapshot chunks are single POSTs to the peer's API
+//! listener with a codec body (see [`crate::consensus::peer::client`]), bounded by the TTL openraft gives them. A
 //! connection failure is reported as `Unreachable`, so openraft backs off instead of hammering a
 //! dead peer. How much one append-entries request carries is bounded where the entries are read
 //! (the log reader's byte budget), not here.
@@ -19,9 +19,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use crate::append_stream::StreamClient;
-use crate::peers::{path, PeerError, Peers};
-use crate::types::{NodeId, SnapshotMeta, TypeConfig};
+use crate::consensus::peer::append_stream::StreamClient;
+use crate::consensus::peer::client::{path, PeerError, Peers};
+use crate::consensus::types::{NodeId, SnapshotMeta, TypeConfig};
 
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -157,7 +157,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 data.truncate(filled);
                 let done = filled < SNAPSHOT_CHUNK_BYTES;
                 let chunk = SnapshotChunk { vote, meta: snapshot.meta.clone(), offset, data, done };
-                let answer: crate::snapshot_receiver::ChunkAnswer = self
+                let answer: crate::consensus::peer::snapshot_receiver::ChunkAnswer = self
                     .peers
                     .call(self.target, &self.address, path::INSTALL_SNAPSHOT, &chunk, option.hard_ttl())
                     .await

@@ -7,8 +7,8 @@
 //! O(log n) nodes and never recomputes the tree.
 
 use super::{node_hash, split_point, Hash, ProofError};
+use crate::domain::kv::{KvRead, Overlay, Space};
 use crate::error::{Error, Result};
-use crate::kv::{KvRead, Overlay, Space};
 
 /// Key of the complete subtree of `2^height` leaves starting at leaf `index * 2^height`: its
 /// position in post-order, which is the order nodes are created in. Keys in that order put a

@@ -14,9 +14,9 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::event::{AppendOutcome, AppendRequest, LedgerCommand};
-use crate::node::{now_micros, WriteError, WRITE_TIMEOUT};
-use crate::types::Raft;
+use crate::consensus::node::{now_micros, WriteError, WRITE_TIMEOUT};
+use crate::consensus::types::Raft;
+use crate::domain::event::{AppendOutcome, AppendRequest, LedgerCommand};
 
 /// Proposals awaiting commit at once. Fewer means larger batches under load; more means less
 /// waiting at low load. Measured with 64 clients on a 3-node cluster here: 1 → 3,200 appends/s,

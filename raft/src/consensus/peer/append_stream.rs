@@ -24,9 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::codec;
-use crate::peers::{PeerError, Peers};
-use crate::types::{NodeId, Raft, TypeConfig};
+use crate::consensus::peer::client::{PeerError, Peers};
+use crate::consensus::types::{NodeId, Raft, TypeConfig};
+use crate::domain::codec;
 
 /// The protocol named in the `Upgrade` header of the request that opens a stream.
 pub const UPGRADE_PROTOCOL: &str = "fleetlog-append-stream/1";
@@ -144,7 +144,12 @@ impl StreamClient {
                 Some((connection, _)) => connection,
                 None => {
                     let upgraded = peers
-                        .open_stream(self.target, &self.address, crate::peers::path::APPEND_STREAM, UPGRADE_PROTOCOL)
+                        .open_stream(
+                            self.target,
+                            &self.address,
+                            crate::consensus::peer::client::path::APPEND_STREAM,
+                            UPGRADE_PROTOCOL,
+                        )
                         .await
                         .map_err(open_error)?;
                     Framed::new(upgraded, frames())

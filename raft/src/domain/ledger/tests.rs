@@ -3,10 +3,10 @@
 use serde_json::{json, Value};
 
 use super::*;
-use crate::event::{ProposedEvent, GENESIS_HASH};
-use crate::kv::MemoryKv;
-use crate::records::{DeploymentState, HostRecord, WaveState};
-use crate::views;
+use crate::domain::event::{ProposedEvent, GENESIS_HASH};
+use crate::domain::kv::MemoryKv;
+use crate::domain::records::{DeploymentState, HostRecord, WaveState};
+use crate::domain::views;
 
 /// A ledger over plain memory with a controllable clock.
 struct Bench {
@@ -71,7 +71,7 @@ impl Bench {
             };
             *slot = Some(value.to_string());
         }
-        event.data = crate::canonical::to_canonical_string(&data).unwrap();
+        event.data = crate::domain::canonical::to_canonical_string(&data).unwrap();
         event
     }
 
@@ -624,7 +624,7 @@ fn a_release_reported_running_after_its_deployment_ended_is_a_rollback_target() 
 fn forced(mut event: ProposedEvent, reason: &str) -> ProposedEvent {
     let mut data: Value = serde_json::from_str(&event.data).unwrap();
     data["force_reason"] = json!(reason);
-    event.data = crate::canonical::to_canonical_string(&data).unwrap();
+    event.data = crate::domain::canonical::to_canonical_string(&data).unwrap();
     event
 }
 
@@ -972,12 +972,12 @@ fn the_merkle_tree_holds_every_event_as_served() {
     let event = bench.rollback(None);
     bench.ok(event);
     let head = records::head(&bench.kv).unwrap().seq;
-    let mut roots = crate::merkle::RootBuilder::new();
+    let mut roots = crate::domain::merkle::RootBuilder::new();
     for seq in 1..=head {
         let event = views::event(&bench.kv, seq).unwrap().unwrap();
-        roots.push(crate::merkle::leaf_hash(event.canonical_json().as_bytes()));
+        roots.push(crate::domain::merkle::leaf_hash(event.canonical_json().as_bytes()));
     }
-    let root = |bench: &Bench, size| crate::merkle::store::StoredTree::new(&bench.kv).root(size);
+    let root = |bench: &Bench, size| crate::domain::merkle::store::StoredTree::new(&bench.kv).root(size);
     assert_eq!(root(&bench, head).unwrap(), roots.root());
     // A rejected request leaves the tree as it was.
     let refused = bench.start("d9", "9.9", json!([{"name": "all", "percent": 100}]));
@@ -1054,9 +1054,9 @@ fn a_counter_below_zero_stops_the_apply_as_a_bug() {
     let report = bench.report("a", "2.0", "failed");
     let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench.append(vec![report])))
         .expect_err("the apply must stop on a broken invariant");
-    let message = crate::invariant::panic_text(&*panic);
+    let message = crate::domain::invariant::panic_text(&*panic);
     let full = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(full.starts_with(crate::invariant::PREFIX), "not reported as an invariant: {full}");
+    assert!(full.starts_with(crate::domain::invariant::PREFIX), "not reported as an invariant: {full}");
     assert!(full.contains("not a storage failure"), "not told apart from a storage failure: {full}");
     assert!(message.contains("\"d2\" wave 0") && message.contains("below zero"), "names neither: {message}");
     assert!(message.contains("event seq"), "does not name the event: {message}");
@@ -1083,8 +1083,8 @@ fn a_rollback_and_a_full_wave_write_as_many_keys_for_3_hosts_as_for_300() {
         // Records and their versions (the Merkle nodes an event adds depend on its seq alone).
         let records = |kv: &MemoryKv| {
             let mut count = 0;
-            for space in [crate::kv::Space::State, crate::kv::Space::History] {
-                kv.scan(space, &[], &[0xFF; 64], crate::kv::Direction::Forward, &mut |_, _| {
+            for space in [crate::domain::kv::Space::State, crate::domain::kv::Space::History] {
+                kv.scan(space, &[], &[0xFF; 64], crate::domain::kv::Direction::Forward, &mut |_, _| {
                     count += 1;
                     Ok(true)
                 })

@@ -4,9 +4,9 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::codec;
-use crate::node::{Node, WRITE_TIMEOUT};
-use crate::peers::path;
+use crate::consensus::node::{Node, WRITE_TIMEOUT};
+use crate::consensus::peer::client::path;
+use crate::domain::codec;
 
 /// The single-request calls of the peer protocol, by the path they are posted to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,10 +76,10 @@ pub async fn answer(node: &Node, call: PeerCall, body: &[u8]) -> Result<Vec<u8>,
 }
 
 /// Serves a leader's append stream on a connection already switched to
-/// [`crate::append_stream::UPGRADE_PROTOCOL`].
+/// [`crate::consensus::peer::append_stream::UPGRADE_PROTOCOL`].
 pub async fn serve_append_stream<Connection>(node: Node, connection: Connection)
 where
     Connection: AsyncRead + AsyncWrite + Send + 'static,
 {
-    crate::append_stream::serve(node.raft().clone(), connection).await
+    crate::consensus::peer::append_stream::serve(node.raft().clone(), connection).await
 }

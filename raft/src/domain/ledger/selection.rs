@@ -1,5 +1,5 @@
 //! Which hosts a starting wave selects, recorded as a rule in the environment's desired layer
-//! (see [`crate::desired`]) rather than written to every host.
+//! (see [`crate::domain::desired`]) rather than written to every host.
 //!
 //! The rule selects, among the hosts registered when the wave starts and not selected by an
 //! earlier wave of the deployment: the named hosts, the hosts of a group, or the first hosts in
@@ -8,11 +8,11 @@
 
 use super::validate::Selector;
 use super::{reject, Step};
-use crate::desired::{observed_mark, selecting_wave, Mark};
-use crate::keys::{leading_text, prefix_end, Key, RecordTag};
-use crate::kv::{Direction, KvRead, Space};
-use crate::records::{self, DeploymentRecord, HostRecord, StartedWave, Tally, WaveRule};
-use crate::rejection::RejectionCode;
+use crate::domain::desired::{observed_mark, selecting_wave, Mark};
+use crate::domain::keys::{leading_text, prefix_end, Key, RecordTag};
+use crate::domain::kv::{Direction, KvRead, Space};
+use crate::domain::records::{self, DeploymentRecord, HostRecord, StartedWave, Tally, WaveRule};
+use crate::domain::rejection::RejectionCode;
 
 /// What a starting wave selected: its rule, how many hosts, and how many of those already run
 /// (or failed) the deployment's release.
@@ -95,7 +95,7 @@ pub(crate) fn select(
             let (running, failing) = tally.observed.get(release).copied().unwrap_or_default();
             let remaining = |total: u64, held: u64, what: &str| {
                 total.checked_sub(held).unwrap_or_else(|| {
-                    crate::invariant::violated(format!(
+                    crate::domain::invariant::violated(format!(
                         "deployment {:?}: {what} counted by its earlier waves ({held}) exceed those of {service}/{env} ({total})",
                         deployment.id
                     ))
@@ -124,7 +124,7 @@ pub(crate) fn select(
                 &prefix_end(prefix.bytes()),
                 Direction::Forward,
                 &mut |_, value| {
-                    let host: HostRecord = crate::codec::decode(value)?;
+                    let host: HostRecord = crate::domain::codec::decode(value)?;
                     if candidate(&host) {
                         selection.take(&host, release);
                         last = Some(host.host);

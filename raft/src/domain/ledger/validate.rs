@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::event::{AppendRequest, ProposedEvent};
-use crate::limits::*;
-use crate::rejection::{Rejection, RejectionCode};
+use crate::domain::event::{AppendRequest, ProposedEvent};
+use crate::domain::limits::*;
+use crate::domain::rejection::{Rejection, RejectionCode};
 
 /// What a proposed event means to the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,7 +310,7 @@ fn parse_data(text: &str) -> Result<Map<String, Value>, Rejection> {
             return Err(Rejection::new(RejectionCode::InvalidField, format!("data is not valid JSON: {error}")))
         }
     };
-    let canonical = crate::canonical::to_canonical_string(&value)
+    let canonical = crate::domain::canonical::to_canonical_string(&value)
         .map_err(|error| Rejection::new(RejectionCode::UnsafeNumber, format!("data: {error}")))?;
     if canonical != text {
         return Err(Rejection::new(RejectionCode::InvalidField, "data is not in canonical (RFC 8785) form"));

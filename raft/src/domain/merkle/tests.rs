@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 
 use super::store::{self, StoredTree};
 use super::*;
-use crate::kv::{MemoryKv, Overlay};
+use crate::domain::kv::{MemoryKv, Overlay};
 
 /// MTH(D[n]) straight from the definition.
 fn naive_root(leaves: &[Hash]) -> Hash {
@@ -192,18 +192,18 @@ fn a_stored_tree_reads_a_logarithmic_number_of_nodes() {
         inner: &'a MemoryKv,
         reads: std::cell::Cell<usize>,
     }
-    impl crate::kv::KvRead for Counting<'_> {
-        fn get(&self, space: crate::kv::Space, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
+    impl crate::domain::kv::KvRead for Counting<'_> {
+        fn get(&self, space: crate::domain::kv::Space, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
             self.reads.set(self.reads.get() + 1);
             self.inner.get(space, key)
         }
         fn scan(
             &self,
-            space: crate::kv::Space,
+            space: crate::domain::kv::Space,
             start: &[u8],
             end: &[u8],
-            direction: crate::kv::Direction,
-            visit: &mut crate::kv::Visitor<'_>,
+            direction: crate::domain::kv::Direction,
+            visit: &mut crate::domain::kv::Visitor<'_>,
         ) -> crate::Result<()> {
             self.inner.scan(space, start, end, direction, visit)
         }

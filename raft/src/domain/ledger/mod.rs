@@ -9,18 +9,18 @@ pub mod validate;
 
 use sha2::Digest;
 
-use crate::codec;
-use crate::error::{Error, Result};
-use crate::event::{
+use crate::domain::codec;
+use crate::domain::event::{
     AppendOutcome, AppendRequest, AppendedEvent, ClusterIdentity, Event, ExpectedVersion, LedgerCommand,
 };
-use crate::keys::{decode_u64, seq_key, time_key, IndexField, Key, META_CLUSTER, META_HEAD, META_LAYOUT};
-use crate::kv::{KvRead, Overlay, Space};
-use crate::merkle;
-use crate::records::{self, Head, IdRecord, LayerRecord};
-use crate::rejection::{Rejection, RejectionCode};
+use crate::domain::keys::{decode_u64, seq_key, time_key, IndexField, Key, META_CLUSTER, META_HEAD, META_LAYOUT};
+use crate::domain::kv::{KvRead, Overlay, Space};
+use crate::domain::merkle;
+use crate::domain::records::{self, Head, IdRecord, LayerRecord};
+use crate::domain::rejection::{Rejection, RejectionCode};
+use crate::error::{Error, Result};
 
-pub use crate::desired::Directive;
+pub use crate::domain::desired::Directive;
 
 /// Why applying a request stopped: the request was refused (a value), or storage failed.
 pub(crate) enum Stop {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
-use crate::types::NodeId;
+use crate::consensus::types::NodeId;
+use crate::domain::codec;
 
 /// Header carrying the cluster secret on peer calls.
 pub const SECRET_HEADER: &str = "x-fleetlog-cluster-secret";
@@ -20,7 +20,7 @@ pub const SECRET_HEADER: &str = "x-fleetlog-cluster-secret";
 /// Paths of the peer protocol, served on the API listener.
 pub mod path {
     pub const APPEND_ENTRIES: &str = "/raft/append-entries";
-    /// Upgraded to a stream of pipelined append-entries calls (see [`crate::append_stream`]).
+    /// Upgraded to a stream of pipelined append-entries calls (see [`crate::consensus::peer::append_stream`]).
     pub const APPEND_STREAM: &str = "/raft/append-stream";
     pub const VOTE: &str = "/raft/vote";
     pub const INSTALL_SNAPSHOT: &str = "/raft/install-snapshot";

@@ -29,9 +29,9 @@ use tokio::sync::{broadcast, watch};
 
 use futures::future::{select_all, FutureExt};
 
-use crate::event::Event;
-use crate::ledger::{LayerChange, RegistrationChange};
-pub use crate::limits::FEED_RING_BUDGET_BYTES;
+use crate::domain::event::Event;
+use crate::domain::ledger::{LayerChange, RegistrationChange};
+pub use crate::domain::limits::FEED_RING_BUDGET_BYTES;
 
 /// Applied batches the shared ring holds before slow log tails lag.
 pub const FEED_BATCHES_MAX: usize = 1_024;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
-use crate::node::Node;
-use crate::peers::{path, NodeStatus};
-use crate::types::{NodeId, TypeConfig};
+use crate::consensus::node::Node;
+use crate::consensus::peer::client::{path, NodeStatus};
+use crate::consensus::types::{NodeId, TypeConfig};
 
 /// How long membership changes may take (a learner catching up included).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(600);

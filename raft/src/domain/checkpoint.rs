@@ -19,7 +19,7 @@ use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::merkle::Hash;
+use crate::domain::merkle::Hash;
 
 /// Algorithm byte of Ed25519 keys in signed notes.
 const ED25519: u8 = 0x01;

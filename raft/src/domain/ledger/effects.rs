@@ -6,17 +6,17 @@ use std::collections::BTreeMap;
 use super::selection;
 use super::validate::{Command, HostStatus, Selector, WaveSpec};
 use super::{reject, Step};
-use crate::desired::{self, Mark};
-use crate::event::ProposedEvent;
-use crate::invariant;
-use crate::kv::{KvRead, Overlay, Space};
-use crate::records::{
+use crate::domain::desired::{self, Mark};
+use crate::domain::event::ProposedEvent;
+use crate::domain::invariant;
+use crate::domain::kv::{KvRead, Overlay, Space};
+use crate::domain::records::{
     self, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key, host_environment_key,
     host_group_key, host_key, layer_key, release_key, tally_key, timeline_key, Assignment, Block, DeploymentRecord,
     DeploymentState, EnvironmentRecord, Failure, HostRecord, LayerRecord, Observed, Override, ReleaseRecord,
     StartedWave, Tally, TimelineEntry, WaveRecord, WaveRule, WaveState,
 };
-use crate::rejection::{Rejection, RejectionCode};
+use crate::domain::rejection::{Rejection, RejectionCode};
 
 /// The event being applied.
 pub(crate) struct Context<'a> {

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
+use crate::domain::codec;
+use crate::domain::keys::{prefix_end, Key, RecordTag, META_HEAD};
+use crate::domain::kv::{Direction, KvRead, Overlay, Space};
+use crate::domain::ledger::validate::{HostStatus, Selector};
 use crate::error::Result;
-use crate::keys::{prefix_end, Key, RecordTag, META_HEAD};
-use crate::kv::{Direction, KvRead, Overlay, Space};
-use crate::ledger::validate::{HostStatus, Selector};
 
 /// The last event of the ledger.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +34,7 @@ pub struct IdRecord {
 /// One host in one (service, env): its registration and what it last reported. Only the host's
 /// own events (registered, deregistered, reported) write it. Its desired release is not stored:
 /// views resolve it from the environment's [`LayerRecord`] as of the same seq (see
-/// [`crate::desired`]) and fill in `desired`, so a rollback costs the same for 10 hosts as for
+/// [`crate::domain::desired`]) and fill in `desired`, so a rollback costs the same for 10 hosts as for
 /// 1,000,000.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::canonical::write_string;
+use crate::domain::canonical::write_string;
 
 /// `prev_hash` of the first event.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -123,8 +123,11 @@ pub struct ClusterIdentity {
 
 impl ClusterIdentity {
     /// The signer of this cluster's checkpoints.
-    pub fn signer(&self) -> crate::checkpoint::NoteSigner {
-        crate::checkpoint::NoteSigner::new(crate::checkpoint::origin(&self.cluster_id), &self.signing_seed)
+    pub fn signer(&self) -> crate::domain::checkpoint::NoteSigner {
+        crate::domain::checkpoint::NoteSigner::new(
+            crate::domain::checkpoint::origin(&self.cluster_id),
+            &self.signing_seed,
+        )
     }
 }
 
@@ -341,12 +344,12 @@ mod tests {
     fn canonical_form_equals_generic_jcs_of_the_same_object() {
         let event = sample();
         let value: serde_json::Value = serde_json::from_str(&event.canonical_without_hash()).unwrap();
-        let generic = crate::canonical::to_canonical_string(&value).unwrap();
+        let generic = crate::domain::canonical::to_canonical_string(&value).unwrap();
         assert_eq!(generic, event.canonical_without_hash());
         assert!(generic.contains("\"time\":\"2026-11-28T00:00:00.123456Z\""), "{generic}");
         assert!(generic.contains("\"prev_hash\":\"0000000000000000000000000000000000000000000000000000000000000000\""));
         let served: serde_json::Value = serde_json::from_str(&event.canonical_json()).unwrap();
-        assert_eq!(crate::canonical::to_canonical_string(&served).unwrap(), event.canonical_json());
+        assert_eq!(crate::domain::canonical::to_canonical_string(&served).unwrap(), event.canonical_json());
     }
 
     fn chrono_text(time_micros: i64) -> String {

@@ -5,21 +5,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::codec;
-use crate::desired;
-use crate::error::{Error, Result};
-use crate::event::Event;
-use crate::keys::{decode_u64, leading_text, prefix_end, seq_key, time_key, trailing_u64, IndexField, Key, RecordTag};
-use crate::kv::{Direction, KvRead, Space};
-use crate::ledger::Directive;
-use crate::records::{
+use crate::domain::codec;
+use crate::domain::desired;
+use crate::domain::event::Event;
+use crate::domain::keys::{
+    decode_u64, leading_text, prefix_end, seq_key, time_key, trailing_u64, IndexField, Key, RecordTag,
+};
+use crate::domain::kv::{Direction, KvRead, Space};
+use crate::domain::ledger::Directive;
+use crate::domain::records::{
     self, DeploymentRecord, DeploymentState, EnvironmentRecord, Head, HostRecord, LayerRecord, ReleaseRecord,
     TimelineEntry,
 };
+use crate::error::{Error, Result};
 
 /// Events visited per log read before the page is cut short (the reply's `next_seq` resumes).
 pub const SCAN_BUDGET_EVENTS: usize = 100_000;
-pub use crate::limits::READ_PAGE_BUDGET_BYTES;
+pub use crate::domain::limits::READ_PAGE_BUDGET_BYTES;
 
 /// Filters of a log read; all given filters must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -648,8 +650,8 @@ pub fn fleet_diff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
-    use crate::kv::{MemoryKv, Overlay};
+    use crate::domain::event::{AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
+    use crate::domain::kv::{MemoryKv, Overlay};
 
     /// A ledger of `count` notes in stream "notes", each with `data_bytes` of data.
     fn notes(count: usize, data_bytes: usize) -> MemoryKv {
@@ -668,7 +670,7 @@ mod tests {
                 identity: None,
             };
             let mut overlay = Overlay::new(&kv);
-            crate::ledger::apply_command(&mut overlay, &command).unwrap();
+            crate::domain::ledger::apply_command(&mut overlay, &command).unwrap();
             let writes = overlay.into_writes();
             kv.apply(writes);
         }

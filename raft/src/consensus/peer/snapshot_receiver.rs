@@ -1,5 +1,5 @@
 //! The receiving side of a snapshot transfer: chunks from the leader (see
-//! [`crate::network::SnapshotChunk`]) are appended to one file in the snapshot directory, and the
+//! [`crate::consensus::peer::network::SnapshotChunk`]) are appended to one file in the snapshot directory, and the
 //! whole file is handed to openraft once the last chunk is in. Never whole in memory.
 
 use std::io::Write;
@@ -9,9 +9,9 @@ use openraft::raft::SnapshotResponse;
 use openraft::type_config::alias::VoteOf;
 use openraft::Snapshot;
 
-use crate::network::SnapshotChunk;
+use crate::consensus::peer::network::SnapshotChunk;
+use crate::consensus::types::{LogId, Raft, TypeConfig};
 use crate::storage::SnapshotFiles;
-use crate::types::{LogId, Raft, TypeConfig};
 
 /// What a chunk is answered with: the receiver's vote once the snapshot is installed, nothing
 /// for a chunk taken in between, or why the chunk was refused (the sender starts over).

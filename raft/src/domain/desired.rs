@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::validate::HostStatus;
-use crate::records::{Assignment, Desired, HostRecord, LayerRecord, StartedWave, WaveRule};
+use crate::domain::ledger::validate::HostStatus;
+use crate::domain::records::{Assignment, Desired, HostRecord, LayerRecord, StartedWave, WaveRule};
 
 /// The type of the event behind a desired release set by a wave.
 pub const CAUSE_WAVE: &str = "wave.started";

@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn a_damaged_length_is_refused_without_a_huge_allocation() {
         let record = [FORMAT_VERSION, 0xfc, 0x00, 0x00, 0xff, 0xff];
-        assert!(matches!(decode::<crate::records::ReleaseRecord>(&record), Err(Error::Decode(_))));
+        assert!(matches!(decode::<crate::domain::records::ReleaseRecord>(&record), Err(Error::Decode(_))));
         assert!(matches!(decode::<String>(&record), Err(Error::Decode(_))));
     }
 

@@ -1,7 +1,7 @@
 //! A running fleetlog node: storage, the Raft instance, and the operations the API calls.
 //!
 //! Any node accepts writes and linearizable reads. A follower forwards a write to the leader
-//! (over [`crate::peers`]) and, for a read, asks the leader for its read index and waits until
+//! (over [`crate::consensus::peer::client`]) and, for a read, asks the leader for its read index and waits until
 //! its own state machine has applied that far.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,17 +15,17 @@ use openraft::{BasicNode, Config, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::batcher::Batcher;
-use crate::disk::DiskGuard;
+use crate::consensus::batcher::Batcher;
+use crate::consensus::peer::client::{path, PeerError, Peers};
+use crate::consensus::peer::network::PeerNetwork;
+use crate::consensus::peer::network::SnapshotChunk;
+use crate::consensus::peer::snapshot_receiver::{ChunkAnswer, SnapshotReceiver};
+use crate::consensus::types::{NodeId, Raft, TypeConfig};
+use crate::domain::event::{AppendOutcome, AppendRequest, ClusterIdentity, LedgerCommand};
 use crate::error::{Error, Result};
-use crate::event::{AppendOutcome, AppendRequest, ClusterIdentity, LedgerCommand};
-use crate::feed::Feed;
-use crate::network::PeerNetwork;
-use crate::network::SnapshotChunk;
-use crate::peers::{path, PeerError, Peers};
-use crate::snapshot_receiver::{ChunkAnswer, SnapshotReceiver};
+use crate::storage::disk::DiskGuard;
+use crate::storage::feed::Feed;
 use crate::storage::{Database, LogStore, SnapshotFiles, StateMachine};
-use crate::types::{NodeId, Raft, TypeConfig};
 
 /// How long a write may wait for commit before its outcome is reported unknown.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +59,7 @@ pub struct NodeConfig {
     /// Required on every peer call when set.
     pub cluster_secret: Option<String>,
     pub snapshot_every: u64,
-    /// Free bytes below which this node refuses appends (see [`crate::disk`]).
+    /// Free bytes below which this node refuses appends (see [`crate::storage::disk`]).
     pub disk_reserve_bytes: u64,
     /// Dial peers with https, trusting this CA (PEM); None: plain HTTP.
     pub peer_ca_pem: Option<Vec<u8>>,
@@ -76,7 +76,7 @@ impl NodeConfig {
             peer_routes: HashMap::new(),
             cluster_secret: None,
             snapshot_every: SNAPSHOT_EVERY_ENTRIES,
-            disk_reserve_bytes: crate::disk::RESERVE_BYTES,
+            disk_reserve_bytes: crate::storage::disk::RESERVE_BYTES,
             peer_ca_pem: None,
         }
     }
@@ -370,7 +370,7 @@ impl Node {
 
     /// The cluster's identity, once recorded.
     pub fn identity(&self) -> Result<Option<ClusterIdentity>> {
-        crate::ledger::cluster_identity(&self.inner.database.consistent_reader()?)
+        crate::domain::ledger::cluster_identity(&self.inner.database.consistent_reader()?)
     }
 
     /// Stops Raft; the database closes when the last handle is dropped.

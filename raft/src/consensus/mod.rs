@@ -1,0 +1,16 @@
+//! Consensus: openraft's type config, a running node, and the peer protocol.
+//!
+//! - `types`: the openraft type config (commands in, outcomes out).
+//! - `node`: a running node: storage and Raft started together; proposing (gathered by
+//!   `batcher`), forwarding to the leader, linearizable reads.
+//! - `cluster`: membership changes and what each node says about itself.
+//! - `peer`: everything nodes say to each other, both sides.
+
+#[cfg(feature = "storage")]
+pub mod batcher;
+#[cfg(feature = "storage")]
+pub mod cluster;
+#[cfg(feature = "storage")]
+pub mod node;
+pub mod peer;
+pub mod types;
