@@ -66,6 +66,10 @@ pub enum Command {
     /// Stop deployments to an environment for a while, and allow them again.
     #[command(subcommand)]
     Freeze(FreezeCommand),
+    /// Set or show the release-safety policy of an environment: bake times, healthy and failed
+    /// hosts per wave, alerts, what a tripped gate does.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// What should run and does run on every host, now or at a past moment.
     #[command(
         after_help = "Examples:\n  fleetlog fleet --service checkout --env prod\n  fleetlog fleet --service checkout --env prod --at-seq 18"
@@ -672,6 +676,24 @@ pub enum DeployCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Halt a deployment: no wave starts until it is resumed.
+    #[command(after_help = "Example:\n  fleetlog deploy halt d-2 --reason \"latency up on the canaries, looking\"")]
+    Halt {
+        /// The deployment's id.
+        deployment: String,
+        /// Why the deployment is halted.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a halted deployment.
+    #[command(after_help = "Example:\n  fleetlog deploy resume d-2 --reason \"a noisy neighbour, not the release\"")]
+    Resume {
+        /// The deployment's id.
+        deployment: String,
+        /// Why it goes on.
+        #[arg(long, default_value = "resumed")]
+        reason: String,
+    },
     /// One deployment's progress, or the latest deployments.
     #[command(
         after_help = "Examples:\n  fleetlog deploy status d-2\n  fleetlog deploy status d-2 --at-seq 18\n  fleetlog deploy status --service checkout --env prod"
@@ -737,6 +759,64 @@ pub enum FreezeCommand {
         /// Why deployments are allowed again.
         #[arg(long, default_value = "freeze ended")]
         reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Replace the policy of an environment, from a JSON file, from flags, or both (flags win).
+    #[command(
+        after_help = "Examples:\n  fleetlog policy set --service checkout --env prod --bake-seconds 300 --first-wave-extra-bake-seconds 600 --min-healthy 90% --max-failed 1 --on-trip rollback --auto-advance\n  fleetlog policy set --service checkout --env prod --file policy.json\n\nAmounts: N hosts, or P% of the hosts a wave selected."
+    )]
+    Set {
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// The environment.
+        #[arg(long)]
+        env: String,
+        /// A JSON file holding the policy object (the fields below, by the same names).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Seconds each wave must stay healthy after converging.
+        #[arg(long)]
+        bake_seconds: Option<u64>,
+        /// Seconds the first wave bakes on top.
+        #[arg(long)]
+        first_wave_extra_bake_seconds: Option<u64>,
+        /// Fewest healthy hosts a wave may have: N or P%.
+        #[arg(long)]
+        min_healthy: Option<String>,
+        /// Most failed hosts a wave may have: N or P%.
+        #[arg(long)]
+        max_failed: Option<String>,
+        /// Seconds from a wave's start for its hosts to converge.
+        #[arg(long)]
+        converge_deadline_seconds: Option<u64>,
+        /// What a tripped gate does: rollback, halt or none.
+        #[arg(long)]
+        on_trip: Option<String>,
+        /// Start the next wave by itself after a green bake.
+        #[arg(long)]
+        auto_advance: bool,
+        /// What a gate without data does: halt or ignore.
+        #[arg(long)]
+        no_data: Option<String>,
+        /// Alerts that count: LABEL=VALUE[,LABEL=VALUE] (repeatable; one matcher each).
+        #[arg(long = "alert")]
+        alerts: Vec<String>,
+    },
+    /// Show the policy of an environment, now or at a past moment.
+    #[command(after_help = "Example:\n  fleetlog policy show --service checkout --env prod")]
+    Show {
+        /// The service.
+        #[arg(long)]
+        service: String,
+        /// The environment.
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        moment: MomentArgs,
     },
 }
 

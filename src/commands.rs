@@ -7,7 +7,8 @@ use fleetlog_api::client::Client;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    AppendArgs, DeployCommand, FreezeCommand, Output, ReleaseCommand, ReportArgs, RollbackArgs, TargetCommand,
+    AppendArgs, DeployCommand, FreezeCommand, Output, PolicyCommand, ReleaseCommand, ReportArgs, RollbackArgs,
+    TargetCommand,
 };
 use crate::output::{cell, print, Table};
 use crate::reads;
@@ -170,6 +171,12 @@ pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> 
         DeployCommand::Abort { deployment, reason } => {
             client.post(&format!("/v1/deployments/{deployment}/abort"), &json!({ "reason": reason })).await?
         }
+        DeployCommand::Halt { deployment, reason } => {
+            client.post(&format!("/v1/deployments/{deployment}/halt"), &json!({ "reason": reason })).await?
+        }
+        DeployCommand::Resume { deployment, reason } => {
+            client.post(&format!("/v1/deployments/{deployment}/resume"), &json!({ "reason": reason })).await?
+        }
         DeployCommand::Status { deployment, moment, service, env } => {
             return reads::deployment_status(client, output, deployment, moment, service, env).await;
         }
@@ -196,6 +203,143 @@ pub async fn freeze(client: &Client, output: Output, command: FreezeCommand) -> 
     };
     print_appended(output, &response);
     Ok(())
+}
+
+pub async fn policy(client: &Client, output: Output, command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Set {
+            service,
+            env,
+            file,
+            bake_seconds,
+            first_wave_extra_bake_seconds,
+            min_healthy,
+            max_failed,
+            converge_deadline_seconds,
+            on_trip,
+            auto_advance,
+            no_data,
+            alerts,
+        } => {
+            let mut policy = match &file {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    match serde_json::from_str::<Value>(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?
+                    {
+                        Value::Object(object) => object,
+                        _ => bail!("{} must hold a JSON object (the policy)", path.display()),
+                    }
+                }
+                None => Map::new(),
+            };
+            let mut set = |name: &str, value: Value| {
+                policy.insert(name.to_string(), value);
+            };
+            if let Some(seconds) = bake_seconds {
+                set("bake_seconds", json!(seconds));
+            }
+            if let Some(seconds) = first_wave_extra_bake_seconds {
+                set("first_wave_extra_bake_seconds", json!(seconds));
+            }
+            if let Some(text) = min_healthy {
+                set("min_healthy", amount(&text, "--min-healthy", "percent")?);
+            }
+            if let Some(text) = max_failed {
+                set("max_failed", amount(&text, "--max-failed", "ratio")?);
+            }
+            if let Some(seconds) = converge_deadline_seconds {
+                set("converge_deadline_seconds", json!(seconds));
+            }
+            if let Some(on_trip) = on_trip {
+                set("on_trip", json!(on_trip));
+            }
+            if auto_advance {
+                set("auto_advance", json!(true));
+            }
+            if let Some(no_data) = no_data {
+                set("no_data", json!(no_data));
+            }
+            if !alerts.is_empty() {
+                let matchers = alerts.iter().map(|text| alert_matcher(text)).collect::<Result<Vec<Value>>>()?;
+                set("alerts", Value::Array(matchers));
+            }
+            let response = client
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/policies/{service}/{env}"),
+                    Some(&json!({ "policy": policy })),
+                    Duration::from_secs(60),
+                )
+                .await?;
+            print_appended(output, &response);
+        }
+        PolicyCommand::Show { service, env, moment } => {
+            let response = client.get(&format!("/v1/policies/{service}/{env}"), &reads::moment_query(&moment)).await?;
+            print(output, &response, render_policy);
+        }
+    }
+    Ok(())
+}
+
+/// `N` hosts, or `P%` of a wave's hosts, as the policy's JSON says it (`relative`: `percent` or
+/// `ratio`).
+fn amount(text: &str, flag: &str, relative: &str) -> Result<Value> {
+    let text = text.trim();
+    if let Some(percent) = text.strip_suffix('%') {
+        let percent: f64 = percent.trim().parse().with_context(|| format!("{flag}: {text:?} is not a percentage"))?;
+        if relative == "percent" {
+            return Ok(json!({ "percent": whole_if_whole(percent) }));
+        }
+        return Ok(json!({ "ratio": whole_if_whole(percent / 100.0) }));
+    }
+    let count: u64 = text.parse().with_context(|| format!("{flag}: {text:?} is neither N nor P%"))?;
+    Ok(json!({ "count": count }))
+}
+
+/// Canonical JSON writes a whole number without a fraction; so does this.
+fn whole_if_whole(number: f64) -> Value {
+    if number.fract() == 0.0 && (0.0..1e15).contains(&number) {
+        json!(number as u64)
+    } else {
+        json!(number)
+    }
+}
+
+/// `label=value,label=value` → `{"label": "value", …}`.
+fn alert_matcher(text: &str) -> Result<Value> {
+    let mut matcher = Map::new();
+    for pair in text.split(',') {
+        let Some((label, value)) = pair.split_once('=') else {
+            bail!("--alert {text:?}: each part is LABEL=VALUE");
+        };
+        matcher.insert(label.trim().to_string(), json!(value.trim()));
+    }
+    Ok(Value::Object(matcher))
+}
+
+fn render_policy(response: &Value) -> String {
+    let policy = &response["policy"];
+    let mut text = format!(
+        "policy of {}/{} (set at seq {} by {})\n",
+        cell(&response["service"]),
+        cell(&response["env"]),
+        cell(&response["set"]["seq"]),
+        cell(&response["set"]["actor"])
+    );
+    let mut table = Table::new(&["setting", "value"]);
+    if let Value::Object(fields) = policy {
+        for (name, value) in fields {
+            let shown = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            table.row(vec![name.clone(), shown]);
+        }
+    }
+    text.push_str(&table.render());
+    text
 }
 
 pub async fn append(client: &Client, output: Output, args: AppendArgs) -> Result<()> {

@@ -50,6 +50,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Deploy(command) => commands::deploy(&client, output, command).await,
         Command::Rollback(args) => commands::rollback(&client, output, args).await,
         Command::Freeze(command) => commands::freeze(&client, output, command).await,
+        Command::Policy(command) => commands::policy(&client, output, command).await,
         Command::Fleet(args) => reads::fleet(&client, output, args).await,
         Command::Host(args) => reads::host(&client, output, args).await,
         Command::History(args) => reads::history(&client, output, args).await,

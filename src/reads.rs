@@ -10,7 +10,7 @@ use crate::backoff::Backoff;
 use crate::cli::{DiffArgs, FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs};
 use crate::output::{cell, print, Table};
 
-fn moment_query(moment: &MomentArgs) -> Vec<(&'static str, String)> {
+pub fn moment_query(moment: &MomentArgs) -> Vec<(&'static str, String)> {
     let mut query = Vec::new();
     if let Some(seq) = moment.at_seq {
         query.push(("at_seq", seq.to_string()));

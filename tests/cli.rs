@@ -591,3 +591,56 @@ async fn deploy_start_waits_for_the_whole_deployment() {
     assert!(text.contains("seq 6 deployment.started"), "{text}");
     assert!(text.contains("completed: wave canary 1 of 1 converged, wave rest 2 of 2 converged"), "{text}");
 }
+
+/// `policy set` builds the policy from flags over a file, `policy show` prints it, and
+/// `deploy halt` / `deploy resume` hold a deployment's waves back and let them go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_a_policy_and_halts_a_deployment() {
+    let server = shop_with_three_hosts().await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"bake_seconds": 120, "on_trip": "halt", "alerts": [{"team": "shop"}]}"#).unwrap();
+    let mut args = vec![
+        "policy",
+        "set",
+        "--file",
+        file.path().to_str().unwrap(),
+        "--bake-seconds",
+        "300",
+        "--min-healthy",
+        "90%",
+        "--max-failed",
+        "5%",
+        "--auto-advance",
+        "--alert",
+        "severity=critical,team=shop",
+    ];
+    args.extend_from_slice(&SHOP);
+    let set = fleetlog(&server, &args);
+    assert!(set.contains("policy.set"), "{set}");
+    let mut show = vec!["policy", "show"];
+    show.extend_from_slice(&SHOP);
+    let shown = fleetlog_json(&server, &show);
+    let policy = &shown["policy"];
+    assert_eq!(policy["bake_seconds"], 300, "the flag wins over the file: {policy}");
+    assert_eq!(policy["on_trip"], "halt", "the file's value stays: {policy}");
+    assert_eq!(policy["min_healthy"], serde_json::json!({"percent": 90}));
+    assert_eq!(policy["max_failed"], serde_json::json!({"ratio": 0.05}));
+    assert_eq!(policy["auto_advance"], true);
+    assert_eq!(policy["alerts"], serde_json::json!([{"severity": "critical", "team": "shop"}]));
+    let table = fleetlog(&server, &show);
+    assert!(table.contains("bake_seconds") && table.contains("300"), "{table}");
+
+    let mut start = vec!["deploy", "start", "--id", "d-1", "--release", "2.0", "--wave", "all:percent=100"];
+    start.extend_from_slice(&SHOP);
+    fleetlog(&server, &start);
+    fleetlog(&server, &["deploy", "halt", "d-1", "--reason", "looking at latency"]);
+    let refused = Command::new(binary())
+        .args(["--server", &server.url, "deploy", "wave", "d-1", "all"])
+        .output()
+        .expect("run fleetlog");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("deployment_halted"), "{stderr}");
+    fleetlog(&server, &["deploy", "resume", "d-1"]);
+    fleetlog(&server, &["deploy", "wave", "d-1", "all"]);
+}

@@ -315,3 +315,62 @@ async fn host_history_at_a_past_seq_is_not_cut_by_later_versions() {
     assert_eq!(seqs.len(), 2, "two versions at or before seq {then}: {view}");
     assert!(seqs.iter().all(|seq| *seq <= then), "{seqs:?}");
 }
+
+/// A policy is set and read back over HTTP, as of now and of a past seq; a malformed one is
+/// refused with the field to blame and writes nothing. A halted deployment starts no wave until
+/// it is resumed, and the view says why it is halted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_halts_over_http() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let (status, missing) = server.get("/v1/policies/shop/prod").await;
+    assert_eq!((status, missing["error"]["code"].as_str()), (404, Some("policy_not_found")), "{missing}");
+
+    let policy = json!({"bake_seconds": 300, "min_healthy": {"percent": 90}, "max_failed": {"count": 1},
+                        "waves": {"canary": {"max_failed": {"count": 0}}}, "auto_advance": true});
+    let (status, set) =
+        server.send(reqwest::Method::PUT, "/v1/policies/shop/prod", Some(&json!({"policy": policy}))).await;
+    assert_eq!(status, 201, "{set}");
+    assert_eq!(set["event"]["type"], "policy.set");
+    let first_seq = set["seq"].as_u64().unwrap();
+    let (status, shown) = server.get("/v1/policies/shop/prod").await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["policy"]["min_healthy"], json!({"percent": 90}));
+    assert_eq!(shown["policy"]["on_trip"], "rollback", "defaults are filled in");
+    assert_eq!(shown["set"]["seq"], first_seq);
+
+    let head = server.head().await;
+    let malformed = json!({"policy": {"bake_seconds": 300, "max_failed": {"ratio": 2}}});
+    let (status, error) = server.send(reqwest::Method::PUT, "/v1/policies/shop/prod", Some(&malformed)).await;
+    assert_eq!(status, 422, "{error}");
+    assert_eq!(error["error"]["code"], "invalid_policy");
+    assert_eq!(error["error"]["field"], "data.policy.max_failed.ratio");
+    assert_eq!(server.head().await, head, "a refused policy wrote nothing");
+
+    let replaced = json!({"policy": {"bake_seconds": 60}});
+    let (status, _) = server.send(reqwest::Method::PUT, "/v1/policies/shop/prod", Some(&replaced)).await;
+    assert_eq!(status, 201);
+    let (_, now) = server.get("/v1/policies/shop/prod").await;
+    assert_eq!(now["policy"]["bake_seconds"], 60);
+    let (_, then) = server.get(&format!("/v1/policies/shop/prod?at_seq={first_seq}")).await;
+    assert_eq!(then["policy"]["bake_seconds"], 300, "{then}");
+
+    server
+        .ok(
+            "/v1/deployments",
+            &json!({"deployment": "d-2", "service": "shop", "env": "prod", "release": "2.0",
+                    "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]}),
+        )
+        .await;
+    server.ok("/v1/deployments/d-2/halt", &json!({"reason": "latency up"})).await;
+    let (_, deployment) = server.get("/v1/deployments/d-2").await;
+    assert_eq!(deployment["halted"]["reason"], "latency up", "{deployment}");
+    let (status, refused) = server.post("/v1/deployments/d-2/waves/canary/start", &json!({})).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("deployment_halted")), "{refused}");
+    let resumed = server.ok("/v1/deployments/d-2/resume", &json!({})).await;
+    assert_eq!(resumed["event"]["data"]["reason"], "resumed");
+    server.ok("/v1/deployments/d-2/waves/canary/start", &json!({})).await;
+    let (_, deployment) = server.get("/v1/deployments/d-2").await;
+    assert_eq!(deployment["halted"], Value::Null);
+    verify_chain(&server.all_events().await);
+}

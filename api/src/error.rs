@@ -13,6 +13,8 @@ pub struct ApiError {
     pub message: String,
     /// Position of the offending event in a batch.
     pub event_index: Option<u32>,
+    /// The field to blame, as a path, when one is.
+    pub field: Option<String>,
     /// Seconds a client should wait before retrying (the Retry-After header of 429 and 503).
     pub retry_after_seconds: Option<u64>,
 }
@@ -24,6 +26,7 @@ impl ApiError {
             code: code.to_string(),
             message: message.into(),
             event_index: None,
+            field: None,
             retry_after_seconds: None,
         }
     }
@@ -73,6 +76,7 @@ impl From<Rejection> for ApiError {
             code: rejection.code.as_str().to_string(),
             message: rejection.message,
             event_index: rejection.event_index,
+            field: rejection.field,
             retry_after_seconds: None,
         }
     }
@@ -101,16 +105,19 @@ impl From<fleetlog_raft::Error> for ApiError {
 }
 
 impl ApiError {
-    /// The JSON body: `{"error": {"code", "message", "event_index"?}}`.
     /// The Retry-After of this answer: as set, or 1 s for any 503.
     pub fn retry_after_header(&self) -> Option<u64> {
         self.retry_after_seconds.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1))
     }
 
+    /// The JSON body: `{"error": {"code", "message", "event_index"?, "field"?}}`.
     pub fn body(&self) -> serde_json::Value {
         let mut error = serde_json::json!({ "code": self.code, "message": self.message });
         if let Some(index) = self.event_index {
             error["event_index"] = index.into();
+        }
+        if let Some(field) = &self.field {
+            error["field"] = field.as_str().into();
         }
         serde_json::json!({ "error": error })
     }

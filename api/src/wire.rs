@@ -138,6 +138,7 @@ pub fn deployment(record: &DeploymentRecord) -> Value {
         "end_reason": record.end_reason,
         "rolled_back_by": record.rolled_back_by,
         "selected_total": record.selected_total,
+        "halted": record.halted.as_ref().map(|halt| json!({ "reason": halt.reason, "since": step(&halt.step) })),
         "overrides": record.overrides.iter().map(|item| json!({
             "seq": item.seq,
             "guard": item.guard,

@@ -230,6 +230,42 @@ pub async fn abort_deployment(
     run(app, principal, headers, body, Command::new("deployment.aborted", &[]).fixed("deployment", deployment)).await
 }
 
+/// Halts an active deployment: no wave starts until it is resumed. `reason` is required.
+pub async fn halt_deployment(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParams(deployment): PathParams<String>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    run(app, principal, headers, body, Command::new("deployment.halted", &[]).fixed("deployment", deployment)).await
+}
+
+pub async fn resume_deployment(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParams(deployment): PathParams<String>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let command = Command::new("deployment.resumed", &[])
+        .fixed("deployment", deployment)
+        .default_data("reason", Value::String("resumed".into()));
+    run(app, principal, headers, body, command).await
+}
+
+/// Replaces the release-safety policy of (service, env): the body is `{"policy": {...}}`.
+pub async fn set_policy(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParams((service, env)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let command = Command::new("policy.set", &[]).fixed("service", service).fixed("env", env);
+    run(app, principal, headers, body, command).await
+}
+
 pub async fn rollback(
     State(app): State<AppState>,
     Extension(principal): Extension<Principal>,

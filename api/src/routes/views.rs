@@ -8,7 +8,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetlog_raft::domain::kv::KvRead;
-use fleetlog_raft::domain::records::DeploymentState;
+use fleetlog_raft::domain::records::{self, DeploymentState};
 use fleetlog_raft::domain::views::{self, DeploymentFilter};
 use serde_json::{json, Value};
 
@@ -162,6 +162,43 @@ pub async fn deployment(
         (Some(seq), None) => Err(ApiError::not_found(
             "deployment_not_found",
             format!("deployment {id:?} did not exist yet at seq {seq}"),
+        )),
+    }
+}
+
+/// The release-safety policy of (service, env), now or at a past seq.
+pub async fn policy(
+    State(app): State<AppState>,
+    PathParams((service, env)): PathParams<(String, String)>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    path_name("service", &service)?;
+    path_name("env", &env)?;
+    let params = Params::new(raw, &["at_seq", "at_time"])?;
+    let moment = moment(&params)?;
+    let (service_name, env_name) = (service.clone(), env.clone());
+    let (at_seq, record) = app
+        .read(params.linearizable(), move |kv| {
+            Ok(match resolve(kv, moment)? {
+                Ok(at_seq) => Ok((at_seq, records::policy(kv, &service_name, &env_name, at_seq)?)),
+                Err(error) => Err(error),
+            })
+        })
+        .await??;
+    match record {
+        Some(record) => Ok(Json(json!({
+            "service": service,
+            "env": env,
+            "policy": record.policy.to_json(),
+            "set": wire::step(&record.set),
+            "as_of_seq": at_seq,
+        }))),
+        None => Err(ApiError::not_found(
+            "policy_not_found",
+            match at_seq {
+                Some(seq) => format!("{service}/{env} had no policy at seq {seq}"),
+                None => format!("{service}/{env} has no policy; set one with PUT /v1/policies/{service}/{env}"),
+            },
         )),
     }
 }

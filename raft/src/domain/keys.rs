@@ -33,6 +33,8 @@ pub enum RecordTag {
     HostGroup = 12,
     /// (service, env, release) → seq of the first report of a host there running it.
     Ran = 13,
+    /// (service, env) → release-safety policy.
+    Policy = 14,
 }
 
 /// Fields of events with a secondary index in `Space::EventIndex`.

@@ -23,6 +23,7 @@ pub mod kv;
 pub mod ledger;
 pub mod limits;
 pub mod merkle;
+pub mod policy;
 pub mod records;
 pub mod rejection;
 pub mod resume;

@@ -13,6 +13,7 @@ use crate::domain::codec;
 use crate::domain::keys::{prefix_end, Key, RecordTag, META_HEAD};
 use crate::domain::kv::{Direction, KvRead, Overlay, Space};
 use crate::domain::ledger::validate::{HostStatus, Selector};
+use crate::domain::policy::Policy;
 use crate::error::Result;
 
 /// The last event of the ledger.
@@ -178,6 +179,8 @@ pub struct DeploymentRecord {
     pub selected_now: u64,
     /// Guards its events overrode with `data.force_reason`, oldest first.
     pub overrides: Vec<Override>,
+    /// Set while the deployment is halted: no wave starts until it is resumed.
+    pub halted: Option<Block>,
 }
 
 /// A guard an event overrode, and why.
@@ -275,6 +278,13 @@ pub enum WaveRule {
     Nobody,
 }
 
+/// The release-safety policy of one (service, env), versioned by seq.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub policy: Policy,
+    pub set: Step,
+}
+
 /// Counts of one (service, env) that wave starts need without visiting hosts: registered hosts,
 /// and by release the registered hosts reporting it running or failed. Current value only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,6 +330,10 @@ pub fn tally_key(service: &str, env: &str) -> Key {
 
 pub fn ran_key(service: &str, env: &str, release: &str) -> Key {
     Key::record(RecordTag::Ran).text(service).text(env).text(release)
+}
+
+pub fn policy_key(service: &str, env: &str) -> Key {
+    Key::record(RecordTag::Policy).text(service).text(env)
 }
 
 pub fn host_group_key(service: &str, env: &str, group: &str, host: &str) -> Key {
@@ -418,6 +432,11 @@ pub fn layer(kv: &dyn KvRead, service: &str, env: &str) -> Result<LayerRecord> {
 /// The layer of (service, env) as of `seq`.
 pub fn layer_at(kv: &dyn KvRead, service: &str, env: &str, seq: u64) -> Result<LayerRecord> {
     Ok(read_at(kv, &layer_key(service, env), seq)?.unwrap_or_default())
+}
+
+/// The policy of (service, env), current or as of `at_seq`.
+pub fn policy(kv: &dyn KvRead, service: &str, env: &str, at_seq: Option<u64>) -> Result<Option<PolicyRecord>> {
+    read_current_or_at(kv, &policy_key(service, env), at_seq)
 }
 
 pub fn tally(kv: &dyn KvRead, service: &str, env: &str) -> Result<Tally> {

@@ -48,6 +48,7 @@ rejection_codes! {
     DuplicateIdInBatch => ("duplicate_id_in_batch", Invalid),
     ExpectedVersionMultipleStreams => ("expected_version_multiple_streams", Invalid),
     InvalidWaves => ("invalid_waves", Invalid),
+    InvalidPolicy => ("invalid_policy", Invalid),
     FieldMismatch => ("field_mismatch", Invalid),
     EventTooLarge => ("event_too_large", TooLarge),
     BatchTooLarge => ("batch_too_large", TooLarge),
@@ -64,6 +65,8 @@ rejection_codes! {
     DeploymentExists => ("deployment_exists", Conflict),
     DeploymentActive => ("deployment_active", Conflict),
     DeploymentNotActive => ("deployment_not_active", Conflict),
+    DeploymentHalted => ("deployment_halted", Conflict),
+    DeploymentNotHalted => ("deployment_not_halted", Conflict),
     UnknownWave => ("unknown_wave", Conflict),
     WaveOutOfOrder => ("wave_out_of_order", Conflict),
     WaveNotStarted => ("wave_not_started", Conflict),
@@ -85,11 +88,21 @@ pub struct Rejection {
     pub message: String,
     /// Position of the offending event in its batch, when one event is to blame.
     pub event_index: Option<u32>,
+    /// The field to blame, as a path (`data.policy.min_healthy.percent`), when one is.
+    pub field: Option<String>,
 }
 
 impl Rejection {
     pub fn new(code: RejectionCode, message: impl Into<String>) -> Rejection {
-        Rejection { code, message: message.into(), event_index: None }
+        Rejection { code, message: message.into(), event_index: None, field: None }
+    }
+
+    /// Names the field to blame, unless a more precise one is named already.
+    pub fn on(mut self, field: &str) -> Rejection {
+        if self.field.is_none() {
+            self.field = Some(field.to_string());
+        }
+        self
     }
 
     pub fn at(mut self, event_index: usize) -> Rejection {

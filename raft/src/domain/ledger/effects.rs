@@ -10,11 +10,12 @@ use crate::domain::desired::{self, Mark};
 use crate::domain::event::ProposedEvent;
 use crate::domain::invariant;
 use crate::domain::kv::{KvRead, Overlay, Space};
+use crate::domain::policy::Policy;
 use crate::domain::records::{
     self, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key, host_environment_key,
-    host_group_key, host_key, layer_key, release_key, tally_key, timeline_key, Assignment, Block, DeploymentRecord,
-    DeploymentState, EnvironmentRecord, Failure, HostRecord, LayerRecord, Observed, Override, ReleaseRecord,
-    StartedWave, Tally, TimelineEntry, WaveRecord, WaveRule, WaveState,
+    host_group_key, host_key, layer_key, policy_key, release_key, tally_key, timeline_key, Assignment, Block,
+    DeploymentRecord, DeploymentState, EnvironmentRecord, Failure, HostRecord, LayerRecord, Observed, Override,
+    PolicyRecord, ReleaseRecord, StartedWave, Tally, TimelineEntry, WaveRecord, WaveRule, WaveState,
 };
 use crate::domain::rejection::{Rejection, RejectionCode};
 
@@ -97,6 +98,15 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
             effect.layer = deployment_ended(state, context, deployment, Ending::Aborted { reason })?;
         }
+        Command::DeploymentHalted { reason } => {
+            let deployment = active_deployment(state, context, &mut effect.envelope)?;
+            halt(state, context, deployment, true, reason)?;
+        }
+        Command::DeploymentResumed { reason } => {
+            let deployment = active_deployment(state, context, &mut effect.envelope)?;
+            halt(state, context, deployment, false, reason)?;
+        }
+        Command::PolicySet { policy } => policy_set(state, context, policy)?,
         Command::Rollback { reason } => effect.layer = Some(rollback(state, context, reason, &mut effect.envelope)?),
         Command::HostReported { status, applied_seq, message } => {
             host_reported(state, context, *status, *applied_seq, message)?
@@ -277,6 +287,7 @@ fn deployment_started(
         selected_total: 0,
         selected_now: 0,
         overrides,
+        halted: None,
     };
     records::write_versioned(state, &deployment_key(&id), context.seq, &record)?;
     state.put(
@@ -345,6 +356,12 @@ fn wave_started(
     if deployment.waves[index].state != WaveState::Pending {
         return reject(RejectionCode::WaveOutOfOrder, format!("wave {wave_name:?} has already started"));
     }
+    if let Some(halt) = &deployment.halted {
+        return reject(
+            RejectionCode::DeploymentHalted,
+            format!("deployment {:?} is halted ({}); resume it before starting a wave", deployment.id, halt.reason),
+        );
+    }
     let mut environment = records::environment(state, &deployment.service, &deployment.env)?;
     refuse_if_frozen(&environment)?;
     deployable(state, &deployment.service, &deployment.release)?;
@@ -390,14 +407,11 @@ fn wave_started(
 
     environment.desired_release = Some(deployment.release.clone());
     records::write_versioned(state, &environment_key(&deployment.service, &deployment.env), context.seq, &environment)?;
-    timeline(
+    deployment_timeline(
         state,
         context,
-        &deployment.service,
-        &deployment.release,
+        &deployment,
         "wave.started",
-        Some(&deployment.env),
-        Some(&deployment.id),
         Some(wave_name),
         forced(&deployment.overrides, context.seq),
     )?;
@@ -421,15 +435,17 @@ fn wave_completed(
         }
         WaveState::Started => {}
     }
+    let allowed = failures_allowed(state, &deployment)?;
     let wave = &deployment.waves[index];
-    if wave.failed > 0 {
+    if wave.failed > allowed[index] {
         let refusal = Rejection::new(
             RejectionCode::HostsFailed,
             format!(
-                "wave {wave_name:?} has {} failed on {} (of {} selected); roll back, abort, or wait for a retry to succeed",
+                "wave {wave_name:?} has {} failed on {} (of {} selected; the policy allows {}); roll back, abort, or wait for a retry to succeed",
                 hosts(wave.failed),
                 deployment.release,
-                wave.selected
+                wave.selected,
+                allowed[index]
             ),
         );
         guard(context, refusal, force, &mut deployment.overrides)?;
@@ -437,14 +453,11 @@ fn wave_completed(
     deployment.waves[index].state = WaveState::Completed;
     deployment.waves[index].completed = Some(context.step());
     records::write_versioned(state, &deployment_key(&deployment.id), context.seq, &deployment)?;
-    timeline(
+    deployment_timeline(
         state,
         context,
-        &deployment.service,
-        &deployment.release,
+        &deployment,
         "wave.completed",
-        Some(&deployment.env),
-        Some(&deployment.id),
         Some(wave_name),
         forced(&deployment.overrides, context.seq),
     )
@@ -481,8 +494,10 @@ fn deployment_ended(
                     ),
                 );
             }
+            let allowed = failures_allowed(state, &deployment)?;
             let failed: u64 = deployment.waves.iter().map(|wave| wave.failed).sum();
-            if failed > 0 {
+            let over = deployment.waves.iter().zip(&allowed).any(|(wave, allowed)| wave.failed > *allowed);
+            if over {
                 let refusal = Rejection::new(
                     RejectionCode::HostsFailed,
                     format!(
@@ -508,14 +523,11 @@ fn deployment_ended(
     let mut environment = records::environment(state, &deployment.service, &deployment.env)?;
     environment.active_deployment = None;
     records::write_versioned(state, &environment_key(&deployment.service, &deployment.env), context.seq, &environment)?;
-    timeline(
+    deployment_timeline(
         state,
         context,
-        &deployment.service,
-        &deployment.release,
+        &deployment,
         kind,
-        Some(&deployment.env),
-        Some(&deployment.id),
         None,
         abort_reason.or_else(|| forced(&deployment.overrides, context.seq)),
     )?;
@@ -688,6 +700,64 @@ fn host_reported(
         message: message.clone(),
     });
     save_host(state, context.seq, Some(&previous), record)
+}
+
+/// A line in the timeline of `deployment`'s release about one of its steps.
+fn deployment_timeline(
+    state: &mut Overlay<'_>,
+    context: &Context<'_>,
+    deployment: &DeploymentRecord,
+    kind: &str,
+    wave: Option<&str>,
+    detail: Option<String>,
+) -> Step<()> {
+    let (service, release) = (&deployment.service, &deployment.release);
+    timeline(state, context, service, release, kind, Some(&deployment.env), Some(&deployment.id), wave, detail)
+}
+
+/// Halts (`halting`) or resumes an active deployment.
+fn halt(
+    state: &mut Overlay<'_>,
+    context: &Context<'_>,
+    mut deployment: DeploymentRecord,
+    halting: bool,
+    reason: &str,
+) -> Step<()> {
+    match (halting, &deployment.halted) {
+        (true, Some(_)) => {
+            return reject(RejectionCode::DeploymentHalted, format!("deployment {:?} is already halted", deployment.id))
+        }
+        (false, None) => {
+            return reject(RejectionCode::DeploymentNotHalted, format!("deployment {:?} is not halted", deployment.id))
+        }
+        _ => {}
+    }
+    deployment.halted = halting.then(|| Block { reason: reason.to_string(), step: context.step() });
+    records::write_versioned(state, &deployment_key(&deployment.id), context.seq, &deployment)?;
+    let kind = if halting { "deployment.halted" } else { "deployment.resumed" };
+    deployment_timeline(state, context, &deployment, kind, None, Some(reason.to_string()))
+}
+
+fn policy_set(state: &mut Overlay<'_>, context: &Context<'_>, policy: &Policy) -> Step<()> {
+    let service = context.field(&context.proposal.service, "service")?;
+    let env = context.field(&context.proposal.env, "env")?;
+    let record = PolicyRecord { policy: policy.clone(), set: context.step() };
+    records::write_versioned(state, &policy_key(&service, &env), context.seq, &record)?;
+    Ok(())
+}
+
+/// How many failed hosts each wave of `deployment` may have: its policy's `max_failed`, else
+/// none.
+fn failures_allowed(state: &Overlay<'_>, deployment: &DeploymentRecord) -> Step<Vec<u64>> {
+    let policy = records::policy(state, &deployment.service, &deployment.env, None)?;
+    Ok(deployment
+        .waves
+        .iter()
+        .map(|wave| {
+            let limit = policy.as_ref().and_then(|record| record.policy.gates(&wave.name).max_failed);
+            limit.map_or(0, |limit| limit.of(wave.selected))
+        })
+        .collect())
 }
 
 /// Starts (`reason` given) or ends a freeze.

@@ -1106,3 +1106,91 @@ fn a_rollback_and_a_full_wave_write_as_many_keys_for_3_hosts_as_for_300() {
     };
     assert_eq!(keys_written(3), keys_written(300));
 }
+
+#[test]
+fn a_halted_deployment_starts_no_wave_until_resumed() {
+    let mut bench = Bench::fleet();
+    let start =
+        bench.start("d2", "2.0", json!([{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]));
+    bench.ok(start);
+    let resume_early = bench.event("deployment.resumed", &[("deployment", "d2")], json!({"reason": "go"}));
+    assert_eq!(bench.refused(resume_early), RejectionCode::DeploymentNotHalted);
+    let halt = bench.event("deployment.halted", &[("deployment", "d2")], json!({"reason": "latency up"}));
+    bench.ok(halt);
+    let halted = bench.deployment("d2").halted.expect("halted");
+    assert_eq!((halted.reason.as_str(), halted.step.actor.as_str()), ("latency up", "alice"));
+    let again = bench.event("deployment.halted", &[("deployment", "d2")], json!({"reason": "still"}));
+    assert_eq!(bench.refused(again), RejectionCode::DeploymentHalted);
+    let wave = bench.wave("wave.started", "d2", "canary");
+    assert_eq!(bench.refused(wave.clone()), RejectionCode::DeploymentHalted);
+    // A halt is not a guard a force reason gets past: resuming is the way on.
+    assert_eq!(bench.refused(forced(wave.clone(), "hurry")), RejectionCode::DeploymentHalted);
+    let resume = bench.event("deployment.resumed", &[("deployment", "d2")], json!({"reason": "a noisy neighbour"}));
+    bench.ok(resume);
+    assert_eq!(bench.deployment("d2").halted, None);
+    bench.ok(wave);
+    assert_eq!(bench.desired("a").as_deref(), Some("2.0"));
+    let halt_without_reason = bench.event("deployment.halted", &[("deployment", "d2")], json!({}));
+    assert_eq!(bench.refused(halt_without_reason), RejectionCode::MissingField);
+}
+
+fn policy(bench: &mut Bench, policy: Value) -> ProposedEvent {
+    bench.event("policy.set", &[("service", "web"), ("env", "prod")], json!({ "policy": policy }))
+}
+
+#[test]
+fn a_policy_is_versioned_and_malformed_ones_write_nothing() {
+    let mut bench = Bench::fleet();
+    let first = policy(&mut bench, json!({"bake_seconds": 60}));
+    let first_seq = bench.ok(first);
+    let second = policy(&mut bench, json!({"bake_seconds": 300, "on_trip": "halt"}));
+    bench.ok(second);
+    let now = records::policy(&bench.kv, "web", "prod", None).unwrap().expect("a policy");
+    assert_eq!(now.policy.defaults.bake_seconds, 300);
+    let then = records::policy(&bench.kv, "web", "prod", Some(first_seq)).unwrap().expect("a policy then");
+    assert_eq!((then.policy.defaults.bake_seconds, then.set.seq), (60, first_seq));
+    assert_eq!(records::policy(&bench.kv, "web", "prod", Some(first_seq - 1)).unwrap(), None);
+
+    let malformed = policy(&mut bench, json!({"min_healthy": {"percent": 250}}));
+    assert_eq!(bench.refused(malformed), RejectionCode::InvalidPolicy);
+    let missing = bench.event("policy.set", &[("service", "web"), ("env", "prod")], json!({}));
+    assert_eq!(bench.refused(missing), RejectionCode::MissingField);
+    let no_env = bench.event("policy.set", &[("service", "web")], json!({"policy": {}}));
+    assert_eq!(bench.refused(no_env), RejectionCode::MissingField);
+}
+
+#[test]
+fn the_failed_hosts_guard_allows_what_the_policy_s_max_failed_allows() {
+    let mut bench = Bench::fleet();
+    let canary_may_lose_one = policy(&mut bench, json!({"waves": {"canary": {"max_failed": {"count": 1}}}}));
+    bench.ok(canary_may_lose_one);
+    let start =
+        bench.start("d2", "2.0", json!([{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "canary");
+    bench.ok(wave);
+    for (host, status) in [("a", "running"), ("b", "failed")] {
+        let report = bench.report(host, "2.0", status);
+        bench.ok(report);
+    }
+    // One failed host of two: the canary's allowance.
+    let complete_canary = bench.wave("wave.completed", "d2", "canary");
+    bench.ok(complete_canary);
+    assert!(bench.deployment("d2").overrides.is_empty(), "nothing was forced");
+    let rest = bench.wave("wave.started", "d2", "rest");
+    bench.ok(rest);
+    for (host, status) in [("c", "running"), ("d", "failed")] {
+        let report = bench.report(host, "2.0", status);
+        bench.ok(report);
+    }
+    // The other waves keep the default: no failed host.
+    let complete_rest = bench.wave("wave.completed", "d2", "rest");
+    let message = match bench.append(vec![complete_rest]) {
+        AppendOutcome::Rejected(rejection) => {
+            assert_eq!(rejection.code, RejectionCode::HostsFailed);
+            rejection.message
+        }
+        other => panic!("completing the rest should be refused, got {other:?}"),
+    };
+    assert!(message.contains("the policy allows 0"), "{message}");
+}

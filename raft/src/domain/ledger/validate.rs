@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::domain::event::{AppendRequest, ProposedEvent};
 use crate::domain::limits::*;
+use crate::domain::policy::Policy;
 use crate::domain::rejection::{Rejection, RejectionCode};
 
 /// What a proposed event means to the ledger.
@@ -45,6 +46,17 @@ pub enum Command {
     },
     DeploymentAborted {
         reason: String,
+    },
+    /// No wave of the deployment starts until it is resumed.
+    DeploymentHalted {
+        reason: String,
+    },
+    DeploymentResumed {
+        reason: String,
+    },
+    /// Replaces the release-safety policy of a (service, env).
+    PolicySet {
+        policy: Policy,
     },
     Rollback {
         reason: String,
@@ -106,7 +118,7 @@ impl HostStatus {
 
 /// Type prefixes owned by fleetlog; a client type may not start with one.
 pub const DOMAIN_PREFIXES: &[&str] =
-    &["release.", "target.", "deployment.", "wave.", "rollback.", "host.", "freeze.", "fleetlog."];
+    &["release.", "target.", "deployment.", "wave.", "rollback.", "host.", "freeze.", "fleetlog.", "policy.", "alert."];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
@@ -256,6 +268,19 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
             envelope(event, &DEPLOYMENT_STEP)?;
             Command::DeploymentAborted { reason: data.reason()? }
         }
+        "deployment.halted" => {
+            envelope(event, &DEPLOYMENT_STEP)?;
+            Command::DeploymentHalted { reason: data.reason()? }
+        }
+        "deployment.resumed" => {
+            envelope(event, &DEPLOYMENT_STEP)?;
+            Command::DeploymentResumed { reason: data.reason()? }
+        }
+        "policy.set" => {
+            envelope(event, &SERVICE_ENV)?;
+            let policy = data.take("policy").ok_or_else(|| data.missing("policy").on("data.policy"))?;
+            Command::PolicySet { policy: crate::domain::policy::parse(policy)? }
+        }
         "rollback" => {
             envelope(event, &ROLLBACK)?;
             Command::Rollback { reason: data.reason()? }
@@ -361,6 +386,11 @@ impl<'a> DataFields<'a> {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Takes a field whatever its shape, for a parser of its own.
+    fn take(&mut self, name: &str) -> Option<Value> {
+        self.map.remove(name).filter(|value| !value.is_null())
     }
 
     fn missing(&self, name: &str) -> Rejection {
