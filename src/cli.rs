@@ -694,6 +694,13 @@ pub enum DeployCommand {
         #[arg(long, default_value = "resumed")]
         reason: String,
     },
+    /// Why a deployment moved on, halted or rolled back by itself: every decision its policy
+    /// made, with the gate, what it saw and the threshold, read from the log alone.
+    #[command(after_help = "Example:\n  fleetlog deploy why d-2")]
+    Why {
+        /// The deployment's id.
+        deployment: String,
+    },
     /// One deployment's progress, or the latest deployments.
     #[command(
         after_help = "Examples:\n  fleetlog deploy status d-2\n  fleetlog deploy status d-2 --at-seq 18\n  fleetlog deploy status --service checkout --env prod"

@@ -177,6 +177,7 @@ pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> 
         DeployCommand::Resume { deployment, reason } => {
             client.post(&format!("/v1/deployments/{deployment}/resume"), &json!({ "reason": reason })).await?
         }
+        DeployCommand::Why { deployment } => return reads::decisions(client, output, &deployment).await,
         DeployCommand::Status { deployment, moment, service, env } => {
             return reads::deployment_status(client, output, deployment, moment, service, env).await;
         }

@@ -486,3 +486,35 @@ pub async fn tail(client: &Client, output: Output, args: TailArgs) -> Result<()>
         }
     }
 }
+
+/// The decisions the policy made for `deployment` (`GET /v1/deployments/{id}/decisions`), oldest
+/// first.
+pub async fn decisions(client: &Client, output: Output, deployment: &str) -> Result<()> {
+    let answer = client.get(&format!("/v1/deployments/{deployment}/decisions"), &[]).await?;
+    let events = answer["events"].as_array().cloned().unwrap_or_default();
+    let document = serde_json::json!({ "deployment": deployment, "decisions": events });
+    print(output, &document, |document| {
+        let decisions = document["decisions"].as_array().map_or(&[][..], Vec::as_slice);
+        if decisions.is_empty() {
+            return format!("the policy made no decision for {deployment}\n");
+        }
+        let mut text = String::new();
+        for event in decisions {
+            let decision = &event["data"]["decision"];
+            text.push_str(&format!(
+                "seq {} {} {}: {}\n",
+                cell(&event["seq"]),
+                cell(&event["time"]),
+                cell(&event["type"]),
+                event["data"]["reason"].as_str().unwrap_or("the policy moved the rollout on"),
+            ));
+            for field in ["gate", "wave", "observed", "threshold", "policy_seq"] {
+                if !decision[field].is_null() {
+                    text.push_str(&format!("    {field}: {}\n", decision[field]));
+                }
+            }
+        }
+        text
+    });
+    Ok(())
+}

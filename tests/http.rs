@@ -374,3 +374,93 @@ async fn policies_and_halts_over_http() {
     assert_eq!(deployment["halted"], Value::Null);
     verify_chain(&server.all_events().await);
 }
+
+/// Waits until `check` finds what it looks for in the deployment view, or fails the test.
+async fn deployment_until(server: &Server, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, deployment) = server.get(&format!("/v1/deployments/{id}")).await;
+        if check(&deployment) {
+            return deployment;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited 20 s for {what}: {deployment}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn report(server: &Server, host: &str, release: &str, status: &str) {
+    let body = json!({"host": host, "service": "shop", "env": "prod", "release": release, "status": status,
+                      "applied_seq": 1});
+    server.ok("/v1/reports", &body).await;
+}
+
+/// With `auto_advance`, the policy starts the first wave, completes each wave once its hosts
+/// converged and baked, starts the next and completes the deployment: no person between the
+/// start and the end. Then a failed host trips `max_failed` and the policy rolls back, once,
+/// with the gate and what it saw in the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_rolls_out_hands_off_and_rolls_back_once_on_a_tripped_gate() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let policy = json!({"policy": {"bake_seconds": 1, "auto_advance": true}});
+    server.send(reqwest::Method::PUT, "/v1/policies/shop/prod", Some(&policy)).await;
+    server
+        .ok(
+            "/v1/deployments",
+            &json!({"deployment": "d-2", "service": "shop", "env": "prod", "release": "2.0",
+                    "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]}),
+        )
+        .await;
+    deployment_until(&server, "d-2", "the first wave to start by itself", |d| d["waves"][0]["state"] == "started")
+        .await;
+    for host in ["web-1", "web-2"] {
+        report(&server, host, "2.0", "running").await;
+    }
+    deployment_until(&server, "d-2", "the second wave", |d| d["waves"][1]["state"] == "started").await;
+    for index in 3..=6 {
+        report(&server, &format!("web-{index}"), "2.0", "running").await;
+    }
+    let done = deployment_until(&server, "d-2", "the deployment to complete", |d| d["state"] == "completed").await;
+    assert_eq!(done["waves"][1]["completed"]["actor"], "system:policy", "{done}");
+
+    // Release 3.0 goes out the same way, and a canary fails on it.
+    server.ok("/v1/releases", &json!({"service": "shop", "release": "3.0"})).await;
+    server
+        .ok(
+            "/v1/deployments",
+            &json!({"deployment": "d-3", "service": "shop", "env": "prod", "release": "3.0",
+                    "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]}),
+        )
+        .await;
+    deployment_until(&server, "d-3", "the canary wave", |d| d["waves"][0]["state"] == "started").await;
+    report(&server, "web-1", "3.0", "running").await;
+    report(&server, "web-2", "3.0", "failed").await;
+    let aborted = deployment_until(&server, "d-3", "the policy's rollback", |d| d["state"] == "aborted").await;
+    assert!(aborted["end_reason"].as_str().unwrap_or("").contains("max_failed"), "{aborted}");
+    // Give a second decision every chance to happen, then count.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let events = server.all_events().await;
+    let rollbacks: Vec<&Value> = events.iter().filter(|event| event["type"] == "rollback").collect();
+    assert_eq!(rollbacks.len(), 1, "exactly one rollback: {rollbacks:?}");
+    let rollback = rollbacks[0];
+    assert_eq!(rollback["actor"], "system:policy");
+    assert_eq!(rollback["release"], "2.0", "back to the release that ran");
+    assert_eq!(rollback["data"]["decision"]["gate"], "max_failed");
+    assert_eq!(rollback["data"]["decision"]["observed"]["failed"], 1);
+    assert_eq!(rollback["data"]["decision"]["threshold"]["max_failed"], 0);
+    verify_chain(&events);
+
+    let (status, decisions) = server.get("/v1/deployments/d-3/decisions").await;
+    assert_eq!(status, 200, "{decisions}");
+    let types: Vec<&str> =
+        decisions["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["wave.started", "rollback"], "the policy started the canaries, then rolled back");
+    // `deploy why` answers from the log alone.
+    let why = std::process::Command::new(common::binary())
+        .args(["--server", &server.url, "deploy", "why", "d-3"])
+        .output()
+        .expect("run fleetlog deploy why");
+    let text = String::from_utf8_lossy(&why.stdout);
+    assert!(why.status.success(), "{text}{}", String::from_utf8_lossy(&why.stderr));
+    assert!(text.contains("rollback") && text.contains("gate: \"max_failed\""), "{text}");
+}

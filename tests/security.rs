@@ -360,6 +360,7 @@ const ROLE_TABLE: &[(&str, &str, Who, HostIn)] = {
         ("POST", "/v1/deployments/{id}/abort", Writers, Nowhere),
         ("POST", "/v1/deployments/{id}/halt", Writers, Nowhere),
         ("POST", "/v1/deployments/{id}/resume", Writers, Nowhere),
+        ("GET", "/v1/deployments/{id}/decisions", Readers, Nowhere),
         ("GET", "/v1/policies/{service}/{env}", Readers, Nowhere),
         ("PUT", "/v1/policies/{service}/{env}", Writers, Nowhere),
         ("POST", "/v1/releases", Writers, Nowhere),

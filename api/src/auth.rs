@@ -120,6 +120,7 @@ pub const ACCESS_RULES: &[(&str, &str, Permission)] = &[
     ("POST", "/v1/deployments/{id}/abort", Permission::Write),
     ("POST", "/v1/deployments/{id}/halt", Permission::Write),
     ("POST", "/v1/deployments/{id}/resume", Permission::Write),
+    ("GET", "/v1/deployments/{id}/decisions", Permission::Read),
     ("GET", "/v1/policies/{service}/{env}", Permission::Read),
     ("PUT", "/v1/policies/{service}/{env}", Permission::Write),
     ("POST", "/v1/releases", Permission::Write),
@@ -287,7 +288,7 @@ fn parse_line(line: &str) -> Result<TokenEntry, String> {
     let (Some(name), Some(role), Some(hash)) = (fields.next(), fields.next(), fields.next()) else {
         return Err("expected NAME ROLE sha256:HEX [hosts=A,B] [expires=TIME]".to_string());
     };
-    check_name("name", name, validate::is_actor_char)?;
+    check_name("name", name, validate::is_token_name_char)?;
     let role = Role::parse(role).ok_or_else(|| format!("unknown role {role:?} (admin, deployer, agent, auditor)"))?;
     let hash = hash
         .strip_prefix("sha256:")
@@ -339,7 +340,7 @@ pub struct NewToken {
 pub fn create_token(name: &str, role: Role, hosts: &[String], expires: Option<&str>) -> Result<NewToken, String> {
     use rand::RngCore;
     // Checked before the line is put together: a space in a name would shift the fields.
-    check_name("name", name, validate::is_actor_char)?;
+    check_name("name", name, validate::is_token_name_char)?;
     for host in hosts {
         check_name("host", host, validate::is_name_char)?;
     }

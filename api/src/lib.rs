@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/abort", post(commands::abort_deployment))
         .route("/v1/deployments/{id}/halt", post(commands::halt_deployment))
         .route("/v1/deployments/{id}/resume", post(commands::resume_deployment))
+        .route("/v1/deployments/{id}/decisions", get(views::decisions))
         .route("/v1/policies/{service}/{env}", get(views::policy).put(commands::set_policy))
         .route("/v1/releases", post(commands::create_release))
         .route("/v1/services/{service}/releases", get(views::releases))

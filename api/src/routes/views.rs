@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fleetlog_raft::domain::gates::POLICY_ACTOR;
 use fleetlog_raft::domain::kv::KvRead;
 use fleetlog_raft::domain::records::{self, DeploymentState};
 use fleetlog_raft::domain::views::{self, DeploymentFilter};
@@ -200,6 +201,50 @@ pub async fn policy(
                 None => format!("{service}/{env} has no policy; set one with PUT /v1/policies/{service}/{env}"),
             },
         )),
+    }
+}
+
+/// Most decisions one answer lists; a deployment has a few per wave.
+const DECISIONS_MAX: usize = 1_000;
+
+/// The events the policy evaluator appended for one deployment (actor `system:policy`), oldest
+/// first: what `fleetlog deploy why` shows.
+pub async fn decisions(
+    State(app): State<AppState>,
+    PathParams(id): PathParams<String>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    path_name("deployment", &id)?;
+    let params = Params::new(raw, &[])?;
+    let name = id.clone();
+    let events = app
+        .read(params.linearizable(), move |kv| {
+            if records::deployment(kv, &name)?.is_none() {
+                return Ok(None);
+            }
+            let filter = views::EventFilter {
+                deployment: Some(name),
+                actor: Some(POLICY_ACTOR.to_string()),
+                ..views::EventFilter::default()
+            };
+            let mut events = Vec::new();
+            let mut from_seq = 1;
+            loop {
+                let page = views::read_events(kv, &filter, from_seq, DECISIONS_MAX - events.len())?;
+                events.extend(page.events.iter().map(|event| event.canonical_json()));
+                if events.len() >= DECISIONS_MAX || page.next_seq <= from_seq || page.next_seq > page.head_seq {
+                    return Ok(Some(events));
+                }
+                from_seq = page.next_seq;
+            }
+        })
+        .await?;
+    match events {
+        Some(events) => {
+            let body = wire::events_document(&events, &[("deployment", Value::String(id))]);
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        None => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist"))),
     }
 }
 

@@ -13,4 +13,6 @@ pub mod cluster;
 #[cfg(feature = "storage")]
 pub mod node;
 pub mod peer;
+#[cfg(feature = "storage")]
+pub mod policy_runner;
 pub mod types;

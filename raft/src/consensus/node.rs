@@ -106,6 +106,19 @@ pub struct Node {
     inner: Arc<NodeInner>,
 }
 
+/// A handle that does not keep the node alive: background tasks hold this, so dropping the last
+/// `Node` closes the database even while they run.
+#[derive(Clone)]
+pub struct WeakNode {
+    inner: std::sync::Weak<NodeInner>,
+}
+
+impl WeakNode {
+    pub fn upgrade(&self) -> Option<Node> {
+        self.inner.upgrade().map(|inner| Node { inner })
+    }
+}
+
 struct NodeInner {
     id: NodeId,
     advertise: String,
@@ -181,11 +194,21 @@ impl Node {
             tracing::info!(node = config.node_id, "initialised a new single-node cluster");
         }
         tokio::spawn(record_identity_when_leading(node.clone()));
+        crate::consensus::policy_runner::spawn(&node);
         Ok(node)
     }
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode { inner: Arc::downgrade(&self.inner) }
+    }
+
+    /// Whether this node is the leader it knows of.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow_watched().current_leader == Some(self.inner.id)
     }
 
     pub fn advertise(&self) -> &str {

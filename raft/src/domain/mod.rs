@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod desired;
 pub mod event;
+pub mod gates;
 pub mod invariant;
 pub mod keys;
 pub mod kv;

@@ -157,6 +157,9 @@ pub struct WaveRecord {
     pub selected: u64,
     pub converged: u64,
     pub failed: u64,
+    /// Log time since which every selected host has reported an outcome (converged or failed),
+    /// while the wave is started: when its bake began.
+    pub settled_micros: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +184,8 @@ pub struct DeploymentRecord {
     pub overrides: Vec<Override>,
     /// Set while the deployment is halted: no wave starts until it is resumed.
     pub halted: Option<Block>,
+    /// Seq of the last `deployment.resumed`: decisions after it are new ones.
+    pub resumed_seq: Option<u64>,
 }
 
 /// A guard an event overrode, and why.

@@ -208,7 +208,7 @@ fn target_registered(
     if previous.is_none() {
         state.put(Space::State, host_environment_key(&host, &service, &env).into_bytes(), Vec::new());
     }
-    save_host(state, context.seq, previous.as_ref(), record)?;
+    save_host(state, context, previous.as_ref(), record)?;
     Ok(begins.then_some(host))
 }
 
@@ -218,7 +218,7 @@ fn target_deregistered(state: &mut Overlay<'_>, context: &Context<'_>) -> Step<S
     let mut record = previous.clone();
     record.registered = false;
     remove_from_group(state, &record);
-    save_host(state, context.seq, Some(&previous), record)?;
+    save_host(state, context, Some(&previous), record)?;
     Ok(host)
 }
 
@@ -278,6 +278,7 @@ fn deployment_started(
                 selected: 0,
                 converged: 0,
                 failed: 0,
+                settled_micros: None,
             })
             .collect(),
         started: context.step(),
@@ -288,6 +289,7 @@ fn deployment_started(
         selected_now: 0,
         overrides,
         halted: None,
+        resumed_seq: None,
     };
     records::write_versioned(state, &deployment_key(&id), context.seq, &record)?;
     state.put(
@@ -401,6 +403,7 @@ fn wave_started(
     wave.selected = selection.selected;
     wave.converged = selection.converged;
     wave.failed = selection.failed;
+    settle(wave, context.time_micros);
     deployment.selected_total += selection.selected;
     deployment.selected_now += selection.selected;
     records::write_versioned(state, &deployment_key(&deployment.id), context.seq, &deployment)?;
@@ -452,6 +455,7 @@ fn wave_completed(
     }
     deployment.waves[index].state = WaveState::Completed;
     deployment.waves[index].completed = Some(context.step());
+    deployment.waves[index].settled_micros = None;
     records::write_versioned(state, &deployment_key(&deployment.id), context.seq, &deployment)?;
     deployment_timeline(
         state,
@@ -699,7 +703,7 @@ fn host_reported(
         reported_micros: context.time_micros,
         message: message.clone(),
     });
-    save_host(state, context.seq, Some(&previous), record)
+    save_host(state, context, Some(&previous), record)
 }
 
 /// A line in the timeline of `deployment`'s release about one of its steps.
@@ -733,6 +737,9 @@ fn halt(
         _ => {}
     }
     deployment.halted = halting.then(|| Block { reason: reason.to_string(), step: context.step() });
+    if !halting {
+        deployment.resumed_seq = Some(context.seq);
+    }
     records::write_versioned(state, &deployment_key(&deployment.id), context.seq, &deployment)?;
     let kind = if halting { "deployment.halted" } else { "deployment.resumed" };
     deployment_timeline(state, context, &deployment, kind, None, Some(reason.to_string()))
@@ -907,7 +914,13 @@ fn timeline(
 /// A counter going below zero, or a host counted toward a wave that does not exist, means the
 /// rules broke their own bookkeeping: a bug, not a damaged disk, so it stops the apply loudly
 /// (on every build) instead of returning an error.
-fn save_host(state: &mut Overlay<'_>, seq: u64, previous: Option<&HostRecord>, mut record: HostRecord) -> Step<()> {
+fn save_host(
+    state: &mut Overlay<'_>,
+    context: &Context<'_>,
+    previous: Option<&HostRecord>,
+    mut record: HostRecord,
+) -> Step<()> {
+    let seq = context.seq;
     record.changed_seq = seq;
     record.desired = None;
     let (service, env) = (record.service.clone(), record.env.clone());
@@ -941,6 +954,11 @@ fn save_host(state: &mut Overlay<'_>, seq: u64, previous: Option<&HostRecord>, m
         if was != is {
             count(&mut deployment, seq, was, -1);
             count(&mut deployment, seq, is, 1);
+            for (wave, _) in [was, is].into_iter().flatten() {
+                if let Some(wave) = deployment.waves.get_mut(wave as usize) {
+                    settle(wave, context.time_micros);
+                }
+            }
             changed = true;
         }
         if changed {
@@ -954,6 +972,17 @@ fn save_host(state: &mut Overlay<'_>, seq: u64, previous: Option<&HostRecord>, m
 }
 
 /// Moves one wave counter of `deployment` by `sign`.
+/// Starts a started wave's bake clock when every host it selected has reported an outcome, and
+/// stops it when one has not.
+fn settle(wave: &mut WaveRecord, time_micros: i64) {
+    let settled = wave.state == WaveState::Started && wave.converged + wave.failed >= wave.selected;
+    match (settled, wave.settled_micros) {
+        (true, None) => wave.settled_micros = Some(time_micros),
+        (false, Some(_)) => wave.settled_micros = None,
+        _ => {}
+    }
+}
+
 fn count(deployment: &mut DeploymentRecord, seq: u64, marked: Option<(u32, Mark)>, sign: i64) {
     let Some((wave, mark)) = marked else { return };
     let id = deployment.id.clone();

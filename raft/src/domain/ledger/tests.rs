@@ -1194,3 +1194,62 @@ fn the_failed_hosts_guard_allows_what_the_policy_s_max_failed_allows() {
     };
     assert!(message.contains("the policy allows 0"), "{message}");
 }
+
+/// Appends what the policy decides for `deployment` at `now_micros`, as its evaluator would,
+/// and returns the outcome.
+fn decide(bench: &mut Bench, deployment: &str, now_micros: i64) -> Option<AppendOutcome> {
+    use crate::domain::gates::{evaluate, events_of, POLICY_ACTOR};
+    let record = bench.deployment(deployment);
+    let policy = records::policy(&bench.kv, "web", "prod", None).unwrap().expect("a policy");
+    let events = events_of(&record, evaluate(&record, &policy.policy, policy.set.seq, now_micros));
+    if events.is_empty() {
+        return None;
+    }
+    let request = AppendRequest { events, expected_version: ExpectedVersion::Any, actor: POLICY_ACTOR.into() };
+    let command = LedgerCommand { time_micros: bench.time_micros, requests: vec![request], identity: None };
+    bench.time_micros += 1_000;
+    let mut overlay = Overlay::new(&bench.kv);
+    let applied = apply_command(&mut overlay, &command).unwrap();
+    let writes = overlay.into_writes();
+    bench.kv.apply(writes);
+    applied.outcomes.into_iter().next()
+}
+
+/// Two evaluations of the same state (a new leader repeating its predecessor's, at another
+/// time, so with other inputs) append one rollback: the second is refused by its id.
+#[test]
+fn a_decision_taken_twice_is_written_once() {
+    let mut bench = Bench::fleet();
+    let event = policy(&mut bench, json!({"auto_advance": true}));
+    bench.ok(event);
+    let start =
+        bench.start("d2", "2.0", json!([{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]));
+    bench.ok(start);
+    let now = bench.time_micros;
+    assert!(matches!(decide(&mut bench, "d2", now), Some(AppendOutcome::Appended { duplicate: false, .. })));
+    // The same step decided again is a duplicate: the first wave started once.
+    assert!(matches!(decide(&mut bench, "d2", now), None | Some(AppendOutcome::Appended { duplicate: true, .. })));
+    assert_eq!(bench.deployment("d2").waves[0].state, WaveState::Started);
+    let report = bench.report("b", "2.0", "failed");
+    bench.ok(report);
+    let first = decide(&mut bench, "d2", now + 1_000_000);
+    assert!(matches!(first, Some(AppendOutcome::Appended { duplicate: false, .. })), "{first:?}");
+    assert_eq!(bench.deployment("d2").state, DeploymentState::Aborted);
+    // A second leader that saw the same failure before the rollback applied decides again.
+    let mut stale = bench.deployment("d2");
+    stale.state = DeploymentState::Active;
+    let policy = records::policy(&bench.kv, "web", "prod", None).unwrap().unwrap();
+    let again = crate::domain::gates::events_of(
+        &stale,
+        crate::domain::gates::evaluate(&stale, &policy.policy, policy.set.seq, now + 5_000_000),
+    );
+    assert_eq!(again.len(), 1, "the stale state trips again");
+    match bench.append(again) {
+        AppendOutcome::Rejected(rejection) => assert_eq!(rejection.code, RejectionCode::IdConflict),
+        AppendOutcome::Appended { duplicate, .. } => assert!(duplicate, "a second rollback was written"),
+    }
+    let filter = views::EventFilter { event_type: Some("rollback".into()), ..views::EventFilter::default() };
+    let rollbacks = views::read_events(&bench.kv, &filter, 1, 1_000).unwrap().events;
+    assert_eq!(rollbacks.len(), 1, "one rollback in the log");
+    assert_eq!(rollbacks[0].actor, "system:policy");
+}

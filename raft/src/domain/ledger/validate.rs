@@ -253,15 +253,18 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
         }
         "wave.started" => {
             envelope(event, &DEPLOYMENT_STEP)?;
+            data.decision()?;
             Command::WaveStarted { wave: data.wave()?, force: data.force_reason()? }
         }
         "wave.completed" => {
             envelope(event, &DEPLOYMENT_STEP)?;
+            data.decision()?;
             Command::WaveCompleted { wave: data.wave()?, force: data.force_reason()? }
         }
         "deployment.completed" => {
             envelope(event, &DEPLOYMENT_STEP)?;
             data.optional_text("notes", REASON_CHARS_MAX)?;
+            data.decision()?;
             Command::DeploymentCompleted { force: data.force_reason()? }
         }
         "deployment.aborted" => {
@@ -270,6 +273,7 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
         }
         "deployment.halted" => {
             envelope(event, &DEPLOYMENT_STEP)?;
+            data.decision()?;
             Command::DeploymentHalted { reason: data.reason()? }
         }
         "deployment.resumed" => {
@@ -283,6 +287,7 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
         }
         "rollback" => {
             envelope(event, &ROLLBACK)?;
+            data.decision()?;
             Command::Rollback { reason: data.reason()? }
         }
         "host.reported" => {
@@ -428,6 +433,15 @@ impl<'a> DataFields<'a> {
         self.optional_text("force_reason", REASON_CHARS_MAX)
     }
 
+    /// What a decision the cluster made by itself looked at (`data.decision`): an object, kept
+    /// as sent for `deploy why`; any event may carry one, but only the policy evaluator does.
+    fn decision(&mut self) -> Result<(), Rejection> {
+        match self.map.remove("decision") {
+            None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+            Some(_) => Err(self.wrong("decision", "an object")),
+        }
+    }
+
     fn wave(&mut self) -> Result<String, Rejection> {
         let wave = self.required_text("wave", NAME_CHARS_MAX)?;
         check_name("data.wave", &wave, NAME_CHARS_MAX, is_name_char)?;
@@ -570,9 +584,15 @@ pub fn is_stream_char(character: char) -> bool {
     is_name_char(character) || character == '/'
 }
 
-/// Actors (token principals) also allow `@`.
-pub fn is_actor_char(character: char) -> bool {
+/// Token names also allow `@`.
+pub fn is_token_name_char(character: char) -> bool {
     is_name_char(character) || character == '@'
+}
+
+/// Actors are token names, or `system:…` for what the cluster does by itself; no token name
+/// holds a `:`, so no token can act as the system.
+pub fn is_actor_char(character: char) -> bool {
+    is_token_name_char(character) || character == ':'
 }
 
 pub fn check_name(what: &str, value: &str, chars_max: usize, allowed: fn(char) -> bool) -> Result<(), Rejection> {

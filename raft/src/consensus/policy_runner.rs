@@ -1,0 +1,92 @@
+//! The policy evaluator: on the leader, a few times a second, every active deployment with a
+//! policy is evaluated ([`crate::domain::gates::evaluate`]) and what it decides is appended as
+//! events by `system:policy`.
+//!
+//! Exactly once: each decision's event id derives from the deployment, the wave and the step,
+//! so a leader that decides again what its predecessor decided (or what it decided itself a tick
+//! earlier, before applying it) writes a duplicate, which the ledger answers with the original
+//! and writes nothing. The events go through the ledger's rules like anyone's, so a decision
+//! made on a state that moved on (a person completed the wave meanwhile) is refused.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::consensus::node::{now_micros, Node, WeakNode};
+use crate::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
+use crate::domain::gates::{evaluate, events_of, POLICY_ACTOR};
+use crate::domain::keys::{Key, RecordTag};
+use crate::domain::kv::KvRead;
+use crate::domain::records::{self, EnvironmentRecord};
+use crate::domain::rejection::RejectionCode;
+
+/// How often the leader looks at its deployments.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Starts the evaluator for `node`; it ends when the node is gone.
+pub fn spawn(node: &Node) {
+    let weak = node.downgrade();
+    tokio::spawn(run(weak));
+}
+
+async fn run(weak: WeakNode) {
+    // The refusal last logged per deployment, so a decision refused every tick is logged once.
+    let mut logged: HashMap<String, String> = HashMap::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Some(node) = weak.upgrade() else { return };
+        if !node.is_leader() {
+            continue;
+        }
+        let pending = match decisions(&node) {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::warn!(%error, "policy evaluator: cannot read the deployments");
+                continue;
+            }
+        };
+        for (deployment, events) in pending {
+            let request = AppendRequest { events, expected_version: ExpectedVersion::Any, actor: POLICY_ACTOR.into() };
+            match node.append(request).await {
+                Ok(AppendOutcome::Appended { events, duplicate: false }) => {
+                    let ids: Vec<&str> = events.iter().map(|event| event.id.as_str()).collect();
+                    tracing::info!(deployment = %deployment, ?ids, "policy decision appended");
+                    logged.remove(&deployment);
+                }
+                Ok(AppendOutcome::Appended { duplicate: true, .. }) => {}
+                // Decided already, with other inputs: the first decision stands.
+                Ok(AppendOutcome::Rejected(rejection)) if rejection.code == RejectionCode::IdConflict => {}
+                Ok(AppendOutcome::Rejected(rejection)) => {
+                    let text = rejection.to_string();
+                    if logged.get(&deployment) != Some(&text) {
+                        tracing::warn!(deployment = %deployment, refusal = %text, "policy decision refused");
+                        logged.insert(deployment, text);
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "policy decision not appended; next tick tries again"),
+            }
+        }
+    }
+}
+
+/// The events each active deployment's policy decides now, by deployment.
+fn decisions(node: &Node) -> crate::Result<Vec<(String, Vec<ProposedEvent>)>> {
+    let reader = node.database().consistent_reader()?;
+    let kv: &dyn KvRead = &reader;
+    let environments: Vec<EnvironmentRecord> = records::scan_records(kv, &Key::record(RecordTag::Environment))?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect();
+    let now = now_micros();
+    let mut pending = Vec::new();
+    for environment in environments {
+        let Some(id) = &environment.active_deployment else { continue };
+        let Some(policy) = records::policy(kv, &environment.service, &environment.env, None)? else { continue };
+        let Some(deployment) = records::deployment(kv, id)? else { continue };
+        let decision = evaluate(&deployment, &policy.policy, policy.set.seq, now);
+        let events = events_of(&deployment, decision);
+        if !events.is_empty() {
+            pending.push((deployment.id.clone(), events));
+        }
+    }
+    Ok(pending)
+}
