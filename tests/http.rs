@@ -355,13 +355,7 @@ async fn policies_and_halts_over_http() {
     let (_, then) = server.get(&format!("/v1/policies/shop/prod?at_seq={first_seq}")).await;
     assert_eq!(then["policy"]["bake_seconds"], 300, "{then}");
 
-    server
-        .ok(
-            "/v1/deployments",
-            &json!({"deployment": "d-2", "service": "shop", "env": "prod", "release": "2.0",
-                    "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]}),
-        )
-        .await;
+    start_canary_then_rest(&server, "d-2", "2.0").await;
     server.ok("/v1/deployments/d-2/halt", &json!({"reason": "latency up"})).await;
     let (_, deployment) = server.get("/v1/deployments/d-2").await;
     assert_eq!(deployment["halted"]["reason"], "latency up", "{deployment}");
@@ -373,6 +367,13 @@ async fn policies_and_halts_over_http() {
     let (_, deployment) = server.get("/v1/deployments/d-2").await;
     assert_eq!(deployment["halted"], Value::Null);
     verify_chain(&server.all_events().await);
+}
+
+/// Starts `deployment` of `release` to shop/prod in two waves: the canary group, then the rest.
+async fn start_canary_then_rest(server: &Server, deployment: &str, release: &str) {
+    let body = json!({"deployment": deployment, "service": "shop", "env": "prod", "release": release,
+                      "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]});
+    server.ok("/v1/deployments", &body).await;
 }
 
 /// Waits until `check` finds what it looks for in the deployment view, or fails the test.
@@ -404,13 +405,7 @@ async fn the_policy_rolls_out_hands_off_and_rolls_back_once_on_a_tripped_gate() 
     seed_fleet(&server).await;
     let policy = json!({"policy": {"bake_seconds": 1, "auto_advance": true}});
     server.send(reqwest::Method::PUT, "/v1/policies/shop/prod", Some(&policy)).await;
-    server
-        .ok(
-            "/v1/deployments",
-            &json!({"deployment": "d-2", "service": "shop", "env": "prod", "release": "2.0",
-                    "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]}),
-        )
-        .await;
+    start_canary_then_rest(&server, "d-2", "2.0").await;
     deployment_until(&server, "d-2", "the first wave to start by itself", |d| d["waves"][0]["state"] == "started")
         .await;
     for host in ["web-1", "web-2"] {
@@ -425,13 +420,7 @@ async fn the_policy_rolls_out_hands_off_and_rolls_back_once_on_a_tripped_gate() 
 
     // Release 3.0 goes out the same way, and a canary fails on it.
     server.ok("/v1/releases", &json!({"service": "shop", "release": "3.0"})).await;
-    server
-        .ok(
-            "/v1/deployments",
-            &json!({"deployment": "d-3", "service": "shop", "env": "prod", "release": "3.0",
-                    "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]}),
-        )
-        .await;
+    start_canary_then_rest(&server, "d-3", "3.0").await;
     deployment_until(&server, "d-3", "the canary wave", |d| d["waves"][0]["state"] == "started").await;
     report(&server, "web-1", "3.0", "running").await;
     report(&server, "web-2", "3.0", "failed").await;
@@ -463,4 +452,111 @@ async fn the_policy_rolls_out_hands_off_and_rolls_back_once_on_a_tripped_gate() 
     let text = String::from_utf8_lossy(&why.stdout);
     assert!(why.status.success(), "{text}{}", String::from_utf8_lossy(&why.stderr));
     assert!(text.contains("rollback") && text.contains("gate: \"max_failed\""), "{text}");
+}
+
+/// An Alertmanager webhook payload (version 4) with the given alerts.
+fn alertmanager_payload(alerts: Value) -> Value {
+    json!({"version": "4", "groupKey": "{}:{alertname=\"Errors\"}", "status": "firing", "receiver": "fleetlog",
+           "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://alertmanager:9093",
+           "truncatedAlerts": 0, "alerts": alerts})
+}
+
+fn alert(status: &str, fingerprint: &str, labels: Value) -> Value {
+    json!({"status": status, "labels": labels, "annotations": {"summary": "errors up"},
+           "startsAt": "2026-12-07T03:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+           "generatorURL": "http://prometheus:9090/graph", "fingerprint": fingerprint})
+}
+
+/// Alertmanager's payload becomes one event per alert; a retried payload writes nothing; an
+/// alert naming no environment is kept and listed as unmapped; a resolution ends the firing; a
+/// malformed payload is refused with the field to blame and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_payloads_become_alert_events_once() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let firing = alertmanager_payload(json!([
+        alert("firing", "a1", json!({"alertname": "Errors", "service": "shop", "env": "prod", "severity": "critical"})),
+        alert("firing", "b2", json!({"alertname": "DiskFull", "instance": "db-1"})),
+    ]));
+    let answer = server.ok("/v1/alerts/alertmanager", &firing).await;
+    assert_eq!((answer["written"].as_u64(), answer["unmapped"].as_u64()), (Some(2), Some(1)), "{answer}");
+    let head = server.head().await;
+    let again = server.ok("/v1/alerts/alertmanager", &firing).await;
+    assert_eq!((again["written"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(2)), "{again}");
+    assert_eq!(server.head().await, head, "a retried webhook wrote nothing");
+
+    let (_, listed) = server.get("/v1/alerts").await;
+    assert_eq!(listed["alerts"].as_array().unwrap().len(), 2, "{listed}");
+    let (_, unmapped) = server.get("/v1/alerts?state=unmapped").await;
+    assert_eq!(unmapped["alerts"][0]["fingerprint"], "b2", "{unmapped}");
+    let (_, mapped) = server.get("/v1/alerts?service=shop&env=prod").await;
+    assert_eq!(mapped["alerts"][0]["labels"]["severity"], "critical", "{mapped}");
+
+    let resolved = alertmanager_payload(json!([alert("resolved", "a1", json!({"service": "shop", "env": "prod"}))]));
+    server.ok("/v1/alerts/alertmanager", &resolved).await;
+    let (_, still) = server.get("/v1/alerts").await;
+    let fingerprints: Vec<&str> =
+        still["alerts"].as_array().unwrap().iter().map(|a| a["fingerprint"].as_str().unwrap()).collect();
+    assert_eq!(fingerprints, ["b2"], "a1 is resolved: {still}");
+
+    let head = server.head().await;
+    for (payload, field) in [
+        (json!({"version": "3", "alerts": []}), "version"),
+        (
+            alertmanager_payload(json!([alert("firing", "c3", json!({})), {"status": "firing"}])),
+            "alerts[1].fingerprint",
+        ),
+        (
+            alertmanager_payload(json!([{"status": "firing", "fingerprint": "d4", "startsAt": "yesterday"}])),
+            "alerts[0].startsAt",
+        ),
+    ] {
+        let (status, error) = server.post("/v1/alerts/alertmanager", &payload).await;
+        assert_eq!(status, 422, "{error}");
+        assert_eq!(
+            (error["error"]["code"].as_str(), error["error"]["field"].as_str()),
+            (Some("invalid_alert"), Some(field))
+        );
+    }
+    assert_eq!(server.head().await, head, "a refused payload wrote nothing");
+}
+
+/// During a wave's bake, an Alertmanager alert that the policy counts makes the policy roll back,
+/// once, and the decision names the alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_during_the_bake_rolls_back_once_and_is_named() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let policy = json!({"policy": {"bake_seconds": 60, "auto_advance": true, "alerts": [{"severity": "critical"}]}});
+    server.send(reqwest::Method::PUT, "/v1/policies/shop/prod", Some(&policy)).await;
+    start_canary_then_rest(&server, "d-2", "2.0").await;
+    deployment_until(&server, "d-2", "the canary wave", |d| d["waves"][0]["state"] == "started").await;
+    for host in ["web-1", "web-2"] {
+        report(&server, host, "2.0", "running").await;
+    }
+    // A warning does not count; a critical one does.
+    let warning = alertmanager_payload(json!([alert(
+        "firing",
+        "w1",
+        json!({"service": "shop", "env": "prod", "severity": "warning"})
+    )]));
+    server.ok("/v1/alerts/alertmanager", &warning).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, deployment) = server.get("/v1/deployments/d-2").await;
+    assert_eq!(deployment["state"], "active", "a warning does not trip the policy: {deployment}");
+    let critical = alertmanager_payload(json!([alert(
+        "firing",
+        "c1",
+        json!({"service": "shop", "env": "prod", "severity": "critical"})
+    )]));
+    server.ok("/v1/alerts/alertmanager", &critical).await;
+    deployment_until(&server, "d-2", "the policy's rollback", |d| d["state"] == "aborted").await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let events = server.all_events().await;
+    let rollbacks: Vec<&Value> = events.iter().filter(|event| event["type"] == "rollback").collect();
+    assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
+    let decision = &rollbacks[0]["data"]["decision"];
+    assert_eq!(decision["gate"], "alert");
+    assert_eq!(decision["alerts"][0]["fingerprint"], "c1", "{decision}");
+    assert_eq!(rollbacks[0]["release"], "1.0");
 }

@@ -1,5 +1,6 @@
 //! HTTP handlers, one file per area.
 
+pub mod alerts;
 pub mod audit;
 pub mod cluster;
 pub mod commands;

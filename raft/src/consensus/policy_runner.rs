@@ -82,7 +82,8 @@ fn decisions(node: &Node) -> crate::Result<Vec<(String, Vec<ProposedEvent>)>> {
         let Some(id) = &environment.active_deployment else { continue };
         let Some(policy) = records::policy(kv, &environment.service, &environment.env, None)? else { continue };
         let Some(deployment) = records::deployment(kv, id)? else { continue };
-        let decision = evaluate(&deployment, &policy.policy, policy.set.seq, now);
+        let alerts = records::alerts_of(kv, Some(&environment.service), Some(&environment.env))?;
+        let decision = evaluate(&deployment, &policy.policy, policy.set.seq, &alerts, now);
         let events = events_of(&deployment, decision);
         if !events.is_empty() {
             pending.push((deployment.id.clone(), events));

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::domain::event::ProposedEvent;
 use crate::domain::policy::{NoData, OnTrip, Policy};
-use crate::domain::records::{DeploymentRecord, DeploymentState, WaveState};
+use crate::domain::records::{AlertRecord, DeploymentRecord, DeploymentState, WaveState};
 
 /// The actor of every event the cluster appends by itself.
 pub const POLICY_ACTOR: &str = "system:policy";
@@ -22,6 +22,7 @@ pub enum Gate {
     MinHealthy,
     ConvergeDeadline,
     NoData,
+    Alert,
 }
 
 impl Gate {
@@ -31,6 +32,7 @@ impl Gate {
             Gate::MinHealthy => "min_healthy",
             Gate::ConvergeDeadline => "converge_deadline",
             Gate::NoData => "no_data",
+            Gate::Alert => "alert",
         }
     }
 }
@@ -61,8 +63,36 @@ impl Decision {
     }
 }
 
-/// Decides for `deployment` under `policy` at log time `now_micros`.
-pub fn evaluate(deployment: &DeploymentRecord, policy: &Policy, policy_seq: u64, now_micros: i64) -> Decision {
+/// The firing alerts of the deployment's environment that count against it: fired after it
+/// started (an alert already firing then is not the release's doing) and matched by one of the
+/// policy's matchers (every alert when the policy names none).
+pub fn counted_alerts<'a>(
+    deployment: &DeploymentRecord,
+    policy: &Policy,
+    alerts: &'a [AlertRecord],
+) -> Vec<&'a AlertRecord> {
+    alerts
+        .iter()
+        .filter(|alert| alert.firing)
+        .filter(|alert| alert.fired.as_ref().is_some_and(|fired| fired.seq > deployment.started.seq))
+        .filter(|alert| match &policy.alerts {
+            None => true,
+            Some(matchers) => matchers
+                .iter()
+                .any(|matcher| matcher.iter().all(|(label, value)| alert.labels.get(label) == Some(value))),
+        })
+        .collect()
+}
+
+/// Decides for `deployment` under `policy` at log time `now_micros`, given the alerts of its
+/// environment.
+pub fn evaluate(
+    deployment: &DeploymentRecord,
+    policy: &Policy,
+    policy_seq: u64,
+    alerts: &[AlertRecord],
+    now_micros: i64,
+) -> Decision {
     if deployment.state != DeploymentState::Active || deployment.halted.is_some() {
         return Decision::Wait;
     }
@@ -117,6 +147,24 @@ pub fn evaluate(deployment: &DeploymentRecord, policy: &Policy, policy_seq: u64,
     let allowed_failed = gates.max_failed.map_or(0, |amount| amount.of(wave.selected));
     if wave.failed > allowed_failed {
         return trip(Gate::MaxFailed, policy.on_trip, json!({ "max_failed": allowed_failed }));
+    }
+    let counted = counted_alerts(deployment, policy, alerts);
+    if !counted.is_empty() {
+        let seen: Vec<Value> = counted
+            .iter()
+            .map(|alert| {
+                json!({
+                    "fingerprint": alert.fingerprint, "source": alert.source, "starts_at": alert.starts_at,
+                    "labels": alert.labels, "fired_seq": alert.fired.as_ref().map(|fired| fired.seq),
+                })
+            })
+            .collect();
+        let matchers = policy.alerts.clone().map_or(Value::String("every alert".into()), |list| json!(list));
+        let mut decision = trip(Gate::Alert, policy.on_trip, json!({ "alerts": matchers }));
+        if let Decision::Trip { inputs, .. } = &mut decision {
+            inputs["alerts"] = Value::Array(seen);
+        }
+        return decision;
     }
     let Some(settled_micros) = wave.settled_micros else {
         if let Some(deadline) = gates.converge_deadline_seconds {
@@ -304,14 +352,14 @@ mod tests {
         let policy = policy(json!({"bake_seconds": 60, "first_wave_extra_bake_seconds": 30, "auto_advance": true}));
         let fresh = deployment(2);
         assert!(matches!(
-            evaluate(&fresh, &policy, 5, at(1)),
+            evaluate(&fresh, &policy, 5, &[], at(1)),
             Decision::Advance { start: Some(0), complete: None, .. }
         ));
         let converging = started(fresh.clone(), 0, 4, 3, 0);
-        assert_eq!(evaluate(&converging, &policy, 5, at(500)), Decision::Wait, "not every host reported");
+        assert_eq!(evaluate(&converging, &policy, 5, &[], at(500)), Decision::Wait, "not every host reported");
         let baking = started(fresh.clone(), 0, 4, 4, 0);
-        assert_eq!(evaluate(&baking, &policy, 5, at(20 + 89)), Decision::Wait, "the first wave bakes 60 + 30 s");
-        match evaluate(&baking, &policy, 5, at(20 + 90)) {
+        assert_eq!(evaluate(&baking, &policy, 5, &[], at(20 + 89)), Decision::Wait, "the first wave bakes 60 + 30 s");
+        match evaluate(&baking, &policy, 5, &[], at(20 + 90)) {
             Decision::Advance { complete: Some(0), start: Some(1), finish: false, inputs } => {
                 assert_eq!(inputs["gate"], "bake");
                 assert_eq!(inputs["policy_seq"], 5);
@@ -320,7 +368,7 @@ mod tests {
         }
         let last = started(fresh, 1, 4, 4, 0);
         assert!(matches!(
-            evaluate(&last, &policy, 5, at(20 + 60)),
+            evaluate(&last, &policy, 5, &[], at(20 + 60)),
             Decision::Advance { complete: Some(1), start: None, finish: true, .. }
         ));
     }
@@ -328,8 +376,8 @@ mod tests {
     #[test]
     fn without_auto_advance_a_green_bake_waits_for_a_person() {
         let policy = policy(json!({"bake_seconds": 60}));
-        assert_eq!(evaluate(&deployment(2), &policy, 5, at(1)), Decision::Wait);
-        assert_eq!(evaluate(&started(deployment(2), 0, 4, 4, 0), &policy, 5, at(1_000)), Decision::Wait);
+        assert_eq!(evaluate(&deployment(2), &policy, 5, &[], at(1)), Decision::Wait);
+        assert_eq!(evaluate(&started(deployment(2), 0, 4, 4, 0), &policy, 5, &[], at(1_000)), Decision::Wait);
     }
 
     #[test]
@@ -344,21 +392,24 @@ mod tests {
             }
             other => panic!("expected a trip, got {other:?}"),
         };
-        assert_eq!(gate_of(evaluate(&started(deployment(2), 0, 10, 5, 2), &policy, 5, at(11))), Gate::MaxFailed);
+        assert_eq!(gate_of(evaluate(&started(deployment(2), 0, 10, 5, 2), &policy, 5, &[], at(11))), Gate::MaxFailed);
         assert_eq!(
-            evaluate(&started(deployment(2), 0, 10, 5, 1), &policy, 5, at(10 + 119)),
+            evaluate(&started(deployment(2), 0, 10, 5, 1), &policy, 5, &[], at(10 + 119)),
             Decision::Wait,
             "one failure is allowed, and the deadline is not up"
         );
         assert_eq!(
-            gate_of(evaluate(&started(deployment(2), 0, 10, 5, 1), &policy, 5, at(10 + 120))),
+            gate_of(evaluate(&started(deployment(2), 0, 10, 5, 1), &policy, 5, &[], at(10 + 120))),
             Gate::ConvergeDeadline
         );
         // Settled with 7 of 8 converged, 1 failed: 87% ≥ 75%. With 2 of 4 converged: 50%.
-        assert!(matches!(evaluate(&started(deployment(2), 0, 8, 7, 1), &policy, 5, at(21)), Decision::Advance { .. }));
+        assert!(matches!(
+            evaluate(&started(deployment(2), 0, 8, 7, 1), &policy, 5, &[], at(21)),
+            Decision::Advance { .. }
+        ));
         let policy_two_failures = parse(json!({"max_failed": {"count": 2}, "min_healthy": {"percent": 75}})).unwrap();
         assert_eq!(
-            gate_of_any(evaluate(&started(deployment(2), 0, 4, 2, 2), &policy_two_failures, 5, at(21))),
+            gate_of_any(evaluate(&started(deployment(2), 0, 4, 2, 2), &policy_two_failures, 5, &[], at(21))),
             Gate::MinHealthy
         );
     }
@@ -373,14 +424,55 @@ mod tests {
     #[test]
     fn a_wave_that_selected_nobody_halts_for_no_data_unless_told_to_ignore_it() {
         let halting = policy(json!({"auto_advance": true, "on_trip": "rollback"}));
-        match evaluate(&started(deployment(2), 0, 0, 0, 0), &halting, 5, at(21)) {
+        match evaluate(&started(deployment(2), 0, 0, 0, 0), &halting, 5, &[], at(21)) {
             Decision::Trip { gate: Gate::NoData, action: OnTrip::Halt, .. } => {}
             other => panic!("expected a no-data halt, got {other:?}"),
         }
         let ignoring = policy(json!({"auto_advance": true, "no_data": "ignore"}));
         assert!(matches!(
-            evaluate(&started(deployment(2), 0, 0, 0, 0), &ignoring, 5, at(21)),
+            evaluate(&started(deployment(2), 0, 0, 0, 0), &ignoring, 5, &[], at(21)),
             Decision::Advance { .. }
+        ));
+    }
+
+    fn alert(fingerprint: &str, labels: &[(&str, &str)], fired_seq: Option<u64>, firing: bool) -> AlertRecord {
+        AlertRecord {
+            source: "alertmanager".into(),
+            fingerprint: fingerprint.into(),
+            starts_at: "2026-12-07T00:00:00Z".into(),
+            service: Some("shop".into()),
+            env: Some("prod".into()),
+            host: None,
+            labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+            firing,
+            fired: fired_seq.map(|seq| step(seq, 15)),
+            resolved: None,
+        }
+    }
+
+    #[test]
+    fn a_matching_alert_fired_during_the_wave_trips_it() {
+        let matching = policy(json!({"alerts": [{"severity": "critical"}], "bake_seconds": 600}));
+        let baking = started(deployment(2), 0, 4, 4, 0);
+        let critical = alert("f1", &[("severity", "critical"), ("alertname", "Errors")], Some(9), true);
+        match evaluate(&baking, &matching, 5, std::slice::from_ref(&critical), at(30)) {
+            Decision::Trip { gate: Gate::Alert, action: OnTrip::Rollback, inputs, .. } => {
+                assert_eq!(inputs["alerts"][0]["fingerprint"], "f1");
+                assert_eq!(inputs["alerts"][0]["fired_seq"], 9);
+            }
+            other => panic!("expected an alert trip, got {other:?}"),
+        }
+        let others = [
+            alert("f2", &[("severity", "warning")], Some(9), true),
+            // Firing before the deployment started (seq 1): not the release's doing.
+            alert("f3", &[("severity", "critical")], Some(1), true),
+            alert("f4", &[("severity", "critical")], Some(9), false),
+        ];
+        assert_eq!(evaluate(&baking, &matching, 5, &others, at(30)), Decision::Wait, "none of these counts");
+        let every_alert = policy(json!({"bake_seconds": 600}));
+        assert!(matches!(
+            evaluate(&baking, &every_alert, 5, &others[..1], at(30)),
+            Decision::Trip { gate: Gate::Alert, .. }
         ));
     }
 
@@ -389,10 +481,10 @@ mod tests {
         let policy = policy(json!({"auto_advance": true}));
         let mut halted = deployment(2);
         halted.halted = Some(Block { reason: "looking".into(), step: step(3, 5) });
-        assert_eq!(evaluate(&halted, &policy, 5, at(100)), Decision::Wait);
+        assert_eq!(evaluate(&halted, &policy, 5, &[], at(100)), Decision::Wait);
         let mut ended = started(deployment(2), 0, 4, 0, 4);
         ended.state = DeploymentState::Aborted;
-        assert_eq!(evaluate(&ended, &policy, 5, at(100)), Decision::Wait);
+        assert_eq!(evaluate(&ended, &policy, 5, &[], at(100)), Decision::Wait);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum RecordTag {
     Ran = 13,
     /// (service, env) → release-safety policy.
     Policy = 14,
+    /// (service or "", env or "", fingerprint) → the alert's latest firing.
+    Alert = 15,
 }
 
 /// Fields of events with a secondary index in `Space::EventIndex`.

@@ -44,3 +44,5 @@ pub const RECENT_ENTRIES_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// and each catch-up step of a stream. 10,000 events of 64 KiB would be over 600 MiB for one
 /// request; a page that reaches this stops early and its `next_seq` says where to continue.
 pub const READ_PAGE_BUDGET_BYTES: usize = 4 * 1024 * 1024;
+/// Characters of one annotation of an alert (a description, a runbook URL).
+pub const ANNOTATION_CHARS_MAX: usize = 4_096;

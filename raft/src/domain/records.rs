@@ -283,6 +283,24 @@ pub enum WaveRule {
     Nobody,
 }
 
+/// The latest firing of one alert, by its source's fingerprint, in the (service, env) its labels
+/// named, or in none (an unmapped alert, kept and listed all the same).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub source: String,
+    pub fingerprint: String,
+    /// When this firing began, as the source said (RFC 3339).
+    pub starts_at: String,
+    pub service: Option<String>,
+    pub env: Option<String>,
+    pub host: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub firing: bool,
+    /// The `alert.fired` of this firing, if it arrived.
+    pub fired: Option<Step>,
+    pub resolved: Option<Step>,
+}
+
 /// The release-safety policy of one (service, env), versioned by seq.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRecord {
@@ -339,6 +357,21 @@ pub fn ran_key(service: &str, env: &str, release: &str) -> Key {
 
 pub fn policy_key(service: &str, env: &str) -> Key {
     Key::record(RecordTag::Policy).text(service).text(env)
+}
+
+pub fn alert_key(service: Option<&str>, env: Option<&str>, fingerprint: &str) -> Key {
+    Key::record(RecordTag::Alert).text(service.unwrap_or("")).text(env.unwrap_or("")).text(fingerprint)
+}
+
+/// The alerts of (service, env), or the unmapped ones with (None, None), by fingerprint.
+pub fn alerts_of(kv: &dyn KvRead, service: Option<&str>, env: Option<&str>) -> Result<Vec<AlertRecord>> {
+    let prefix = Key::record(RecordTag::Alert).text(service.unwrap_or("")).text(env.unwrap_or(""));
+    Ok(scan_records::<AlertRecord>(kv, &prefix)?.into_iter().map(|(_, record)| record).collect())
+}
+
+/// Every alert, unmapped ones first.
+pub fn all_alerts(kv: &dyn KvRead) -> Result<Vec<AlertRecord>> {
+    Ok(scan_records::<AlertRecord>(kv, &Key::record(RecordTag::Alert))?.into_iter().map(|(_, record)| record).collect())
 }
 
 pub fn host_group_key(service: &str, env: &str, group: &str, host: &str) -> Key {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::selection;
-use super::validate::{Command, HostStatus, Selector, WaveSpec};
+use super::validate::{AlertFacts, Command, HostStatus, Selector, WaveSpec};
 use super::{reject, Step};
 use crate::domain::desired::{self, Mark};
 use crate::domain::event::ProposedEvent;
@@ -12,10 +12,11 @@ use crate::domain::invariant;
 use crate::domain::kv::{KvRead, Overlay, Space};
 use crate::domain::policy::Policy;
 use crate::domain::records::{
-    self, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key, host_environment_key,
-    host_group_key, host_key, layer_key, policy_key, release_key, tally_key, timeline_key, Assignment, Block,
-    DeploymentRecord, DeploymentState, EnvironmentRecord, Failure, HostRecord, LayerRecord, Observed, Override,
-    PolicyRecord, ReleaseRecord, StartedWave, Tally, TimelineEntry, WaveRecord, WaveRule, WaveState,
+    self, alert_key, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key,
+    host_environment_key, host_group_key, host_key, layer_key, policy_key, release_key, tally_key, timeline_key,
+    AlertRecord, Assignment, Block, DeploymentRecord, DeploymentState, EnvironmentRecord, Failure, HostRecord,
+    LayerRecord, Observed, Override, PolicyRecord, ReleaseRecord, StartedWave, Tally, TimelineEntry, WaveRecord,
+    WaveRule, WaveState,
 };
 use crate::domain::rejection::{Rejection, RejectionCode};
 
@@ -107,6 +108,7 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
             halt(state, context, deployment, false, reason)?;
         }
         Command::PolicySet { policy } => policy_set(state, context, policy)?,
+        Command::Alert { firing, alert } => alert_changed(state, context, *firing, alert)?,
         Command::Rollback { reason } => effect.layer = Some(rollback(state, context, reason, &mut effect.envelope)?),
         Command::HostReported { status, applied_seq, message } => {
             host_reported(state, context, *status, *applied_seq, message)?
@@ -750,6 +752,46 @@ fn policy_set(state: &mut Overlay<'_>, context: &Context<'_>, policy: &Policy) -
     let env = context.field(&context.proposal.env, "env")?;
     let record = PolicyRecord { policy: policy.clone(), set: context.step() };
     records::write_versioned(state, &policy_key(&service, &env), context.seq, &record)?;
+    Ok(())
+}
+
+/// Keeps the latest firing of an alert. A resolution of an older firing than the one kept changes
+/// nothing; one that arrives before its firing is kept as resolved.
+fn alert_changed(state: &mut Overlay<'_>, context: &Context<'_>, firing: bool, facts: &AlertFacts) -> Step<()> {
+    let proposal = context.proposal;
+    let (service, env) = (proposal.service.as_deref(), proposal.env.as_deref());
+    let key = alert_key(service, env, &facts.fingerprint);
+    let kept: Option<AlertRecord> = records::read(state, Space::State, key.bytes())?;
+    let starts = |text: &str| chrono::DateTime::parse_from_rfc3339(text).ok();
+    if let Some(kept) = &kept {
+        if starts(&facts.starts_at) < starts(&kept.starts_at) {
+            return Ok(());
+        }
+    }
+    let same_firing = kept.as_ref().is_some_and(|kept| kept.starts_at == facts.starts_at);
+    let mut record = match kept {
+        Some(kept) if same_firing => kept,
+        _ => AlertRecord {
+            source: facts.source.clone(),
+            fingerprint: facts.fingerprint.clone(),
+            starts_at: facts.starts_at.clone(),
+            service: service.map(str::to_string),
+            env: env.map(str::to_string),
+            host: proposal.host.clone(),
+            labels: facts.labels.clone(),
+            firing,
+            fired: None,
+            resolved: None,
+        },
+    };
+    record.firing = firing;
+    if firing {
+        record.fired = Some(context.step());
+        record.resolved = None;
+    } else {
+        record.resolved = Some(context.step());
+    }
+    records::write_versioned(state, &key, context.seq, &record)?;
     Ok(())
 }
 

@@ -1201,7 +1201,7 @@ fn decide(bench: &mut Bench, deployment: &str, now_micros: i64) -> Option<Append
     use crate::domain::gates::{evaluate, events_of, POLICY_ACTOR};
     let record = bench.deployment(deployment);
     let policy = records::policy(&bench.kv, "web", "prod", None).unwrap().expect("a policy");
-    let events = events_of(&record, evaluate(&record, &policy.policy, policy.set.seq, now_micros));
+    let events = events_of(&record, evaluate(&record, &policy.policy, policy.set.seq, &[], now_micros));
     if events.is_empty() {
         return None;
     }
@@ -1241,7 +1241,7 @@ fn a_decision_taken_twice_is_written_once() {
     let policy = records::policy(&bench.kv, "web", "prod", None).unwrap().unwrap();
     let again = crate::domain::gates::events_of(
         &stale,
-        crate::domain::gates::evaluate(&stale, &policy.policy, policy.set.seq, now + 5_000_000),
+        crate::domain::gates::evaluate(&stale, &policy.policy, policy.set.seq, &[], now + 5_000_000),
     );
     assert_eq!(again.len(), 1, "the stale state trips again");
     match bench.append(again) {
@@ -1252,4 +1252,44 @@ fn a_decision_taken_twice_is_written_once() {
     let rollbacks = views::read_events(&bench.kv, &filter, 1, 1_000).unwrap().events;
     assert_eq!(rollbacks.len(), 1, "one rollback in the log");
     assert_eq!(rollbacks[0].actor, "system:policy");
+}
+
+fn alert_event(bench: &mut Bench, kind: &str, fingerprint: &str, starts_at: &str, mapped: bool) -> ProposedEvent {
+    let fields: &[(&str, &str)] = if mapped { &[("service", "web"), ("env", "prod")] } else { &[] };
+    let data = json!({"source": "alertmanager", "fingerprint": fingerprint, "starts_at": starts_at,
+                      "labels": {"severity": "critical"}});
+    bench.event(kind, fields, data)
+}
+
+#[test]
+fn alerts_keep_their_latest_firing_mapped_or_not() {
+    let mut bench = Bench::fleet();
+    let fired = alert_event(&mut bench, "alert.fired", "a1", "2026-12-07T03:00:00Z", true);
+    let fired_seq = bench.ok(fired);
+    let alerts = records::alerts_of(&bench.kv, Some("web"), Some("prod")).unwrap();
+    assert_eq!(
+        (alerts.len(), alerts[0].firing, alerts[0].fired.as_ref().map(|step| step.seq)),
+        (1, true, Some(fired_seq))
+    );
+    // The resolution of an older firing changes nothing.
+    let stale = alert_event(&mut bench, "alert.resolved", "a1", "2026-12-07T02:00:00Z", true);
+    bench.ok(stale);
+    assert!(records::alerts_of(&bench.kv, Some("web"), Some("prod")).unwrap()[0].firing);
+    let resolved = alert_event(&mut bench, "alert.resolved", "a1", "2026-12-07T03:00:00Z", true);
+    bench.ok(resolved);
+    let alert = &records::alerts_of(&bench.kv, Some("web"), Some("prod")).unwrap()[0];
+    assert!(!alert.firing && alert.resolved.is_some() && alert.fired.is_some());
+    // Unmapped alerts are kept too, apart.
+    let unmapped = alert_event(&mut bench, "alert.fired", "b2", "2026-12-07T03:00:00Z", false);
+    bench.ok(unmapped);
+    assert_eq!(records::alerts_of(&bench.kv, None, None).unwrap()[0].fingerprint, "b2");
+    assert_eq!(records::all_alerts(&bench.kv).unwrap().len(), 2);
+    let bad_time = alert_event(&mut bench, "alert.fired", "c3", "yesterday", true);
+    assert_eq!(bench.refused(bad_time), RejectionCode::InvalidField);
+    let env_only = bench.event(
+        "alert.fired",
+        &[("env", "prod")],
+        json!({"source": "x", "fingerprint": "d", "starts_at": "2026-12-07T03:00:00Z"}),
+    );
+    assert_eq!(bench.refused(env_only), RejectionCode::MissingField);
 }

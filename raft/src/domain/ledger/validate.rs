@@ -58,6 +58,11 @@ pub enum Command {
     PolicySet {
         policy: Policy,
     },
+    /// An alert from an alert source started or stopped firing.
+    Alert {
+        firing: bool,
+        alert: AlertFacts,
+    },
     Rollback {
         reason: String,
     },
@@ -74,6 +79,16 @@ pub enum Command {
     },
     /// A client type outside the domain namespaces: stored and served as-is.
     Custom,
+}
+
+/// What an `alert.fired` or `alert.resolved` event says about its alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertFacts {
+    pub source: String,
+    pub fingerprint: String,
+    /// RFC 3339, as the source sent it: with the fingerprint, it names one firing of the alert.
+    pub starts_at: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +184,8 @@ const DEPLOYMENT_STEP: Envelope = Envelope { required: &[Deployment], optional: 
 const ROLLBACK: Envelope = Envelope { required: &[Service, Env], optional: &[Release] };
 const REPORT: Envelope = Envelope { required: &[Host, Service, Env, Release], optional: &[] };
 const SERVICE_ENV: Envelope = Envelope { required: &[Service, Env], optional: &[] };
+// An alert may name no environment (it is kept as unmapped) and may name a host.
+const ALERT: Envelope = Envelope { required: &[], optional: &[Service, Env, Host] };
 
 /// Checks the whole request statically and returns the meaning of each event.
 pub fn check_request(request: &AppendRequest) -> Result<Vec<Command>, Rejection> {
@@ -310,6 +327,26 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
         "freeze.ended" => {
             envelope(event, &SERVICE_ENV)?;
             Command::FreezeEnded { reason: data.reason()? }
+        }
+        "alert.fired" | "alert.resolved" => {
+            envelope(event, &ALERT)?;
+            if event.env.is_some() && event.service.is_none() {
+                return Err(Rejection::new(
+                    RejectionCode::MissingField,
+                    "an alert that names an env names its service too",
+                ));
+            }
+            let source = data.required_text("source", NAME_CHARS_MAX)?;
+            check_name("data.source", &source, NAME_CHARS_MAX, is_name_char)?;
+            let fingerprint = data.required_text("fingerprint", NAME_CHARS_MAX)?;
+            let starts_at = data.required_text("starts_at", 64)?;
+            if chrono::DateTime::parse_from_rfc3339(&starts_at).is_err() {
+                return Err(data.wrong("starts_at", "an RFC 3339 time"));
+            }
+            let labels = data.labels()?;
+            data.optional_labels("annotations", ANNOTATION_CHARS_MAX)?;
+            let firing = event.event_type == "alert.fired";
+            Command::Alert { firing, alert: AlertFacts { source, fingerprint, starts_at, labels } }
         }
         other => {
             if DOMAIN_PREFIXES.iter().any(|prefix| other.starts_with(prefix)) {
@@ -461,6 +498,25 @@ impl<'a> DataFields<'a> {
             None | Some(Value::Null) => Ok(()),
             Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(()),
             Some(_) => Err(self.wrong(name, "an array of strings")),
+        }
+    }
+
+    /// An object of strings up to `value_chars_max` each, kept as sent (alert annotations).
+    fn optional_labels(&mut self, name: &str, value_chars_max: usize) -> Result<(), Rejection> {
+        match self.map.remove(name) {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::Object(map))
+                if map.len() <= LABELS_MAX
+                    && map
+                        .values()
+                        .all(|value| value.as_str().is_some_and(|text| text.chars().count() <= value_chars_max)) =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(self.wrong(
+                name,
+                &format!("an object of at most {LABELS_MAX} strings of at most {value_chars_max} characters"),
+            )),
         }
     }
 
