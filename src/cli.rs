@@ -115,6 +115,9 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Alert received to rollback committed: rounds of a deployment whose canaries an
+    /// Alertmanager alert makes the policy roll back (on a service of its own on the server).
+    Alert(BenchAlertArgs),
     /// Closed-loop appends against any fleetlog: latency percentiles (HdrHistogram), events/s
     /// and the CPU time the servers spent per event.
     Append(BenchAppendArgs),
@@ -155,6 +158,16 @@ pub struct BenchRollbackArgs {
     /// system's temporary directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchAlertArgs {
+    /// Deployments rolled back by an alert.
+    #[arg(long, default_value_t = 50)]
+    pub rounds: u64,
+    /// Hosts registered (the first two are the canaries).
+    #[arg(long, default_value_t = 10)]
+    pub hosts: u64,
 }
 
 #[derive(Args, Debug)]

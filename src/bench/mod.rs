@@ -1,6 +1,7 @@
 //! `fleetlog bench`: load generators that measure a running server over real HTTP, and
 //! `bench rollback`, which times the apply step in-process.
 
+mod alert;
 mod append;
 mod catchup;
 mod compare;
@@ -21,6 +22,7 @@ use crate::cli::{BenchCommand, BenchFleetArgs};
 
 pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
     match command {
+        BenchCommand::Alert(args) => alert::run(server, args).await,
         BenchCommand::Append(args) => append::run(server, args).await,
         BenchCommand::Compare(args) => compare::run(args).await,
         BenchCommand::Catchup(args) => catchup::run(server, args).await,

@@ -116,8 +116,8 @@ where
 pub struct StreamClient {
     target: NodeId,
     address: String,
-    /// openraft wants its network clients `Sync`, which a connection is not; the lock is only
-    /// taken between sessions.
+    /// openraft wants its network clients `Sync`, which a connection is not; the mutex makes it
+    /// so, and is never locked: a session holds `&mut self` and reaches inside with `get_mut`.
     idle: std::sync::Mutex<Option<(RequestStream, Instant)>>,
 }
 

@@ -1,0 +1,124 @@
+//! `fleetlog bench alert`: how long from an Alertmanager alert received to the policy's rollback
+//! committed. It sets up its own service on the server (a release pair, hosts, a policy that
+//! counts critical alerts and bakes for an hour), then for each round starts a deployment, waits
+//! for the policy to start its canaries, reports them running, posts an alert and times until
+//! the deployment reads as rolled back (`GET /v1/deployments/{id}`, linearizable). The time
+//! includes the wait for the evaluator's next tick (every 250 ms; the alert is sent at a random
+//! point of it) and the poll (every 5 ms).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::cli::BenchAlertArgs;
+
+/// Longest one step may take before the bench gives up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn send(&self, method: reqwest::Method, path: &str, body: &Value) -> Result<Value> {
+        let response = self.http.request(method, format!("{}{path}", self.base)).json(body).send().await?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: HTTP {status}: {answer}");
+        }
+        Ok(answer)
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Ok(response.error_for_status()?.json().await?)
+    }
+
+    /// Polls the deployment every 5 ms until `done` says so.
+    async fn until(&self, deployment: &str, what: &str, done: impl Fn(&Value) -> bool) -> Result<()> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let view = self.get(&format!("/v1/deployments/{deployment}")).await?;
+            if done(&view) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{what} did not happen within {STEP_TIMEOUT:?}: {view}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let api = Api { http: super::http_client(2)?, base: server.trim_end_matches('/').to_string() };
+    // A service of its own per run, so a server can be measured more than once.
+    let service = format!("bench-alert-{}", std::process::id());
+    let env = "prod";
+    for release in ["1.0", "2.0"] {
+        api.post("/v1/releases", &json!({"service": service, "release": release})).await?;
+    }
+    for index in 1..=args.hosts {
+        let group = if index <= 2 { "canary" } else { "main" };
+        let body = json!({"host": format!("h-{index}"), "service": service, "env": env, "group": group});
+        api.post("/v1/targets", &body).await?;
+    }
+    let report = |host: String, release: &str| json!({"host": host, "service": service, "env": env, "release": release, "status": "running", "applied_seq": 1});
+    // 1.0 everywhere, so a rollback has a release that ran to go back to.
+    let waves = json!([{"name": "all", "percent": 100}]);
+    let start = json!({"deployment": "d-base", "service": service, "env": env, "release": "1.0", "waves": waves});
+    api.post("/v1/deployments", &start).await?;
+    api.post("/v1/deployments/d-base/waves/all/start", &json!({})).await?;
+    for index in 1..=args.hosts {
+        api.post("/v1/reports", &report(format!("h-{index}"), "1.0")).await?;
+    }
+    api.post("/v1/deployments/d-base/waves/all/complete", &json!({})).await?;
+    api.post("/v1/deployments/d-base/complete", &json!({})).await?;
+    let policy = json!({"policy": {"bake_seconds": 3600, "auto_advance": true, "alerts": [{"severity": "critical"}]}});
+    api.send(reqwest::Method::PUT, &format!("/v1/policies/{service}/{env}"), &policy).await?;
+
+    let mut latency = Histogram::<u64>::new(3)?;
+    for round in 0..args.rounds {
+        let deployment = format!("d-{round}");
+        let waves = json!([{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]);
+        let body = json!({"deployment": deployment, "service": service, "env": env, "release": "2.0", "waves": waves});
+        api.post("/v1/deployments", &body).await?;
+        api.until(&deployment, "the canary start", |view| view["waves"][0]["state"] == "started").await?;
+        for host in ["h-1", "h-2"] {
+            api.post("/v1/reports", &report(host.to_string(), "2.0")).await?;
+        }
+        let alert = json!({"version": "4", "status": "firing", "alerts": [{
+            "status": "firing", "fingerprint": format!("{service}-{round}"), "startsAt": "2026-12-07T00:00:00Z",
+            "labels": {"service": service, "env": env, "severity": "critical"}}]});
+        // The evaluator ticks every 250 ms and the canaries started on a tick: without a random
+        // pause the alert would always arrive at the same point of the tick.
+        let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..300);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let sent = Instant::now();
+        api.post("/v1/alerts/alertmanager", &alert).await.context("posting the alert")?;
+        api.until(&deployment, "the rollback", |view| view["state"] == "aborted").await?;
+        latency.record(sent.elapsed().as_micros() as u64)?;
+    }
+    let millis = |micros: u64| micros as f64 / 1000.0;
+    let result = json!({
+        "rounds": args.rounds,
+        "alert_to_rollback_ms": {
+            "p50": millis(latency.value_at_quantile(0.5)),
+            "p99": millis(latency.value_at_quantile(0.99)),
+            "max": millis(latency.max()),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
