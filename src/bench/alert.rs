@@ -3,8 +3,8 @@
 //! counts critical alerts and bakes for an hour), then for each round starts a deployment, waits
 //! for the policy to start its canaries, reports them running, posts an alert and times until
 //! the deployment reads as rolled back (`GET /v1/deployments/{id}`, linearizable). The time
-//! includes the wait for the evaluator's next tick (every 250 ms; the alert is sent at a random
-//! point of it) and the poll (every 5 ms).
+//! includes the evaluator's wait (it looks 20 ms after each applied change, and every 250 ms) and
+//! the poll (every 5 ms).
 
 use std::time::{Duration, Instant};
 
@@ -101,8 +101,8 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
         let alert = json!({"version": "4", "status": "firing", "alerts": [{
             "status": "firing", "fingerprint": format!("{service}-{round}"), "startsAt": "2026-12-07T00:00:00Z",
             "labels": {"service": service, "env": env, "severity": "critical"}}]});
-        // The evaluator ticks every 250 ms and the canaries started on a tick: without a random
-        // pause the alert would always arrive at the same point of the tick.
+        // The evaluator also ticks every 250 ms, and the canaries started on a tick: a random
+        // pause keeps the alert from always arriving at the same point of it.
         let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..300);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let sent = Instant::now();

@@ -1,5 +1,5 @@
-//! The policy evaluator: on the leader, a few times a second, every active deployment with a
-//! policy is evaluated ([`crate::domain::gates::evaluate`]) and what it decides is appended as
+//! The policy evaluator: on the leader, soon after each applied change and at least every 250 ms,
+//! every active deployment with a policy is evaluated ([`crate::domain::gates::evaluate`]) and what it decides is appended as
 //! events by `system:policy`.
 //!
 //! Exactly once: each decision's event id derives from the deployment, the wave and the step,
@@ -19,20 +19,35 @@ use crate::domain::kv::KvRead;
 use crate::domain::records::{self, EnvironmentRecord};
 use crate::domain::rejection::RejectionCode;
 
-/// How often the leader looks at its deployments.
+/// How often the leader looks at its deployments when nothing is applied: what time alone
+/// decides (a bake passing, a deadline) is seen within this.
 const TICK: Duration = Duration::from_millis(250);
+/// Least time between two looks: events applied in a burst are looked at together.
+const SPACING: Duration = Duration::from_millis(20);
 
 /// Starts the evaluator for `node`; it ends when the node is gone.
 pub fn spawn(node: &Node) {
     let weak = node.downgrade();
-    tokio::spawn(run(weak));
+    let applied = node.feed().head();
+    tokio::spawn(run(weak, applied));
 }
 
-async fn run(weak: WeakNode) {
+/// Looks after every tick, and soon after anything is applied (a report, an alert), so a gate
+/// an event trips is decided within tens of milliseconds rather than at the next tick.
+async fn run(weak: WeakNode, mut applied: tokio::sync::watch::Receiver<u64>) {
     // The refusal last logged per deployment, so a decision refused every tick is logged once.
     let mut logged: HashMap<String, String> = HashMap::new();
     loop {
-        tokio::time::sleep(TICK).await;
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(SPACING).await;
+        applied.borrow_and_update();
         let Some(node) = weak.upgrade() else { return };
         if !node.is_leader() {
             continue;
