@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{deploy_fully, seed_fleet, verify_chain, Server};
+use common::{deploy_fully, deployment_until, seed_fleet, verify_chain, Server};
 use fleetlog_api::client::Client;
 use serde_json::{json, Value};
 
@@ -376,19 +376,6 @@ async fn start_canary_then_rest(server: &Server, deployment: &str, release: &str
     server.ok("/v1/deployments", &body).await;
 }
 
-/// Waits until `check` finds what it looks for in the deployment view, or fails the test.
-async fn deployment_until(server: &Server, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, deployment) = server.get(&format!("/v1/deployments/{id}")).await;
-        if check(&deployment) {
-            return deployment;
-        }
-        assert!(std::time::Instant::now() < deadline, "waited 20 s for {what}: {deployment}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn report(server: &Server, host: &str, release: &str, status: &str) {
     let body = json!({"host": host, "service": "shop", "env": "prod", "release": release, "status": status,
                       "applied_seq": 1});
@@ -484,6 +471,12 @@ async fn alertmanager_payloads_become_alert_events_once() {
     let again = server.ok("/v1/alerts/alertmanager", &firing).await;
     assert_eq!((again["written"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(2)), "{again}");
     assert_eq!(server.head().await, head, "a retried webhook wrote nothing");
+    // Sent again with a changed annotation (a current value in a template): still nothing new.
+    let mut changed = firing.clone();
+    changed["alerts"][0]["annotations"]["summary"] = json!("errors up 5x");
+    let again = server.ok("/v1/alerts/alertmanager", &changed).await;
+    assert_eq!(again["written"].as_u64(), Some(0), "{again}");
+    assert_eq!(server.head().await, head, "a changed annotation wrote nothing");
 
     let (_, listed) = server.get("/v1/alerts").await;
     assert_eq!(listed["alerts"].as_array().unwrap().len(), 2, "{listed}");
@@ -509,6 +502,14 @@ async fn alertmanager_payloads_become_alert_events_once() {
         (
             alertmanager_payload(json!([{"status": "firing", "fingerprint": "d4", "startsAt": "yesterday"}])),
             "alerts[0].startsAt",
+        ),
+        // A valid first alert, then one whose time is longer than the ledger keeps: neither is written.
+        (
+            alertmanager_payload(json!([
+                alert("firing", "e5", json!({})),
+                {"status": "firing", "fingerprint": "e6", "startsAt": format!("2026-12-07T03:00:00.{}Z", "1".repeat(80))},
+            ])),
+            "alerts[1].startsAt",
         ),
     ] {
         let (status, error) = server.post("/v1/alerts/alertmanager", &payload).await;

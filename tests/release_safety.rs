@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{Cluster, Options};
-use common::seed_fleet;
+use common::{deployment_until, seed_fleet};
 use serde_json::{json, Value};
-
-/// Longest a round waits for the rollback.
-const WAIT: Duration = Duration::from_secs(30);
 
 fn alert_payload(fingerprint: &str) -> Value {
     json!({"version": "4", "status": "firing", "receiver": "fleetlog", "groupKey": "g", "alerts": [{
@@ -23,32 +20,6 @@ fn alert_payload(fingerprint: &str) -> Value {
 /// A node other than `leader` that is running.
 fn survivor(cluster: &Cluster, leader: u64) -> u64 {
     cluster.voters().into_iter().find(|id| *id != leader && cluster.is_running(*id)).expect("a survivor")
-}
-
-/// Polls node `id` until deployment `deployment` is aborted, or fails.
-async fn wait_aborted(cluster: &Cluster, id: u64, deployment: &str) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, view) = cluster.get(id, &format!("/v1/deployments/{deployment}")).await;
-        if status == 200 && view["state"] == "aborted" {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "deployment {deployment} was not rolled back within {WAIT:?}: {view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls until the canary wave of `deployment` has started, the policy's first step.
-async fn wait_canary_started(cluster: &Cluster, id: u64, deployment: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, view) = cluster.get(id, &format!("/v1/deployments/{deployment}")).await;
-        if view["waves"][0]["state"] == "started" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the policy did not start {deployment}'s canaries: {view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -70,7 +41,11 @@ async fn an_alert_then_a_leader_kill_rolls_back_exactly_once() {
                           "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]});
         let (status, answer) = cluster.post(leader, "/v1/deployments", &body).await;
         assert_eq!(status, 201, "{answer}");
-        wait_canary_started(&cluster, leader, &deployment).await;
+        let on_leader = cluster.server(leader);
+        deployment_until(&on_leader, &deployment, "the policy's canary start", |view| {
+            view["waves"][0]["state"] == "started"
+        })
+        .await;
         for host in ["web-1", "web-2"] {
             let report = json!({"host": host, "service": "shop", "env": "prod", "release": "2.0",
                                 "status": "running", "applied_seq": 1});
@@ -84,7 +59,9 @@ async fn an_alert_then_a_leader_kill_rolls_back_exactly_once() {
         cluster.kill(leader);
 
         let other = survivor(&cluster, leader);
-        let view = wait_aborted(&cluster, other, &deployment).await;
+        let view =
+            deployment_until(&cluster.server(other), &deployment, "the rollback", |view| view["state"] == "aborted")
+                .await;
         assert!(view["end_reason"].as_str().unwrap_or("").contains("alert"), "{view}");
         // Give a second decision every chance: a new leader's ticks, the old one back.
         cluster.restart(leader).await;

@@ -261,3 +261,16 @@ pub async fn deploy_fully(server: &Server, deployment: &str, release: &str) {
     server.ok(&format!("/v1/deployments/{deployment}/waves/all/complete"), &json!({})).await;
     server.ok(&format!("/v1/deployments/{deployment}/complete"), &json!({})).await;
 }
+
+/// Waits until `check` finds what it looks for in the deployment view, or fails the test.
+pub async fn deployment_until(server: &Server, id: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, deployment) = server.get(&format!("/v1/deployments/{id}")).await;
+        if check(&deployment) {
+            return deployment;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited 20 s for {what}: {deployment}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

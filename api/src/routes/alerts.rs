@@ -12,9 +12,10 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
-use fleetlog_raft::domain::ledger::validate::{check_name, is_name_char};
+use fleetlog_raft::domain::ledger::validate::{check_event, check_name, is_name_char};
 use fleetlog_raft::domain::limits::{ANNOTATION_CHARS_MAX, LABELS_MAX, LABEL_VALUE_CHARS_MAX, NAME_CHARS_MAX};
 use fleetlog_raft::domain::records::{self, AlertRecord};
+use fleetlog_raft::domain::rejection::RejectionCode;
 use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
@@ -25,6 +26,8 @@ use crate::wire;
 
 /// The source named in the events of this webhook.
 const SOURCE: &str = "alertmanager";
+/// Characters of an alert's `startsAt`, as the ledger keeps it.
+const STARTS_AT_CHARS_MAX: usize = 64;
 /// Alerts in one payload.
 const ALERTS_PER_PAYLOAD_MAX: usize = 1_000;
 
@@ -54,6 +57,9 @@ pub async fn alertmanager(
         match app.append(request).await? {
             AppendOutcome::Appended { duplicate: false, .. } => written += 1,
             AppendOutcome::Appended { duplicate: true, .. } => {}
+            // The same firing sent again with other annotations (they often carry a current
+            // value): the firing is recorded already, and Alertmanager must not retry forever.
+            AppendOutcome::Rejected(rejection) if rejection.code == RejectionCode::IdConflict => {}
             AppendOutcome::Rejected(rejection) => return Err(rejection.into()),
         }
     }
@@ -76,7 +82,13 @@ fn events_of_payload(body: &Map<String, Value>) -> ApiResult<Vec<ProposedEvent>>
     let mut seen = HashSet::new();
     let mut events = Vec::with_capacity(alerts.len());
     for (position, alert) in alerts.iter().enumerate() {
-        let event = event_of_alert(alert, &format!("alerts[{position}]"))?;
+        let path = format!("alerts[{position}]");
+        let event = event_of_alert(alert, &path)?;
+        // Every event is checked before the first is appended, so a payload the ledger would
+        // refuse in part writes nothing at all.
+        if let Err(rejection) = check_event(&event) {
+            return Err(invalid(&path, &format!("is refused by the ledger: {}", rejection.message)));
+        }
         if seen.insert(event.id.clone()) {
             events.push(event);
         }
@@ -102,7 +114,7 @@ fn event_of_alert(alert: &Value, path: &str) -> ApiResult<ProposedEvent> {
         }
     };
     let starts_at = match alert.get("startsAt").and_then(Value::as_str) {
-        Some(text) if chrono::DateTime::parse_from_rfc3339(text).is_ok() => text,
+        Some(text) if text.len() <= STARTS_AT_CHARS_MAX && chrono::DateTime::parse_from_rfc3339(text).is_ok() => text,
         _ => return Err(invalid(&field("startsAt"), "must be an RFC 3339 time")),
     };
     let labels = strings(alert.get("labels"), &field("labels"), LABEL_VALUE_CHARS_MAX)?;
