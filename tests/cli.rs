@@ -630,6 +630,10 @@ async fn the_cli_sets_a_policy_and_halts_a_deployment() {
     let table = fleetlog(&server, &show);
     assert!(table.contains("bake_seconds") && table.contains("300"), "{table}");
 
+    // The waves below are started by hand: a policy that advances by itself would race them.
+    let mut manual = vec!["policy", "set", "--bake-seconds", "300"];
+    manual.extend_from_slice(&SHOP);
+    fleetlog(&server, &manual);
     let mut start = vec!["deploy", "start", "--id", "d-1", "--release", "2.0", "--wave", "all:percent=100"];
     start.extend_from_slice(&SHOP);
     fleetlog(&server, &start);

@@ -327,7 +327,7 @@ async fn policies_and_halts_over_http() {
     assert_eq!((status, missing["error"]["code"].as_str()), (404, Some("policy_not_found")), "{missing}");
 
     let policy = json!({"bake_seconds": 300, "min_healthy": {"percent": 90}, "max_failed": {"count": 1},
-                        "waves": {"canary": {"max_failed": {"count": 0}}}, "auto_advance": true});
+                        "waves": {"canary": {"max_failed": {"count": 0}}}, "auto_advance": false});
     let (status, set) =
         server.send(reqwest::Method::PUT, "/v1/policies/shop/prod", Some(&json!({"policy": policy}))).await;
     assert_eq!(status, 201, "{set}");
