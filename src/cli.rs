@@ -70,6 +70,15 @@ pub enum Command {
     /// hosts per wave, alerts, what a tripped gate does.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Scheduled freezes: deny windows (and allow windows) when deployments start no wave, for an
+    /// environment or for all of them.
+    #[command(subcommand)]
+    Calendar(CalendarCommand),
+    /// The alerts received (firing by default), by environment; unmapped ones included.
+    #[command(
+        after_help = "Examples:\n  fleetlog alerts\n  fleetlog alerts --state unmapped\n  fleetlog alerts --service checkout --env prod --state all"
+    )]
+    Alerts(AlertsArgs),
     /// What should run and does run on every host, now or at a past moment.
     #[command(
         after_help = "Examples:\n  fleetlog fleet --service checkout --env prod\n  fleetlog fleet --service checkout --env prod --at-seq 18"
@@ -619,6 +628,10 @@ pub enum DeployCommand {
         /// giving the reason, which is recorded in the event.
         #[arg(long, value_name = "REASON")]
         force: Option<String>,
+        /// Break glass: start inside a scheduled freeze window, giving the reason, which is
+        /// recorded with the deployment.
+        #[arg(long = "override", value_name = "REASON")]
+        freeze_override: Option<String>,
         /// Then follow the deployment until it ends, showing each wave's progress as its waves
         /// are started (exit code 0: completed; 1: a host failed or it was aborted; 2: timed out).
         #[arg(long)]
@@ -643,6 +656,10 @@ pub enum DeployCommand {
         /// one whose group matches no host), giving the reason, which is recorded in the event.
         #[arg(long, value_name = "REASON")]
         force: Option<String>,
+        /// Break glass: start the wave inside a scheduled freeze window, giving the reason,
+        /// which is recorded with the deployment.
+        #[arg(long = "override", value_name = "REASON", conflicts_with = "complete")]
+        freeze_override: Option<String>,
         /// After starting the wave, wait for its hosts as `deploy wait` does (same exit codes).
         #[arg(long, conflicts_with = "complete")]
         wait: bool,
@@ -838,6 +855,63 @@ pub enum PolicyCommand {
         #[command(flatten)]
         moment: MomentArgs,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CalendarCommand {
+    /// Replace the freeze calendar of an environment (--service and --env), or the global one
+    /// (neither), from a JSON file, from flags, or both (the flags' windows come after the file's).
+    #[command(
+        after_help = "Examples:\n  fleetlog calendar set --service checkout --env prod --deny \"0 18 * * fri for 2d15h in Europe/Berlin\" --reason weekend\n  fleetlog calendar set --allow \"0 9 * * mon-fri for 8h in America/New_York\"\n  fleetlog calendar set --deny \"2026-12-24T00:00:00+01:00..2027-01-02T00:00:00+01:00\" --reason \"year end\"\n  fleetlog calendar set --service checkout --env prod --file calendar.json\n  fleetlog calendar set --service checkout --env prod --clear\n\nA window is CRON for DURATION in TIME_ZONE (five cron fields; durations like 90m, 8h, 2d12h; an IANA zone), or START..END (RFC 3339). Deny windows win over allow windows; with allow windows, deployments start waves only inside one. Rollbacks are always allowed."
+    )]
+    Set {
+        /// The service (with --env); neither sets the global calendar.
+        #[arg(long, requires = "env")]
+        service: Option<String>,
+        /// The environment (with --service).
+        #[arg(long, requires = "service")]
+        env: Option<String>,
+        /// A JSON file: {"windows": [...]} or the list of windows itself.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// A window when no wave may start (repeatable).
+        #[arg(long, value_name = "WINDOW")]
+        deny: Vec<String>,
+        /// A window when waves may start (repeatable); outside every allow window, none may.
+        #[arg(long, value_name = "WINDOW")]
+        allow: Vec<String>,
+        /// Why the windows given by flags exist, shown when they refuse a deployment.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Set an empty calendar (no window).
+        #[arg(long, conflicts_with_all = ["file", "deny", "allow"])]
+        clear: bool,
+    },
+    /// Show the calendars (all, or those of one environment with whether it is frozen now).
+    #[command(
+        after_help = "Examples:\n  fleetlog calendar show\n  fleetlog calendar show --service checkout --env prod"
+    )]
+    Show {
+        /// The service (with --env).
+        #[arg(long, requires = "env")]
+        service: Option<String>,
+        /// The environment (with --service).
+        #[arg(long, requires = "service")]
+        env: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AlertsArgs {
+    /// firing, resolved, unmapped (matched no environment) or all.
+    #[arg(long, default_value = "firing")]
+    pub state: String,
+    /// Only alerts of this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only alerts of this environment.
+    #[arg(long)]
+    pub env: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -7,8 +7,8 @@ use fleetlog_api::client::Client;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
-    AppendArgs, DeployCommand, FreezeCommand, Output, PolicyCommand, ReleaseCommand, ReportArgs, RollbackArgs,
-    TargetCommand,
+    AppendArgs, CalendarCommand, DeployCommand, FreezeCommand, Output, PolicyCommand, ReleaseCommand, ReportArgs,
+    RollbackArgs, TargetCommand,
 };
 use crate::output::{cell, print, Table};
 use crate::reads;
@@ -116,11 +116,11 @@ const WAIT_INTERVAL: Duration = Duration::from_millis(500);
 
 pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> Result<()> {
     let response = match command {
-        DeployCommand::Start { service, env, release, waves, id, force, wait, timeout_seconds } => {
+        DeployCommand::Start { service, env, release, waves, id, force, freeze_override, wait, timeout_seconds } => {
             let waves = waves.iter().map(|wave| parse_wave(wave)).collect::<Result<Vec<_>>>()?;
             let body = json!({
                 "service": service, "env": env, "release": release, "waves": waves, "deployment": id,
-                "force_reason": force,
+                "force_reason": force, "override_reason": freeze_override,
             });
             let response = client.post("/v1/deployments", &without_nulls(body)).await?;
             print_appended(output, &response);
@@ -131,9 +131,9 @@ pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> 
             let timeout = Duration::from_secs(timeout_seconds);
             return crate::wait::wait(client, output, deployment, Goal::Ended, timeout, WAIT_INTERVAL).await;
         }
-        DeployCommand::Wave { deployment, wave, complete, force, wait, timeout_seconds } => {
+        DeployCommand::Wave { deployment, wave, complete, force, freeze_override, wait, timeout_seconds } => {
             let action = if complete { "complete" } else { "start" };
-            let body = without_nulls(json!({ "force_reason": force }));
+            let body = without_nulls(json!({ "force_reason": force, "override_reason": freeze_override }));
             let response = client.post(&format!("/v1/deployments/{deployment}/waves/{wave}/{action}"), &body).await?;
             print_appended(output, &response);
             if complete {
@@ -369,4 +369,117 @@ pub async fn append(client: &Client, output: Output, args: AppendArgs) -> Result
         table.render()
     });
     Ok(())
+}
+
+pub async fn calendar(client: &Client, output: Output, command: CalendarCommand) -> Result<()> {
+    match command {
+        CalendarCommand::Set { service, env, file, deny, allow, reason, clear } => {
+            let mut windows = match &file {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    let value: Value =
+                        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+                    match value {
+                        Value::Array(windows) => windows,
+                        Value::Object(mut object) => match object.remove("windows") {
+                            Some(Value::Array(windows)) => windows,
+                            _ => bail!("{} must hold {{\"windows\": [...]}} or a list of windows", path.display()),
+                        },
+                        _ => bail!("{} must hold {{\"windows\": [...]}} or a list of windows", path.display()),
+                    }
+                }
+                None => Vec::new(),
+            };
+            for (kind, texts) in [("deny", &deny), ("allow", &allow)] {
+                for text in texts {
+                    windows.push(window_from_flag(kind, text, reason.as_deref())?);
+                }
+            }
+            if windows.is_empty() && !clear {
+                bail!("give windows (--deny, --allow or --file), or --clear to remove every window");
+            }
+            let body = without_nulls(json!({"service": service, "env": env, "windows": windows}));
+            let response =
+                client.call(reqwest::Method::PUT, "/v1/calendars", Some(&body), Duration::from_secs(60)).await?;
+            print_appended(output, &response);
+        }
+        CalendarCommand::Show { service, env } => {
+            let mut query = Vec::new();
+            if let (Some(service), Some(env)) = (service, env) {
+                query = vec![("service", service), ("env", env)];
+            }
+            let response = client.get("/v1/calendars", &query).await?;
+            print(output, &response, render_calendars);
+        }
+    }
+    Ok(())
+}
+
+/// `CRON for DURATION in ZONE` or `START..END` → a window of `kind`.
+fn window_from_flag(kind: &str, text: &str, reason: Option<&str>) -> Result<Value> {
+    let flag = format!("--{kind} {text:?}");
+    let mut window = if let Some((cron, rest)) = text.split_once(" for ") {
+        let Some((duration, zone)) = rest.split_once(" in ") else {
+            bail!("{flag}: write CRON for DURATION in TIME_ZONE, e.g. \"0 18 * * fri for 2d15h in Europe/Berlin\"");
+        };
+        json!({"kind": kind, "cron": cron.trim(), "duration": duration.trim(), "time_zone": zone.trim()})
+    } else if let Some((start, end)) = text.split_once("..") {
+        json!({"kind": kind, "start": start.trim(), "end": end.trim()})
+    } else {
+        bail!("{flag}: write CRON for DURATION in TIME_ZONE, or START..END (RFC 3339)");
+    };
+    if let Some(reason) = reason {
+        window["reason"] = json!(reason);
+    }
+    Ok(window)
+}
+
+fn render_calendars(response: &Value) -> String {
+    let mut text = String::new();
+    if let Some(frozen) = response["frozen"].as_bool() {
+        let (service, env) = (cell(&response["service"]), cell(&response["env"]));
+        text.push_str(&match frozen {
+            true => format!("{service}/{env} is FROZEN now: {}\n", cell(&response["why"])),
+            false => format!("{service}/{env} is not frozen now\n"),
+        });
+    }
+    let calendars = response["calendars"].as_array().cloned().unwrap_or_default();
+    if calendars.is_empty() {
+        text.push_str("no calendar\n");
+        return text;
+    }
+    let mut table = Table::new(&["CALENDAR", "#", "KIND", "WHEN", "REASON", "OPEN NOW"]);
+    for calendar in &calendars {
+        let open: Vec<(u64, String)> = calendar["open_now"]
+            .as_array()
+            .map(|open| open.iter().map(|item| (item["window"].as_u64().unwrap_or(0), cell(&item["until"]))).collect())
+            .unwrap_or_default();
+        let windows = calendar["windows"].as_array().cloned().unwrap_or_default();
+        if windows.is_empty() {
+            table.row(vec![
+                cell(&calendar["scope"]),
+                "-".into(),
+                "-".into(),
+                "(no window)".into(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for (index, window) in windows.iter().enumerate() {
+            let when = match window["cron"].as_str() {
+                Some(cron) => format!("{cron} for {} in {}", cell(&window["duration"]), cell(&window["time_zone"])),
+                None => format!("{}..{}", cell(&window["start"]), cell(&window["end"])),
+            };
+            let open_now = open
+                .iter()
+                .find(|(open_index, _)| *open_index == index as u64)
+                .map(|(_, until)| format!("until {until}"))
+                .unwrap_or_default();
+            let reason = if window["reason"].is_null() { String::new() } else { cell(&window["reason"]) };
+            table.row(vec![cell(&calendar["scope"]), index.to_string(), cell(&window["kind"]), when, reason, open_now]);
+        }
+    }
+    text.push_str(&table.render());
+    text
 }

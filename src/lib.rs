@@ -51,6 +51,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Rollback(args) => commands::rollback(&client, output, args).await,
         Command::Freeze(command) => commands::freeze(&client, output, command).await,
         Command::Policy(command) => commands::policy(&client, output, command).await,
+        Command::Calendar(command) => commands::calendar(&client, output, command).await,
+        Command::Alerts(args) => reads::alerts(&client, output, args).await,
         Command::Fleet(args) => reads::fleet(&client, output, args).await,
         Command::Host(args) => reads::host(&client, output, args).await,
         Command::History(args) => reads::history(&client, output, args).await,

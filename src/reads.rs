@@ -7,7 +7,7 @@ use fleetlog_api::client::{Client, ClientError};
 use serde_json::Value;
 
 use crate::backoff::Backoff;
-use crate::cli::{DiffArgs, FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs};
+use crate::cli::{AlertsArgs, DiffArgs, FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs};
 use crate::output::{cell, print, Table};
 
 pub fn moment_query(moment: &MomentArgs) -> Vec<(&'static str, String)> {
@@ -515,6 +515,40 @@ pub async fn decisions(client: &Client, output: Output, deployment: &str) -> Res
             }
         }
         text
+    });
+    Ok(())
+}
+
+/// The alerts received, as a table: which environment each counts against, and when it fired.
+pub async fn alerts(client: &Client, output: Output, args: AlertsArgs) -> Result<()> {
+    let mut query = vec![("state", args.state)];
+    query.extend(args.service.map(|service| ("service", service)));
+    query.extend(args.env.map(|env| ("env", env)));
+    let response = client.get("/v1/alerts", &query).await?;
+    print(output, &response, |response| {
+        let alerts = response["alerts"].as_array().cloned().unwrap_or_default();
+        if alerts.is_empty() {
+            return "no alert\n".to_string();
+        }
+        let mut table = Table::new(&["STATE", "ENVIRONMENT", "HOST", "ALERT", "FINGERPRINT", "FIRED SEQ", "SINCE"]);
+        for alert in &alerts {
+            let environment = match (alert["service"].as_str(), alert["env"].as_str()) {
+                (Some(service), Some(env)) => format!("{service}/{env}"),
+                (Some(service), None) => service.to_string(),
+                _ => "(unmapped)".to_string(),
+            };
+            let host = if alert["host"].is_null() { String::new() } else { cell(&alert["host"]) };
+            table.row(vec![
+                cell(&alert["state"]),
+                environment,
+                host,
+                cell(&alert["labels"]["alertname"]),
+                cell(&alert["fingerprint"]),
+                cell(&alert["fired"]["seq"]),
+                cell(&alert["starts_at"]),
+            ]);
+        }
+        table.render()
     });
     Ok(())
 }

@@ -648,3 +648,55 @@ async fn the_cli_sets_a_policy_and_halts_a_deployment() {
     fleetlog(&server, &["deploy", "resume", "d-1"]);
     fleetlog(&server, &["deploy", "wave", "d-1", "all"]);
 }
+
+/// `calendar set` from flags, `calendar show` saying why an environment is frozen, a start
+/// refused in the window and let through with `--override`, and `alerts` listing what came in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_a_freeze_calendar_breaks_glass_and_lists_alerts() {
+    let server = shop_with_three_hosts().await;
+    let mut set = vec![
+        "calendar",
+        "set",
+        "--deny",
+        "* * * * * for 1m in America/New_York",
+        "--allow",
+        "2026-01-01T00:00:00Z..2099-01-01T00:00:00Z",
+        "--reason",
+        "launch week",
+    ];
+    set.extend_from_slice(&SHOP);
+    assert!(fleetlog(&server, &set).contains("freeze.calendar.set"));
+    let mut show = vec!["calendar", "show"];
+    show.extend_from_slice(&SHOP);
+    let table = fleetlog(&server, &show);
+    assert!(table.contains("FROZEN") && table.contains("launch week") && table.contains("America/New_York"), "{table}");
+
+    let mut start = vec!["deploy", "start", "--id", "d-1", "--release", "2.0", "--wave", "all:percent=100"];
+    start.extend_from_slice(&SHOP);
+    let (code, refused) = fleetlog_code(&server, &start);
+    assert_eq!(code, Some(1), "{refused}");
+    assert!(refused.contains("frozen") && refused.contains("--override"), "{refused}");
+    start.extend_from_slice(&["--override", "launch blocker fix"]);
+    assert!(fleetlog(&server, &start).contains("deployment.started"));
+    let deployment = fleetlog_json(&server, &["deploy", "status", "d-1"]);
+    assert_eq!(deployment["overrides"][0]["reason"], "launch blocker fix", "{deployment}");
+
+    let (code, text) = fleetlog_code(&server, &["calendar", "set", "--deny", "every friday"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("CRON for DURATION in TIME_ZONE"), "a malformed window says how to write one: {text}");
+    let mut clear = vec!["calendar", "set", "--clear"];
+    clear.extend_from_slice(&SHOP);
+    fleetlog(&server, &clear);
+    assert!(fleetlog(&server, &show).contains("not frozen"));
+
+    let payload = serde_json::json!({"version": "4", "status": "firing", "receiver": "fleetlog", "alerts": [
+        {"status": "firing", "fingerprint": "f-1", "startsAt": "2026-12-07T03:00:00Z",
+         "labels": {"alertname": "ErrorsUp", "service": "shop", "env": "prod"}},
+        {"status": "firing", "fingerprint": "f-2", "startsAt": "2026-12-07T03:00:00Z", "labels": {"alertname": "DiskFull"}}]});
+    let (status, answer) = server.post("/v1/alerts/alertmanager", &payload).await;
+    assert_eq!(status, 200, "{answer}");
+    let firing = fleetlog(&server, &["alerts"]);
+    assert!(firing.contains("ErrorsUp") && firing.contains("shop/prod"), "{firing}");
+    let unmapped = fleetlog(&server, &["alerts", "--state", "unmapped"]);
+    assert!(unmapped.contains("DiskFull") && !unmapped.contains("ErrorsUp"), "{unmapped}");
+}

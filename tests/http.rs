@@ -561,3 +561,96 @@ async fn an_alert_during_the_bake_rolls_back_once_and_is_named() {
     assert_eq!(decision["alerts"][0]["fingerprint"], "c1", "{decision}");
     assert_eq!(rollbacks[0]["release"], "1.0");
 }
+
+/// A deny window open every minute of every day: frozen whenever the test looks.
+fn always_denied(reason: &str) -> Value {
+    json!([{"kind": "deny", "cron": "* * * * *", "duration": "1m", "time_zone": "Europe/Berlin", "reason": reason}])
+}
+
+#[tokio::test]
+async fn freeze_calendars_refuse_starts_hold_hands_off_waves_and_let_rollbacks_through() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+
+    // Malformed calendars are refused naming the field, and write nothing.
+    let head = server.head().await;
+    for (windows, code, field) in [
+        (
+            json!([{"kind": "deny", "cron": "0 18 * * funday", "duration": "1h", "time_zone": "UTC"}]),
+            "invalid_cron",
+            "data.windows[0].cron",
+        ),
+        (
+            json!([{"kind": "deny", "cron": "0 18 * * fri", "duration": "1h", "time_zone": "Europe/Atlantis"}]),
+            "invalid_time_zone",
+            "data.windows[0].time_zone",
+        ),
+        (
+            json!([{"kind": "sometimes", "start": "2026-12-24T00:00:00Z", "end": "2026-12-25T00:00:00Z"}]),
+            "invalid_calendar",
+            "data.windows[0].kind",
+        ),
+    ] {
+        let body = json!({"service": "shop", "env": "prod", "windows": windows});
+        let (status, error) = server.send(reqwest::Method::PUT, "/v1/calendars", Some(&body)).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str(), error["error"]["field"].as_str()),
+            (422, Some(code), Some(field)),
+            "{error}"
+        );
+    }
+    let (status, error) =
+        server.send(reqwest::Method::PUT, "/v1/calendars", Some(&json!({"service": "shop", "windows": []}))).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (422, Some("missing_field")), "{error}");
+    assert_eq!(server.head().await, head, "refused calendars wrote nothing");
+
+    // A hands-off deployment started before the freeze: its first wave waits for the window.
+    let policy = json!({"policy": {"bake_seconds": 0, "auto_advance": true}});
+    server.send(reqwest::Method::PUT, "/v1/policies/shop/prod", Some(&policy)).await;
+    let body = json!({"service": "shop", "env": "prod", "windows": always_denied("change freeze")});
+    let (status, set) = server.send(reqwest::Method::PUT, "/v1/calendars", Some(&body)).await;
+    assert_eq!(status, 201, "{set}");
+    let (status, refused) = server
+        .post("/v1/deployments", &json!({"deployment": "d-2", "service": "shop", "env": "prod", "release": "2.0",
+                                         "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]}))
+        .await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("frozen")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap_or("").contains("change freeze"), "{refused}");
+    let (_, shown) = server.get("/v1/calendars?service=shop&env=prod").await;
+    assert_eq!(shown["frozen"], true, "{shown}");
+    assert_eq!(shown["calendars"][0]["open_now"][0]["window"], 0, "{shown}");
+
+    // Break glass: the deployment starts, the reason is kept; the policy still may not start a wave.
+    let glass = server
+        .ok("/v1/deployments", &json!({"deployment": "d-2", "service": "shop", "env": "prod", "release": "2.0",
+                                        "waves": [{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}],
+                                        "override_reason": "INC-42 hotfix"}))
+        .await;
+    assert_eq!(glass["event"]["data"]["override_reason"], "INC-42 hotfix");
+    let (_, deployment) = server.get("/v1/deployments/d-2").await;
+    assert_eq!(deployment["overrides"][0]["guard"], "freeze_window", "{deployment}");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (_, deployment) = server.get("/v1/deployments/d-2").await;
+    assert_eq!(deployment["waves"][0]["state"], "pending", "the policy started a wave in a freeze: {deployment}");
+
+    // The window closes (the calendar is cleared): the policy starts the wave by itself.
+    let body = json!({"service": "shop", "env": "prod", "windows": []});
+    assert_eq!(server.send(reqwest::Method::PUT, "/v1/calendars", Some(&body)).await.0, 201);
+    deployment_until(&server, "d-2", "the canary wave once the window closed", |d| d["waves"][0]["state"] == "started")
+        .await;
+
+    // A global freeze: a rollback still goes through, and its timeline says it was allowed.
+    let global = json!({"windows": always_denied("year end")});
+    assert_eq!(server.send(reqwest::Method::PUT, "/v1/calendars", Some(&global)).await.0, 201);
+    let (_, shown) = server.get("/v1/calendars?service=shop&env=prod").await;
+    assert!(shown["why"].as_str().unwrap_or("").contains("global calendar"), "{shown}");
+    let rollback = server.ok("/v1/rollbacks", &json!({"service": "shop", "env": "prod", "reason": "errors"})).await;
+    assert_eq!(rollback["event"]["release"], "1.0");
+    let (_, releases) = server.get("/v1/services/shop/releases").await;
+    let text = releases.to_string();
+    assert!(text.contains("allowed while in a freeze window") && text.contains("year end"), "{releases}");
+    let (_, all) = server.get("/v1/calendars").await;
+    let scopes: Vec<&str> = all["calendars"].as_array().unwrap().iter().map(|c| c["scope"].as_str().unwrap()).collect();
+    assert_eq!(scopes, ["global", "shop/prod"]);
+    verify_chain(&server.all_events().await);
+}

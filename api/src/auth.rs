@@ -123,6 +123,8 @@ pub const ACCESS_RULES: &[(&str, &str, Permission)] = &[
     ("GET", "/v1/deployments/{id}/decisions", Permission::Read),
     ("GET", "/v1/policies/{service}/{env}", Permission::Read),
     ("PUT", "/v1/policies/{service}/{env}", Permission::Write),
+    ("GET", "/v1/calendars", Permission::Read),
+    ("PUT", "/v1/calendars", Permission::Write),
     ("GET", "/v1/alerts", Permission::Read),
     ("POST", "/v1/alerts/alertmanager", Permission::Write),
     ("POST", "/v1/releases", Permission::Write),

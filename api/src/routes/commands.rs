@@ -327,3 +327,13 @@ pub async fn end_freeze(
         .default_data("reason", Value::String("freeze ended".into()));
     run(app, principal, headers, body, command).await
 }
+
+/// Sets the freeze calendar of the (service, env) the body names, or with neither the global one.
+pub async fn set_calendar(
+    State(app): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    run(app, principal, headers, body, Command::new("freeze.calendar.set", &["service", "env"])).await
+}

@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::consensus::node::{now_micros, Node, WeakNode};
+use crate::domain::calendar::freeze_reason;
 use crate::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
-use crate::domain::gates::{evaluate, events_of, POLICY_ACTOR};
+use crate::domain::gates::{evaluate, events_of, hold_starts, POLICY_ACTOR};
 use crate::domain::keys::{Key, RecordTag};
 use crate::domain::kv::KvRead;
 use crate::domain::records::{self, EnvironmentRecord};
@@ -98,7 +99,14 @@ fn decisions(node: &Node) -> crate::Result<Vec<(String, Vec<ProposedEvent>)>> {
         let Some(policy) = records::policy(kv, &environment.service, &environment.env, None)? else { continue };
         let Some(deployment) = records::deployment(kv, id)? else { continue };
         let alerts = records::alerts_of(kv, Some(&environment.service), Some(&environment.env))?;
-        let decision = evaluate(&deployment, &policy.policy, policy.set.seq, &alerts, now);
+        let mut decision = evaluate(&deployment, &policy.policy, policy.set.seq, &alerts, now);
+        // A freeze holds the next wave (the ledger would refuse it); the gates are evaluated afresh
+        // on every look, so the wave starts at the first look after the window closes, unless
+        // something tripped meanwhile.
+        let calendars = records::calendars_for(kv, &environment.service, &environment.env)?;
+        if environment.freeze.is_some() || freeze_reason(&calendars, now).is_some() {
+            decision = hold_starts(decision);
+        }
         let events = events_of(&deployment, decision);
         if !events.is_empty() {
             pending.push((deployment.id.clone(), events));

@@ -111,7 +111,12 @@ pub fn evaluate(
     };
     let wave = &waves[current];
     if wave.state == WaveState::Completed {
-        // Completed by a person (or an earlier decision) without the next step following.
+        // Completed by a person (or an earlier decision) without the next step following, for
+        // instance held by a freeze. An alert that fired meanwhile still counts: a window that
+        // opens does not forget it.
+        if let Some(trip) = alert_trip(deployment, policy, policy_seq, alerts, current, now_micros) {
+            return trip;
+        }
         if !policy.auto_advance {
             return Decision::Wait;
         }
@@ -148,23 +153,8 @@ pub fn evaluate(
     if wave.failed > allowed_failed {
         return trip(Gate::MaxFailed, policy.on_trip, json!({ "max_failed": allowed_failed }));
     }
-    let counted = counted_alerts(deployment, policy, alerts);
-    if !counted.is_empty() {
-        let seen: Vec<Value> = counted
-            .iter()
-            .map(|alert| {
-                json!({
-                    "fingerprint": alert.fingerprint, "source": alert.source, "starts_at": alert.starts_at,
-                    "labels": alert.labels, "fired_seq": alert.fired.as_ref().map(|fired| fired.seq),
-                })
-            })
-            .collect();
-        let matchers = policy.alerts.clone().map_or(Value::String("every alert".into()), |list| json!(list));
-        let mut decision = trip(Gate::Alert, policy.on_trip, json!({ "alerts": matchers }));
-        if let Decision::Trip { inputs, .. } = &mut decision {
-            inputs["alerts"] = Value::Array(seen);
-        }
-        return decision;
+    if let Some(trip) = alert_trip(deployment, policy, policy_seq, alerts, current, now_micros) {
+        return trip;
     }
     let Some(settled_micros) = wave.settled_micros else {
         if let Some(deadline) = gates.converge_deadline_seconds {
@@ -200,6 +190,59 @@ pub fn evaluate(
             "threshold": {"bake_seconds": bake, "min_healthy": required_healthy, "max_failed": allowed_failed},
             "policy_seq": policy_seq,
         }),
+    }
+}
+
+/// The alert gate of wave `current`: a trip naming every counted alert, if there is one.
+fn alert_trip(
+    deployment: &DeploymentRecord,
+    policy: &Policy,
+    policy_seq: u64,
+    alerts: &[AlertRecord],
+    current: usize,
+    now_micros: i64,
+) -> Option<Decision> {
+    let counted = counted_alerts(deployment, policy, alerts);
+    if counted.is_empty() {
+        return None;
+    }
+    let seen: Vec<Value> = counted
+        .iter()
+        .map(|alert| {
+            json!({
+                "fingerprint": alert.fingerprint, "source": alert.source, "starts_at": alert.starts_at,
+                "labels": alert.labels, "fired_seq": alert.fired.as_ref().map(|fired| fired.seq),
+            })
+        })
+        .collect();
+    let wave = &deployment.waves[current];
+    let matchers = policy.alerts.clone().map_or(Value::String("every alert".into()), |list| json!(list));
+    let observed = json!({
+        "selected": wave.selected, "converged": wave.converged, "failed": wave.failed,
+        "wave_started_seq": wave.started.as_ref().map(|step| step.seq),
+        "now": micros_text(now_micros),
+    });
+    Some(Decision::Trip {
+        wave: current,
+        gate: Gate::Alert,
+        action: policy.on_trip,
+        inputs: json!({
+            "gate": Gate::Alert.as_str(), "wave": wave.name, "observed": observed,
+            "threshold": {"alerts": matchers}, "alerts": seen, "policy_seq": policy_seq,
+        }),
+    })
+}
+
+/// `decision` while no wave may start (a freeze, scheduled or not): a green wave still completes
+/// and a finished deployment still completes, but the next wave waits for the freeze to end,
+/// when the gates are evaluated afresh.
+pub fn hold_starts(decision: Decision) -> Decision {
+    match decision {
+        Decision::Advance { complete, start: Some(_), finish, inputs } => match complete.is_some() || finish {
+            true => Decision::Advance { complete, start: None, finish, inputs },
+            false => Decision::Wait,
+        },
+        other => other,
     }
 }
 
@@ -474,6 +517,38 @@ mod tests {
             evaluate(&baking, &every_alert, 5, &others[..1], at(30)),
             Decision::Trip { gate: Gate::Alert, .. }
         ));
+    }
+
+    #[test]
+    fn a_freeze_completes_a_green_wave_but_holds_the_next_start() {
+        let policy = policy(json!({"bake_seconds": 60, "auto_advance": true}));
+        assert_eq!(hold_starts(evaluate(&deployment(2), &policy, 5, &[], at(1))), Decision::Wait);
+        match hold_starts(evaluate(&started(deployment(2), 0, 4, 4, 0), &policy, 5, &[], at(100))) {
+            Decision::Advance { complete: Some(0), start: None, finish: false, .. } => {}
+            other => panic!("expected the wave completed and nothing started, got {other:?}"),
+        }
+        let mut completed = started(deployment(2), 0, 4, 4, 0);
+        completed.waves[0].state = WaveState::Completed;
+        assert_eq!(hold_starts(evaluate(&completed, &policy, 5, &[], at(200))), Decision::Wait);
+        // The last wave finishing completes the deployment, which starts nothing.
+        assert!(matches!(
+            hold_starts(evaluate(&started(deployment(2), 1, 4, 4, 0), &policy, 5, &[], at(100))),
+            Decision::Advance { complete: Some(1), start: None, finish: true, .. }
+        ));
+    }
+
+    #[test]
+    fn an_alert_fired_while_the_next_wave_waited_trips_when_it_could_start() {
+        let policy = policy(json!({"bake_seconds": 60, "auto_advance": true}));
+        let mut completed = started(deployment(2), 0, 4, 4, 0);
+        completed.waves[0].state = WaveState::Completed;
+        let fired = alert("f9", &[("alertname", "Latency")], Some(12), true);
+        match evaluate(&completed, &policy, 5, std::slice::from_ref(&fired), at(500)) {
+            Decision::Trip { wave: 0, gate: Gate::Alert, inputs, .. } => {
+                assert_eq!(inputs["alerts"][0]["fingerprint"], "f9")
+            }
+            other => panic!("expected the alert to trip, got {other:?}"),
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum RecordTag {
     Policy = 14,
     /// (service or "", env or "", fingerprint) → the alert's latest firing.
     Alert = 15,
+    /// (service or "", env or "") → freeze calendar; ("", "") is the global one.
+    Calendar = 16,
 }
 
 /// Fields of events with a secondary index in `Space::EventIndex`.

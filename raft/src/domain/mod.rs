@@ -12,6 +12,7 @@
 //! - `resume`, `limits`, `invariant`: where a stream starts, the bounds on input, the checks that
 //!   stay on in every build.
 
+pub mod calendar;
 pub mod canonical;
 pub mod checkpoint;
 pub mod codec;

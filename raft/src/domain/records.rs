@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::calendar::Calendar;
 use crate::domain::codec;
 use crate::domain::keys::{prefix_end, Key, RecordTag, META_HEAD};
 use crate::domain::kv::{Direction, KvRead, Overlay, Space};
@@ -308,6 +309,25 @@ pub struct PolicyRecord {
     pub set: Step,
 }
 
+/// The freeze calendar of one (service, env), or the global one (both None), versioned by seq.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalendarRecord {
+    pub service: Option<String>,
+    pub env: Option<String>,
+    pub calendar: Calendar,
+    pub set: Step,
+}
+
+impl CalendarRecord {
+    /// Whose calendar it is: `service/env`, or `global`.
+    pub fn scope(&self) -> String {
+        match (&self.service, &self.env) {
+            (Some(service), Some(env)) => format!("{service}/{env}"),
+            _ => "global".to_string(),
+        }
+    }
+}
+
 /// Counts of one (service, env) that wave starts need without visiting hosts: registered hosts,
 /// and by release the registered hosts reporting it running or failed. Current value only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,6 +381,27 @@ pub fn policy_key(service: &str, env: &str) -> Key {
 
 pub fn alert_key(service: Option<&str>, env: Option<&str>, fingerprint: &str) -> Key {
     Key::record(RecordTag::Alert).text(service.unwrap_or("")).text(env.unwrap_or("")).text(fingerprint)
+}
+
+pub fn calendar_key(service: Option<&str>, env: Option<&str>) -> Key {
+    Key::record(RecordTag::Calendar).text(service.unwrap_or("")).text(env.unwrap_or(""))
+}
+
+/// The calendars that apply to (service, env): the global one and its own, those that exist.
+pub fn calendars_for(kv: &dyn KvRead, service: &str, env: &str) -> Result<Vec<CalendarRecord>> {
+    let mut found = Vec::new();
+    for key in [calendar_key(None, None), calendar_key(Some(service), Some(env))] {
+        if let Some(record) = read::<CalendarRecord>(kv, Space::State, key.bytes())? {
+            found.push(record);
+        }
+    }
+    Ok(found)
+}
+
+/// Every calendar, the global one first.
+pub fn all_calendars(kv: &dyn KvRead) -> Result<Vec<CalendarRecord>> {
+    let records = scan_records::<CalendarRecord>(kv, &Key::record(RecordTag::Calendar))?;
+    Ok(records.into_iter().map(|(_, record)| record).collect())
 }
 
 /// The alerts of (service, env), or the unmapped ones with (None, None), by fingerprint.

@@ -6,17 +6,18 @@ use std::collections::BTreeMap;
 use super::selection;
 use super::validate::{AlertFacts, Command, HostStatus, Selector, WaveSpec};
 use super::{reject, Step};
+use crate::domain::calendar::{self, Calendar};
 use crate::domain::desired::{self, Mark};
 use crate::domain::event::ProposedEvent;
 use crate::domain::invariant;
 use crate::domain::kv::{KvRead, Overlay, Space};
 use crate::domain::policy::Policy;
 use crate::domain::records::{
-    self, alert_key, deployment_by_environment_key, deployment_by_seq_key, deployment_key, environment_key,
-    host_environment_key, host_group_key, host_key, layer_key, policy_key, release_key, tally_key, timeline_key,
-    AlertRecord, Assignment, Block, DeploymentRecord, DeploymentState, EnvironmentRecord, Failure, HostRecord,
-    LayerRecord, Observed, Override, PolicyRecord, ReleaseRecord, StartedWave, Tally, TimelineEntry, WaveRecord,
-    WaveRule, WaveState,
+    self, alert_key, calendar_key, deployment_by_environment_key, deployment_by_seq_key, deployment_key,
+    environment_key, host_environment_key, host_group_key, host_key, layer_key, policy_key, release_key, tally_key,
+    timeline_key, AlertRecord, Assignment, Block, CalendarRecord, DeploymentRecord, DeploymentState, EnvironmentRecord,
+    Failure, HostRecord, LayerRecord, Observed, Override, PolicyRecord, ReleaseRecord, StartedWave, Tally,
+    TimelineEntry, WaveRecord, WaveRule, WaveState,
 };
 use crate::domain::rejection::{Rejection, RejectionCode};
 
@@ -80,12 +81,12 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
             effect.registration = target_registered(state, context, group, labels)?;
         }
         Command::TargetDeregistered => effect.registration = Some(target_deregistered(state, context)?),
-        Command::DeploymentStarted { waves, force } => {
-            effect.layer = Some(deployment_started(state, context, waves, force)?);
+        Command::DeploymentStarted { waves, force, freeze_override } => {
+            effect.layer = Some(deployment_started(state, context, waves, force, freeze_override)?);
         }
-        Command::WaveStarted { wave, force } => {
+        Command::WaveStarted { wave, force, freeze_override } => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
-            effect.layer = Some(wave_started(state, context, deployment, wave, force)?);
+            effect.layer = Some(wave_started(state, context, deployment, wave, force, freeze_override)?);
         }
         Command::WaveCompleted { wave, force } => {
             let deployment = active_deployment(state, context, &mut effect.envelope)?;
@@ -115,6 +116,7 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
         }
         Command::FreezeStarted { reason } => freeze(state, context, Some(reason))?,
         Command::FreezeEnded { .. } => freeze(state, context, None)?,
+        Command::CalendarSet { calendar } => calendar_set(state, context, calendar)?,
         Command::Custom => {}
     }
     Ok(effect)
@@ -235,6 +237,7 @@ fn deployment_started(
     context: &Context<'_>,
     waves: &[WaveSpec],
     force: &Option<String>,
+    freeze_override: &Option<String>,
 ) -> Step<LayerRecord> {
     let proposal = context.proposal;
     let id = context.field(&proposal.deployment, "deployment")?;
@@ -254,6 +257,7 @@ fn deployment_started(
     }
     refuse_if_frozen(&environment)?;
     let mut overrides = Vec::new();
+    scheduled_freeze(state, context, &service, &env, freeze_override, &mut overrides)?;
     if records::tally(state, &service, &env)?.registered == 0 {
         let refusal = Rejection::new(
             RejectionCode::NoHosts,
@@ -349,6 +353,7 @@ fn wave_started(
     mut deployment: DeploymentRecord,
     wave_name: &str,
     force: &Option<String>,
+    freeze_override: &Option<String>,
 ) -> Step<LayerRecord> {
     let index = wave_index(&deployment, wave_name)?;
     if let Some(previous) = deployment.waves[..index].iter().find(|wave| wave.state != WaveState::Completed) {
@@ -368,6 +373,7 @@ fn wave_started(
     }
     let mut environment = records::environment(state, &deployment.service, &deployment.env)?;
     refuse_if_frozen(&environment)?;
+    scheduled_freeze(state, context, &deployment.service, &deployment.env, freeze_override, &mut deployment.overrides)?;
     deployable(state, &deployment.service, &deployment.release)?;
     let spec = WaveSpec { name: wave_name.to_string(), selector: deployment.waves[index].selector.clone() };
     if let Some(refusal) = empty_group(state, &deployment.service, &deployment.env, &spec)? {
@@ -623,6 +629,7 @@ fn rollback(
     records::write_versioned(state, &layer_key(&service, &env), context.seq, &layer)?;
     environment.desired_release = Some(target.clone());
     records::write_versioned(state, &environment_key(&service, &env), context.seq, &environment)?;
+    let during_freeze = freeze_in_force(state, context, &environment)?;
     if let Some(from) = &rolled_back_release {
         let deployment = envelope.deployment.as_deref();
         timeline(
@@ -634,7 +641,10 @@ fn rollback(
             Some(&env),
             deployment,
             None,
-            Some(format!("to {target}: {reason}")),
+            Some(match &during_freeze {
+                Some(freeze) => format!("to {target}: {reason} (allowed while {freeze})"),
+                None => format!("to {target}: {reason}"),
+            }),
         )?;
     }
     timeline(state, context, &service, &target, "rollback_target", Some(&env), None, None, Some(reason.to_string()))?;
@@ -865,6 +875,58 @@ fn refuse_if_frozen(environment: &EnvironmentRecord) -> Step<()> {
         ),
         None => Ok(()),
     }
+}
+
+/// Refuses a start inside a scheduled freeze window (a calendar's, at the event's log time)
+/// unless the event breaks the freeze with a reason, which is then kept with the deployment.
+fn scheduled_freeze(
+    state: &Overlay<'_>,
+    context: &Context<'_>,
+    service: &str,
+    env: &str,
+    freeze_override: &Option<String>,
+    overrides: &mut Vec<Override>,
+) -> Step<()> {
+    let calendars = records::calendars_for(state, service, env)?;
+    let Some(why) = calendar::freeze_reason(&calendars, context.time_micros) else { return Ok(()) };
+    match freeze_override {
+        Some(reason) => {
+            overrides.push(Override { seq: context.seq, guard: FREEZE_WINDOW.to_string(), reason: reason.clone() });
+            Ok(())
+        }
+        None => reject(
+            RejectionCode::Frozen,
+            format!(
+                "{service}/{env} is in a freeze window ({why}). Rollbacks are allowed; to start anyway, give a break-glass reason: --override REASON (data.override_reason)"
+            ),
+        ),
+    }
+}
+
+/// The guard name a broken freeze window is kept under in a deployment's overrides.
+pub(crate) const FREEZE_WINDOW: &str = "freeze_window";
+
+/// What freezes (service, env) at the rollback's time, if anything: a rollback goes ahead all the
+/// same, and says so.
+fn freeze_in_force(
+    state: &Overlay<'_>,
+    context: &Context<'_>,
+    environment: &EnvironmentRecord,
+) -> Step<Option<String>> {
+    if let Some(freeze) = &environment.freeze {
+        return Ok(Some(format!("frozen: {}", freeze.reason)));
+    }
+    let calendars = records::calendars_for(state, &environment.service, &environment.env)?;
+    Ok(calendar::freeze_reason(&calendars, context.time_micros).map(|why| format!("in a freeze window: {why}")))
+}
+
+fn calendar_set(state: &mut Overlay<'_>, context: &Context<'_>, calendar: &Calendar) -> Step<()> {
+    let proposal = context.proposal;
+    let (service, env) = (proposal.service.clone(), proposal.env.clone());
+    let key = calendar_key(service.as_deref(), env.as_deref());
+    let record = CalendarRecord { service, env, calendar: calendar.clone(), set: context.step() };
+    records::write_versioned(state, &key, context.seq, &record)?;
+    Ok(())
 }
 
 /// A guard against a silent mistake: `refusal` stands unless the event carries a force reason,

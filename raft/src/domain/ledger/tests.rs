@@ -1293,3 +1293,75 @@ fn alerts_keep_their_latest_firing_mapped_or_not() {
     );
     assert_eq!(bench.refused(env_only), RejectionCode::MissingField);
 }
+
+fn calendar(bench: &mut Bench, fields: &[(&str, &str)], windows: Value) -> ProposedEvent {
+    bench.event("freeze.calendar.set", fields, json!({ "windows": windows }))
+}
+
+fn micros(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_micros()
+}
+
+#[test]
+fn a_freeze_window_refuses_starts_at_log_time_allows_rollbacks_and_keeps_a_break_glass_reason() {
+    let mut bench = Bench::fleet();
+    bench.time_micros = micros("2026-12-11T12:00:00Z"); // a Friday
+    let weekend = calendar(
+        &mut bench,
+        &[("service", "web"), ("env", "prod")],
+        json!([{"kind": "deny", "cron": "0 18 * * fri", "duration": "2d15h", "time_zone": "UTC", "reason": "weekend"}]),
+    );
+    bench.ok(weekend);
+    let waves = json!([{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]);
+    let start = bench.start("d2", "2.0", waves.clone());
+    bench.ok(start);
+
+    // Friday 18:00 by the event's own time: the weekend window is open.
+    bench.time_micros = micros("2026-12-11T18:00:00Z");
+    let wave = bench.wave("wave.started", "d2", "canary");
+    assert_eq!(bench.refused(wave), RejectionCode::Frozen);
+    let glass = bench.event(
+        "wave.started",
+        &[("deployment", "d2")],
+        json!({"wave": "canary", "override_reason": "fix for INC-7"}),
+    );
+    bench.ok(glass);
+    let kept = bench.deployment("d2").overrides;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!((kept[0].guard.as_str(), kept[0].reason.as_str()), ("freeze_window", "fix for INC-7"));
+
+    // A rollback goes ahead in the window, and its timeline entry says it was allowed there.
+    let rollback = bench.rollback(None);
+    bench.ok(rollback);
+    assert_eq!(bench.desired("a").as_deref(), Some("1.0"));
+    let releases = views::releases(&bench.kv, "web").unwrap().0;
+    let rolled_back = releases.iter().find(|release| release.record.release == "2.0").expect("2.0");
+    let entry = rolled_back.timeline.iter().find(|entry| entry.kind == "rolled_back").expect("a rolled_back entry");
+    assert!(entry.detail.as_deref().unwrap_or("").contains("weekend"), "{entry:?}");
+
+    // Monday: the weekend is over, but a global one-off window freezes every environment.
+    bench.time_micros = micros("2026-12-14T09:00:00Z");
+    let global = calendar(
+        &mut bench,
+        &[],
+        json!([{"kind": "deny", "start": "2026-12-14T08:00:00Z", "end": "2026-12-14T10:00:00Z"}]),
+    );
+    bench.ok(global);
+    let start = bench.start("d3", "2.0", waves.clone());
+    assert_eq!(bench.refused(start), RejectionCode::Frozen);
+    bench.time_micros = micros("2026-12-14T10:00:00Z");
+    let start = bench.start("d3", "2.0", waves);
+    bench.ok(start);
+
+    // A calendar names both service and env or neither; a bad cron writes nothing.
+    let half = calendar(&mut bench, &[("service", "web")], json!([]));
+    assert_eq!(bench.refused(half), RejectionCode::MissingField);
+    let bad = calendar(
+        &mut bench,
+        &[],
+        json!([{"kind": "deny", "cron": "0 18 * * funday", "duration": "1h", "time_zone": "UTC"}]),
+    );
+    assert_eq!(bench.refused(bad), RejectionCode::InvalidCron);
+    let records = records::all_calendars(&bench.kv).unwrap();
+    assert_eq!(records.iter().map(|record| record.scope()).collect::<Vec<_>>(), ["global", "web/prod"]);
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::domain::calendar::{self, Calendar};
 use crate::domain::event::{AppendRequest, ProposedEvent};
 use crate::domain::limits::*;
 use crate::domain::policy::Policy;
@@ -32,10 +33,13 @@ pub enum Command {
     DeploymentStarted {
         waves: Vec<WaveSpec>,
         force: Option<String>,
+        /// Break-glass: starts it even in a scheduled freeze window, for this reason.
+        freeze_override: Option<String>,
     },
     WaveStarted {
         wave: String,
         force: Option<String>,
+        freeze_override: Option<String>,
     },
     WaveCompleted {
         wave: String,
@@ -76,6 +80,10 @@ pub enum Command {
     },
     FreezeEnded {
         reason: String,
+    },
+    /// Replaces the freeze calendar of a (service, env), or the global one.
+    CalendarSet {
+        calendar: Calendar,
     },
     /// A client type outside the domain namespaces: stored and served as-is.
     Custom,
@@ -186,6 +194,8 @@ const REPORT: Envelope = Envelope { required: &[Host, Service, Env, Release], op
 const SERVICE_ENV: Envelope = Envelope { required: &[Service, Env], optional: &[] };
 // An alert may name no environment (it is kept as unmapped) and may name a host.
 const ALERT: Envelope = Envelope { required: &[], optional: &[Service, Env, Host] };
+// A calendar of one (service, env), or with neither the global one.
+const CALENDAR: Envelope = Envelope { required: &[], optional: &[Service, Env] };
 
 /// Checks the whole request statically and returns the meaning of each event.
 pub fn check_request(request: &AppendRequest) -> Result<Vec<Command>, Rejection> {
@@ -266,12 +276,14 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
         "deployment.started" => {
             envelope(event, &DEPLOYMENT_START)?;
             data.optional_text("description", REASON_CHARS_MAX)?;
-            Command::DeploymentStarted { waves: data.waves()?, force: data.force_reason()? }
+            let freeze_override = data.optional_text("override_reason", REASON_CHARS_MAX)?;
+            Command::DeploymentStarted { waves: data.waves()?, force: data.force_reason()?, freeze_override }
         }
         "wave.started" => {
             envelope(event, &DEPLOYMENT_STEP)?;
             data.decision()?;
-            Command::WaveStarted { wave: data.wave()?, force: data.force_reason()? }
+            let freeze_override = data.optional_text("override_reason", REASON_CHARS_MAX)?;
+            Command::WaveStarted { wave: data.wave()?, force: data.force_reason()?, freeze_override }
         }
         "wave.completed" => {
             envelope(event, &DEPLOYMENT_STEP)?;
@@ -327,6 +339,17 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
         "freeze.ended" => {
             envelope(event, &SERVICE_ENV)?;
             Command::FreezeEnded { reason: data.reason()? }
+        }
+        "freeze.calendar.set" => {
+            envelope(event, &CALENDAR)?;
+            if event.service.is_some() != event.env.is_some() {
+                return Err(Rejection::new(
+                    RejectionCode::MissingField,
+                    "a calendar names both service and env, or neither (the global calendar)",
+                ));
+            }
+            let windows = data.take("windows").ok_or_else(|| data.missing("windows").on("data.windows"))?;
+            Command::CalendarSet { calendar: calendar::parse(windows)? }
         }
         "alert.fired" | "alert.resolved" => {
             envelope(event, &ALERT)?;
