@@ -50,6 +50,7 @@ fn host_record() -> HostRecord {
         }),
         running: Some("2.0.0".into()),
         failure: None,
+        health: None,
         changed_seq: 2_013,
     }
 }

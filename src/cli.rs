@@ -320,6 +320,14 @@ pub struct AgentArgs {
     /// A label the host registers with; repeatable.
     #[arg(long = "label", value_name = "NAME=VALUE")]
     pub labels: Vec<String>,
+    /// The host's own health check, run as `sh -c CMD` (FLEETLOG_HOST, FLEETLOG_SERVICE and
+    /// FLEETLOG_ENV set): exit 0 is healthy. Only changes are reported, as `data.health`; a
+    /// policy's `min_healthy` counts unhealthy hosts as not healthy.
+    #[arg(long, value_name = "CMD")]
+    pub check: Option<String>,
+    /// Seconds between two runs of --check (also the most one run may take).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", requires = "check")]
+    pub check_every: f64,
 }
 
 #[derive(Args, Debug)]

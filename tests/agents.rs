@@ -829,3 +829,81 @@ async fn an_agent_leaves_a_node_cut_off_from_the_cluster() {
     }
     eprintln!("{}; all ran all three once; {:.1?} in all", timings.join("; "), began.elapsed());
 }
+
+/// Health reports of web-`index`'s `host.reported` events that carry `data.health`, in order.
+async fn health_reports(writer: &Writer, host: &str) -> Vec<String> {
+    let page = writer.get(&format!("/v1/events?type=host.reported&host={host}&limit=1000")).await;
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|event| event["data"]["health"].as_str())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Agents with `--check` say their host's health only when it changes: three healthy agents
+/// checking five times a second write no health at all; one turning unhealthy during a bake
+/// trips the policy's `min_healthy` (halting the deployment), and healthy again is one more
+/// report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_checks_report_changes_only_and_count_against_min_healthy() {
+    let server = Server::start().await;
+    let writer = Writer::new(&[&server.url]);
+    create_releases(&writer, &["1.0", "2.0"]).await;
+    let sick = tempfile::tempdir().unwrap();
+    let check = format!("if [ -e '{}'/\"$FLEETLOG_HOST\" ]; then echo 'disk full'; exit 1; fi", sick.path().display());
+    let hosts = ["web-1", "web-2", "web-3"];
+    let agents = Agents::start_with(&[&server.url], SERVICE, ENV, &hosts, &["--check", &check, "--check-every", "0.2"]);
+    writer.wait_registered(SERVICE, ENV, hosts.len()).await;
+    let first = start_deployment(&writer, "d-1", "1.0").await;
+    agents.wait_done(first.seq).await;
+    complete_deployment(&writer, "d-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for host in hosts {
+        assert_eq!(health_reports(&writer, host).await, Vec::<String>::new(), "healthy {host} wrote health");
+    }
+
+    let policy = json!({"policy": {"min_healthy": {"percent": 100}, "bake_seconds": 600, "on_trip": "halt"}});
+    let (status, answer) =
+        writer.request(reqwest::Method::PUT, &format!("/v1/policies/{SERVICE}/{ENV}"), Some(&policy)).await;
+    assert_eq!(status, 201, "{answer}");
+    let second = start_deployment(&writer, "d-2", "2.0").await;
+    agents.wait_done(second.seq).await;
+    std::fs::write(sick.path().join("web-2"), b"").unwrap();
+    let deadline = Instant::now() + agents::WAIT;
+    let halted = loop {
+        let deployment = writer.get("/v1/deployments/d-2").await;
+        if !deployment["halted"].is_null() {
+            break deployment;
+        }
+        assert!(Instant::now() < deadline, "not halted: {deployment}\n{}", agents.describe());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(halted["halted"]["since"]["actor"], "system:policy", "{halted}");
+    assert_eq!(halted["waves"][0]["hosts"]["unhealthy"], 1, "{halted}");
+    let decisions = writer.get("/v1/deployments/d-2/decisions").await;
+    let decision = &decisions["events"][0]["data"]["decision"];
+    assert_eq!(
+        (decision["gate"].as_str(), decision["observed"]["unhealthy"].as_u64()),
+        (Some("min_healthy"), Some(1)),
+        "{decisions}"
+    );
+    let view = writer.get("/v1/hosts/web-2").await;
+    assert_eq!(view["targets"][0]["health"]["state"], "unhealthy", "{view}");
+    assert!(view["targets"][0]["health"]["message"].as_str().unwrap_or("").contains("disk full"), "{view}");
+
+    std::fs::remove_file(sick.path().join("web-2")).unwrap();
+    let deadline = Instant::now() + agents::WAIT;
+    while health_reports(&writer, "web-2").await.len() < 2 {
+        assert!(Instant::now() < deadline, "web-2 never said it is healthy again\n{}", agents.describe());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(health_reports(&writer, "web-2").await, ["unhealthy", "healthy"]);
+    for host in ["web-1", "web-3"] {
+        assert_eq!(health_reports(&writer, host).await, Vec::<String>::new(), "healthy {host} wrote health");
+    }
+    let view = writer.get("/v1/hosts/web-2").await;
+    assert_eq!(view["targets"][0]["health"]["state"], "healthy", "{view}");
+}

@@ -41,8 +41,18 @@ pub struct HostView<'a> {
     reported_seq: Option<u64>,
     reported_at: Option<String>,
     failure: Option<FailureView<'a>>,
+    /// What the host's own health check said last (agents with `--check`); null: never said.
+    health: Option<HealthView<'a>>,
     converged: bool,
     changed_seq: u64,
+}
+
+#[derive(Serialize)]
+pub struct HealthView<'a> {
+    state: &'static str,
+    message: Option<&'a str>,
+    seq: u64,
+    time: String,
 }
 
 /// The newest failed install of a host that has not reported running since.
@@ -82,6 +92,12 @@ pub fn host(record: &HostRecord) -> HostView<'_> {
             attempt: failure.attempt,
             seq: failure.reported_seq,
             time: format_time(failure.reported_micros),
+        }),
+        health: record.health.as_ref().map(|health| HealthView {
+            state: if health.healthy { "healthy" } else { "unhealthy" },
+            message: health.message.as_deref(),
+            seq: health.reported_seq,
+            time: format_time(health.reported_micros),
         }),
         converged: record.converged(),
         changed_seq: record.changed_seq,
@@ -150,7 +166,8 @@ pub fn deployment(record: &DeploymentRecord) -> Value {
                 "state": wave.state.as_str(),
                 "started": optional_step(&wave.started),
                 "completed": optional_step(&wave.completed),
-                "hosts": { "selected": wave.selected, "converged": wave.converged, "failed": wave.failed },
+                "hosts": { "selected": wave.selected, "converged": wave.converged, "unhealthy": wave.unhealthy,
+                           "failed": wave.failed },
             });
             value["selector"] = selector(&wave.selector);
             value

@@ -9,7 +9,12 @@
 //! doubling to `--retry-max-seconds`) until it succeeds or a newer directive replaces it; a
 //! restarted agent retries at once. Every attempt is reported: `applying`, then `running` or
 //! `failed`, each message starting with `attempt N`.
+//!
+//! With `--check CMD`, a fourth task runs the host's own health check every `--check-every`;
+//! the main loop reports a verdict only when it differs from the health it said last (kept in
+//! the state file, never said counting as healthy), as `host.reported` with `data.health`.
 
+pub mod health;
 pub mod reporter;
 pub mod runner;
 pub mod servers;
@@ -28,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::agent::reporter::Report;
 use crate::agent::runner::{Finished, Runner};
 use crate::agent::servers::Servers;
-use crate::agent::state::{Directive, Outcome, StateFile};
+use crate::agent::state::{Directive, Outcome, SaidHealth, StateFile};
 use crate::backoff::{Backoff, RetryPolicy};
 use crate::cli::AgentArgs;
 
@@ -82,6 +87,16 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
         timeout: Duration::from_secs(args.exec_timeout),
     });
     let mut running: Option<tokio::task::JoinHandle<(Directive, u32, Finished)>> = None;
+    let mut checks = match &args.check {
+        Some(command) => Some(health::spawn(health::Check {
+            command: command.clone(),
+            every: check_interval(args.check_every)?,
+            identity: identity.clone(),
+        })),
+        None => None,
+    };
+    // The newest report sent, which a change of health is sent with.
+    let mut last_report: Option<Report> = None;
     let mut shutdown = std::pin::pin!(crate::serve::shutdown_signal());
     loop {
         if running.is_none() {
@@ -89,13 +104,16 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
                 let attempt = state.start();
                 file.save(&state)?;
                 tracing::info!(release = %directive.release, seq = directive.seq, cause = %directive.cause, attempt, "applying");
-                reports.send_replace(Some(Report {
+                let report = Report {
                     seq: directive.seq,
                     release: directive.release.clone(),
                     status: "applying",
                     message: Some(format!("attempt {attempt}")),
                     attempt,
-                }));
+                    health: state.health,
+                };
+                last_report = Some(report.clone());
+                reports.send_replace(Some(report));
                 let runner = runner.clone();
                 running = Some(tokio::spawn(async move {
                     let finished = runner.run(&directive).await;
@@ -134,13 +152,37 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
                         format!("attempt {attempt} failed: {}", finished.message)
                     }
                 };
-                reports.send_replace(Some(Report {
+                let report = Report {
                     seq: directive.seq,
                     release: directive.release,
                     status: finished.outcome.as_str(),
                     message: Some(message),
                     attempt,
-                }));
+                    health: state.health,
+                };
+                last_report = Some(report.clone());
+                reports.send_replace(Some(report));
+            }
+            verdict = next_verdict(&mut checks), if checks.is_some() => {
+                let said = state.health.is_none_or(|health| health.healthy);
+                if verdict.healthy == said {
+                    continue;
+                }
+                // A report names a release: before the first directive there is nothing to say
+                // it with, and the next verdict tries again.
+                let Some(mut report) = last_report.clone().or_else(|| report_of(&state)) else { continue };
+                let changes = state.health.map_or(0, |health| health.changes) + 1;
+                state.health = Some(SaidHealth { healthy: verdict.healthy, changes });
+                file.save(&state)?;
+                if verdict.healthy {
+                    tracing::info!(message = %verdict.message, "the health check passes again");
+                } else {
+                    tracing::warn!(message = %verdict.message, "the health check fails");
+                }
+                report.health = state.health;
+                report.message = Some(format!("health check: {}", verdict.message));
+                last_report = Some(report.clone());
+                reports.send_replace(Some(report));
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 // The retry is due: the top of the loop starts it.
@@ -150,6 +192,41 @@ pub async fn run(servers: &str, credentials: &Credentials, args: AgentArgs) -> R
                 return Ok(());
             }
         }
+    }
+}
+
+/// The next verdict of the health check (only polled when there is a check).
+async fn next_verdict(checks: &mut Option<tokio::sync::watch::Receiver<Option<health::Verdict>>>) -> health::Verdict {
+    let Some(receiver) = checks.as_mut() else { return std::future::pending().await };
+    loop {
+        if receiver.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(verdict) = receiver.borrow_and_update().clone() {
+            return verdict;
+        }
+    }
+}
+
+/// What this host last reported, rebuilt from the state after a restart: the last directive
+/// whose command finished, and how.
+fn report_of(state: &state::AgentState) -> Option<Report> {
+    let applied = state.current.as_ref()?;
+    Some(Report {
+        seq: applied.directive.seq,
+        release: applied.directive.release.clone(),
+        status: applied.outcome.as_str(),
+        message: None,
+        attempt: 0,
+        health: state.health,
+    })
+}
+
+/// `--check-every`: how often the check runs, and how long one run may take.
+fn check_interval(seconds: f64) -> Result<Duration> {
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(every) if every >= Duration::from_millis(100) && every <= Duration::from_secs(24 * 3600) => Ok(every),
+        _ => bail!("--check-every must be between 0.1 and 86400 seconds, not {seconds}"),
     }
 }
 

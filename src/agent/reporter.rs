@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::agent::servers::Servers;
+use crate::agent::state::SaidHealth;
 use crate::agent::Identity;
 use crate::backoff::Backoff;
 
@@ -18,6 +19,9 @@ pub struct Report {
     pub message: Option<String>,
     /// Which start of the command this is about (a command interrupted by a crash runs again).
     pub attempt: u32,
+    /// The host's health, once the agent's check has said one: every report carries it, so a
+    /// report that replaces an undelivered one loses no change of health.
+    pub health: Option<SaidHealth>,
 }
 
 impl Report {
@@ -31,6 +35,10 @@ impl Report {
         }
         hasher.update(self.seq.to_be_bytes());
         hasher.update(self.attempt.to_be_bytes());
+        if let Some(health) = &self.health {
+            hasher.update([u8::from(health.healthy)]);
+            hasher.update(health.changes.to_be_bytes());
+        }
         let digest = hasher.finalize();
         let id: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
         let mut body = json!({
@@ -44,6 +52,9 @@ impl Report {
         });
         if let Some(message) = &self.message {
             body["message"] = Value::String(message.clone());
+        }
+        if let Some(health) = &self.health {
+            body["health"] = Value::String(if health.healthy { "healthy" } else { "unhealthy" }.into());
         }
         body
     }

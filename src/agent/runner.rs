@@ -39,63 +39,74 @@ impl Runner {
     }
 
     async fn execute(&self, directive: &Directive) -> std::io::Result<(Outcome, String)> {
-        let mut command = Command::new("sh");
-        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
-        // which is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                // If the agent dies (even by SIGKILL), the shell running the command dies too, so
-                // a restarted agent never runs a directive alongside an orphan of its last life.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command
-            .arg("-c")
-            .arg(&self.command)
-            .env("FLEETLOG_SERVICE", &self.service)
-            .env("FLEETLOG_ENV", &self.env)
-            .env("FLEETLOG_HOST", &self.host)
-            .env("FLEETLOG_RELEASE", &directive.release)
-            .env("FLEETLOG_SEQ", directive.seq.to_string())
-            .env("FLEETLOG_CAUSE", &directive.cause)
-            .env("FLEETLOG_DEPLOYMENT", directive.deployment.as_deref().unwrap_or(""))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a timeout stops everything the command started.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()?;
-        let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail::default()));
-        let stdout = tokio::spawn(collect(child.stdout.take(), tail.clone()));
-        let stderr = tokio::spawn(collect(child.stderr.take(), tail.clone()));
-        let status = match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(status) => Some(status?),
-            Err(_) => {
-                if let Some(pid) = child.id() {
-                    // SAFETY: signalling a process group we created; no memory is involved.
-                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-                }
-                let _ = child.wait().await;
-                None
-            }
-        };
-        // The pipes close when the command and everything it started are gone.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = stdout.await;
-            let _ = stderr.await;
-        })
-        .await;
-        let output = tail.lock().map(|tail| tail.text()).unwrap_or_default();
-        let (outcome, summary) = match status {
-            Some(status) if status.success() => (Outcome::Running, "exit 0".to_string()),
-            Some(status) => (Outcome::Failed, format!("{status}")),
-            None => (Outcome::Failed, format!("timed out after {:?}", self.timeout)),
-        };
-        let message = if output.is_empty() { summary } else { format!("{summary}\n{output}") };
-        Ok((outcome, message))
+        let variables = [
+            ("FLEETLOG_SERVICE", self.service.clone()),
+            ("FLEETLOG_ENV", self.env.clone()),
+            ("FLEETLOG_HOST", self.host.clone()),
+            ("FLEETLOG_RELEASE", directive.release.clone()),
+            ("FLEETLOG_SEQ", directive.seq.to_string()),
+            ("FLEETLOG_CAUSE", directive.cause.clone()),
+            ("FLEETLOG_DEPLOYMENT", directive.deployment.clone().unwrap_or_default()),
+        ];
+        shell(&self.command, &variables, self.timeout).await
     }
+}
+
+/// Runs `sh -c command` with `variables` set, for at most `timeout`: success (exit 0) and a
+/// message with the exit status and the tail of the output.
+pub async fn shell(
+    command_text: &str,
+    variables: &[(&str, String)],
+    timeout: Duration,
+) -> std::io::Result<(Outcome, String)> {
+    let mut command = Command::new("sh");
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            // If the agent dies (even by SIGKILL), the shell running the command dies too, so
+            // a restarted agent never runs a directive alongside an orphan of its last life.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command.arg("-c").arg(command_text).envs(variables.iter().map(|(name, value)| (*name, value)));
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout stops everything the command started.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Tail::default()));
+    let stdout = tokio::spawn(collect(child.stdout.take(), tail.clone()));
+    let stderr = tokio::spawn(collect(child.stderr.take(), tail.clone()));
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => Some(status?),
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                // SAFETY: signalling a process group we created; no memory is involved.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            None
+        }
+    };
+    // The pipes close when the command and everything it started are gone.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stdout.await;
+        let _ = stderr.await;
+    })
+    .await;
+    let output = tail.lock().map(|tail| tail.text()).unwrap_or_default();
+    let (outcome, summary) = match status {
+        Some(status) if status.success() => (Outcome::Running, "exit 0".to_string()),
+        Some(status) => (Outcome::Failed, format!("{status}")),
+        None => (Outcome::Failed, format!("timed out after {timeout:?}")),
+    };
+    let message = if output.is_empty() { summary } else { format!("{summary}\n{output}") };
+    Ok((outcome, message))
 }
 
 /// The last [`OUTPUT_TAIL_BYTES`] bytes of output.

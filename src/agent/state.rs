@@ -39,6 +39,15 @@ impl Outcome {
     }
 }
 
+/// The health this agent last said in a report (with `--check`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaidHealth {
+    pub healthy: bool,
+    /// How many times it changed: part of each report's id, so unhealthy, healthy, unhealthy
+    /// again are three reports, not one written and one taken for its retry.
+    pub changes: u64,
+}
+
 /// The last directive whose command finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
@@ -61,6 +70,10 @@ pub struct AgentState {
     /// Times the command has been started for `target`; a start interrupted by a crash counts.
     /// Zero: the target has not been started.
     pub attempts: u32,
+    /// The health last reported (never reported: taken as healthy, so a healthy host writes
+    /// nothing).
+    #[serde(default)]
+    pub health: Option<SaidHealth>,
     /// The directive whose command is running now (never saved: nothing runs after a restart).
     #[serde(skip)]
     running: Option<Directive>,
@@ -79,6 +92,7 @@ impl AgentState {
             current: None,
             target: None,
             attempts: 0,
+            health: None,
             running: None,
             retry_at: None,
         }

@@ -111,10 +111,13 @@ pub fn with_desired(layer: &LayerRecord, mut host: HostRecord) -> HostRecord {
     host
 }
 
-/// How a host counts toward the wave that set its desired release: converged or failed.
+/// How a host counts toward the wave that set its desired release: converged, converged but
+/// failing its own health check, or failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mark {
     Converged,
+    /// Running the release, and its agent's `--check` says the host is unhealthy.
+    Unhealthy,
     Failed,
 }
 
@@ -133,6 +136,7 @@ pub fn observed_mark(host: &HostRecord, release: &str) -> Option<Mark> {
         return None;
     }
     match observed.status {
+        HostStatus::Running if host.health.as_ref().is_some_and(|health| !health.healthy) => Some(Mark::Unhealthy),
         HostStatus::Running => Some(Mark::Converged),
         HostStatus::Failed => Some(Mark::Failed),
         HostStatus::Applying => None,
@@ -157,6 +161,7 @@ mod tests {
             observed: None,
             running: None,
             failure: None,
+            health: None,
             changed_seq: registered_seq,
         }
     }

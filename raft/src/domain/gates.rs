@@ -133,7 +133,7 @@ pub fn evaluate(
     let gates = policy.gates(&wave.name);
     let started_micros = wave.started.as_ref().map_or(now_micros, |step| step.time_micros);
     let observed = json!({
-        "selected": wave.selected, "converged": wave.converged, "failed": wave.failed,
+        "selected": wave.selected, "converged": wave.converged, "unhealthy": wave.unhealthy, "failed": wave.failed,
         "wave_started_seq": wave.started.as_ref().map(|step| step.seq),
         "wave_started": micros_text(started_micros),
         "settled_since": wave.settled_micros.map(micros_text),
@@ -164,8 +164,9 @@ pub fn evaluate(
         }
         return Decision::Wait;
     };
+    // Healthy: running the release and not failing its own health check.
     let required_healthy = gates.min_healthy.map_or(0, |amount| amount.of(wave.selected));
-    if wave.converged < required_healthy {
+    if wave.converged.saturating_sub(wave.unhealthy) < required_healthy {
         return trip(Gate::MinHealthy, policy.on_trip, json!({ "min_healthy": required_healthy }));
     }
     let extra = if current == 0 { policy.first_wave_extra_bake_seconds } else { 0 };
@@ -346,6 +347,7 @@ mod tests {
                     completed: None,
                     selected: 0,
                     converged: 0,
+                    unhealthy: 0,
                     failed: 0,
                     settled_micros: None,
                 })
@@ -455,6 +457,18 @@ mod tests {
             gate_of_any(evaluate(&started(deployment(2), 0, 4, 2, 2), &policy_two_failures, 5, &[], at(21))),
             Gate::MinHealthy
         );
+    }
+
+    #[test]
+    fn unhealthy_hosts_do_not_count_as_healthy() {
+        let policy = policy(json!({"min_healthy": {"percent": 75}, "auto_advance": true}));
+        let mut wave = started(deployment(2), 0, 4, 4, 0);
+        assert!(matches!(evaluate(&wave, &policy, 5, &[], at(21)), Decision::Advance { .. }));
+        wave.waves[0].unhealthy = 2;
+        match evaluate(&wave, &policy, 5, &[], at(21)) {
+            Decision::Trip { gate: Gate::MinHealthy, inputs, .. } => assert_eq!(inputs["observed"]["unhealthy"], 2),
+            other => panic!("expected min_healthy to trip, got {other:?}"),
+        }
     }
 
     fn gate_of_any(decision: Decision) -> Gate {

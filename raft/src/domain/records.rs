@@ -59,6 +59,9 @@ pub struct HostRecord {
     pub running: Option<String>,
     /// The newest failed install since the host last reported `running`.
     pub failure: Option<Failure>,
+    /// What the host's own health check said last (agents with `--check` report changes only);
+    /// None: never said.
+    pub health: Option<Health>,
     /// Seq of the event that last changed this record.
     pub changed_seq: u64,
 }
@@ -73,6 +76,16 @@ impl HostRecord {
             _ => false,
         }
     }
+}
+
+/// The last health a host's agent reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub healthy: bool,
+    pub message: Option<String>,
+    /// The report that said so, and its log time.
+    pub reported_seq: u64,
+    pub reported_micros: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,7 +169,10 @@ pub struct WaveRecord {
     pub started: Option<Step>,
     pub completed: Option<Step>,
     pub selected: u64,
+    /// Hosts running the release, the unhealthy ones included.
     pub converged: u64,
+    /// Of the converged hosts, those whose health check fails.
+    pub unhealthy: u64,
     pub failed: u64,
     /// Log time since which every selected host has reported an outcome (converged or failed),
     /// while the wave is started: when its bake began.
@@ -309,6 +325,15 @@ pub struct PolicyRecord {
     pub set: Step,
 }
 
+/// Registered hosts of one (service, env) reporting one release.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseCounts {
+    pub running: u64,
+    pub failed: u64,
+    /// Of the running ones, those whose health check fails.
+    pub unhealthy: u64,
+}
+
 /// The freeze calendar of one (service, env), or the global one (both None), versioned by seq.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CalendarRecord {
@@ -333,8 +358,8 @@ impl CalendarRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
     pub registered: u64,
-    /// Release → (running, failed).
-    pub observed: BTreeMap<String, (u64, u64)>,
+    /// Release → counts of the hosts reporting it.
+    pub observed: BTreeMap<String, ReleaseCounts>,
 }
 
 // ---- keys ----

@@ -16,8 +16,8 @@ use crate::domain::records::{
     self, alert_key, calendar_key, deployment_by_environment_key, deployment_by_seq_key, deployment_key,
     environment_key, host_environment_key, host_group_key, host_key, layer_key, policy_key, release_key, tally_key,
     timeline_key, AlertRecord, Assignment, Block, CalendarRecord, DeploymentRecord, DeploymentState, EnvironmentRecord,
-    Failure, HostRecord, LayerRecord, Observed, Override, PolicyRecord, ReleaseRecord, StartedWave, Tally,
-    TimelineEntry, WaveRecord, WaveRule, WaveState,
+    Failure, Health, HostRecord, LayerRecord, Observed, Override, PolicyRecord, ReleaseCounts, ReleaseRecord,
+    StartedWave, Tally, TimelineEntry, WaveRecord, WaveRule, WaveState,
 };
 use crate::domain::rejection::{Rejection, RejectionCode};
 
@@ -111,8 +111,8 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
         Command::PolicySet { policy } => policy_set(state, context, policy)?,
         Command::Alert { firing, alert } => alert_changed(state, context, *firing, alert)?,
         Command::Rollback { reason } => effect.layer = Some(rollback(state, context, reason, &mut effect.envelope)?),
-        Command::HostReported { status, applied_seq, message } => {
-            host_reported(state, context, *status, *applied_seq, message)?
+        Command::HostReported { status, applied_seq, message, health } => {
+            host_reported(state, context, *status, *applied_seq, message, *health)?
         }
         Command::FreezeStarted { reason } => freeze(state, context, Some(reason))?,
         Command::FreezeEnded { .. } => freeze(state, context, None)?,
@@ -192,6 +192,7 @@ fn target_registered(
         observed: None,
         running: None,
         failure: None,
+        health: None,
         changed_seq: context.seq,
     });
     // Waves select by group among the hosts registered before them: a host that moves to
@@ -283,6 +284,7 @@ fn deployment_started(
                 completed: None,
                 selected: 0,
                 converged: 0,
+                unhealthy: 0,
                 failed: 0,
                 settled_micros: None,
             })
@@ -410,6 +412,7 @@ fn wave_started(
     wave.started = Some(context.step());
     wave.selected = selection.selected;
     wave.converged = selection.converged;
+    wave.unhealthy = selection.unhealthy;
     wave.failed = selection.failed;
     settle(wave, context.time_micros);
     deployment.selected_total += selection.selected;
@@ -675,6 +678,7 @@ fn host_reported(
     status: HostStatus,
     applied_seq: u64,
     message: &Option<String>,
+    health: Option<bool>,
 ) -> Step<()> {
     let (service, env, host) = host_address(context)?;
     let release = context.field(&context.proposal.release, "release")?;
@@ -706,6 +710,18 @@ fn host_reported(
             });
         }
         HostStatus::Applying => {}
+    }
+    // A report without health leaves the last one said; one that changes it keeps its message as
+    // the reason (agents attach their health to every report once they have said one).
+    if let Some(healthy) = health {
+        if record.health.as_ref().map(|health| health.healthy) != Some(healthy) {
+            record.health = Some(Health {
+                healthy,
+                message: message.clone(),
+                reported_seq: context.seq,
+                reported_micros: context.time_micros,
+            });
+        }
     }
     record.observed = Some(Observed {
         release,
@@ -1095,16 +1111,20 @@ fn count(deployment: &mut DeploymentRecord, seq: u64, marked: Option<(u32, Mark)
             "event seq {seq}: a host counts toward wave {wave} of {id:?}, which does not exist"
         ));
     };
-    let counter = match mark {
-        Mark::Converged => &mut record.converged,
-        Mark::Failed => &mut record.failed,
+    // An unhealthy host counts as converged (it runs the release) and as unhealthy.
+    let counters = match mark {
+        Mark::Converged => vec![&mut record.converged],
+        Mark::Unhealthy => vec![&mut record.converged, &mut record.unhealthy],
+        Mark::Failed => vec![&mut record.failed],
     };
-    *counter = counter.checked_add_signed(sign).unwrap_or_else(|| {
-        invariant::violated(format!(
-            "event seq {seq}: wave counters of {id:?} wave {wave} go below zero ({} {:?} {sign:+})",
-            counter, mark
-        ))
-    });
+    for counter in counters {
+        *counter = counter.checked_add_signed(sign).unwrap_or_else(|| {
+            invariant::violated(format!(
+                "event seq {seq}: wave counters of {id:?} wave {wave} go below zero ({} {:?} {sign:+})",
+                counter, mark
+            ))
+        });
+    }
 }
 
 /// Keeps the environment's counts of registered hosts and of their reports in step with one
@@ -1131,10 +1151,14 @@ fn update_tally(state: &mut Overlay<'_>, seq: u64, previous: Option<&HostRecord>
         if let Some((release, mark)) = report {
             let counts = tally.observed.entry(release.clone()).or_default();
             match mark {
-                Mark::Converged => counts.0 = moved(counts.0, sign, seq, "hosts running a release"),
-                Mark::Failed => counts.1 = moved(counts.1, sign, seq, "hosts failed on a release"),
+                Mark::Converged => counts.running = moved(counts.running, sign, seq, "hosts running a release"),
+                Mark::Unhealthy => {
+                    counts.running = moved(counts.running, sign, seq, "hosts running a release");
+                    counts.unhealthy = moved(counts.unhealthy, sign, seq, "unhealthy hosts running a release");
+                }
+                Mark::Failed => counts.failed = moved(counts.failed, sign, seq, "hosts failed on a release"),
             }
-            if *counts == (0, 0) {
+            if *counts == ReleaseCounts::default() {
                 tally.observed.remove(&release);
             }
         }

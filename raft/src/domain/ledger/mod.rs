@@ -123,7 +123,8 @@ pub fn apply_command(state: &mut Overlay<'_>, command: &LedgerCommand) -> Result
 /// cluster identity. 2: desired releases resolved at read time from per-environment layers.
 /// 3: hosts keep the release they run apart from a failed install; deployments keep the guards
 /// they overrode. 4: deployments can be halted; release-safety policies per (service, env).
-pub const LAYOUT_VERSION: u64 = 4;
+/// 5: hosts keep their health; waves and environments count unhealthy hosts.
+pub const LAYOUT_VERSION: u64 = 5;
 
 /// The layout recorded in `state` (`None` before the cluster identity, or by builds before 2).
 pub fn layout(state: &dyn KvRead) -> Result<Option<u64>> {

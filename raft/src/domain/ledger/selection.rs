@@ -11,7 +11,7 @@ use super::{reject, Step};
 use crate::domain::desired::{observed_mark, selecting_wave, Mark};
 use crate::domain::keys::{leading_text, prefix_end, Key, RecordTag};
 use crate::domain::kv::{Direction, KvRead, Space};
-use crate::domain::records::{self, DeploymentRecord, HostRecord, StartedWave, Tally, WaveRule};
+use crate::domain::records::{self, DeploymentRecord, HostRecord, ReleaseCounts, StartedWave, Tally, WaveRule};
 use crate::domain::rejection::RejectionCode;
 
 /// What a starting wave selected: its rule, how many hosts, and how many of those already run
@@ -21,18 +21,23 @@ pub(crate) struct Selection {
     pub rule: WaveRule,
     pub selected: u64,
     pub converged: u64,
+    pub unhealthy: u64,
     pub failed: u64,
 }
 
 impl Selection {
     fn new(rule: WaveRule) -> Selection {
-        Selection { rule, selected: 0, converged: 0, failed: 0 }
+        Selection { rule, selected: 0, converged: 0, unhealthy: 0, failed: 0 }
     }
 
     fn take(&mut self, host: &HostRecord, release: &str) {
         self.selected += 1;
         match observed_mark(host, release) {
             Some(Mark::Converged) => self.converged += 1,
+            Some(Mark::Unhealthy) => {
+                self.converged += 1;
+                self.unhealthy += 1;
+            }
             Some(Mark::Failed) => self.failed += 1,
             None => {}
         }
@@ -89,10 +94,13 @@ pub(crate) fn select(
             // Every registered host: those not selected yet are the registered ones minus those
             // this deployment still holds; their reports are the environment's counts minus
             // what the earlier waves count.
-            let earlier_counts = deployment.waves[..wave_index]
-                .iter()
-                .fold((0u64, 0u64), |(converged, failed), wave| (converged + wave.converged, failed + wave.failed));
-            let (running, failing) = tally.observed.get(release).copied().unwrap_or_default();
+            let mut earlier = ReleaseCounts::default();
+            for wave in &deployment.waves[..wave_index] {
+                earlier.running += wave.converged;
+                earlier.unhealthy += wave.unhealthy;
+                earlier.failed += wave.failed;
+            }
+            let counts = tally.observed.get(release).copied().unwrap_or_default();
             let remaining = |total: u64, held: u64, what: &str| {
                 total.checked_sub(held).unwrap_or_else(|| {
                     crate::domain::invariant::violated(format!(
@@ -104,8 +112,9 @@ pub(crate) fn select(
             Ok(Selection {
                 rule: WaveRule::All,
                 selected: remaining(tally.registered, deployment.selected_now, "registered hosts"),
-                converged: remaining(running, earlier_counts.0, "hosts running the release"),
-                failed: remaining(failing, earlier_counts.1, "hosts failed on the release"),
+                converged: remaining(counts.running, earlier.running, "hosts running the release"),
+                unhealthy: remaining(counts.unhealthy, earlier.unhealthy, "unhealthy hosts running the release"),
+                failed: remaining(counts.failed, earlier.failed, "hosts failed on the release"),
             })
         }
         Selector::Percent(percent) => {

@@ -1365,3 +1365,61 @@ fn a_freeze_window_refuses_starts_at_log_time_allows_rollbacks_and_keeps_a_break
     let records = records::all_calendars(&bench.kv).unwrap();
     assert_eq!(records.iter().map(|record| record.scope()).collect::<Vec<_>>(), ["global", "web/prod"]);
 }
+
+impl Bench {
+    fn health(&mut self, host: &str, release: &str, health: &str) -> ProposedEvent {
+        self.event(
+            "host.reported",
+            &[("host", host), ("service", "web"), ("env", "prod"), ("release", release)],
+            json!({"status": "running", "applied_seq": 1, "health": health, "message": format!("check said {health}")}),
+        )
+    }
+}
+
+#[test]
+fn health_reports_count_unhealthy_hosts_in_their_wave_and_in_later_ones() {
+    let mut bench = Bench::fleet();
+    let start =
+        bench.start("d2", "2.0", json!([{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "canary");
+    bench.ok(wave);
+    let counts = |bench: &Bench, wave: usize| {
+        let wave = &bench.deployment("d2").waves[wave];
+        (wave.converged, wave.unhealthy, wave.failed)
+    };
+    let sick = bench.health("a", "2.0", "unhealthy");
+    bench.ok(sick);
+    assert_eq!(counts(&bench, 0), (1, 1, 0), "running but unhealthy");
+    let health = bench.host("a").health.expect("health kept");
+    assert_eq!((health.healthy, health.message.as_deref()), (false, Some("check said unhealthy")));
+    // A report without health leaves it as it was.
+    let plain = bench.report("a", "2.0", "running");
+    bench.ok(plain);
+    assert_eq!(counts(&bench, 0), (1, 1, 0));
+    let well = bench.health("a", "2.0", "healthy");
+    bench.ok(well);
+    assert_eq!(counts(&bench, 0), (1, 0, 0), "healthy again");
+    let plain = bench.report("b", "2.0", "running");
+    bench.ok(plain);
+    let complete = bench.wave("wave.completed", "d2", "canary");
+    bench.ok(complete);
+
+    // c installed 2.0 by itself and is unhealthy before the last wave selects it: the wave,
+    // which counts from the environment's tallies, starts with it counted.
+    let early = bench.health("c", "2.0", "unhealthy");
+    bench.ok(early);
+    let rest = bench.wave("wave.started", "d2", "rest");
+    bench.ok(rest);
+    assert_eq!(counts(&bench, 1), (1, 1, 0));
+    let recovered = bench.health("c", "2.0", "healthy");
+    bench.ok(recovered);
+    assert_eq!(counts(&bench, 1), (1, 0, 0));
+
+    let typo = bench.event(
+        "host.reported",
+        &[("host", "d"), ("service", "web"), ("env", "prod"), ("release", "2.0")],
+        json!({"status": "running", "applied_seq": 1, "health": "poorly"}),
+    );
+    assert_eq!(bench.refused(typo), RejectionCode::InvalidField);
+}

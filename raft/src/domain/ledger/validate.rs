@@ -74,6 +74,8 @@ pub enum Command {
         status: HostStatus,
         applied_seq: u64,
         message: Option<String>,
+        /// The host's own health check: Some(true) healthy, Some(false) unhealthy.
+        health: Option<bool>,
     },
     FreezeStarted {
         reason: String,
@@ -330,7 +332,19 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
             })?;
             let applied_seq = data.required_u64("applied_seq")?;
             let message = data.optional_text("message", MESSAGE_CHARS_MAX)?;
-            Command::HostReported { status, applied_seq, message }
+            let health = match data.optional_text("health", 16)?.as_deref() {
+                None => None,
+                Some("healthy") => Some(true),
+                Some("unhealthy") => Some(false),
+                Some(other) => {
+                    return Err(Rejection::new(
+                        RejectionCode::InvalidField,
+                        format!("data.health must be healthy or unhealthy, not {other:?}"),
+                    )
+                    .on("data.health"))
+                }
+            };
+            Command::HostReported { status, applied_seq, message, health }
         }
         "freeze.started" => {
             envelope(event, &SERVICE_ENV)?;
