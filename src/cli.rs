@@ -79,6 +79,12 @@ pub enum Command {
         after_help = "Examples:\n  fleetlog alerts\n  fleetlog alerts --state unmapped\n  fleetlog alerts --service checkout --env prod --state all"
     )]
     Alerts(AlertsArgs),
+    /// DORA's four keys from the ledger (deployment frequency, change lead time, change fail
+    /// rate, failed deployment recovery time), each with its band in the 2024 report.
+    #[command(
+        after_help = "Examples:\n  fleetlog dora --service checkout --env prod\n  fleetlog dora --since 2026-10-01T00:00:00Z --until 2027-01-01T00:00:00Z"
+    )]
+    Dora(DoraArgs),
     /// What should run and does run on every host, now or at a past moment.
     #[command(
         after_help = "Examples:\n  fleetlog fleet --service checkout --env prod\n  fleetlog fleet --service checkout --env prod --at-seq 18"
@@ -504,6 +510,10 @@ pub enum ReleaseCommand {
         /// A commit in the release (repeatable).
         #[arg(long = "commit")]
         commits: Vec<String>,
+        /// When the release's newest commit was made (RFC 3339): change lead time starts there
+        /// (`fleetlog dora`); without it, at the release's creation.
+        #[arg(long)]
+        committed_at: Option<String>,
         /// Idempotency key: retrying with the same id never appends twice.
         #[arg(long)]
         id: Option<String>,
@@ -907,6 +917,22 @@ pub enum CalendarCommand {
         #[arg(long, requires = "service")]
         env: Option<String>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct DoraArgs {
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only this environment (with --service).
+    #[arg(long, requires = "service")]
+    pub env: Option<String>,
+    /// Start of the window (RFC 3339); default: 30 days before --until.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// End of the window (RFC 3339); default: now.
+    #[arg(long)]
+    pub until: Option<String>,
 }
 
 #[derive(Args, Debug)]

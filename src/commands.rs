@@ -38,11 +38,11 @@ fn without_nulls(value: Value) -> Value {
 
 pub async fn release(client: &Client, output: Output, command: ReleaseCommand) -> Result<()> {
     let response = match command {
-        ReleaseCommand::Create { service, release, artifact, notes, commits, id } => {
+        ReleaseCommand::Create { service, release, artifact, notes, commits, committed_at, id } => {
             let commits = if commits.is_empty() { Value::Null } else { json!(commits) };
             let body = json!({
                 "service": service, "release": release, "artifact": artifact, "notes": notes,
-                "commits": commits, "id": id,
+                "commits": commits, "committed_at": committed_at, "id": id,
             });
             client.post("/v1/releases", &without_nulls(body)).await?
         }

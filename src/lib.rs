@@ -53,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Policy(command) => commands::policy(&client, output, command).await,
         Command::Calendar(command) => commands::calendar(&client, output, command).await,
         Command::Alerts(args) => reads::alerts(&client, output, args).await,
+        Command::Dora(args) => reads::dora(&client, output, args).await,
         Command::Fleet(args) => reads::fleet(&client, output, args).await,
         Command::Host(args) => reads::host(&client, output, args).await,
         Command::History(args) => reads::history(&client, output, args).await,

@@ -7,7 +7,9 @@ use fleetlog_api::client::{Client, ClientError};
 use serde_json::Value;
 
 use crate::backoff::Backoff;
-use crate::cli::{AlertsArgs, DiffArgs, FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs};
+use crate::cli::{
+    AlertsArgs, DiffArgs, DoraArgs, FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs,
+};
 use crate::output::{cell, print, Table};
 
 pub fn moment_query(moment: &MomentArgs) -> Vec<(&'static str, String)> {
@@ -551,4 +553,78 @@ pub async fn alerts(client: &Client, output: Output, args: AlertsArgs) -> Result
         table.render()
     });
     Ok(())
+}
+
+/// DORA's four keys, as a table with the 2024 report's band of each.
+pub async fn dora(client: &Client, output: Output, args: DoraArgs) -> Result<()> {
+    let mut query = Vec::new();
+    for (name, value) in [("service", args.service), ("env", args.env), ("since", args.since), ("until", args.until)] {
+        query.extend(value.map(|value| (name, value)));
+    }
+    let response = client.get("/v1/dora", &query).await?;
+    print(output, &response, |response| {
+        let scope = match (response["service"].as_str(), response["env"].as_str()) {
+            (Some(service), Some(env)) => format!("{service}/{env}"),
+            (Some(service), None) => service.to_string(),
+            _ => "every service".to_string(),
+        };
+        let mut text = format!(
+            "{scope}, {} to {} ({:.1} days); bands of the {}\n",
+            cell(&response["since"]),
+            cell(&response["until"]),
+            response["days"].as_f64().unwrap_or(0.0),
+            cell(&response["bands_from"])
+        );
+        let mut table = Table::new(&["KEY", "VALUE", "FROM", "BAND"]);
+        let frequency = &response["deployment_frequency"];
+        table.row(vec![
+            "deployment frequency".into(),
+            format!("{:.2}/day", frequency["per_day"].as_f64().unwrap_or(0.0)),
+            format!("{} completed", cell(&frequency["completed"])),
+            cell(&frequency["band"]),
+        ]);
+        let lead = &response["change_lead_time"];
+        table.row(vec![
+            "change lead time".into(),
+            duration_text(lead["median_seconds"].as_f64()),
+            format!("median of {}", cell(&lead["samples"])),
+            band_text(&lead["band"]),
+        ]);
+        let fail = &response["change_fail_rate"];
+        table.row(vec![
+            "change fail rate".into(),
+            fail["rate"].as_f64().map_or("-".into(), |rate| format!("{:.1}%", rate * 100.0)),
+            format!("{} of {} deployments", cell(&fail["failed"]), cell(&fail["started"])),
+            band_text(&fail["band"]),
+        ]);
+        let recovery = &response["failed_deployment_recovery_time"];
+        table.row(vec![
+            "failed deployment recovery time".into(),
+            duration_text(recovery["median_seconds"].as_f64()),
+            format!("median of {}", cell(&recovery["samples"])),
+            band_text(&recovery["band"]),
+        ]);
+        text.push_str(&table.render());
+        text
+    });
+    Ok(())
+}
+
+fn band_text(band: &Value) -> String {
+    if band.is_null() {
+        "-".to_string()
+    } else {
+        cell(band)
+    }
+}
+
+/// Seconds as `42s`, `3.5h` or `2.1d`; `-` for none.
+fn duration_text(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".to_string(),
+        Some(seconds) if seconds < 120.0 => format!("{seconds:.0}s"),
+        Some(seconds) if seconds < 7_200.0 => format!("{:.1}m", seconds / 60.0),
+        Some(seconds) if seconds < 172_800.0 => format!("{:.1}h", seconds / 3_600.0),
+        Some(seconds) => format!("{:.1}d", seconds / 86_400.0),
+    }
 }

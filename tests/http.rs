@@ -654,3 +654,57 @@ async fn freeze_calendars_refuse_starts_hold_hands_off_waves_and_let_rollbacks_t
     assert_eq!(scopes, ["global", "shop/prod"]);
     verify_chain(&server.all_events().await);
 }
+
+#[tokio::test]
+async fn dora_figures_come_exactly_from_the_ledger() {
+    let server = Server::start().await;
+    seed_fleet(&server).await;
+    let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+    server.ok("/v1/releases", &json!({"service": "shop", "release": "3.0", "committed_at": two_hours_ago})).await;
+    deploy_fully(&server, "d-3", "3.0").await;
+    // 4.0 fails on its canaries and is rolled back by hand; the hosts come back to 3.0.
+    server.ok("/v1/releases", &json!({"service": "shop", "release": "4.0"})).await;
+    start_canary_then_rest(&server, "d-4", "4.0").await;
+    server.ok("/v1/deployments/d-4/waves/canary/start", &json!({})).await;
+    for host in ["web-1", "web-2"] {
+        report(&server, host, "4.0", "running").await;
+    }
+    let rollback = server.ok("/v1/rollbacks", &json!({"service": "shop", "env": "prod", "reason": "errors up"})).await;
+    assert_eq!(rollback["event"]["release"], "3.0");
+    let (_, before) = server.get("/v1/dora?service=shop&env=prod").await;
+    assert_eq!(before["failed_deployment_recovery_time"]["samples"], 0, "not every host runs 3.0 yet: {before}");
+    for host in ["web-1", "web-2"] {
+        report(&server, host, "3.0", "running").await;
+    }
+
+    let (status, dora) = server.get("/v1/dora?service=shop&env=prod").await;
+    assert_eq!(status, 200, "{dora}");
+    assert_eq!(dora["deployment_frequency"]["completed"], 2, "d-1 and d-3: {dora}");
+    assert_eq!(dora["deployment_frequency"]["band"], "medium", "2 in 30 days: less than weekly: {dora}");
+    assert_eq!(dora["change_lead_time"]["samples"], 2);
+    let d3 = dora["deployments"].as_array().unwrap().iter().find(|d| d["deployment"] == "d-3").unwrap().clone();
+    assert_eq!(d3["lead_from"], "commit", "{d3}");
+    assert!(d3["lead_seconds"].as_f64().unwrap() >= 7_200.0, "from the commit two hours ago: {d3}");
+    assert_eq!(
+        (dora["change_fail_rate"]["started"].as_u64(), dora["change_fail_rate"]["failed"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(dora["change_fail_rate"]["band"], "low", "1 of 3 is nearest the 40% cluster: {dora}");
+    let recovery = &dora["failed_deployment_recovery_time"];
+    assert_eq!((recovery["samples"].as_u64(), recovery["band"].as_str()), (Some(1), Some("elite")), "{dora}");
+    assert_eq!(dora["recoveries"][0]["deployment"], "d-4");
+    assert_eq!(dora["recoveries"][0]["failure"]["seq"], rollback["seq"]);
+
+    // Bad windows are refused.
+    let (status, error) = server.get("/v1/dora?env=prod").await;
+    assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{error}");
+    let (status, _) = server.get("/v1/dora?since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z").await;
+    assert_eq!(status, 400);
+    // The CLI prints the same figures.
+    let output = std::process::Command::new(common::binary())
+        .args(["--server", &server.url, "dora", "--service", "shop", "--env", "prod"])
+        .output()
+        .expect("run fleetlog dora");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.contains("change fail rate") && text.contains("33.3%"), "{text}");
+}

@@ -365,6 +365,7 @@ const ROLE_TABLE: &[(&str, &str, Who, HostIn)] = {
         ("PUT", "/v1/policies/{service}/{env}", Writers, Nowhere),
         ("GET", "/v1/calendars", Readers, Nowhere),
         ("PUT", "/v1/calendars", Writers, Nowhere),
+        ("GET", "/v1/dora", Readers, Nowhere),
         ("GET", "/v1/alerts", Readers, Nowhere),
         ("POST", "/v1/alerts/alertmanager", Writers, Nowhere),
         ("POST", "/v1/releases", Writers, Nowhere),

@@ -125,6 +125,7 @@ pub const ACCESS_RULES: &[(&str, &str, Permission)] = &[
     ("PUT", "/v1/policies/{service}/{env}", Permission::Write),
     ("GET", "/v1/calendars", Permission::Read),
     ("PUT", "/v1/calendars", Permission::Write),
+    ("GET", "/v1/dora", Permission::Read),
     ("GET", "/v1/alerts", Permission::Read),
     ("POST", "/v1/alerts/alertmanager", Permission::Write),
     ("POST", "/v1/releases", Permission::Write),

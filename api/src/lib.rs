@@ -46,7 +46,7 @@ use crate::state::{ApiOptions, AppState};
 pub const LISTEN_BACKLOG: u32 = 4_096;
 
 pub fn router(state: AppState) -> Router {
-    use routes::{alerts, audit, calendars, cluster, commands, events, health, peer, stream, views};
+    use routes::{alerts, audit, calendars, cluster, commands, dora, events, health, peer, stream, views};
     Router::new()
         .route("/v1/events", post(events::append).get(events::read))
         .route("/v1/events/{seq}", get(events::one))
@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/decisions", get(views::decisions))
         .route("/v1/policies/{service}/{env}", get(views::policy).put(commands::set_policy))
         .route("/v1/calendars", get(calendars::list).put(commands::set_calendar))
+        .route("/v1/dora", get(dora::dora))
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/alerts/alertmanager", post(alerts::alertmanager))
         .route("/v1/releases", post(commands::create_release))

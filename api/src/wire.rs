@@ -211,6 +211,7 @@ pub fn release(view: &ReleaseView) -> Value {
         "blocked": view.record.blocked.is_some(),
         "blocked_reason": view.record.blocked.as_ref().map(|block| block.reason.clone()),
         "artifact": view.record.artifact,
+        "committed_at": view.record.committed_micros.map(format_time),
         "notes": view.record.notes,
         "timeline": view.timeline.iter().map(timeline_entry).collect::<Vec<_>>(),
     })

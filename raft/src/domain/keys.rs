@@ -39,6 +39,8 @@ pub enum RecordTag {
     Alert = 15,
     /// (service or "", env or "") → freeze calendar; ("", "") is the global one.
     Calendar = 16,
+    /// (service, env, failure seq) → a failure recovered from.
+    Recovery = 17,
 }
 
 /// Fields of events with a secondary index in `Space::EventIndex`.

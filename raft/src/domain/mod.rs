@@ -17,6 +17,7 @@ pub mod canonical;
 pub mod checkpoint;
 pub mod codec;
 pub mod desired;
+pub mod dora;
 pub mod event;
 pub mod gates;
 pub mod invariant;

@@ -223,6 +223,9 @@ pub struct ReleaseRecord {
     /// What `release.created` said the release is made of, and its notes.
     pub artifact: Option<String>,
     pub notes: Option<String>,
+    /// When its newest commit was made (`data.committed_at`), where change lead time starts;
+    /// without it, lead time starts at the release's creation.
+    pub committed_micros: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +256,30 @@ pub struct EnvironmentRecord {
     pub freeze: Option<Block>,
     /// Release most recently assigned to the hosts (by a wave or a rollback).
     pub desired_release: Option<String>,
+    /// A failure being recovered from: set by a rollback, cleared when every registered host
+    /// runs its target (a [`RecoveryRecord`] is written) or when a new deployment starts.
+    pub recovering: Option<Recovering>,
+}
+
+/// A failure of a (service, env) not yet recovered from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovering {
+    /// The first decision that the deployment failed: its halt, or else the rollback.
+    pub failure: Step,
+    pub deployment: Option<String>,
+    /// The release the rollback sent every host to.
+    pub target: String,
+}
+
+/// A failure and the moment every registered host ran the rollback's target again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    pub service: String,
+    pub env: String,
+    pub deployment: Option<String>,
+    pub failure: Step,
+    pub target: String,
+    pub recovered: Step,
 }
 
 /// What decides the desired release of every host of one (service, env), versioned by seq.
@@ -406,6 +433,23 @@ pub fn policy_key(service: &str, env: &str) -> Key {
 
 pub fn alert_key(service: Option<&str>, env: Option<&str>, fingerprint: &str) -> Key {
     Key::record(RecordTag::Alert).text(service.unwrap_or("")).text(env.unwrap_or("")).text(fingerprint)
+}
+
+pub fn recovery_key(service: &str, env: &str, failure_seq: u64) -> Key {
+    Key::record(RecordTag::Recovery).text(service).text(env).number(failure_seq)
+}
+
+/// The recoveries of (service, env), or of every environment of a service, or of all.
+pub fn recoveries(kv: &dyn KvRead, service: Option<&str>, env: Option<&str>) -> Result<Vec<RecoveryRecord>> {
+    let mut prefix = Key::record(RecordTag::Recovery);
+    if let Some(service) = service {
+        prefix = prefix.text(service);
+        if let Some(env) = env {
+            prefix = prefix.text(env);
+        }
+    }
+    let records = scan_records::<RecoveryRecord>(kv, &prefix)?.into_iter().map(|(_, record)| record);
+    Ok(records.filter(|record| env.is_none_or(|env| record.env == env)).collect())
 }
 
 pub fn calendar_key(service: Option<&str>, env: Option<&str>) -> Key {

@@ -74,7 +74,9 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
         registration: None,
     };
     match command {
-        Command::ReleaseCreated { artifact, notes } => release_created(state, context, artifact, notes)?,
+        Command::ReleaseCreated { artifact, notes, committed_micros } => {
+            release_created(state, context, artifact, notes, *committed_micros)?
+        }
         Command::ReleaseBlocked { reason } => release_blocking(state, context, true, reason)?,
         Command::ReleaseUnblocked { reason } => release_blocking(state, context, false, reason)?,
         Command::TargetRegistered { group, labels } => {
@@ -127,6 +129,7 @@ fn release_created(
     context: &Context<'_>,
     artifact: &Option<String>,
     notes: &Option<String>,
+    committed_micros: Option<i64>,
 ) -> Step<()> {
     let service = context.field(&context.proposal.service, "service")?;
     let release = context.field(&context.proposal.release, "release")?;
@@ -140,6 +143,7 @@ fn release_created(
         blocked: None,
         artifact: artifact.clone(),
         notes: notes.clone(),
+        committed_micros,
     };
     records::write_versioned(state, &release_key(&service, &release), context.seq, &record)?;
     timeline(state, context, &service, &release, "created", None, None, None, None)
@@ -307,6 +311,8 @@ fn deployment_started(
     );
     state.put(Space::State, deployment_by_seq_key(context.seq).into_bytes(), id.as_bytes().to_vec());
     environment.active_deployment = Some(id.clone());
+    // A recovery not finished by now is abandoned: the hosts are sent somewhere else.
+    environment.recovering = None;
     records::write_versioned(state, &environment_key(&service, &env), context.seq, &environment)?;
     let mut layer = records::layer(state, &service, &env)?;
     layer.assignments.push(Assignment::Deployment { id: id.clone(), release: release.clone(), waves: Vec::new() });
@@ -574,9 +580,13 @@ fn rollback(
         None => None,
     };
     // The release being rolled back: the active deployment's, else the last completed one's.
-    let rolled_back_release = match &active {
-        Some(deployment) => Some(deployment.release.clone()),
-        None => last_completed(state, &service, &env, |_| Ok(true))?.map(|deployment| deployment.release),
+    let last = match &active {
+        Some(_) => None,
+        None => last_completed(state, &service, &env, |_| Ok(true))?,
+    };
+    let rolled_back_release = match (&active, &last) {
+        (Some(deployment), _) | (None, Some(deployment)) => Some(deployment.release.clone()),
+        (None, None) => None,
     };
     let target = match &context.proposal.release {
         Some(release) => {
@@ -616,6 +626,23 @@ fn rollback(
     };
     envelope.release = Some(target.clone());
 
+    // The failure recovered from: the deployment's halt if it was halted, else this rollback;
+    // a rollback during a recovery keeps the first failure and changes only the target.
+    let failed_deployment = active.as_ref().or(last.as_ref()).map(|deployment| deployment.id.clone());
+    let failure = active.as_ref().and_then(|deployment| deployment.halted.as_ref()).map(|halt| halt.step.clone());
+    environment.recovering = Some(match environment.recovering.take() {
+        Some(earlier) => records::Recovering { target: target.clone(), ..earlier },
+        None => records::Recovering {
+            failure: failure.unwrap_or_else(|| context.step()),
+            deployment: failed_deployment,
+            target: target.clone(),
+        },
+    });
+    // A completed deployment rolled back failed too (change fail rate counts it).
+    if let Some(mut deployment) = last.filter(|deployment| deployment.rolled_back_by.is_none()) {
+        deployment.rolled_back_by = Some(context.seq);
+        records::write_versioned(state, &deployment_key(&deployment.id), context.seq, &deployment)?;
+    }
     if let Some(mut deployment) = active {
         envelope.deployment = Some(deployment.id.clone());
         deployment.state = DeploymentState::Aborted;
@@ -631,6 +658,7 @@ fn rollback(
     let layer = LayerRecord { assignments: vec![Assignment::Rollback { release: target.clone(), seq: context.seq }] };
     records::write_versioned(state, &layer_key(&service, &env), context.seq, &layer)?;
     environment.desired_release = Some(target.clone());
+    settle_recovery(state, context, &mut environment)?;
     records::write_versioned(state, &environment_key(&service, &env), context.seq, &environment)?;
     let during_freeze = freeze_in_force(state, context, &environment)?;
     if let Some(from) = &rolled_back_release {
@@ -1086,9 +1114,37 @@ fn save_host(
         }
     }
     update_tally(state, seq, previous, &record)?;
+    let mut environment = records::environment(state, &service, &env)?;
+    if environment.recovering.is_some() && settle_recovery(state, context, &mut environment)? {
+        records::write_versioned(state, &environment_key(&service, &env), seq, &environment)?;
+    }
     let key = host_key(&service, &env, &record.host);
     records::write_versioned(state, &key, seq, &record)?;
     Ok(())
+}
+
+/// Ends the environment's recovery if every registered host runs its target now (by the
+/// environment's tallies, in constant time): the recovery is written down and cleared. Returns
+/// whether it ended.
+fn settle_recovery(state: &mut Overlay<'_>, context: &Context<'_>, environment: &mut EnvironmentRecord) -> Step<bool> {
+    let Some(recovering) = &environment.recovering else { return Ok(false) };
+    let tally = records::tally(state, &environment.service, &environment.env)?;
+    let running = tally.observed.get(&recovering.target).map_or(0, |counts| counts.running);
+    if running < tally.registered {
+        return Ok(false);
+    }
+    let record = records::RecoveryRecord {
+        service: environment.service.clone(),
+        env: environment.env.clone(),
+        deployment: recovering.deployment.clone(),
+        failure: recovering.failure.clone(),
+        target: recovering.target.clone(),
+        recovered: context.step(),
+    };
+    let key = records::recovery_key(&environment.service, &environment.env, recovering.failure.seq);
+    records::write(state, Space::State, key.into_bytes(), &record)?;
+    environment.recovering = None;
+    Ok(true)
 }
 
 /// Moves one wave counter of `deployment` by `sign`.

@@ -1423,3 +1423,47 @@ fn health_reports_count_unhealthy_hosts_in_their_wave_and_in_later_ones() {
     );
     assert_eq!(bench.refused(typo), RejectionCode::InvalidField);
 }
+
+#[test]
+fn a_rollback_is_recovered_from_when_every_host_runs_its_target() {
+    let mut bench = Bench::fleet();
+    let start = bench.start("d2", "2.0", json!([{"name": "all", "percent": 100}]));
+    bench.ok(start);
+    let wave = bench.wave("wave.started", "d2", "all");
+    bench.ok(wave);
+    for host in ["a", "b"] {
+        let report = bench.report(host, "2.0", "running");
+        bench.ok(report);
+    }
+    let halt = bench.event("deployment.halted", &[("deployment", "d2")], json!({"reason": "errors"}));
+    let halted_seq = bench.ok(halt);
+    let rollback = bench.rollback(None);
+    let rollback_seq = bench.ok(rollback);
+    let recovering = records::environment(&bench.kv, "web", "prod").unwrap().recovering.expect("recovering");
+    assert_eq!((recovering.failure.seq, recovering.target.as_str()), (halted_seq, "1.0"), "the halt was the failure");
+    assert!(records::recoveries(&bench.kv, Some("web"), Some("prod")).unwrap().is_empty());
+    // c and d never left 1.0; a and b come back to it: then every host runs the target.
+    let report = bench.report("a", "1.0", "running");
+    bench.ok(report);
+    assert!(records::recoveries(&bench.kv, Some("web"), Some("prod")).unwrap().is_empty(), "b still runs 2.0");
+    let report = bench.report("b", "1.0", "running");
+    let last_seq = bench.ok(report);
+    let recoveries = records::recoveries(&bench.kv, Some("web"), Some("prod")).unwrap();
+    assert_eq!(recoveries.len(), 1);
+    assert_eq!((recoveries[0].failure.seq, recoveries[0].recovered.seq), (halted_seq, last_seq));
+    assert_eq!(recoveries[0].deployment.as_deref(), Some("d2"));
+    assert_eq!(records::environment(&bench.kv, "web", "prod").unwrap().recovering, None);
+    assert_eq!(bench.deployment("d2").rolled_back_by, Some(rollback_seq));
+
+    // Rolling back a completed deployment marks it as rolled back too.
+    bench.deploy_fully("d3", "2.0");
+    let rollback = bench.rollback(None);
+    let rollback_seq = bench.ok(rollback);
+    assert_eq!(bench.deployment("d3").rolled_back_by, Some(rollback_seq));
+    let recovering = records::environment(&bench.kv, "web", "prod").unwrap().recovering.expect("recovering");
+    assert_eq!((recovering.failure.seq, recovering.deployment.as_deref()), (rollback_seq, Some("d3")));
+    // A new deployment abandons the recovery.
+    let start = bench.start("d4", "2.0", json!([{"name": "all", "percent": 100}]));
+    bench.ok(start);
+    assert_eq!(records::environment(&bench.kv, "web", "prod").unwrap().recovering, None);
+}

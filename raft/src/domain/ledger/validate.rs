@@ -18,6 +18,8 @@ pub enum Command {
     ReleaseCreated {
         artifact: Option<String>,
         notes: Option<String>,
+        /// `data.committed_at`, in microseconds since the epoch.
+        committed_micros: Option<i64>,
     },
     ReleaseBlocked {
         reason: String,
@@ -252,7 +254,14 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
             let artifact = data.optional_text("artifact", REASON_CHARS_MAX)?;
             let notes = data.optional_text("notes", REASON_CHARS_MAX)?;
             data.optional_text_list("commits")?;
-            Command::ReleaseCreated { artifact, notes }
+            let committed_micros = match data.optional_text("committed_at", 40)? {
+                None => None,
+                Some(text) => match chrono::DateTime::parse_from_rfc3339(&text) {
+                    Ok(time) => Some(time.timestamp_micros()),
+                    Err(_) => return Err(data.wrong("committed_at", "an RFC 3339 time").on("data.committed_at")),
+                },
+            };
+            Command::ReleaseCreated { artifact, notes, committed_micros }
         }
         "release.blocked" => {
             envelope(event, &SERVICE_RELEASE)?;
