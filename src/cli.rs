@@ -382,6 +382,10 @@ pub struct ServeArgs {
     /// dropping them.
     #[arg(long, default_value_t = fleetlog_api::limits::SHUTDOWN_GRACE_SECONDS)]
     pub shutdown_grace_seconds: u64,
+    /// Which alert labels name the service, env and host of an Alertmanager alert, as
+    /// FIELD=LABEL pairs (default service=service,env=env,host=host). Give every node the same.
+    #[arg(long, value_name = "FIELD=LABEL,...")]
+    pub alert_labels: Option<String>,
     /// Serve TLS (API and peer traffic) with this certificate chain (PEM); needs --tls-key.
     /// Cluster members also need --tls-ca to check each other's certificates.
     #[arg(long, requires = "tls_key")]

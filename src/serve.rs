@@ -102,7 +102,31 @@ fn api_options(args: &ServeArgs, tokens: Option<Tokens>, tls: Option<Arc<ServerC
         send_timeout: std::time::Duration::from_secs(args.send_timeout_seconds),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
         tls,
+        alert_labels: alert_labels(&args.alert_labels)?,
     })
+}
+
+/// `--alert-labels service=app,env=stage,host=instance`: the label names incoming alerts are
+/// mapped by; those not given keep their default.
+fn alert_labels(text: &Option<String>) -> Result<fleetlog_api::state::AlertLabels> {
+    let mut labels = fleetlog_api::state::AlertLabels::default();
+    let Some(text) = text else { return Ok(labels) };
+    for pair in text.split(',') {
+        let Some((field, label)) = pair.split_once('=') else {
+            bail!("--alert-labels: {pair:?} is not FIELD=LABEL (e.g. service=app,env=stage,host=instance)");
+        };
+        let (field, label) = (field.trim(), label.trim());
+        if label.is_empty() {
+            bail!("--alert-labels: the label for {field} is empty");
+        }
+        match field {
+            "service" => labels.service = label.to_string(),
+            "env" => labels.env = label.to_string(),
+            "host" => labels.host = label.to_string(),
+            other => bail!("--alert-labels: {other:?} is not service, env or host"),
+        }
+    }
+    Ok(labels)
 }
 
 /// Open files the process needs besides its connections: RocksDB's tables and logs, outgoing

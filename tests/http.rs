@@ -708,3 +708,32 @@ async fn dora_figures_come_exactly_from_the_ledger() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success() && text.contains("change fail rate") && text.contains("33.3%"), "{text}");
 }
+
+/// With `serve --alert-labels`, alerts are mapped by the labels a site already uses.
+#[tokio::test]
+async fn alert_labels_are_configurable() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with(data.path(), &["--alert-labels", "service=app,env=stage,host=instance"]).await;
+    seed_fleet(&server).await;
+    let payload = alertmanager_payload(json!([
+        alert("firing", "c1", json!({"alertname": "Errors", "app": "shop", "stage": "prod", "instance": "web-3"})),
+        alert("firing", "c2", json!({"alertname": "Errors", "service": "shop", "env": "prod"})),
+    ]));
+    let answer = server.ok("/v1/alerts/alertmanager", &payload).await;
+    assert_eq!((answer["written"].as_u64(), answer["unmapped"].as_u64()), (Some(2), Some(1)), "{answer}");
+    let (_, mapped) = server.get("/v1/alerts?service=shop&env=prod").await;
+    let alerts = mapped["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{mapped}");
+    assert_eq!((alerts[0]["fingerprint"].as_str(), alerts[0]["host"].as_str()), (Some("c1"), Some("web-3")));
+    let (_, unmapped) = server.get("/v1/alerts?state=unmapped").await;
+    assert_eq!(unmapped["alerts"][0]["fingerprint"], "c2", "the default labels no longer map: {unmapped}");
+
+    let refused = std::process::Command::new(common::binary())
+        .args(["serve", "--listen", "127.0.0.1:1", "--alert-labels", "team=owner"])
+        .arg("--data")
+        .arg(data.path().join("unused"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && text.contains("not service, env or host"), "{text}");
+}

@@ -41,6 +41,23 @@ pub struct ApiOptions {
     pub shutdown_grace: Duration,
     /// Serve TLS with this configuration (certificate and key given).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Which labels of an incoming alert name its service, env and host.
+    pub alert_labels: AlertLabels,
+}
+
+/// The label names an incoming alert is mapped by. Every node of a cluster should be given the
+/// same: the node that receives a webhook maps its alerts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertLabels {
+    pub service: String,
+    pub env: String,
+    pub host: String,
+}
+
+impl Default for AlertLabels {
+    fn default() -> AlertLabels {
+        AlertLabels { service: "service".into(), env: "env".into(), host: "host".into() }
+    }
 }
 
 impl Default for ApiOptions {
@@ -53,6 +70,7 @@ impl Default for ApiOptions {
             send_timeout: SEND_TIMEOUT,
             shutdown_grace: SHUTDOWN_GRACE,
             tls: None,
+            alert_labels: AlertLabels::default(),
         }
     }
 }
@@ -70,6 +88,7 @@ pub struct AppState {
     pub send_timeout: Duration,
     /// Turns true when the server shuts down, so open streams end and connections drain.
     pub closing: Arc<watch::Sender<bool>>,
+    pub alert_labels: Arc<AlertLabels>,
 }
 
 impl AppState {
@@ -83,6 +102,7 @@ impl AppState {
             connections: Arc::new(Semaphore::new(options.connections_max)),
             send_timeout: options.send_timeout,
             closing: Arc::new(watch::channel(false).0),
+            alert_labels: Arc::new(options.alert_labels.clone()),
         }
     }
 

@@ -2,7 +2,8 @@
 //! `alert.fired` or `alert.resolved` event per alert; and the alerts as the ledger keeps them.
 //!
 //! An alert maps to the (service, env) its `service` and `env` labels name, and to the host its
-//! `host` label names; one that names none is kept unmapped and listed, never dropped. Each
+//! `host` label names (other label names with `serve --alert-labels`); one that names none is
+//! kept unmapped and listed, never dropped. Each
 //! event's id derives from (source, fingerprint, startsAt, status), so the webhook Alertmanager
 //! retries (it resends whole groups) writes nothing new.
 
@@ -21,7 +22,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::input::{canonical_data, JsonObject, Params};
-use crate::state::AppState;
+use crate::state::{AlertLabels, AppState};
 use crate::wire;
 
 /// The source named in the events of this webhook.
@@ -45,7 +46,7 @@ pub async fn alertmanager(
     Extension(principal): Extension<Principal>,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    let events = events_of_payload(&body)?;
+    let events = events_of_payload(&body, &app.alert_labels)?;
     let unmapped = events.iter().filter(|event| event.service.is_none()).count();
     let mut written = 0;
     for event in &events {
@@ -69,7 +70,7 @@ pub async fn alertmanager(
     .into_response())
 }
 
-fn events_of_payload(body: &Map<String, Value>) -> ApiResult<Vec<ProposedEvent>> {
+fn events_of_payload(body: &Map<String, Value>, names: &AlertLabels) -> ApiResult<Vec<ProposedEvent>> {
     if body.get("version").and_then(Value::as_str) != Some("4") {
         return Err(invalid("version", "must be \"4\" (Alertmanager's webhook payload)"));
     }
@@ -83,7 +84,7 @@ fn events_of_payload(body: &Map<String, Value>) -> ApiResult<Vec<ProposedEvent>>
     let mut events = Vec::with_capacity(alerts.len());
     for (position, alert) in alerts.iter().enumerate() {
         let path = format!("alerts[{position}]");
-        let event = event_of_alert(alert, &path)?;
+        let event = event_of_alert(alert, &path, names)?;
         // Every event is checked before the first is appended, so a payload the ledger would
         // refuse in part writes nothing at all.
         if let Err(rejection) = check_event(&event) {
@@ -96,7 +97,7 @@ fn events_of_payload(body: &Map<String, Value>) -> ApiResult<Vec<ProposedEvent>>
     Ok(events)
 }
 
-fn event_of_alert(alert: &Value, path: &str) -> ApiResult<ProposedEvent> {
+fn event_of_alert(alert: &Value, path: &str, names: &AlertLabels) -> ApiResult<ProposedEvent> {
     let field = |name: &str| format!("{path}.{name}");
     let Some(alert) = alert.as_object() else { return Err(invalid(path, "must be an object")) };
     let firing = match alert.get("status").and_then(Value::as_str) {
@@ -128,10 +129,10 @@ fn event_of_alert(alert: &Value, path: &str) -> ApiResult<ProposedEvent> {
     // Labels that are not valid names map the alert nowhere: it is kept unmapped.
     let name =
         |label: &str| labels.get(label).filter(|value| check_name(label, value, NAME_CHARS_MAX, is_name_char).is_ok());
-    if let (Some(service), Some(env)) = (name("service"), name("env")) {
+    if let (Some(service), Some(env)) = (name(&names.service), name(&names.env)) {
         event.service = Some(service.clone());
         event.env = Some(env.clone());
-        event.host = name("host").cloned();
+        event.host = name(&names.host).cloned();
     }
     let data = json!({
         "source": SOURCE, "fingerprint": fingerprint, "starts_at": starts_at,
