@@ -4,6 +4,8 @@
 # - libclang (the development package): bindgen generates RocksDB's bindings and loads libclang
 #   at build time, as the clang-sys crate finds it (see find_libclang below);
 # - python3 and openssl: the independent audit script and the TLS tests' certificates;
+# - curl: the hands-off tests and demo post Alertmanager's webhook with it, as Alertmanager would
+#   (Debian 12's base image has no curl);
 # - fallocate and mount (util-linux): the full-disk test fills a small tmpfs;
 # - /dev/fuse: the power-cut test mounts a test-only FUSE file system (the kernel's, no package).
 #
@@ -48,6 +50,7 @@ command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v fallocate >/dev/null 2>&1 || missing+=(util-linux)
 find_libclang >/dev/null || missing+=(libclang-dev)
 

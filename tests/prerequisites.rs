@@ -55,7 +55,7 @@ fn the_tools_the_tests_need_are_checked() {
         .output()
         .expect("run the prerequisites script");
     let missing = String::from_utf8(output.stdout).unwrap();
-    for package in ["g++", "make", "openssl", "python3", "util-linux", "libclang-dev"] {
+    for package in ["g++", "make", "openssl", "python3", "curl", "util-linux", "libclang-dev"] {
         assert!(missing.lines().any(|line| line == package), "{package} is not checked: {missing:?}");
     }
 }
