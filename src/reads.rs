@@ -510,7 +510,8 @@ pub async fn decisions(client: &Client, output: Output, deployment: &str) -> Res
                 cell(&event["type"]),
                 event["data"]["reason"].as_str().unwrap_or("the policy moved the rollout on"),
             ));
-            for field in ["gate", "wave", "observed", "threshold", "policy_seq"] {
+            // `alerts`: the alerts an alert gate counted, each with its fingerprint and labels.
+            for field in ["gate", "wave", "alerts", "observed", "threshold", "policy_seq"] {
                 if !decision[field].is_null() {
                     text.push_str(&format!("    {field}: {}\n", decision[field]));
                 }
