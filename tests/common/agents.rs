@@ -301,6 +301,20 @@ impl Agents {
 
     /// Starts one agent per host as [`Agents::start`] does, each with the `extra` arguments.
     pub fn start_with(servers: &[impl AsRef<str>], service: &str, env: &str, hosts: &[&str], extra: &[&str]) -> Agents {
+        Agents::start_each(servers, service, env, hosts, |_| {
+            extra.iter().map(|argument| argument.to_string()).collect()
+        })
+    }
+
+    /// Starts one agent per host as [`Agents::start`] does, each with the arguments `extra` gives
+    /// for its host (such as `--group canary` for some of them).
+    pub fn start_each(
+        servers: &[impl AsRef<str>],
+        service: &str,
+        env: &str,
+        hosts: &[&str],
+        extra: impl Fn(&str) -> Vec<String>,
+    ) -> Agents {
         let servers: Vec<&str> = servers.iter().map(AsRef::as_ref).collect();
         let directory = tempfile::TempDir::with_prefix("fleetlog-agents-").unwrap();
         let holds = directory.path().join("holds");
@@ -320,7 +334,7 @@ impl Agents {
                     directory: agent_directory,
                     holds: holds.clone(),
                     fails: fails.clone(),
-                    extra: extra.iter().map(|argument| argument.to_string()).collect(),
+                    extra: extra(host),
                     child: None,
                 };
                 agent.spawn();
