@@ -29,8 +29,15 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The `fleetlog` binary the tests run: cargo's build of this checkout, or `FLEETLOG_TEST_BINARY`
+/// when set. Checkouts sharing one target directory share `debug/fleetlog`, which every cargo run
+/// links to its own checkout's build, so a test running while another checkout builds may find a
+/// different binary there; `FLEETLOG_TEST_BINARY` can name this checkout's `debug/deps/fleetlog-*`.
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_fleetlog")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("FLEETLOG_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fleetlog").to_string())
+    })
 }
 
 impl Server {
