@@ -6,7 +6,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/fleetlog-target
 export CARGO_TARGET_DIR
 
-.PHONY: run test cluster demo prerequisites build release lint fuzz-check
+.PHONY: run test cluster demo demo-agents prerequisites build release lint fuzz-check
 
 prerequisites:
 	@./scripts/prerequisites.sh
@@ -28,8 +28,13 @@ run: build
 cluster: build
 	$(CARGO_TARGET_DIR)/debug/fleetlog dev --nodes 3
 
-# The agents demo: 3 nodes, 50 agents, a deployment in 3 waves, a rollback (see README).
+# The hands-off demo: 3 nodes, 20 agents, a policy, one `deploy start`, then the policy alone: waves
+# advance by themselves, an alert (posted with curl, standing in for Alertmanager) rolls back (README).
 demo: build
+	./scripts/demo-hands-off.sh
+
+# The agents demo: 3 nodes, 50 agents, a deployment in 3 waves by hand, a rollback by hand (README).
+demo-agents: build
 	./scripts/demo-agents.sh
 
 test: prerequisites
