@@ -219,8 +219,10 @@ fn alert_trip(
     let wave = &deployment.waves[current];
     let matchers = policy.alerts.clone().map_or(Value::String("every alert".into()), |list| json!(list));
     let observed = json!({
-        "selected": wave.selected, "converged": wave.converged, "failed": wave.failed,
+        "selected": wave.selected, "converged": wave.converged, "unhealthy": wave.unhealthy, "failed": wave.failed,
         "wave_started_seq": wave.started.as_ref().map(|step| step.seq),
+        "wave_started": wave.started.as_ref().map(|step| micros_text(step.time_micros)),
+        "settled_since": wave.settled_micros.map(micros_text),
         "now": micros_text(now_micros),
     });
     Some(Decision::Trip {
