@@ -183,6 +183,14 @@ pub struct BenchAlertArgs {
     /// Hosts registered (the first two are the canaries).
     #[arg(long, default_value_t = 10)]
     pub hosts: u64,
+    /// Simulated agents (one watch connection each, on hosts of their own): each deployment
+    /// then goes to every host in one wave, and the bench also times the alert until the last
+    /// agent received the rollback's directive. 0: no agents, canaries only.
+    #[arg(long, default_value_t = 0)]
+    pub agents: usize,
+    /// With --agents: agents connecting at once.
+    #[arg(long, default_value_t = 200)]
+    pub connect_parallel: usize,
 }
 
 #[derive(Args, Debug)]

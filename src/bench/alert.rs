@@ -5,13 +5,19 @@
 //! the deployment reads as rolled back (`GET /v1/deployments/{id}`, linearizable). The time
 //! includes the evaluator's wait (it looks 20 ms after each applied change, and every 250 ms) and
 //! the poll (every 5 ms).
+//!
+//! With `--agents N`, N simulated agents (the watchers of `bench fanout`) watch hosts of the
+//! service, each deployment goes to every host in one wave, and each round also times the alert
+//! until the median and the last agent received the rollback's directive.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::bench::fanout;
 use crate::cli::BenchAlertArgs;
 
 /// Longest one step may take before the bench gives up.
@@ -66,59 +72,123 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
     // A service of its own per run, so a server can be measured more than once.
     let service = format!("bench-alert-{}", std::process::id());
     let env = "prod";
+    let hosts = args.hosts.max(args.agents as u64);
+    let host_name = |index: u64| format!("{service}-h{index}");
     for release in ["1.0", "2.0"] {
         api.post("/v1/releases", &json!({"service": service, "release": release})).await?;
     }
-    for index in 1..=args.hosts {
-        let group = if index <= 2 { "canary" } else { "main" };
-        let body = json!({"host": format!("h-{index}"), "service": service, "env": env, "group": group});
-        api.post("/v1/targets", &body).await?;
+    // Registered a thousand to an event batch.
+    let indexes: Vec<u64> = (1..=hosts).collect();
+    for chunk in indexes.chunks(1_000) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|index| {
+                let group = if *index <= 2 { "canary" } else { "main" };
+                json!({"type": "target.registered", "host": host_name(*index), "service": service, "env": env,
+                       "data": {"group": group}})
+            })
+            .collect();
+        api.post("/v1/events", &json!({ "events": events })).await.context("registering the hosts")?;
     }
     let report = |host: String, release: &str| json!({"host": host, "service": service, "env": env, "release": release, "status": "running", "applied_seq": 1});
-    // 1.0 everywhere, so a rollback has a release that ran to go back to.
+    // 1.0 ran, so a rollback has a release to go back to: a deployment of it, completed.
     let waves = json!([{"name": "all", "percent": 100}]);
     let start = json!({"deployment": "d-base", "service": service, "env": env, "release": "1.0", "waves": waves});
     api.post("/v1/deployments", &start).await?;
     api.post("/v1/deployments/d-base/waves/all/start", &json!({})).await?;
-    for index in 1..=args.hosts {
-        api.post("/v1/reports", &report(format!("h-{index}"), "1.0")).await?;
-    }
+    api.post("/v1/reports", &report(host_name(1), "1.0")).await?;
     api.post("/v1/deployments/d-base/waves/all/complete", &json!({})).await?;
     api.post("/v1/deployments/d-base/complete", &json!({})).await?;
     let policy = json!({"policy": {"bake_seconds": 3600, "auto_advance": true, "alerts": [{"severity": "critical"}]}});
     api.send(reqwest::Method::PUT, &format!("/v1/policies/{service}/{env}"), &policy).await?;
 
+    let watchers = match args.agents {
+        0 => None,
+        agents => {
+            let address = fanout::socket_address(&api.base)?;
+            let names: Arc<Vec<String>> = Arc::new((1..=agents as u64).map(host_name).collect());
+            let watchers =
+                fanout::connect_watchers("fleetlog", &[address], agents, args.connect_parallel, move |slot| {
+                    let host = names[slot.index].clone();
+                    fanout::watch_host(slot, host)
+                })
+                .await?;
+            eprintln!("{agents} agents watching, connected in {:.1} s", watchers.connect_time.as_secs_f64());
+            Some(watchers)
+        }
+    };
+
     let mut latency = Histogram::<u64>::new(3)?;
+    let mut last_agent = Histogram::<u64>::new(3)?;
+    let mut median_agent = Histogram::<u64>::new(3)?;
+    let mut missing = 0;
     for round in 0..args.rounds {
         let deployment = format!("d-{round}");
-        let waves = json!([{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]);
+        // With agents, the release goes to every host at once, so the rollback reaches all of
+        // them; without, to the canaries.
+        let waves = match watchers {
+            Some(_) => json!([{"name": "all", "percent": 100}]),
+            None => json!([{"name": "canary", "group": "canary"}, {"name": "rest", "percent": 100}]),
+        };
         let body = json!({"deployment": deployment, "service": service, "env": env, "release": "2.0", "waves": waves});
+        if let Some(watchers) = &watchers {
+            watchers.receipts.reset();
+        }
+        let deployed = Instant::now();
         api.post("/v1/deployments", &body).await?;
-        api.until(&deployment, "the canary start", |view| view["waves"][0]["state"] == "started").await?;
-        for host in ["h-1", "h-2"] {
-            api.post("/v1/reports", &report(host.to_string(), "2.0")).await?;
+        api.until(&deployment, "the first wave's start", |view| view["waves"][0]["state"] == "started").await?;
+        match &watchers {
+            // Every agent has its 2.0 directive before the alert comes.
+            Some(watchers) => {
+                watchers.receipts.collect(deployed).await;
+            }
+            None => {
+                for index in [1, 2] {
+                    api.post("/v1/reports", &report(host_name(index), "2.0")).await?;
+                }
+            }
         }
         let alert = json!({"version": "4", "status": "firing", "alerts": [{
             "status": "firing", "fingerprint": format!("{service}-{round}"), "startsAt": "2026-12-07T00:00:00Z",
             "labels": {"service": service, "env": env, "severity": "critical"}}]});
-        // The evaluator also ticks every 250 ms, and the canaries started on a tick: a random
+        // The evaluator also ticks every 250 ms, and the wave started on a tick: a random
         // pause keeps the alert from always arriving at the same point of it.
         let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..300);
         tokio::time::sleep(Duration::from_millis(pause)).await;
+        if let Some(watchers) = &watchers {
+            watchers.receipts.reset();
+        }
         let sent = Instant::now();
         api.post("/v1/alerts/alertmanager", &alert).await.context("posting the alert")?;
         api.until(&deployment, "the rollback", |view| view["state"] == "aborted").await?;
         latency.record(sent.elapsed().as_micros() as u64)?;
+        if let Some(watchers) = &watchers {
+            let received = watchers.receipts.collect(sent).await;
+            missing += args.agents - received.len();
+            if let (Some(last), Some(median)) = (received.last(), received.get(received.len() / 2)) {
+                last_agent.record(last.as_micros() as u64)?;
+                median_agent.record(median.as_micros() as u64)?;
+            }
+        }
+    }
+    if let Some(mut watchers) = watchers {
+        watchers.tasks.abort_all();
     }
     let millis = |micros: u64| micros as f64 / 1000.0;
-    let result = json!({
-        "rounds": args.rounds,
-        "alert_to_rollback_ms": {
-            "p50": millis(latency.value_at_quantile(0.5)),
-            "p99": millis(latency.value_at_quantile(0.99)),
-            "max": millis(latency.max()),
-        },
-    });
+    let quantiles = |histogram: &Histogram<u64>| {
+        json!({
+            "p50": millis(histogram.value_at_quantile(0.5)),
+            "p99": millis(histogram.value_at_quantile(0.99)),
+            "max": millis(histogram.max()),
+        })
+    };
+    let mut result = json!({"rounds": args.rounds, "alert_to_rollback_ms": quantiles(&latency)});
+    if args.agents > 0 {
+        result["agents"] = json!(args.agents);
+        result["alert_to_last_agent_ms"] = quantiles(&last_agent);
+        result["alert_to_median_agent_ms"] = quantiles(&median_agent);
+        result["rollback_directives_missing"] = json!(missing);
+    }
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
 }

@@ -136,7 +136,7 @@ pub async fn measure(target: Target, args: &BenchFanoutArgs) -> Result<Measureme
     };
     let memory_before = local.as_ref().map(LocalCluster::resident_memory);
     let addresses = urls.iter().map(|url| socket_address(url)).collect::<Result<Vec<_>>>()?;
-    let mut watchers = connect_watchers("etcd", &addresses, args, watch).await?;
+    let mut watchers = connect_watchers("etcd", &addresses, args.agents, args.connect_parallel, watch).await?;
     let memory_per_watcher = match (memory_before, local.as_ref().map(LocalCluster::resident_memory)) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 / args.agents as f64),
         _ => None,

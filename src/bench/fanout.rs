@@ -292,7 +292,7 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
 
     let addresses = urls.iter().map(|url| socket_address(url)).collect::<Result<Vec<_>>>()?;
     let hosts = Arc::new(hosts);
-    let mut watchers = connect_watchers("fleetlog", &addresses, args, move |slot| {
+    let mut watchers = connect_watchers("fleetlog", &addresses, args.agents, args.connect_parallel, move |slot| {
         let host = hosts[slot.index].clone();
         watch_host(slot, host)
     })
@@ -329,7 +329,7 @@ async fn measure_fleetlog(urls: &[String], args: &BenchFanoutArgs) -> Result<Mea
 }
 
 /// One simulated agent: the raw watch stream of its host on its own connection.
-async fn watch_host(mut slot: WatcherSlot, host: String) -> Result<()> {
+pub async fn watch_host(mut slot: WatcherSlot, host: String) -> Result<()> {
     let address = slot.address;
     let request = format!("GET /v1/watch/{host} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n");
     let mut stream = TcpStream::connect(address).await.with_context(|| format!("connecting to {address}"))?;
@@ -389,25 +389,26 @@ pub struct Watchers {
     pub connect_time: Duration,
 }
 
-/// Starts `--agents` watcher tasks spread over `addresses`, at most `--connect-parallel`
+/// Starts `agents` watcher tasks spread over `addresses`, at most `connect_parallel`
 /// connecting at once, and waits until all are established and then idle for a moment.
 pub async fn connect_watchers<F, Watch>(
     system: &str,
     addresses: &[SocketAddr],
-    args: &BenchFanoutArgs,
+    agents: usize,
+    connect_parallel: usize,
     watcher: F,
 ) -> Result<Watchers>
 where
     F: Fn(WatcherSlot) -> Watch + Send + Sync + 'static,
     Watch: std::future::Future<Output = Result<()>> + Send + 'static,
 {
-    let receipts = Receipts::new(args.agents);
+    let receipts = Receipts::new(agents);
     let connected = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(args.connect_parallel.max(1)));
+    let gate = Arc::new(Semaphore::new(connect_parallel.max(1)));
     let watcher = Arc::new(watcher);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for index in 0..args.agents {
+    for index in 0..agents {
         let address = addresses[index % addresses.len()];
         let (receipts, connected, gate, watcher) = (receipts.clone(), connected.clone(), gate.clone(), watcher.clone());
         tasks.spawn(async move {
@@ -415,7 +416,7 @@ where
             watcher(WatcherSlot { index, address, receipts, connected, turn: Some(turn) }).await
         });
     }
-    wait_connected(&connected, args.agents, &mut tasks, system).await?;
+    wait_connected(&connected, agents, &mut tasks, system).await?;
     let connect_time = started.elapsed();
     tokio::time::sleep(SETTLE).await;
     Ok(Watchers { tasks, receipts, connect_time })
