@@ -6,6 +6,9 @@
 #   benches/cluster.sh failover [N]      leader killed (SIGKILL) -> first acknowledged write, N times
 #   benches/cluster.sh learner [EVENTS]  load EVENTS events (default 1,000,000), then time a new
 #                                        learner catching up; checks it serves the same chain head
+#   benches/cluster.sh alert-failover [N] `fleetlog bench alert --kill-leader`: N rounds of an
+#                                        alert the policy rolls back on, the leader SIGKILLed
+#                                        right after acknowledging it (and started again)
 #   benches/cluster.sh up                start a cluster, print the leader's URL and keep it running
 #                                        until interrupted (for `fleetlog bench append` or perf)
 #   benches/cluster.sh fanout [AGENTS] [one|all]
@@ -60,6 +63,14 @@ start_cluster() {
   "$FLEETLOG" --server "http://$(address 1)" cluster init \
     --members "1=$(address 1),2=$(address 2),3=$(address 3)" >/dev/null
   for id in 1 2 3; do wait_ready "$id"; done
+}
+
+alert_failover() {
+  start_cluster
+  echo "== an alert to the policy's rollback, the leader killed right after acknowledging it ($1 rounds)"
+  "$FLEETLOG" --server "http://$(address 1),http://$(address 2),http://$(address 3)" bench alert --kill-leader --rounds "$1"
+  # The bench started the nodes it killed again itself: stop those too.
+  pkill -f -- "--data $WORK/" || true
 }
 
 leader() {
@@ -175,6 +186,7 @@ up() {
 case "${1:-}" in
   throughput) throughput ;;
   up) up ;;
+  alert-failover) alert_failover "${2:-10}" ;;
   failover) failover "${2:-3}" ;;
   learner) learner "${2:-1000000}" ;;
   fanout) fanout "${2:-10000}" "${3:-one}" ;;

@@ -191,6 +191,11 @@ pub struct BenchAlertArgs {
     /// With --agents: agents connecting at once.
     #[arg(long, default_value_t = 200)]
     pub connect_parallel: usize,
+    /// Kill the leader (SIGKILL) right after it acknowledged each alert, time the rollback as
+    /// a survivor serves it, then start the killed node again. Needs every node's URL in
+    /// --server and the nodes running on this machine (`benches/cluster.sh up`).
+    #[arg(long, conflicts_with = "agents")]
+    pub kill_leader: bool,
 }
 
 #[derive(Args, Debug)]

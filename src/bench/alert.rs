@@ -17,12 +17,13 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::bench::fanout;
+use crate::bench::{fanout, leader_kill};
 use crate::cli::BenchAlertArgs;
 
 /// Longest one step may take before the bench gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -48,11 +49,12 @@ impl Api {
         Ok(response.error_for_status()?.json().await?)
     }
 
-    /// Polls the deployment every 5 ms until `done` says so.
+    /// Polls the deployment every 5 ms until `done` says so; a failed read (a node electing a
+    /// leader answers 503) is tried again.
     async fn until(&self, deployment: &str, what: &str, done: impl Fn(&Value) -> bool) -> Result<()> {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
-            let view = self.get(&format!("/v1/deployments/{deployment}")).await?;
+            let view = self.get(&format!("/v1/deployments/{deployment}")).await.unwrap_or(Value::Null);
             if done(&view) {
                 return Ok(());
             }
@@ -68,7 +70,11 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let api = Api { http: super::http_client(2)?, base: server.trim_end_matches('/').to_string() };
+    let urls: Vec<String> = server.split(',').map(|url| url.trim().trim_end_matches('/').to_string()).collect();
+    if args.kill_leader && urls.len() < 3 {
+        bail!("--kill-leader needs the URL of every node of a 3-node (or larger) cluster in --server");
+    }
+    let mut api = Api { http: super::http_client(2)?, base: urls[0].clone() };
     // A service of its own per run, so a server can be measured more than once.
     let service = format!("bench-alert-{}", std::process::id());
     let env = "prod";
@@ -93,12 +99,14 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
     let report = |host: String, release: &str| json!({"host": host, "service": service, "env": env, "release": release, "status": "running", "applied_seq": 1});
     // 1.0 ran, so a rollback has a release to go back to: a deployment of it, completed.
     let waves = json!([{"name": "all", "percent": 100}]);
-    let start = json!({"deployment": "d-base", "service": service, "env": env, "release": "1.0", "waves": waves});
+    // Deployment ids are global: this run's carry its service's name.
+    let base = format!("{service}-base");
+    let start = json!({"deployment": base, "service": service, "env": env, "release": "1.0", "waves": waves});
     api.post("/v1/deployments", &start).await?;
-    api.post("/v1/deployments/d-base/waves/all/start", &json!({})).await?;
+    api.post(&format!("/v1/deployments/{base}/waves/all/start"), &json!({})).await?;
     api.post("/v1/reports", &report(host_name(1), "1.0")).await?;
-    api.post("/v1/deployments/d-base/waves/all/complete", &json!({})).await?;
-    api.post("/v1/deployments/d-base/complete", &json!({})).await?;
+    api.post(&format!("/v1/deployments/{base}/waves/all/complete"), &json!({})).await?;
+    api.post(&format!("/v1/deployments/{base}/complete"), &json!({})).await?;
     let policy = json!({"policy": {"bake_seconds": 3600, "auto_advance": true, "alerts": [{"severity": "critical"}]}});
     api.send(reqwest::Method::PUT, &format!("/v1/policies/{service}/{env}"), &policy).await?;
 
@@ -123,7 +131,7 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
     let mut median_agent = Histogram::<u64>::new(3)?;
     let mut missing = 0;
     for round in 0..args.rounds {
-        let deployment = format!("d-{round}");
+        let deployment = format!("{service}-{round}");
         // With agents, the release goes to every host at once, so the rollback reaches all of
         // them; without, to the canaries.
         let waves = match watchers {
@@ -158,6 +166,21 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
         if let Some(watchers) = &watchers {
             watchers.receipts.reset();
         }
+        if args.kill_leader {
+            let (leader, survivor) = leader_and_survivor(&api, &urls).await?;
+            let process = leader_kill::ServeProcess::find(leader.base.trim_start_matches("http://"))?;
+            let sent = Instant::now();
+            leader.post("/v1/alerts/alertmanager", &alert).await.context("posting the alert")?;
+            process.kill();
+            survivor
+                .until(&deployment, "the rollback after the leader's death", |view| view["state"] == "aborted")
+                .await?;
+            latency.record(sent.elapsed().as_micros() as u64)?;
+            process.restart()?;
+            api = survivor;
+            wait_whole(&api, urls.len()).await?;
+            continue;
+        }
         let sent = Instant::now();
         api.post("/v1/alerts/alertmanager", &alert).await.context("posting the alert")?;
         api.until(&deployment, "the rollback", |view| view["state"] == "aborted").await?;
@@ -183,6 +206,9 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
         })
     };
     let mut result = json!({"rounds": args.rounds, "alert_to_rollback_ms": quantiles(&latency)});
+    if args.kill_leader {
+        result["leader_killed_after_each_alert"] = json!(true);
+    }
     if args.agents > 0 {
         result["agents"] = json!(args.agents);
         result["alert_to_last_agent_ms"] = quantiles(&last_agent);
@@ -191,4 +217,39 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
+}
+
+/// The leader (from `GET /v1/cluster`) and another node of `urls`.
+async fn leader_and_survivor(api: &Api, urls: &[String]) -> Result<(Api, Api)> {
+    let cluster = api.get("/v1/cluster").await?;
+    let leader_id = cluster["leader_id"].as_u64().context("no leader now")?;
+    let nodes = cluster["nodes"].as_array().context("no nodes in /v1/cluster")?;
+    let address = nodes
+        .iter()
+        .find(|node| node["id"].as_u64() == Some(leader_id))
+        .and_then(|node| node["addr"].as_str())
+        .context("the leader's address")?;
+    let leader_url = format!("http://{address}");
+    let survivor = urls.iter().find(|url| **url != leader_url).context("a node other than the leader")?;
+    let with_base = |base: &str| Api { http: api.http.clone(), base: base.to_string() };
+    Ok((with_base(&leader_url), with_base(survivor)))
+}
+
+/// Waits until every one of `nodes` is reachable and caught up again.
+async fn wait_whole(api: &Api, nodes: usize) -> Result<()> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        if let Ok(cluster) = api.get("/v1/cluster").await {
+            let members = cluster["nodes"].as_array().cloned().unwrap_or_default();
+            let whole = members.len() == nodes
+                && members.iter().all(|node| node["reachable"] == true && node["lag"].as_u64() == Some(0));
+            if whole {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the cluster was not whole again within {STEP_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -8,6 +8,7 @@ mod compare;
 mod etcd;
 mod fanout;
 mod floor;
+mod leader_kill;
 mod load;
 mod proofs;
 mod rollback;
