@@ -145,6 +145,11 @@ fn raft_config(snapshot_every: u64) -> Result<Config> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
         max_in_snapshot_log_to_keep: snapshot_every.min(LOG_KEPT_BEHIND_SNAPSHOT),
         max_payload_entries: 100,
+        // Neither the state machine nor the committed log id is fsynced when written (only log
+        // appends fsync the shared WAL), so a leader restarted after a power cut could come back
+        // as leader with a stale commit index and answer a linearizable read from it. Without
+        // restore, a restarted node learns the commit index from an election or a leader first.
+        enable_leader_restore: Some(false),
         ..Config::default()
     };
     config.validate().map_err(|error| Error::Raft(error.to_string()))
