@@ -737,3 +737,21 @@ async fn alert_labels_are_configurable() {
     let text = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && text.contains("not service, env or host"), "{text}");
 }
+
+/// The operator's page is one self-contained file: served at `/` to anyone (it holds no data),
+/// with a policy that forbids any other origin, and under 300 KiB.
+#[tokio::test]
+async fn the_dashboard_page_is_served_self_contained() {
+    let server = Server::start().await;
+    let response = reqwest::get(format!("{}/", server.url)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let header =
+        |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).unwrap_or("").to_string();
+    assert!(header("content-type").starts_with("text/html"), "{}", header("content-type"));
+    let policy = header("content-security-policy");
+    assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"), "{policy}");
+    let page = response.text().await.unwrap();
+    assert!(page.len() < 300 * 1024, "{} bytes", page.len());
+    assert!(!page.contains("http://") && !page.contains("https://"), "the page refers to another origin");
+    assert!(page.contains("id=\"fleet\"") && page.contains("/v1/fleet"), "the fleet grid reads the fleet view");
+}

@@ -387,8 +387,8 @@ const ROLE_TABLE: &[(&str, &str, Who, HostIn)] = {
     ]
 };
 
-/// The endpoints that need no token.
-const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+/// The endpoints that need no token: the page and the probes.
+const PROBES: [&str; 3] = ["/", "/healthz", "/readyz"];
 
 fn is_stream(template: &str) -> bool {
     template == "/v1/subscribe" || template == "/v1/watch/{host}"

@@ -94,6 +94,7 @@ impl Permission {
 /// Every endpoint with what it needs. A route of the router that is missing here is refused
 /// (a test checks that none is).
 pub const ACCESS_RULES: &[(&str, &str, Permission)] = &[
+    ("GET", "/", Permission::Public),
     ("GET", "/healthz", Permission::Public),
     ("GET", "/readyz", Permission::Public),
     ("GET", "/metrics", Permission::Read),

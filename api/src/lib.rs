@@ -46,7 +46,7 @@ use crate::state::{ApiOptions, AppState};
 pub const LISTEN_BACKLOG: u32 = 4_096;
 
 pub fn router(state: AppState) -> Router {
-    use routes::{alerts, audit, calendars, cluster, commands, dora, events, health, peer, stream, views};
+    use routes::{alerts, audit, calendars, cluster, commands, dashboard, dora, events, health, peer, stream, views};
     Router::new()
         .route("/v1/events", post(events::append).get(events::read))
         .route("/v1/events/{seq}", get(events::one))
@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove))
         .route("/v1/cluster/members/{id}/promote", post(cluster::promote))
         .merge(peer::routes())
+        .route("/", get(dashboard::page))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod calendars;
 pub mod cluster;
 pub mod commands;
+pub mod dashboard;
 pub mod dora;
 pub mod events;
 pub mod health;
