@@ -700,6 +700,11 @@ async fn dora_figures_come_exactly_from_the_ledger() {
     assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{error}");
     let (status, _) = server.get("/v1/dora?since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z").await;
     assert_eq!(status, 400);
+    // A name with a NUL byte is refused before it reaches a storage key.
+    for path in ["/v1/dora?service=shop%00x", "/v1/calendars?service=shop%00x&env=prod"] {
+        let (status, error) = server.get(path).await;
+        assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{path}: {error}");
+    }
     // The CLI prints the same figures.
     let output = std::process::Command::new(common::binary())
         .args(["--server", &server.url, "dora", "--service", "shop", "--env", "prod"])

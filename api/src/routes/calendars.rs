@@ -12,13 +12,14 @@ use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
 use crate::input::Params;
+use crate::routes::views::name_param;
 use crate::state::AppState;
 use crate::wire;
 use fleetlog_raft::domain::event::format_time;
 
 pub async fn list(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
     let params = Params::new(raw, &["service", "env"])?;
-    let scope = match (params.text("service"), params.text("env")) {
+    let scope = match (name_param(&params, "service")?, name_param(&params, "env")?) {
         (Some(service), Some(env)) => Some((service, env)),
         (None, None) => None,
         _ => return Err(ApiError::bad_request("invalid_parameter", "give service and env together, or neither")),

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
 use crate::input::Params;
+use crate::routes::views::name_param;
 use crate::state::AppState;
 use crate::wire;
 
@@ -24,7 +25,7 @@ const LISTED_MAX: usize = 1_000;
 
 pub async fn dora(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
     let params = Params::new(raw, &["service", "env", "since", "until"])?;
-    let (service, env) = (params.text("service"), params.text("env"));
+    let (service, env) = (name_param(&params, "service")?, name_param(&params, "env")?);
     if env.is_some() && service.is_none() {
         return Err(ApiError::bad_request("invalid_parameter", "env needs service"));
     }
