@@ -378,6 +378,7 @@ const ROLE_TABLE: &[(&str, &str, Who, HostIn)] = {
         ("POST", "/v1/reports", WritersAndHostAgents, Body),
         ("POST", "/v1/freezes", Writers, Nowhere),
         ("DELETE", "/v1/freezes/{service}/{env}", Writers, Nowhere),
+        ("GET", "/v1/whoami", Readers, Nowhere),
         ("GET", "/v1/cluster", Readers, Nowhere),
         ("POST", "/v1/cluster/init", Admin, Nowhere),
         ("POST", "/v1/cluster/learners", Admin, Nowhere),
@@ -895,4 +896,70 @@ fn a_token_name_the_ledger_would_refuse_as_an_actor_is_refused_at_creation() {
         assert!(stderr.contains("allowed set"), "{name:?}: {stderr}");
         assert!(output.stdout.is_empty(), "a refused token must print nothing: {:?}", output.stdout);
     }
+}
+
+/// A browser's EventSource cannot set headers, so the two streams (and only they) take the token
+/// as `access_token` in the query, under the same role and host rules as the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_take_their_token_from_access_token_and_nothing_else_does() {
+    let tokens = Tokens::create();
+    let serve = tokens.serve(&[]).await;
+    let client = Client::new(&serve);
+    let query = |token: &str| format!("access_token={token}");
+    for route in [Route::Direct, Route::Router] {
+        let opened = client.stream(&format!("/v1/subscribe?{}", query(&tokens.auditor.token)), None, route).await;
+        assert_eq!(opened.status, 200, "{route:?}: {}", opened.head);
+        let with_filter =
+            client.stream(&format!("/v1/subscribe?type=rollback&{}", query(&tokens.deployer.token)), None, route).await;
+        assert_eq!(with_filter.status, 200, "{route:?}: {}", with_filter.head);
+        let watch = client.stream(&format!("/v1/watch/{OWN_HOST}?{}", query(&tokens.agent.token)), None, route).await;
+        assert_eq!(watch.status, 200, "{route:?}: {}", watch.head);
+
+        let refusals = [
+            (format!("/v1/subscribe?{}", query(&tokens.unlisted.token)), None, 401, "invalid_token"),
+            (format!("/v1/subscribe?{}", query(&tokens.expired.token)), None, 401, "token_expired"),
+            (format!("/v1/subscribe?{}", query(&tokens.agent.token)), None, 403, "forbidden"),
+            (format!("/v1/watch/{FOREIGN_HOST}?{}", query(&tokens.agent.token)), None, 403, "forbidden"),
+            // Two tokens at once: refused rather than one of them picked.
+            (
+                format!("/v1/subscribe?{}", query(&tokens.auditor.token)),
+                Some(bearer(&tokens.auditor.token)),
+                400,
+                "invalid_parameter",
+            ),
+        ];
+        for (path, header, status, code) in refusals {
+            let answer = client.stream(&path, header.as_deref(), route).await;
+            assert_eq!((answer.status, answer.code()), (status, Some(code)), "{route:?} {path}: {}", answer.head);
+        }
+    }
+    // Any other endpoint ignores a token in the query: it is no way around the header.
+    for path in ["/v1/fleet", "/v1/whoami"] {
+        let answer = client.request("GET", &format!("{path}?{}", query(&tokens.admin.token)), None, None).await;
+        assert_eq!((answer.status, answer.code()), (401, Some("unauthenticated")), "{path}: {}", answer.body);
+    }
+    let write =
+        client.request("POST", &format!("/v1/releases?{}", query(&tokens.admin.token)), None, Some(&json!({}))).await;
+    assert_eq!(write.status, 401, "{}", write.body);
+}
+
+/// The page shows actions only to tokens that may take them; it learns which from /v1/whoami.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_caller_and_whether_it_may_write() {
+    let tokens = Tokens::create();
+    let serve = tokens.serve(&[]).await;
+    let client = Client::new(&serve);
+    for (role, name, may_write) in
+        [(Role::Admin, "ops-admin", true), (Role::Deployer, "ci-deployer", true), (Role::Auditor, "audit", false)]
+    {
+        let answer = client.get("/v1/whoami", tokens.of(role)).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(
+            answer.body,
+            json!({"name": name, "role": role.as_str(), "may_write": may_write, "tokens_required": true})
+        );
+    }
+    let open = Serve::start(&[]).await;
+    let answer = reqwest::get(format!("{}/v1/whoami", open.url)).await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(answer, json!({"name": "anonymous", "role": "admin", "may_write": true, "tokens_required": false}));
 }

@@ -139,6 +139,7 @@ pub const ACCESS_RULES: &[(&str, &str, Permission)] = &[
     ("POST", "/v1/reports", Permission::HostWrite),
     ("POST", "/v1/freezes", Permission::Write),
     ("DELETE", "/v1/freezes/{service}/{env}", Permission::Write),
+    ("GET", "/v1/whoami", Permission::Read),
     ("GET", "/v1/cluster", Permission::Read),
     ("POST", "/v1/cluster/init", Permission::Membership),
     ("POST", "/v1/cluster/learners", Permission::Membership),

@@ -157,6 +157,38 @@ fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// The query parameter a stream may carry its token in (RFC 6750, section 2.3): a browser's
+/// `EventSource` cannot set an `Authorization` header, and the operator's page follows the log
+/// with one. Only the two stream endpoints accept it, so a token never sits in the URL of a
+/// request that changes anything; the server logs no URLs.
+pub const QUERY_TOKEN_PARAMETER: &str = "access_token";
+
+/// Whether the route template is a stream, whose token may come in the query.
+pub fn is_stream_route(template: &str) -> bool {
+    template == "/v1/subscribe" || template == "/v1/watch/{host}"
+}
+
+/// The `Authorization` value of a stream request: its header, or `Bearer` and the query's token.
+/// Both at once is refused, as RFC 6750 asks, so no one wonders which of two tokens was used.
+pub fn stream_authorization(header: Option<&[u8]>, query_token: Option<&str>) -> ApiResult<Option<Vec<u8>>> {
+    match (header, query_token) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("give the token in the Authorization header or in {QUERY_TOKEN_PARAMETER}, not both"),
+        )),
+        (Some(header), None) => Ok(Some(header.to_vec())),
+        (None, Some(token)) => Ok(Some(format!("Bearer {token}").into_bytes())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The `access_token` of a query string, if it has one.
+fn query_token(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, _)| name == QUERY_TOKEN_PARAMETER)
+        .map(|(_, value)| value.into_owned())
+}
+
 /// Middleware of the router: admits the request and hands its [`Principal`] to the handler.
 pub async fn middleware(
     State(app): State<AppState>,
@@ -181,8 +213,16 @@ pub async fn middleware(
         .as_ref()
         .ok()
         .and_then(|params| params.iter().find(|(name, _)| *name == "host").map(|(_, value)| value));
-    let authorization = request.headers().get(axum::http::header::AUTHORIZATION).map(|value| value.as_bytes());
-    match app.gate.admit(authorization, permission, host) {
+    let header = request.headers().get(axum::http::header::AUTHORIZATION).map(|value| value.as_bytes());
+    let authorization = if is_stream_route(matched.as_str()) {
+        match stream_authorization(header, query_token(request.uri().query()).as_deref()) {
+            Ok(authorization) => authorization,
+            Err(error) => return error.into_response(),
+        }
+    } else {
+        header.map(<[u8]>::to_vec)
+    };
+    match app.gate.admit(authorization.as_deref(), permission, host) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await

@@ -46,7 +46,9 @@ use crate::state::{ApiOptions, AppState};
 pub const LISTEN_BACKLOG: u32 = 4_096;
 
 pub fn router(state: AppState) -> Router {
-    use routes::{alerts, audit, calendars, cluster, commands, dashboard, dora, events, health, peer, stream, views};
+    use routes::{
+        alerts, audit, calendars, cluster, commands, dashboard, dora, events, health, peer, stream, views, whoami,
+    };
     Router::new()
         .route("/v1/events", post(events::append).get(events::read))
         .route("/v1/events/{seq}", get(events::one))
@@ -85,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports", post(commands::report))
         .route("/v1/freezes", post(commands::start_freeze))
         .route("/v1/freezes/{service}/{env}", delete(commands::end_freeze))
+        .route("/v1/whoami", get(whoami::whoami))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/init", post(cluster::init))
         .route("/v1/cluster/learners", post(cluster::add_learner))

@@ -166,6 +166,7 @@ pub fn deployment(record: &DeploymentRecord) -> Value {
                 "state": wave.state.as_str(),
                 "started": optional_step(&wave.started),
                 "completed": optional_step(&wave.completed),
+                "settled": wave.settled_micros.map(format_time),
                 "hosts": { "selected": wave.selected, "converged": wave.converged, "unhealthy": wave.unhealthy,
                            "failed": wave.failed },
             });

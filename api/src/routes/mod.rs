@@ -12,3 +12,4 @@ pub mod health;
 pub mod peer;
 pub mod stream;
 pub mod views;
+pub mod whoami;

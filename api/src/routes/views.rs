@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleetlog_raft::domain::gates::POLICY_ACTOR;
+use fleetlog_raft::domain::gates::{self, POLICY_ACTOR};
 use fleetlog_raft::domain::kv::KvRead;
 use fleetlog_raft::domain::records::{self, DeploymentState};
 use fleetlog_raft::domain::views::{self, DeploymentFilter};
@@ -147,16 +147,29 @@ pub async fn deployment(
                         Some(record) => views::deployment_failures(kv, record, at_seq)?,
                         None => Vec::new(),
                     };
-                    Ok((at_seq, record.map(|record| (record, failures))))
+                    // Gates are shown for now only: alerts are kept as they stand, not by seq.
+                    let gates = match (&record, at_seq) {
+                        (Some(record), None) => match records::policy(kv, &record.service, &record.env, None)? {
+                            Some(policy) => {
+                                let alerts = records::alerts_of(kv, Some(&record.service), Some(&record.env))?;
+                                let now = chrono::Utc::now().timestamp_micros();
+                                gates::status(record, &policy.policy, &alerts, now)
+                            }
+                            None => None,
+                        },
+                        _ => None,
+                    };
+                    Ok((at_seq, record.map(|record| (record, failures, gates))))
                 }
                 Err(error) => Err(error),
             })
         })
         .await??;
     match record {
-        (_, Some((record, failures))) => {
+        (_, Some((record, failures, gates))) => {
             let mut document = wire::deployment(&record);
             document["failures"] = failures.iter().map(|host| wire::host_failure(&record, host)).collect();
+            document["gates"] = gates.unwrap_or(Value::Null);
             Ok(Json(document))
         }
         (None, None) => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist"))),

@@ -71,14 +71,17 @@ pub async fn serve(app: AppState, mut stream: TcpStream) {
 /// Runs the gate's checks the router's middleware runs for routed requests, with the rule
 /// `ACCESS_RULES` gives the route, so the two paths cannot disagree.
 fn admit(app: &AppState, request: &StreamRequest) -> Result<Principal, ApiError> {
-    let authorization = request.authorization.as_deref().map(str::as_bytes);
+    let authorization = crate::gate::stream_authorization(
+        request.authorization.as_deref().map(str::as_bytes),
+        request.query.get(crate::gate::QUERY_TOKEN_PARAMETER).map(String::as_str),
+    )?;
     let (template, host) = match request.path.strip_prefix("/v1/watch/") {
         Some(host) => ("/v1/watch/{host}", Some(host)),
         None => ("/v1/subscribe", None),
     };
     let permission = auth::permission(&Method::GET, template)
         .ok_or_else(|| ApiError::internal(format!("{template} has no access rule")))?;
-    app.gate.admit(authorization, permission, host).inspect_err(|_| app.metrics.refused())
+    app.gate.admit(authorization.as_deref(), permission, host).inspect_err(|_| app.metrics.refused())
 }
 
 async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, ApiError> {

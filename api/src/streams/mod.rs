@@ -165,9 +165,11 @@ pub async fn open(
     app: &AppState,
     principal: &Principal,
     path: &str,
-    query: HashMap<String, String>,
+    mut query: HashMap<String, String>,
     last_event_id: Option<&str>,
 ) -> ApiResult<Opened> {
+    // The gate has read the token already.
+    query.remove(crate::gate::QUERY_TOKEN_PARAMETER);
     let head = app.node.feed().head_seq();
     if path == "/v1/subscribe" {
         let mut allowed = FILTER_PARAMS.to_vec();

@@ -194,6 +194,55 @@ pub fn evaluate(
     }
 }
 
+/// Where the deployment's current wave stands against each gate of its policy at `now_micros`,
+/// with the thresholds [`evaluate`] applies: what the operator's page shows beside the wave.
+/// `None` when no wave has started or the deployment is over.
+pub fn status(
+    deployment: &DeploymentRecord,
+    policy: &Policy,
+    alerts: &[AlertRecord],
+    now_micros: i64,
+) -> Option<Value> {
+    if deployment.state != DeploymentState::Active {
+        return None;
+    }
+    let current = deployment.waves.iter().rposition(|wave| wave.state != WaveState::Pending)?;
+    let wave = &deployment.waves[current];
+    let gates = policy.gates(&wave.name);
+    let allowed_failed = gates.max_failed.map_or(0, |amount| amount.of(wave.selected));
+    let required_healthy = gates.min_healthy.map_or(0, |amount| amount.of(wave.selected));
+    let healthy = wave.converged.saturating_sub(wave.unhealthy);
+    let extra = if current == 0 { policy.first_wave_extra_bake_seconds } else { 0 };
+    let bake = gates.bake_seconds + extra;
+    let baked = wave.settled_micros.map(|settled| elapsed_seconds(settled, now_micros));
+    let started_micros = wave.started.as_ref().map_or(now_micros, |step| step.time_micros);
+    let counted = counted_alerts(deployment, policy, alerts).len();
+    Some(json!({
+        "wave": wave.name,
+        "wave_state": wave.state.as_str(),
+        "auto_advance": policy.auto_advance,
+        "max_failed": { "allowed": allowed_failed, "failed": wave.failed, "passing": wave.failed <= allowed_failed },
+        "min_healthy": {
+            "required": required_healthy,
+            "healthy": healthy,
+            // Judged once the wave has settled, as the evaluator judges it.
+            "passing": wave.settled_micros.is_none() || healthy >= required_healthy,
+        },
+        "bake": {
+            "seconds": bake,
+            "settled_since": wave.settled_micros.map(micros_text),
+            "remaining_seconds": baked.map(|baked| bake.saturating_sub(baked)),
+        },
+        "converge_deadline": gates.converge_deadline_seconds.map(|deadline| json!({
+            "seconds": deadline,
+            "elapsed_seconds": elapsed_seconds(started_micros, now_micros),
+            "passing": wave.settled_micros.is_some() || elapsed_seconds(started_micros, now_micros) < deadline,
+        })),
+        "alerts": { "counted": counted, "passing": counted == 0 },
+        "now": micros_text(now_micros),
+    }))
+}
+
 /// The alert gate of wave `current`: a trip naming every counted alert, if there is one.
 fn alert_trip(
     deployment: &DeploymentRecord,
@@ -392,6 +441,40 @@ mod tests {
 
     fn at(seconds: i64) -> i64 {
         seconds * SECOND
+    }
+
+    #[test]
+    fn the_gate_status_shows_the_thresholds_the_evaluator_applies() {
+        let policy =
+            policy(json!({"bake_seconds": 60, "first_wave_extra_bake_seconds": 30, "max_failed": {"count": 1},
+                                   "min_healthy": {"percent": 75}, "converge_deadline_seconds": 300}));
+        assert_eq!(status(&deployment(2), &policy, &[], at(5)), None, "no wave has started");
+
+        let converging = status(&started(deployment(2), 0, 4, 2, 1), &policy, &[], at(70)).unwrap();
+        assert_eq!(converging["wave"], "w0");
+        assert_eq!(converging["max_failed"], json!({"allowed": 1, "failed": 1, "passing": true}));
+        assert_eq!(converging["min_healthy"], json!({"required": 3, "healthy": 2, "passing": true}), "not settled yet");
+        assert_eq!(converging["bake"]["seconds"], 90, "the first wave bakes 60 + 30 s");
+        assert_eq!(converging["bake"]["remaining_seconds"], Value::Null, "the bake starts once settled");
+        assert_eq!(converging["converge_deadline"], json!({"seconds": 300, "elapsed_seconds": 60, "passing": true}));
+        assert_eq!(converging["alerts"], json!({"counted": 0, "passing": true}));
+
+        let baking = status(&started(deployment(2), 0, 4, 4, 0), &policy, &[], at(20 + 50)).unwrap();
+        assert_eq!(baking["bake"]["remaining_seconds"], 40);
+        assert_eq!(baking["min_healthy"]["passing"], true);
+        assert_eq!(evaluate(&started(deployment(2), 0, 4, 4, 0), &policy, 5, &[], at(20 + 50)), Decision::Wait);
+
+        let second = status(&started(deployment(2), 1, 4, 3, 1), &policy, &[], at(20 + 10)).unwrap();
+        assert_eq!(second["bake"]["seconds"], 60, "later waves bake without the extra");
+        assert_eq!(second["min_healthy"], json!({"required": 3, "healthy": 3, "passing": true}));
+        let failing = started(deployment(2), 1, 4, 2, 2);
+        let tripped = status(&failing, &policy, &[], at(30)).unwrap();
+        assert_eq!(tripped["max_failed"]["passing"], false);
+        assert!(matches!(evaluate(&failing, &policy, 5, &[], at(30)), Decision::Trip { gate: Gate::MaxFailed, .. }));
+
+        let mut over = started(deployment(1), 0, 4, 4, 0);
+        over.state = DeploymentState::Completed;
+        assert_eq!(status(&over, &policy, &[], at(500)), None, "a deployment that ended has no gates");
     }
 
     #[test]
