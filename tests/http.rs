@@ -758,5 +758,9 @@ async fn the_dashboard_page_is_served_self_contained() {
     let page = response.text().await.unwrap();
     assert!(page.len() < 300 * 1024, "{} bytes", page.len());
     assert!(!page.contains("http://") && !page.contains("https://"), "the page refers to another origin");
-    assert!(page.contains("id=\"fleet\"") && page.contains("/v1/fleet"), "the fleet grid reads the fleet view");
+    assert!(
+        page.contains("id=\"fleet-viewport\"") && page.contains("/v1/fleet"),
+        "the fleet grid reads the fleet view"
+    );
+    assert!(page.contains("new EventSource("), "the page follows the log");
 }
