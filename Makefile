@@ -1,5 +1,6 @@
 # fleetlog: `make run` starts a single-node server on 127.0.0.1:7070 (data in ./fleetlog-data);
-# `make test` runs every test. Both install missing build prerequisites first.
+# `make test` runs every test. Both install missing build prerequisites first (`make test` also
+# chromium and chromium-driver, for the browser tests).
 #
 # The target directory lives outside the clone so RocksDB (10-20 minutes to compile) is built once
 # per machine, not once per checkout.
@@ -37,7 +38,11 @@ demo: build
 demo-agents: build
 	./scripts/demo-agents.sh
 
-test: prerequisites
+# The tests need a browser besides the build's tools (the browser tests drive chromium over
+# WebDriver): the script is called with --tests here rather than through `prerequisites`, which
+# `run` and `build` share and which must not install one.
+test:
+	@./scripts/prerequisites.sh --tests
 	cargo test --workspace --all-targets
 
 lint: prerequisites

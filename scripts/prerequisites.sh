@@ -7,10 +7,14 @@
 # - curl: the hands-off tests and demo post Alertmanager's webhook with it, as Alertmanager would
 #   (Debian 12's base image has no curl);
 # - fallocate and mount (util-linux): the full-disk test fills a small tmpfs;
-# - /dev/fuse: the power-cut test mounts a test-only FUSE file system (the kernel's, no package).
+# - /dev/fuse: the power-cut test mounts a test-only FUSE file system (the kernel's, no package);
+# - with --tests only: chromium and chromium-driver, which the browser tests drive over WebDriver
+#   (tests/common/webdriver.rs). They are left out otherwise, so `make run` and `make build` do not
+#   pull a browser onto a machine that only serves.
 #
-# `prerequisites.sh --print-missing` only prints the packages it would install, one per line, and
-# installs nothing: tests use it to check the detection itself.
+# Usage: prerequisites.sh [--tests] [--print-missing], the flags in any order.
+# `--print-missing` only prints the packages it would install, one per line, and installs nothing:
+# tests use it to check the detection itself.
 set -euo pipefail
 
 # clang-sys (which bindgen uses) looks for exactly these file names, without a suffix after `.so`:
@@ -45,6 +49,19 @@ find_libclang() {
   return 1
 }
 
+print_missing=false
+tests=false
+for argument in "$@"; do
+  case "$argument" in
+    --print-missing) print_missing=true ;;
+    --tests) tests=true ;;
+    *)
+      echo "usage: $0 [--tests] [--print-missing]" >&2
+      exit 2
+      ;;
+  esac
+done
+
 missing=()
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
@@ -53,8 +70,13 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v fallocate >/dev/null 2>&1 || missing+=(util-linux)
 find_libclang >/dev/null || missing+=(libclang-dev)
+if [ "$tests" = true ]; then
+  # Debian names the packages chromium and chromium-driver; the commands are chromium and chromedriver.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+fi
 
-if [ "${1:-}" = --print-missing ]; then
+if [ "$print_missing" = true ]; then
   [ ${#missing[@]} -gt 0 ] && printf '%s\n' "${missing[@]}"
   exit 0
 fi

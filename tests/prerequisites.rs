@@ -59,3 +59,35 @@ fn the_tools_the_tests_need_are_checked() {
         assert!(missing.lines().any(|line| line == package), "{package} is not checked: {missing:?}");
     }
 }
+
+/// A browser is a prerequisite of the browser tests only: `--tests` asks for chromium and its
+/// WebDriver (in either order with `--print-missing`), while the plain run that `make run` uses
+/// leaves them out, so building the server never pulls in a browser.
+#[test]
+fn the_browser_is_checked_only_for_the_tests() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prerequisites.sh");
+    let empty = tempfile::TempDir::new().unwrap();
+    let missing_with = |arguments: &[&str]| -> Vec<String> {
+        let output = Command::new("/bin/bash")
+            .arg(script)
+            .args(arguments)
+            .env("PATH", empty.path())
+            .env("FLEETLOG_LIBCLANG_DIRS", empty.path())
+            .output()
+            .expect("run the prerequisites script");
+        assert!(output.status.success(), "{arguments:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect()
+    };
+    let browser = ["chromium", "chromium-driver"];
+    for arguments in [["--print-missing", "--tests"], ["--tests", "--print-missing"]] {
+        let missing = missing_with(&arguments);
+        for package in browser {
+            assert!(missing.iter().any(|line| line == package), "{arguments:?}: {package} is not checked: {missing:?}");
+        }
+    }
+    let missing = missing_with(&["--print-missing"]);
+    assert!(missing.contains(&"g++".to_string()), "the build's tools are still checked: {missing:?}");
+    for package in browser {
+        assert!(!missing.iter().any(|line| line == package), "{package} is asked for without --tests: {missing:?}");
+    }
+}

@@ -7,6 +7,7 @@ pub mod history;
 pub mod lossy_fs;
 pub mod proxy;
 pub mod rfc9162;
+pub mod webdriver;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
