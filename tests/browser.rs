@@ -34,6 +34,8 @@ async fn the_webdriver_client_drives_a_real_chromium() {
 /// Hosts of the fleet the page is tested with; the first 50 are the canary group.
 const HOSTS: usize = 1_000;
 const CANARY: usize = 50;
+/// WebDriver's code for the Enter key.
+const ENTER: &str = "\u{E007}";
 /// Long enough for a debug build on a loaded machine; the page itself follows within a second.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -378,6 +380,15 @@ async fn an_auditor_sees_no_actions_and_can_travel_back_and_check_proofs() {
         )
         .await;
     browser.screenshot("dashboard-audit.png").await;
+
+    // By keyboard alone: filter, switch to the text list, open a host with Enter.
+    browser.find("#filter").await.send_keys("web-0007").await;
+    browser.find("#view-mode").await.send_keys("list").await;
+    let row = browser.find("button.row.line[data-host=\"web-0007\"]").await;
+    row.send_keys(ENTER).await;
+    let detail = "document.querySelector('[data-detail-host=\"web-0007\"]')?.textContent.includes('converged')";
+    browser.wait_for("web-0007's details", WAIT, detail).await;
+    browser.screenshot("dashboard-keyboard-list.png").await;
 
     // Readable on a phone: nothing wider than the screen.
     browser.set_window_size(420, 860).await;
