@@ -261,10 +261,25 @@ async fn the_grid_counts_a_thousand_hosts_and_a_wave_moves_live() {
     }
     assert_eq!(counts(&browser).await, expected_counts(HOSTS, 0));
     assert_eq!(browser.execute("return window.loadedOnce === true;", Vec::new()).await, true, "the page reloaded");
-    let gates = browser
-        .execute("return document.querySelectorAll('[data-deployment=\"d-2\"] [data-gate]').length;", Vec::new())
-        .await;
-    assert_eq!(gates, 0, "d-2 has no policy, so no gates");
+    let gates = "document.querySelectorAll('[data-deployment=\"d-2\"] [data-gate]').length";
+    assert_eq!(browser.execute(&format!("return {gates};"), Vec::new()).await, 0, "d-2 has no policy, so no gates");
+
+    // With a policy, the settled canary bakes, and the page counts the bake down.
+    let policy = json!({"policy": {"bake_seconds": 600, "max_failed": {"count": 1}}});
+    let response = fleet
+        .http
+        .put(format!("{}/v1/policies/shop/prod", fleet.server.url))
+        .bearer_auth(&fleet.admin.token)
+        .json(&policy)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let baking = "document.querySelector('[data-deployment=\"d-2\"] [data-gate=\"bake\"]')?.textContent.includes('s left of 600 s')";
+    browser.wait_for("the canary's bake counting down", WAIT, baking).await;
+    let failed = browser.find("[data-deployment=\"d-2\"] [data-gate=\"max_failed\"]").await;
+    assert_eq!(failed.attribute("data-passing").await.as_deref(), Some("true"));
+    assert!(failed.text().await.contains("0 of 1 allowed"), "{}", failed.text().await);
     browser.screenshot("dashboard-wave-converged.png").await;
 }
 

@@ -52,6 +52,20 @@ async fn an_alert_then_a_leader_kill_rolls_back_exactly_once() {
             let (status, answer) = cluster.post(leader, "/v1/reports", &report).await;
             assert_eq!(status, 201, "{answer}");
         }
+        if round == 0 {
+            // The deployment's view shows where the canary stands against each gate.
+            let view = deployment_until(&on_leader, &deployment, "the canary settled", |view| {
+                view["waves"][0]["settled"].is_string()
+            })
+            .await;
+            let gates = &view["gates"];
+            assert_eq!(gates["wave"], "canary", "{view}");
+            assert_eq!(gates["bake"]["seconds"], 600, "{gates}");
+            let remaining = gates["bake"]["remaining_seconds"].as_u64().unwrap_or_else(|| panic!("{gates}"));
+            assert!((590..=600).contains(&remaining), "{gates}");
+            assert_eq!(gates["max_failed"], json!({"allowed": 0, "failed": 0, "passing": true}), "{gates}");
+            assert_eq!(gates["alerts"], json!({"counted": 0, "passing": true}), "{gates}");
+        }
         let (status, answer) =
             cluster.post(leader, "/v1/alerts/alertmanager", &alert_payload(&format!("round-{round}"))).await;
         assert_eq!(status, 200, "{answer}");
