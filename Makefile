@@ -7,7 +7,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/fleetlog-target
 export CARGO_TARGET_DIR
 
-.PHONY: run test cluster demo demo-agents prerequisites build release lint fuzz-check
+.PHONY: run test cluster demo demo-agents prerequisites build release lint fuzz-check bench-dashboard
 
 prerequisites:
 	@./scripts/prerequisites.sh
@@ -21,6 +21,15 @@ build: prerequisites
 # dependencies already cached; longer from a cold cache).
 release: prerequisites
 	cargo build --release -p fleetlog --bin fleetlog
+
+# The operator's page in headless chromium against the release server with 10,000 hosts: its
+# weight, its first full render and the time from an appended report to the screen
+# (docs/performance.md). The bench program itself is built on the dev profile, as the Criterion
+# benches are run: the bench profile would compile RocksDB once more, and what is measured is the
+# release server and the browser, not the bench.
+bench-dashboard: release
+	@./scripts/prerequisites.sh --tests
+	cargo bench --profile dev --bench dashboard
 
 run: build
 	$(CARGO_TARGET_DIR)/debug/fleetlog serve
