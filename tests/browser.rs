@@ -71,6 +71,8 @@ struct Fleet {
     auditor: Issued,
     /// The seq at which d-1 completed: the fleet all on 1.0, before d-2.
     before_second_deployment: u64,
+    /// The server's token file, to restart it as it was.
+    token_file: std::path::PathBuf,
     /// Rounds of reports so far, so each report's id is new.
     report_rounds: std::sync::atomic::AtomicUsize,
     _directory: tempfile::TempDir,
@@ -97,6 +99,7 @@ impl Fleet {
             deployer,
             auditor,
             before_second_deployment: 0,
+            token_file,
             report_rounds: Default::default(),
             _directory: directory,
         };
@@ -200,6 +203,18 @@ impl Fleet {
     }
 }
 
+/// Clicks the element `css` names at once, in the page: the deployments are drawn again when they
+/// change, so an element found by one WebDriver call may be gone by the next.
+async fn click(browser: &Browser, css: &str) {
+    let clicked = browser
+        .execute(
+            "const target = document.querySelector(arguments[0]); target?.click(); return !!target;",
+            vec![json!(css)],
+        )
+        .await;
+    assert_eq!(clicked, true, "nothing to click at {css}");
+}
+
 /// Waits until the page shows the fleet at seq `seq` or later.
 async fn wait_shown(browser: &Browser, seq: u64) {
     let condition = format!("Number(document.body.dataset.fleetSeq || 0) >= {seq}");
@@ -292,8 +307,34 @@ async fn a_confirmed_rollback_appends_one_rollback_and_the_grid_turns() {
     fleet.open(&browser, &fleet.deployer.token).await;
     let rollbacks = || async { fleet.get("/v1/events?type=rollback").await["events"].as_array().unwrap().clone() };
 
+    // Halt and resume, each with its reason, then the next wave by hand.
+    for (action, reason, state) in
+        [("halt", "looking at the canary", "halted"), ("resume", "canary looks fine", "active")]
+    {
+        click(&browser, &format!("[data-deployment=\"d-2\"] [data-action=\"{action}\"]")).await;
+        browser.wait_for("the confirmation", WAIT, "document.getElementById('confirm-dialog').open").await;
+        browser.find("#confirm-reason").await.send_keys(reason).await;
+        browser.find("#confirm-yes").await.click().await;
+        let shown = format!("document.querySelector('[data-deployment=\"d-2\"]')?.dataset.state === '{state}'");
+        browser.wait_for(&format!("d-2 {state}"), WAIT, &shown).await;
+    }
+    let halts = fleet.get("/v1/events?type=deployment.halted").await;
+    assert_eq!(halts["events"][0]["data"]["reason"], "looking at the canary", "{halts}");
+    click(&browser, "[data-deployment=\"d-2\"] [data-action=\"next-wave\"]").await;
+    browser.wait_for("the confirmation", WAIT, "document.getElementById('confirm-dialog').open").await;
+    browser.find("#confirm-yes").await.click().await;
+    // The rest wave tells the other 950 hosts to run 2.0.
+    wait_counts(&browser, "the rest wave started", &expected_counts(CANARY, HOSTS - CANARY)).await;
+    let rest =
+        "document.querySelector('[data-deployment=\"d-2\"] [data-wave=\"rest\"]')?.dataset.waveState === 'started'";
+    browser.wait_for("the rest wave shown started", WAIT, rest).await;
+    // The canary completed and the rest started in one append: consecutive seqs.
+    let completed = fleet.get("/v1/events?type=wave.completed&deployment=d-2").await["events"][0]["seq"].as_u64();
+    let started = fleet.get("/v1/events?type=wave.started&deployment=d-2").await["events"][1]["seq"].as_u64();
+    assert_eq!(started, completed.map(|seq| seq + 1), "the canary's completion and the rest's start");
+
     // The confirmation names the release it goes back to and how many hosts it reaches.
-    browser.find("[data-deployment=\"d-2\"] [data-action=\"rollback\"]").await.click().await;
+    click(&browser, "[data-deployment=\"d-2\"] [data-action=\"rollback\"]").await;
     browser.wait_for("the rollback's confirmation", WAIT, "document.getElementById('confirm-dialog').open").await;
     let dialog = browser.find("#confirm-dialog").await;
     assert_eq!(dialog.attribute("data-target").await.as_deref(), Some("1.0"));
@@ -307,7 +348,7 @@ async fn a_confirmed_rollback_appends_one_rollback_and_the_grid_turns() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(rollbacks().await.is_empty(), "a cancelled confirmation appended a rollback");
 
-    browser.find("[data-deployment=\"d-2\"] [data-action=\"rollback\"]").await.click().await;
+    click(&browser, "[data-deployment=\"d-2\"] [data-action=\"rollback\"]").await;
     browser.wait_for("the rollback's confirmation", WAIT, "document.getElementById('confirm-dialog').open").await;
     browser.find("#confirm-reason").await.send_keys("canary errors").await;
     browser.find("#confirm-yes").await.click().await;
@@ -410,4 +451,30 @@ async fn an_auditor_sees_no_actions_and_can_travel_back_and_check_proofs() {
     let fits = "document.documentElement.scrollWidth <= window.innerWidth";
     browser.wait_for("nothing wider than a phone's screen", Duration::from_secs(5), fits).await;
     browser.screenshot("dashboard-phone.png").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_follows_the_log_again_after_its_server_restarts() {
+    let _turn = ONE_BROWSER_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::start().await;
+    let browser = Browser::start().await;
+    fleet.open(&browser, &fleet.auditor.token).await;
+    browser.execute("window.loadedOnce = true;", Vec::new()).await;
+
+    // The stream breaks; EventSource reconnects by itself, with Last-Event-ID.
+    let token_file = fleet.token_file.to_str().unwrap().to_string();
+    fleet.server.kill_and_restart_with(&["--token-file", &token_file]).await;
+    let seq = fleet.report(0..10, "2.0").await;
+    wait_shown(&browser, seq).await;
+    let converged =
+        "document.querySelector('[data-deployment=\"d-2\"] [data-wave=\"canary\"]')?.dataset.converged === '10'";
+    browser.wait_for("the reports made after the restart", WAIT, converged).await;
+    browser
+        .wait_for("the page live again", WAIT, "document.getElementById('live-state').dataset.state === 'live'")
+        .await;
+    assert_eq!(browser.execute("return window.loadedOnce === true;", Vec::new()).await, true, "the page reloaded");
+
+    // And it keeps following: one more report shows without any other event.
+    let seq = fleet.report(10..11, "2.0").await;
+    wait_shown(&browser, seq).await;
 }

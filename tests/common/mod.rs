@@ -105,9 +105,14 @@ impl Server {
 
     /// SIGKILL, then start again on the same port and data.
     pub async fn kill_and_restart(&mut self) {
+        self.kill_and_restart_with(&[]).await;
+    }
+
+    /// SIGKILL, then start again on the same port and data with `extra` `serve` flags.
+    pub async fn kill_and_restart_with(&mut self, extra: &[&str]) {
         self.kill();
         let port: u16 = self.address.rsplit(':').next().unwrap().parse().unwrap();
-        let mut restarted = Server::spawn(&self.data, port);
+        let mut restarted = Server::spawn_with(&self.data, port, extra);
         self.child = restarted.child.take();
         self.wait_ready().await;
     }
