@@ -421,6 +421,48 @@ async fn first_render(browser: &Browser, url: &str) {
     );
 }
 
+/// Frames while the grid scrolls from top to bottom, a viewport's height per frame, in the grid
+/// and in the text list (10,000 rows). Each frame paints the rows newly in view; a frame over
+/// 50 ms is a visible stutter.
+async fn scrolling(browser: &Browser) {
+    const SCRIPT: &str = r#"
+        const [mode, done] = arguments;
+        const select = document.getElementById('view-mode');
+        select.value = mode;
+        select.dispatchEvent(new Event('change'));
+        const viewport = document.getElementById('fleet-viewport');
+        viewport.scrollTop = 0;
+        const frames = [];
+        let last = null;
+        function step(now) {
+            if (last !== null) frames.push(now - last);
+            last = now;
+            if (viewport.scrollTop + viewport.clientHeight >= viewport.scrollHeight) {
+                done({ frames, height: viewport.scrollHeight, painted: document.querySelectorAll('#fleet-spacer > *').length });
+                return;
+            }
+            viewport.scrollTop += viewport.clientHeight;
+            requestAnimationFrame(step);
+        }
+        requestAnimationFrame(step);
+    "#;
+    for mode in ["grid", "list"] {
+        let answer = browser.execute_async(SCRIPT, vec![json!(mode)]).await;
+        let frames = sorted(answer["frames"].as_array().unwrap().iter().filter_map(Value::as_f64).collect());
+        let stutters = frames.iter().filter(|frame| **frame > 50.0).count();
+        println!(
+            "  {mode}: {} frames over {} px, frame p50 / p99 / max: {:.1} / {:.1} / {:.1} ms; {stutters} over 50 ms; {} rows in the page at the end",
+            frames.len(),
+            grouped(answer["height"].as_u64().unwrap_or(0)),
+            percentile(&frames, 0.5),
+            percentile(&frames, 0.99),
+            frames[frames.len() - 1],
+            answer["painted"]
+        );
+    }
+    browser.execute("const select = document.getElementById('view-mode'); select.value = 'grid'; select.dispatchEvent(new Event('change'));", Vec::new()).await;
+}
+
 async fn live_latency(browser: &Browser, http: &reqwest::Client, url: &str) {
     browser
         .wait_for(
@@ -521,6 +563,9 @@ async fn main() {
 
     println!("\nwhere a render of {} hosts goes", grouped(HOSTS as u64));
     render_breakdown(&browser).await;
+
+    println!("\nscrolling through {} hosts", grouped(HOSTS as u64));
+    scrolling(&browser).await;
 
     println!("\nlive update latency, POST /v1/reports to the frame showing its seq");
     live_latency(&browser, &http, &url).await;
