@@ -215,6 +215,21 @@ async fn click(browser: &Browser, css: &str) {
     assert_eq!(clicked, true, "nothing to click at {css}");
 }
 
+/// Asks for `action` on deployment d-2 and waits for the page's confirmation.
+async fn ask(browser: &Browser, action: &str) {
+    click(browser, &format!("[data-deployment=\"d-2\"] [data-action=\"{action}\"]")).await;
+    let open = "document.getElementById('confirm-dialog').open";
+    browser.wait_for(&format!("the confirmation of {action}"), WAIT, open).await;
+}
+
+/// Confirms the open confirmation, giving `reason` when there is one to give.
+async fn confirm(browser: &Browser, reason: Option<&str>) {
+    if let Some(reason) = reason {
+        browser.find("#confirm-reason").await.send_keys(reason).await;
+    }
+    browser.find("#confirm-yes").await.click().await;
+}
+
 /// Waits until the page shows the fleet at seq `seq` or later.
 async fn wait_shown(browser: &Browser, seq: u64) {
     let condition = format!("Number(document.body.dataset.fleetSeq || 0) >= {seq}");
@@ -311,18 +326,15 @@ async fn a_confirmed_rollback_appends_one_rollback_and_the_grid_turns() {
     for (action, reason, state) in
         [("halt", "looking at the canary", "halted"), ("resume", "canary looks fine", "active")]
     {
-        click(&browser, &format!("[data-deployment=\"d-2\"] [data-action=\"{action}\"]")).await;
-        browser.wait_for("the confirmation", WAIT, "document.getElementById('confirm-dialog').open").await;
-        browser.find("#confirm-reason").await.send_keys(reason).await;
-        browser.find("#confirm-yes").await.click().await;
+        ask(&browser, action).await;
+        confirm(&browser, Some(reason)).await;
         let shown = format!("document.querySelector('[data-deployment=\"d-2\"]')?.dataset.state === '{state}'");
         browser.wait_for(&format!("d-2 {state}"), WAIT, &shown).await;
     }
     let halts = fleet.get("/v1/events?type=deployment.halted").await;
     assert_eq!(halts["events"][0]["data"]["reason"], "looking at the canary", "{halts}");
-    click(&browser, "[data-deployment=\"d-2\"] [data-action=\"next-wave\"]").await;
-    browser.wait_for("the confirmation", WAIT, "document.getElementById('confirm-dialog').open").await;
-    browser.find("#confirm-yes").await.click().await;
+    ask(&browser, "next-wave").await;
+    confirm(&browser, None).await;
     // The rest wave tells the other 950 hosts to run 2.0.
     wait_counts(&browser, "the rest wave started", &expected_counts(CANARY, HOSTS - CANARY)).await;
     let rest =
@@ -334,8 +346,7 @@ async fn a_confirmed_rollback_appends_one_rollback_and_the_grid_turns() {
     assert_eq!(started, completed.map(|seq| seq + 1), "the canary's completion and the rest's start");
 
     // The confirmation names the release it goes back to and how many hosts it reaches.
-    click(&browser, "[data-deployment=\"d-2\"] [data-action=\"rollback\"]").await;
-    browser.wait_for("the rollback's confirmation", WAIT, "document.getElementById('confirm-dialog').open").await;
+    ask(&browser, "rollback").await;
     let dialog = browser.find("#confirm-dialog").await;
     assert_eq!(dialog.attribute("data-target").await.as_deref(), Some("1.0"));
     assert_eq!(dialog.attribute("data-hosts").await.as_deref(), Some("1000"));
@@ -348,10 +359,8 @@ async fn a_confirmed_rollback_appends_one_rollback_and_the_grid_turns() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(rollbacks().await.is_empty(), "a cancelled confirmation appended a rollback");
 
-    click(&browser, "[data-deployment=\"d-2\"] [data-action=\"rollback\"]").await;
-    browser.wait_for("the rollback's confirmation", WAIT, "document.getElementById('confirm-dialog').open").await;
-    browser.find("#confirm-reason").await.send_keys("canary errors").await;
-    browser.find("#confirm-yes").await.click().await;
+    ask(&browser, "rollback").await;
+    confirm(&browser, Some("canary errors")).await;
 
     // The canary hosts are now told to run 1.0 while they still run 2.0.
     wait_counts(&browser, "the grid to turn", &expected_counts(HOSTS - CANARY, CANARY)).await;
