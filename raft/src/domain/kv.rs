@@ -243,6 +243,11 @@ impl MemoryKv {
         self.entries.len()
     }
 
+    /// Every entry, in key order (space first).
+    pub fn iter(&self) -> impl Iterator<Item = (Space, &[u8], &[u8])> {
+        self.entries.iter().map(|((space, key), value)| (*space, key.as_slice(), value.as_slice()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

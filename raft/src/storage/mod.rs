@@ -1,8 +1,10 @@
 //! Storage: RocksDB-backed log store, state machine and snapshot files for openraft, and what
-//! lives beside them on a node: the live feed of applied events, the disk guard, crash points.
+//! lives beside them on a node: the apply step (shared with the simulator), the live feed of
+//! applied events, the disk guard, crash points.
 
 #[cfg(feature = "storage")]
 pub mod append_budget;
+pub mod apply;
 pub mod crash_point;
 #[cfg(feature = "storage")]
 pub mod db;

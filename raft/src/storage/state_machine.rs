@@ -5,27 +5,25 @@
 //! restart replays exactly the entries whose effects were lost. The next group-commit fsync of
 //! the shared WAL makes these writes durable too.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-
 use std::io;
 
 use futures::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, RaftSnapshotBuilder};
+use openraft::RaftSnapshotBuilder;
 use rocksdb::WriteBatch;
 
 use super::db::Database;
 use super::snapshot::SnapshotFiles;
-use crate::consensus::types::{Entry, LedgerResponse, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::consensus::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::domain::codec;
 use crate::domain::invariant;
 use crate::domain::keys::{META_APPLIED, META_MEMBERSHIP};
-use crate::domain::kv::{KvRead, Overlay, Space, Writes};
+use crate::domain::kv::{KvRead, Space, Writes};
 use crate::domain::ledger;
 use crate::domain::records;
 use crate::error::{Error, Result};
-use crate::storage::feed::{AppliedBatch, CommittedEvent, Feed};
+use crate::storage::apply::compute;
+use crate::storage::feed::Feed;
 
 /// A snapshot as openraft hands it around: its meta and the open file.
 type FileSnapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, tokio::fs::File>;
@@ -102,65 +100,6 @@ fn read_meta<T: serde::de::DeserializeOwned>(database: &Database, key: &[u8]) ->
     }
 }
 
-/// The effects of applied entries, computed but not necessarily written yet.
-struct Computed {
-    responses: Vec<LedgerResponse>,
-    published: AppliedBatch,
-    layers: Vec<ledger::LayerChange>,
-    registrations: Vec<ledger::RegistrationChange>,
-    /// `None` once written.
-    writes: Option<Writes>,
-}
-
-/// Applies entries in order on top of the stored state. Runs on a blocking thread.
-fn compute(database: &Database, entries: Vec<Entry>) -> Result<Computed> {
-    let reader = database.reader();
-    let mut overlay = Overlay::new(&reader);
-    let mut responses = Vec::with_capacity(entries.len());
-    let mut published = AppliedBatch::default();
-    let mut layers = Vec::new();
-    let mut registrations = Vec::new();
-    let mut last_applied: Option<LogId> = None;
-    let mut membership: Option<StoredMembership> = None;
-    for entry in entries {
-        if let Some(previous) = &last_applied {
-            // Invariant: the applied index only moves forward, one entry at a time.
-            assert!(entry.log_id.index == previous.index + 1, "apply skipped from {previous} to {}", entry.log_id);
-        }
-        last_applied = Some(entry.log_id);
-        match entry.payload {
-            EntryPayload::Blank => responses.push(LedgerResponse::default()),
-            EntryPayload::Normal(command) => {
-                let log_id = entry.log_id;
-                let applied =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| ledger::apply_command(&mut overlay, &command)))
-                        .unwrap_or_else(|panic| {
-                            invariant::violated(format!(
-                                "applying Raft entry {log_id}: {}",
-                                invariant::panic_text(&*panic)
-                            ))
-                        })?;
-                responses.push(LedgerResponse { outcomes: applied.outcomes });
-                let events = applied.events.into_iter().zip(applied.rendered);
-                published.events.extend(events.map(|(event, json)| Arc::new(CommittedEvent::rendered(event, json))));
-                layers.extend(applied.layers);
-                registrations.extend(applied.registrations);
-            }
-            EntryPayload::Membership(members) => {
-                membership = Some(StoredMembership::new(Some(entry.log_id), members));
-                responses.push(LedgerResponse::default());
-            }
-        }
-    }
-    check_chain(&published);
-    published.head_seq = records::head(&overlay)?.seq;
-    overlay.put(Space::Meta, META_APPLIED.to_vec(), codec::encode(&last_applied)?);
-    if let Some(membership) = &membership {
-        overlay.put(Space::Meta, META_MEMBERSHIP.to_vec(), codec::encode(membership)?);
-    }
-    Ok(Computed { responses, published, layers, registrations, writes: Some(overlay.into_writes()) })
-}
-
 /// Writes computed effects in one batch. Runs on a blocking thread.
 fn write(database: &Database, writes: Writes) -> Result<()> {
     // Sized up front: growing a batch of several megabytes by doubling copies it again and again.
@@ -168,16 +107,6 @@ fn write(database: &Database, writes: Writes) -> Result<()> {
     let mut batch = WriteBatch::with_capacity_bytes(bytes + 64);
     database.add_writes(&mut batch, writes);
     database.write_unsynced(batch)
-}
-
-/// Invariant: seqs are gapless and each event links to the previous hash.
-fn check_chain(batch: &AppliedBatch) {
-    for pair in batch.events.windows(2) {
-        let (earlier, later) = (&pair[0].event, &pair[1].event);
-        if later.seq != earlier.seq + 1 || later.prev_hash != earlier.hash {
-            invariant::violated(format!("the chain breaks between seq {} and seq {}", earlier.seq, later.seq));
-        }
-    }
 }
 
 /// The apply step panicked: an invariant of the rules broke (see [`invariant`]). Every replica
@@ -228,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let database = self.database.clone();
         let started = std::time::Instant::now();
         let mut computed = tokio::task::spawn_blocking(move || {
-            let mut computed = compute(&database, entries)?;
+            let mut computed = compute(&database.reader(), entries)?;
             if computed.layers.is_empty() && computed.registrations.is_empty() {
                 // Nobody to tell early: write on this thread, saving a hand-off.
                 write(&database, computed.writes.take().unwrap_or_default())?;

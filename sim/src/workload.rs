@@ -1,0 +1,284 @@
+//! Clients of one run, every choice drawn from the seed: appends of the ledger's own events
+//! (releases, hosts, deployments and their waves, rollbacks, reports) and of client events on
+//! streams with an expected version, retried with the same ids when the answer is unknown, and
+//! linearizable reads of the head, on the leader or on a follower.
+
+use std::time::Duration;
+
+use fleetlog_raft::consensus::types::NodeId;
+use fleetlog_raft::domain::canonical::to_canonical_string;
+use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
+use fleetlog_raft::domain::records;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ReadPolicy;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::checker::{AckedAppend, AnsweredRead};
+use crate::cluster::Cluster;
+
+const HOSTS: [&str; 6] = ["h1", "h2", "h3", "h4", "h5", "h6"];
+const RELEASES: [&str; 3] = ["r1", "r2", "r3"];
+const DEPLOYMENTS: [&str; 4] = ["d1", "d2", "d3", "d4"];
+const STREAMS: [&str; 3] = ["notes-a", "notes-b", "notes-c"];
+const WAVES: [&str; 2] = ["canary", "rest"];
+
+/// 2026-01-01T00:00:00Z: simulated clocks start here.
+pub const EPOCH_MICROS: i64 = 1_767_225_600_000_000;
+
+/// How long a client waits for one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts of one append before the client gives up (its outcome then stays unknown).
+const ATTEMPTS_MAX: u32 = 6;
+
+/// One client: its own random numbers, drawn from the run's seed.
+pub struct Client {
+    pub id: usize,
+    pub random: StdRng,
+    pub cluster: Cluster,
+    pub started: Instant,
+    /// Stops at this moment.
+    pub until: Instant,
+    /// Mean pause between two operations.
+    pub pause: Duration,
+    next_id: u64,
+    /// The node it believes leads.
+    leader_guess: Option<NodeId>,
+}
+
+impl Client {
+    pub fn new(
+        id: usize,
+        random: StdRng,
+        cluster: Cluster,
+        started: Instant,
+        until: Instant,
+        pause: Duration,
+    ) -> Client {
+        Client { id, random, cluster, started, until, pause, next_id: 0, leader_guess: None }
+    }
+
+    pub async fn run(mut self) {
+        while Instant::now() < self.until {
+            let pause = self.random.gen_range(Duration::ZERO..=self.pause * 2);
+            tokio::time::sleep(pause).await;
+            if self.random.gen_bool(0.15) {
+                self.read().await;
+            } else {
+                let request = self.request();
+                self.append(request).await;
+            }
+        }
+    }
+
+    fn event(&mut self, event_type: &str, fields: &[(&str, &str)], data: serde_json::Value) -> ProposedEvent {
+        self.next_id += 1;
+        let mut event = ProposedEvent::new(format!("c{}-{}", self.id, self.next_id), event_type);
+        for (name, value) in fields {
+            let value = Some(value.to_string());
+            match *name {
+                "service" => event.service = value,
+                "env" => event.env = value,
+                "host" => event.host = value,
+                "release" => event.release = value,
+                "stream" => event.stream = value,
+                _ => event.deployment = value,
+            }
+        }
+        event.data = to_canonical_string(&data).expect("workload data is JSON");
+        event
+    }
+
+    /// One request: one to three events of one kind, as deployers, agents and other clients send.
+    fn request(&mut self) -> AppendRequest {
+        let random = &mut self.random;
+        let host = *HOSTS.choose(random).expect("hosts");
+        let release = *RELEASES.choose(random).expect("releases");
+        let deployment = *DEPLOYMENTS.choose(random).expect("deployments");
+        let wave = *WAVES.choose(random).expect("waves");
+        let stream = *STREAMS.choose(random).expect("streams");
+        let count = random.gen_range(1..=3);
+        let kind = random.gen_range(0..100);
+        let expected = match random.gen_range(0..10) {
+            0 => ExpectedVersion::NoStream,
+            1 => ExpectedVersion::Exists,
+            2 => ExpectedVersion::Exact(random.gen_range(0..20)),
+            _ => ExpectedVersion::Any,
+        };
+        let status = *["applying", "running", "running", "failed"].choose(random).expect("statuses");
+        let group = format!("g{}", random.gen_range(0..2));
+        let env = [("service", "svc"), ("env", "prod")];
+        let (events, expected_version) = match kind {
+            0..=7 => {
+                (vec![self.event("release.created", &[env[0], ("release", release)], json!({}))], ExpectedVersion::Any)
+            }
+            8..=17 => (
+                vec![self.event("target.registered", &[env[0], env[1], ("host", host)], json!({ "group": group }))],
+                ExpectedVersion::Any,
+            ),
+            18..=22 => {
+                let waves = json!([{"name": "canary", "group": "g0"}, {"name": "rest", "percent": 100}]);
+                let fields = [env[0], env[1], ("deployment", deployment), ("release", release)];
+                (vec![self.event("deployment.started", &fields, json!({ "waves": waves }))], ExpectedVersion::Any)
+            }
+            23..=32 => {
+                let event_type = if kind % 2 == 0 { "wave.started" } else { "wave.completed" };
+                (
+                    vec![self.event(event_type, &[("deployment", deployment)], json!({ "wave": wave }))],
+                    ExpectedVersion::Any,
+                )
+            }
+            33..=35 => (
+                vec![self.event("deployment.completed", &[("deployment", deployment)], json!({}))],
+                ExpectedVersion::Any,
+            ),
+            36..=37 => (
+                vec![self.event("deployment.aborted", &[("deployment", deployment)], json!({"reason": "simulated"}))],
+                ExpectedVersion::Any,
+            ),
+            38..=40 => {
+                let mut fields = env.to_vec();
+                if kind != 40 {
+                    fields.push(("release", release));
+                }
+                (vec![self.event("rollback", &fields, json!({"reason": "simulated"}))], ExpectedVersion::Any)
+            }
+            41..=65 => {
+                let fields = [env[0], env[1], ("host", host), ("release", release)];
+                let reports = (0..count)
+                    .map(|_| self.event("host.reported", &fields, json!({"status": status, "applied_seq": 0})));
+                (reports.collect(), ExpectedVersion::Any)
+            }
+            _ => {
+                let notes =
+                    (0..count).map(|index| self.event("sim.note", &[("stream", stream)], json!({ "n": index })));
+                (notes.collect(), expected)
+            }
+        };
+        AppendRequest { events, expected_version, actor: format!("client-{}", self.id) }
+    }
+
+    /// A node to send to: the leader it believes in, or any running node.
+    fn target(&mut self) -> Option<NodeId> {
+        if let Some(guess) = self.leader_guess {
+            if self.cluster.is_running(guess) {
+                return Some(guess);
+            }
+        }
+        let running: Vec<NodeId> = self.cluster.fabric.running().into_iter().map(|(node, _)| node).collect();
+        running.choose(&mut self.random).copied()
+    }
+
+    fn micros_at(&self, node: NodeId) -> i64 {
+        let skew = self.cluster.with_node(node, |sim| sim.skew_micros);
+        EPOCH_MICROS + self.started.elapsed().as_micros() as i64 + skew
+    }
+
+    async fn append(&mut self, request: AppendRequest) {
+        let ids = request.events.iter().map(|event| event.id.clone()).collect::<Vec<_>>().join(",");
+        let invoked = Instant::now();
+        for attempt in 1..=ATTEMPTS_MAX {
+            if attempt > 1 {
+                let pause = self.random.gen_range(Duration::from_millis(100)..=Duration::from_millis(600));
+                tokio::time::sleep(pause).await;
+            }
+            let Some(node) = self.target() else { continue };
+            let Some(raft) = self.cluster.fabric.raft(node) else { continue };
+            // The leader stamps the entry with its own clock, skew and all.
+            let command =
+                LedgerCommand { time_micros: self.micros_at(node), requests: vec![request.clone()], identity: None };
+            let written = tokio::time::timeout(ATTEMPT_TIMEOUT, raft.client_write(command)).await;
+            match written {
+                Ok(Ok(response)) => {
+                    let completed = Instant::now();
+                    match response.data.outcomes.into_iter().next() {
+                        Some(AppendOutcome::Appended { events, duplicate }) => {
+                            let first = events.first().map_or(0, |event| event.seq);
+                            let trace = &self.cluster.trace;
+                            trace.line(format!(
+                                "client {} appended {ids} at seq {first} via node {node}{}",
+                                self.id,
+                                if duplicate { " (duplicate)" } else { "" }
+                            ));
+                            self.cluster.checker.acked_append(AckedAppend {
+                                client: self.id,
+                                invoked,
+                                completed,
+                                events: events.into_iter().map(|event| (event.seq, event.id, event.hash)).collect(),
+                                duplicate,
+                            });
+                        }
+                        Some(AppendOutcome::Rejected(rejection)) => {
+                            self.cluster.trace.line(format!(
+                                "client {} refused {ids}: {}",
+                                self.id,
+                                rejection.code.as_str()
+                            ));
+                        }
+                        None => self.cluster.checker.violation(format!("client {} got no outcome for {ids}", self.id)),
+                    }
+                    self.leader_guess = Some(node);
+                    return;
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                    self.leader_guess = forward.leader_id;
+                }
+                Ok(Err(error)) => {
+                    self.cluster
+                        .trace
+                        .line(format!("client {} attempt {attempt} of {ids} on node {node}: {error}", self.id));
+                    self.leader_guess = None;
+                }
+                Err(_) => {
+                    self.cluster
+                        .trace
+                        .line(format!("client {} attempt {attempt} of {ids} on node {node} timed out", self.id));
+                    self.leader_guess = None;
+                }
+            }
+        }
+        self.cluster.trace.line(format!("client {} gave up on {ids}: outcome unknown", self.id));
+    }
+
+    /// A linearizable read of the head on a node: the leader confirms the read index, the node
+    /// waits until it has applied it, then reads its own state.
+    async fn read(&mut self) {
+        let Some(node) = self.target_any() else { return };
+        let invoked = Instant::now();
+        let Some((leader, leader_raft)) = self.cluster.leader() else { return };
+        let read_index =
+            tokio::time::timeout(ATTEMPT_TIMEOUT, leader_raft.get_read_log_id(ReadPolicy::ReadIndex)).await;
+        let Ok(Ok((read_log_id, _))) = read_index else { return };
+        let Some(raft) = self.cluster.fabric.raft(node) else { return };
+        let disk = self.cluster.disk(node);
+        let incarnation = disk.incarnation();
+        let index = read_log_id.log_id().index;
+        if raft.wait(Some(ATTEMPT_TIMEOUT)).applied_index_at_least(Some(index), "read").await.is_err() {
+            return;
+        }
+        // A node that crashed meanwhile lost what it had applied: this read has no answer.
+        if disk.incarnation() != incarnation {
+            return;
+        }
+        let head = disk.inspect(|stored| records::head(&stored.state).map(|head| head.seq));
+        let Ok(head_seq) = head else {
+            self.cluster.checker.violation(format!("node {node} cannot read its head"));
+            return;
+        };
+        self.cluster.trace.line(format!("client {} read head {head_seq} on node {node} (leader {leader})", self.id));
+        self.cluster.checker.answered_read(AnsweredRead {
+            client: self.id,
+            invoked,
+            completed: Instant::now(),
+            head_seq,
+        });
+    }
+
+    fn target_any(&mut self) -> Option<NodeId> {
+        let running: Vec<NodeId> = self.cluster.fabric.running().into_iter().map(|(node, _)| node).collect();
+        running.choose(&mut self.random).copied()
+    }
+}
