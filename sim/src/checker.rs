@@ -160,6 +160,11 @@ impl Checker {
         }
     }
 
+    /// The hash of the event at `seq`, as the first replica to apply it computed it.
+    pub fn chain_hash(&self, seq: u64) -> Option<[u8; 32]> {
+        self.lock().chain.get(&seq).copied()
+    }
+
     pub fn acked_append(&self, append: AckedAppend) {
         self.lock().appends.push(append);
     }

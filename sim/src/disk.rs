@@ -1,11 +1,14 @@
 //! A simulated disk: what one node has stored, split into what reached the platter and what is
 //! still in the operating system's cache.
 //!
-//! Every write is visible at once (as a write to a file is) and joins a queue of unsynced
-//! changes; a sync makes the whole queue durable, in order. A process crash keeps everything
-//! (the cache survives it). A power loss keeps the durable state plus a prefix of the queue, as
-//! RocksDB's write-ahead log recovers to a point in time: later writes never survive without the
-//! earlier ones. Faults make the next writes or syncs fail, or make syncs slow.
+//! Every write is visible at once (as a write to a file is) and is unsynced until a sync makes
+//! every write before it durable. A process crash keeps everything (the cache survives it). A
+//! power loss keeps the synced state plus a prefix of the unsynced writes, as RocksDB's
+//! write-ahead log recovers to a point in time: later writes never survive without the earlier
+//! ones. Faults make the next writes or syncs fail, or make syncs slow.
+//!
+//! One copy of the stored state is kept, with an undo record for each unsynced write: a sync
+//! forgets the records, a power loss plays back the ones of the writes it loses, newest first.
 //!
 //! A node opens the disk as one incarnation. A crash starts the next one, and from then on every
 //! read and write of the crashed incarnation fails: work the dead process still had in flight
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fleetlog_raft::consensus::types::{Entry, LogId, SnapshotMeta, Vote};
-use fleetlog_raft::domain::kv::{MemoryKv, Writes};
+use fleetlog_raft::domain::kv::{KvRead, MemoryKv, Writes};
 
 /// A stored snapshot: its meta and its bytes.
 #[derive(Clone, Debug)]
@@ -55,29 +58,80 @@ pub enum Change {
     Snapshot(StoredSnapshot),
 }
 
+/// What puts the state back as it was before one write.
+#[derive(Debug)]
+enum Undo {
+    /// Log entries as they were at these indexes (`None`: there was none).
+    Log(Vec<(u64, Option<Entry>)>),
+    /// The log entries a purge removed, and the purged position before it.
+    Purge(Vec<Entry>, Option<LogId>),
+    Vote(Option<Vote>),
+    Committed(Option<LogId>),
+    /// Values of state machine keys as they were (`None`: absent).
+    State(Writes),
+    ReplaceState(MemoryKv),
+    Snapshot(Option<StoredSnapshot>),
+}
+
 impl Stored {
-    fn apply(&mut self, change: &Change) {
+    /// Makes one write, returning what undoes it.
+    fn apply(&mut self, change: Change) -> Undo {
         match change {
-            Change::Append(entries) => {
-                for entry in entries {
-                    self.log.insert(entry.log_id.index, entry.clone());
-                }
-            }
+            Change::Append(entries) => Undo::Log(
+                entries
+                    .into_iter()
+                    .map(|entry| (entry.log_id.index, self.log.insert(entry.log_id.index, entry)))
+                    .collect(),
+            ),
             Change::TruncateFrom(index) => {
-                self.log.split_off(index);
+                Undo::Log(self.log.split_off(&index).into_iter().map(|(index, entry)| (index, Some(entry))).collect())
             }
             Change::Purge(log_id) => {
                 // Never backwards: a snapshot install may have purged further already.
-                if self.purged < Some(*log_id) {
-                    self.log = self.log.split_off(&(log_id.index + 1));
-                    self.purged = Some(*log_id);
+                if self.purged >= Some(log_id) {
+                    return Undo::Purge(Vec::new(), self.purged);
+                }
+                let kept = self.log.split_off(&(log_id.index + 1));
+                let removed = std::mem::replace(&mut self.log, kept).into_values().collect();
+                Undo::Purge(removed, self.purged.replace(log_id))
+            }
+            Change::Vote(vote) => Undo::Vote(self.vote.replace(vote)),
+            Change::Committed(committed) => Undo::Committed(std::mem::replace(&mut self.committed, committed)),
+            Change::State(writes) => {
+                let before = writes
+                    .keys()
+                    .map(|(space, key)| {
+                        let value = self.state.get(*space, key).expect("the in-memory state reads");
+                        ((*space, key.clone()), value)
+                    })
+                    .collect();
+                self.state.apply(writes);
+                Undo::State(before)
+            }
+            Change::ReplaceState(state) => Undo::ReplaceState(std::mem::replace(&mut self.state, state)),
+            Change::Snapshot(snapshot) => Undo::Snapshot(self.snapshot.replace(snapshot)),
+        }
+    }
+
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Log(entries) => {
+                for (index, entry) in entries {
+                    match entry {
+                        Some(entry) => self.log.insert(index, entry),
+                        None => self.log.remove(&index),
+                    };
                 }
             }
-            Change::Vote(vote) => self.vote = Some(*vote),
-            Change::Committed(committed) => self.committed = *committed,
-            Change::State(writes) => self.state.apply(writes.clone()),
-            Change::ReplaceState(state) => self.state = state.clone(),
-            Change::Snapshot(snapshot) => self.snapshot = Some(snapshot.clone()),
+            Undo::Purge(entries, purged) => {
+                self.log.extend(entries.into_iter().map(|entry| (entry.log_id.index, entry)));
+                self.purged = purged;
+            }
+            Undo::Vote(vote) => self.vote = vote,
+            Undo::Committed(committed) => self.committed = committed,
+            Undo::State(writes) => self.state.apply(writes),
+            Undo::ReplaceState(state) => self.state = state,
+            Undo::Snapshot(snapshot) => self.snapshot = snapshot,
         }
     }
 }
@@ -101,9 +155,10 @@ pub struct Disk {
 
 #[derive(Default)]
 struct DiskInner {
-    visible: Stored,
-    durable: Stored,
-    unsynced: Vec<Change>,
+    /// Everything written, synced or not.
+    stored: Stored,
+    /// One record per unsynced write, oldest first.
+    unsynced: Vec<Undo>,
     faults: DiskFaults,
     incarnation: u64,
     /// The last incarnation an injected failure hit.
@@ -136,7 +191,7 @@ impl Disk {
         if inner.incarnation != incarnation {
             return Err(crashed());
         }
-        Ok(read(&inner.visible))
+        Ok(read(&inner.stored))
     }
 
     /// Writes without syncing.
@@ -150,8 +205,8 @@ impl Disk {
             inner.injected_failure_hit = Some(incarnation);
             return Err(io::Error::other("injected write failure"));
         }
-        inner.visible.apply(&change);
-        inner.unsynced.push(change);
+        let undo = inner.stored.apply(change);
+        inner.unsynced.push(undo);
         Ok(())
     }
 
@@ -170,10 +225,7 @@ impl Disk {
             inner.injected_failure_hit = Some(incarnation);
             return Err(io::Error::other("injected fsync failure"));
         }
-        let DiskInner { durable, unsynced, .. } = &mut *inner;
-        for change in unsynced.drain(..) {
-            durable.apply(&change);
-        }
+        inner.unsynced.clear();
         Ok(())
     }
 
@@ -194,11 +246,11 @@ impl Disk {
         let mut inner = self.lock();
         inner.incarnation += 1;
         let kept = kept.min(inner.unsynced.len());
-        let DiskInner { durable, unsynced, visible, .. } = &mut *inner;
-        for change in unsynced.drain(..).take(kept) {
-            durable.apply(&change);
+        let DiskInner { stored, unsynced, .. } = &mut *inner;
+        for undo in unsynced.drain(kept..).rev() {
+            stored.undo(undo);
         }
-        *visible = durable.clone();
+        unsynced.clear();
     }
 
     /// An injected failure hit the current incarnation: a node stopping now is expected.
@@ -218,7 +270,7 @@ impl Disk {
 
     /// What is stored now, synced or not, whatever the incarnation: for the checks.
     pub fn inspect<T>(&self, read: impl FnOnce(&Stored) -> T) -> T {
-        read(&self.lock().visible)
+        read(&self.lock().stored)
     }
 }
 
@@ -273,5 +325,49 @@ mod tests {
         disk.sync(second).await.unwrap();
         disk.lose_power(0);
         assert_eq!(disk.read(disk.incarnation(), |stored| stored.vote).unwrap(), Some(vote(8)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_power_loss_undoes_every_kind_of_write_it_loses() {
+        use fleetlog_raft::domain::kv::Space;
+        use openraft::EntryPayload;
+        let entry = |term: u64, index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        let state = |value: &[u8]| {
+            let mut writes = Writes::new();
+            writes.insert((Space::Meta, b"k".to_vec()), Some(value.to_vec()));
+            writes
+        };
+        let disk = Disk::new(Duration::ZERO);
+        let first = disk.incarnation();
+        disk.write(first, Change::Append((1..=6).map(|index| entry(1, index)).collect())).unwrap();
+        disk.write(first, Change::State(state(b"synced"))).unwrap();
+        disk.sync(first).await.unwrap();
+        let before = disk.inspect(|stored| {
+            (
+                stored.log.clone(),
+                stored.state.iter().map(|(_, key, value)| (key.to_vec(), value.to_vec())).collect::<Vec<_>>(),
+            )
+        });
+        disk.write(first, Change::TruncateFrom(5)).unwrap();
+        disk.write(first, Change::Append(vec![entry(2, 5)])).unwrap();
+        disk.write(first, Change::Purge(entry(1, 2).log_id)).unwrap();
+        disk.write(first, Change::State(state(b"lost"))).unwrap();
+        let mut replaced = MemoryKv::new();
+        replaced.apply(state(b"installed"));
+        disk.write(first, Change::ReplaceState(replaced)).unwrap();
+        disk.write(first, Change::Committed(Some(entry(2, 5).log_id))).unwrap();
+        assert_eq!(disk.inspect(|stored| stored.log.keys().copied().collect::<Vec<_>>()), vec![3, 4, 5]);
+        disk.lose_power(0);
+        let after = disk.inspect(|stored| {
+            (
+                stored.log.clone(),
+                stored.state.iter().map(|(_, key, value)| (key.to_vec(), value.to_vec())).collect::<Vec<_>>(),
+            )
+        });
+        assert_eq!(after, before);
+        assert_eq!(disk.inspect(|stored| (stored.purged, stored.committed)), (None, None));
     }
 }

@@ -48,7 +48,7 @@ use crate::network::Fabric;
 use crate::runtime::seed_this_thread;
 pub use crate::storage::Bug;
 use crate::trace::Trace;
-use crate::workload::{Client, EPOCH_MICROS};
+use crate::workload::{Client, Subscriber, EPOCH_MICROS};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -178,8 +178,11 @@ async fn simulate(options: RunOptions) -> RunReport {
             tokio::spawn(client.run())
         })
         .collect();
-    for client in clients {
-        if client.await.is_err() {
+    let subscribers: Vec<_> = (0..2)
+        .map(|id| tokio::spawn(Subscriber::new(id, stream(options.seed, 20 + id as u64), cluster.clone(), until).run()))
+        .collect();
+    for task in clients.into_iter().chain(subscribers) {
+        if task.await.is_err() {
             checker.violation("a client task panicked");
         }
     }

@@ -1,7 +1,8 @@
 //! Clients of one run, every choice drawn from the seed: appends of the ledger's own events
 //! (releases, hosts, deployments and their waves, rollbacks, reports) and of client events on
 //! streams with an expected version, retried with the same ids when the answer is unknown, and
-//! linearizable reads of the head, on the leader or on a follower.
+//! linearizable reads of the head, on the leader or on a follower; and subscribers that read the
+//! log in order from one node and resume on another.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use fleetlog_raft::consensus::types::NodeId;
 use fleetlog_raft::domain::canonical::to_canonical_string;
 use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, LedgerCommand, ProposedEvent};
 use fleetlog_raft::domain::records;
+use fleetlog_raft::domain::views::{self, EventFilter};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ReadPolicy;
 use rand::rngs::StdRng;
@@ -280,5 +282,75 @@ impl Client {
     fn target_any(&mut self) -> Option<NodeId> {
         let running: Vec<NodeId> = self.cluster.fabric.running().into_iter().map(|(node, _)| node).collect();
         running.choose(&mut self.random).copied()
+    }
+}
+
+/// A reader of the log that follows it from one node, and resumes from where it was on another
+/// when its node goes down or it chooses to move: every replica must hand it the next seq, and
+/// each event must be the one the chain holds at that seq.
+pub struct Subscriber {
+    pub id: usize,
+    pub random: StdRng,
+    pub cluster: Cluster,
+    pub until: Instant,
+    node: Option<NodeId>,
+    next_seq: u64,
+}
+
+/// Events a subscriber reads at once.
+const SUBSCRIBER_PAGE: usize = 200;
+
+impl Subscriber {
+    pub fn new(id: usize, random: StdRng, cluster: Cluster, until: Instant) -> Subscriber {
+        Subscriber { id, random, cluster, until, node: None, next_seq: 1 }
+    }
+
+    pub async fn run(mut self) {
+        while Instant::now() < self.until {
+            let pause = self.random.gen_range(Duration::from_millis(100)..=Duration::from_millis(1_000));
+            tokio::time::sleep(pause).await;
+            let staying = self.node.filter(|node| self.cluster.is_running(*node) && !self.random.gen_bool(0.05));
+            if staying.is_none() {
+                let running: Vec<NodeId> = self.cluster.fabric.running().into_iter().map(|(node, _)| node).collect();
+                self.node = running.choose(&mut self.random).copied();
+                if let Some(node) = self.node {
+                    self.cluster
+                        .trace
+                        .line(format!("subscriber {} resumes at seq {} on node {node}", self.id, self.next_seq));
+                }
+            }
+            let Some(node) = self.node else { continue };
+            let from = self.next_seq;
+            let page = self
+                .cluster
+                .disk(node)
+                .inspect(|stored| views::read_events(&stored.state, &EventFilter::default(), from, SUBSCRIBER_PAGE));
+            let events = match page {
+                Ok(page) => page.events,
+                Err(error) => {
+                    self.cluster.checker.violation(format!("node {node} cannot serve events from seq {from}: {error}"));
+                    continue;
+                }
+            };
+            for event in events {
+                if event.seq != self.next_seq {
+                    self.cluster.checker.violation(format!(
+                        "subscriber {} on node {node} expected seq {} and got seq {}",
+                        self.id, self.next_seq, event.seq
+                    ));
+                    return;
+                }
+                if let Some(known) = self.cluster.checker.chain_hash(event.seq) {
+                    if known != event.hash {
+                        self.cluster.checker.violation(format!(
+                            "subscriber {} got seq {} from node {node} with another hash than the chain's",
+                            self.id, event.seq
+                        ));
+                    }
+                }
+                self.next_seq += 1;
+            }
+        }
+        self.cluster.trace.line(format!("subscriber {} read up to seq {}", self.id, self.next_seq - 1));
     }
 }
