@@ -11,19 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fleetlog_raft::consensus::types::{Entry, LogId};
-use fleetlog_raft::domain::codec;
 use fleetlog_raft::domain::event::Event;
 use fleetlog_raft::storage::feed::CommittedEvent;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::trace::Trace;
-
-/// SHA-256 of an entry's payload as the log stores it.
-pub fn payload_digest(entry: &Entry) -> [u8; 32] {
-    let bytes = codec::encode(&entry.payload).expect("an entry's payload encodes");
-    Sha256::digest(bytes).into()
-}
 
 /// An append that was answered `Appended`.
 #[derive(Clone, Debug)]
@@ -56,7 +48,7 @@ pub struct Checker {
 #[derive(Default)]
 struct CheckerInner {
     /// The first entry any replica applied at each index.
-    entries: BTreeMap<u64, (Entry, [u8; 32])>,
+    entries: BTreeMap<u64, Entry>,
     /// The first event any replica applied at each seq: its hash.
     chain: HashMap<u64, [u8; 32]>,
     appends: Vec<AckedAppend>,
@@ -103,9 +95,8 @@ impl Checker {
                 }
             }
             for entry in entries {
-                let digest = payload_digest(entry);
                 match inner.entries.get(&entry.log_id.index) {
-                    Some((known, known_digest)) if known.log_id != entry.log_id || *known_digest != digest => {
+                    Some(known) if known != entry => {
                         problems.push(format!(
                             "node {node} applied {} at index {}, where another replica applied {}",
                             entry.log_id, entry.log_id.index, known.log_id
@@ -113,7 +104,7 @@ impl Checker {
                     }
                     Some(_) => {}
                     None => {
-                        inner.entries.insert(entry.log_id.index, (entry.clone(), digest));
+                        inner.entries.insert(entry.log_id.index, entry.clone());
                     }
                 }
             }
@@ -175,7 +166,7 @@ impl Checker {
 
     /// Every entry applied anywhere, in index order.
     pub fn applied_entries(&self) -> Vec<Entry> {
-        self.lock().entries.values().map(|(entry, _)| entry.clone()).collect()
+        self.lock().entries.values().cloned().collect()
     }
 
     /// Checks the answers the clients got against the final ledger (`events`, all of them).

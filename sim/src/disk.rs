@@ -22,11 +22,11 @@ use std::time::Duration;
 use fleetlog_raft::consensus::types::{Entry, LogId, SnapshotMeta, Vote};
 use fleetlog_raft::domain::kv::{KvRead, MemoryKv, Writes};
 
-/// A stored snapshot: its meta and its bytes.
+/// A stored snapshot: its meta and the state it holds.
 #[derive(Clone, Debug)]
 pub struct StoredSnapshot {
     pub meta: SnapshotMeta,
-    pub data: Arc<Vec<u8>>,
+    pub data: Arc<MemoryKv>,
 }
 
 /// Everything a node keeps: the Raft log and its metadata, the state machine's key-value

@@ -171,7 +171,9 @@ async fn simulate(options: RunOptions) -> RunReport {
     };
     let faults = tokio::spawn(faults.run());
     let client_count = setup.gen_range(2..=4usize);
-    let pause = Duration::from_millis(setup.gen_range(50..400));
+    // Each client pauses 0.1-0.8 s on average between operations: a few to twenty appends a
+    // second in all, enough to keep every fault meeting writes in flight.
+    let pause = Duration::from_millis(setup.gen_range(100..800));
     let clients: Vec<_> = (0..client_count)
         .map(|id| {
             let client = Client::new(id, stream(options.seed, 10 + id as u64), cluster.clone(), started, until, pause);

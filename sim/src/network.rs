@@ -256,10 +256,9 @@ impl RaftNetworkV2<SimConfig> for Connection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<SimConfig>, StreamingError<SimConfig>> {
         let meta = snapshot.meta;
-        let bytes = snapshot.snapshot.into_inner();
+        let data = snapshot.snapshot;
         let send = self.carry(&option, false, |raft| {
-            let snapshot =
-                openraft::storage::Snapshot { meta: meta.clone(), snapshot: std::io::Cursor::new(bytes.clone()) };
+            let snapshot = openraft::storage::Snapshot { meta: meta.clone(), snapshot: data.clone() };
             async move { raft.install_full_snapshot(vote, snapshot).await }
         });
         // Biased: with both ready, the choice must not depend on tokio's own random numbers.
