@@ -258,8 +258,8 @@ async fn replace_member(cluster: Cluster, node: NodeId) {
     {
         let Some((_, raft)) = cluster.leader() else { return };
         let removed = tokio::time::timeout(step, raft.change_membership(change, false)).await;
-        if !matches!(removed, Ok(Ok(_))) {
-            cluster.trace.line(format!("node {node} could not be removed now"));
+        if let Some(why) = failure(removed) {
+            cluster.trace.line(format!("node {node} could not be removed now: {why}"));
             return;
         }
     }
@@ -270,20 +270,29 @@ async fn replace_member(cluster: Cluster, node: NodeId) {
     rejoin(&cluster, node, step).await;
 }
 
+/// Why a membership change did not happen, if it did not.
+fn failure<T, E: std::fmt::Display>(outcome: Result<Result<T, E>, tokio::time::error::Elapsed>) -> Option<String> {
+    match outcome {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("no answer in time".to_string()),
+    }
+}
+
 /// Adds `node` back as a learner, then as a voter; true once it is a voter.
 pub async fn rejoin(cluster: &Cluster, node: NodeId, step: Duration) -> bool {
     let Some((_, raft)) = cluster.leader() else { return false };
     let learner = tokio::time::timeout(step, raft.add_learner(node, address(node), true)).await;
-    if !matches!(learner, Ok(Ok(_))) {
-        cluster.trace.line(format!("node {node} could not be added as a learner now"));
+    if let Some(why) = failure(learner) {
+        cluster.trace.line(format!("node {node} could not be added as a learner now: {why}"));
         return false;
     }
     let Some((_, raft)) = cluster.leader() else { return false };
     let voter =
         tokio::time::timeout(step, raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false))
             .await;
-    if !matches!(voter, Ok(Ok(_))) {
-        cluster.trace.line(format!("node {node} could not be made a voter now"));
+    if let Some(why) = failure(voter) {
+        cluster.trace.line(format!("node {node} could not be made a voter now: {why}"));
         return false;
     }
     cluster.trace.line(format!("node {node} is a voter again"));
