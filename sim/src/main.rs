@@ -100,7 +100,10 @@ fn main() -> ExitCode {
 
     let jobs = arguments.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
     let next = Arc::new(AtomicU64::new(arguments.first));
-    let end = arguments.first + arguments.seeds;
+    let Some(end) = arguments.first.checked_add(arguments.seeds) else {
+        eprintln!("fleetlog-sim: --first {} plus --seeds {} is past the last seed", arguments.first, arguments.seeds);
+        return ExitCode::from(2);
+    };
     let (reports, received) = mpsc::channel();
     let started = std::time::Instant::now();
     let workers: Vec<_> = (0..jobs)
