@@ -308,6 +308,18 @@ async fn wiped_node_rebuilds_from_snapshot_under_a_new_id() {
         });
     }
     cluster.check(log.len() > 300, || format!("only {} events", log.len()));
+
+    // The wiped machine back under its old id is refused: it forgot the vote it gave, and node
+    // ids are never reused.
+    cluster.start_removed(victim).await;
+    let learner = json!({"node_id": victim, "addr": cluster.address(victim)});
+    let (code, body) = cluster.post(leader, "/v1/cluster/learners", &learner).await;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    cluster.check(
+        code == 422 && body["error"]["code"] == "invalid_membership" && message.contains("never reused"),
+        || format!("adding the wiped node {victim} again under its old id → {code} {body}"),
+    );
+    cluster.kill(victim);
     eprintln!(
         "leader purged up to {purged}; node {victim} wiped and re-added as {new_id} in {}; {summary}",
         seconds(readded_in)

@@ -334,6 +334,15 @@ impl Cluster {
         self.wait_healthy(id).await;
     }
 
+    /// Starts a removed node's machine again (its data as it is, wiped or not), outside the
+    /// membership; waits for /healthz.
+    pub async fn start_removed(&mut self, id: u64) {
+        assert!(self.nodes[&id].removed, "node {id} was not removed");
+        assert!(self.nodes[&id].child.is_none(), "node {id} is running");
+        self.spawn(id);
+        self.wait_healthy(id).await;
+    }
+
     /// Kills every running node, starts them all again, waits for a leader and readiness.
     pub async fn restart_all(&mut self) {
         let running = self.members();

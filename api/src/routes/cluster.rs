@@ -148,6 +148,7 @@ fn membership_error(error: MembershipError) -> ApiError {
         }
         MembershipError::Timeout(_) => ApiError::unavailable("membership_timeout", error.to_string()),
         MembershipError::Unavailable(message) => ApiError::unavailable("unavailable", message),
+        MembershipError::HandingOver { .. } => ApiError::unavailable("leader_handing_over", error.to_string()),
     }
 }
 

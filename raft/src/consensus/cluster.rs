@@ -8,6 +8,7 @@ use std::time::Duration;
 use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
+use crate::consensus::membership::handover_target;
 use crate::consensus::node::Node;
 use crate::consensus::peer::client::{path, NodeStatus};
 use crate::consensus::types::{NodeId, TypeConfig};
@@ -29,6 +30,11 @@ pub enum MembershipError {
     Timeout(Duration),
     #[error("{0}")]
     Unavailable(String),
+    #[error(
+        "this leader is not a voter of the membership an interrupted change left; leadership is moving to node \
+         {successor}: retry the change"
+    )]
+    HandingOver { successor: NodeId },
 }
 
 /// One member as `GET /v1/cluster` shows it.
@@ -78,10 +84,46 @@ impl Node {
         if self.metrics().membership_config.membership().get_node(&id).is_some() {
             return Err(MembershipError::Invalid(format!("node {id} is already a member; node ids are never reused")));
         }
+        self.check_never_a_member(id)?;
         self.check_newcomer(id, &addr).await?;
+        self.ensure_inside_membership().await?;
         let change = self.raft().add_learner(id, BasicNode { addr }, false);
         self.finish_change(change).await?;
         self.wait_replicated(id).await
+    }
+
+    /// A machine that was a member once and comes back empty under the same id would have
+    /// forgotten the vote it gave; a leader of an older term that never heard of its removal
+    /// could count that vote again.
+    fn check_never_a_member(&self, id: NodeId) -> Result<(), MembershipError> {
+        let ever = crate::storage::apply::members_ever(&self.database().reader())
+            .map_err(|error| MembershipError::Unavailable(format!("cannot read the past members: {error}")))?;
+        if ever.contains(&id) {
+            return Err(MembershipError::Invalid(format!(
+                "node id {id} belonged to this cluster before; node ids are never reused: start the new machine \
+                 with an id the cluster has not had"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A leader an interrupted change left outside the membership's newest configuration hands
+    /// leadership to a voter of it, which then takes the change (see
+    /// [`handover_target`]); elsewhere openraft answers with the leader to go to.
+    async fn ensure_inside_membership(&self) -> Result<(), MembershipError> {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.id()) {
+            return Ok(());
+        }
+        let matched = |node| metrics.replication.as_ref()?.get(&node)?.as_ref().map(|log_id| log_id.index);
+        let Some(successor) = handover_target(metrics.membership_config.membership(), self.id(), matched) else {
+            return Ok(());
+        };
+        tracing::warn!(successor, "leading outside the membership an interrupted change left: handing over");
+        self.raft().trigger().transfer_leader(successor).await.map_err(|error| {
+            MembershipError::Unavailable(format!("cannot hand leadership to node {successor}: {error}"))
+        })?;
+        Err(MembershipError::HandingOver { successor })
     }
 
     /// A mistyped address or id would otherwise leave a member nobody can reach and a caller
@@ -134,12 +176,14 @@ impl Node {
         if voters.is_empty() {
             return Err(MembershipError::Invalid("a cluster needs at least one voter".into()));
         }
+        self.ensure_inside_membership().await?;
         let change = self.raft().change_membership(ChangeMembers::ReplaceAllVoters(voters), false);
         self.finish_change(change).await
     }
 
     /// Makes a learner a voter.
     pub async fn promote(&self, id: NodeId) -> Result<(), MembershipError> {
+        self.ensure_inside_membership().await?;
         let change = self.raft().change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false);
         self.finish_change(change).await
     }
@@ -150,6 +194,7 @@ impl Node {
         if membership.get_node(&id).is_none() {
             return Err(MembershipError::Invalid(format!("node {id} is not a member")));
         }
+        self.ensure_inside_membership().await?;
         if membership.voter_ids().any(|voter| voter == id) {
             let change = self.raft().change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false);
             self.finish_change(change).await?;

@@ -149,6 +149,10 @@ pub fn ordered_time(time_micros: i64) -> u64 {
 pub const META_HEAD: &[u8] = b"head";
 pub const META_APPLIED: &[u8] = b"applied";
 pub const META_MEMBERSHIP: &[u8] = b"membership";
+/// Every node id an applied membership has named. Node ids are never reused: a wiped machine
+/// back under its old id would have forgotten the vote it gave, and a leader of an older term
+/// that never heard of the removal could count that vote again.
+pub const META_MEMBERS_EVER: &[u8] = b"members_ever";
 pub const META_CLUSTER: &[u8] = b"cluster";
 /// The layout of the state machine's records, written with the cluster identity.
 pub const META_LAYOUT: &[u8] = b"layout";

@@ -2,15 +2,16 @@
 //! entries change is gathered to be written at once. The RocksDB state machine writes it; the
 //! simulator (fleetlog-sim) runs this same step over its in-memory disk. No I/O here.
 
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use openraft::EntryPayload;
 
-use crate::consensus::types::{Entry, LedgerResponse, LogId, StoredMembership};
+use crate::consensus::types::{Entry, LedgerResponse, LogId, NodeId, StoredMembership};
 use crate::domain::codec;
 use crate::domain::invariant;
-use crate::domain::keys::{META_APPLIED, META_MEMBERSHIP};
+use crate::domain::keys::{META_APPLIED, META_MEMBERSHIP, META_MEMBERS_EVER};
 use crate::domain::kv::{KvRead, Overlay, Space, Writes};
 use crate::domain::ledger;
 use crate::domain::records;
@@ -39,6 +40,8 @@ pub fn compute(reader: &dyn KvRead, entries: Vec<Entry>) -> Result<Computed> {
     let mut registrations = Vec::new();
     let mut last_applied: Option<LogId> = None;
     let mut membership: Option<StoredMembership> = None;
+    // The node ids the applied memberships name, for the set of every id ever a member.
+    let mut named: BTreeSet<NodeId> = BTreeSet::new();
     for entry in entries {
         if let Some(previous) = &last_applied {
             // Invariant: the applied index only moves forward, one entry at a time.
@@ -64,6 +67,7 @@ pub fn compute(reader: &dyn KvRead, entries: Vec<Entry>) -> Result<Computed> {
                 registrations.extend(applied.registrations);
             }
             EntryPayload::Membership(members) => {
+                named.extend(members.nodes().map(|(node, _)| *node));
                 membership = Some(StoredMembership::new(Some(entry.log_id), members));
                 responses.push(LedgerResponse::default());
             }
@@ -75,7 +79,25 @@ pub fn compute(reader: &dyn KvRead, entries: Vec<Entry>) -> Result<Computed> {
     if let Some(membership) = &membership {
         overlay.put(Space::Meta, META_MEMBERSHIP.to_vec(), codec::encode(membership)?);
     }
+    if !named.is_empty() {
+        let mut ever = members_ever(&overlay)?;
+        ever.extend(named);
+        overlay.put(Space::Meta, META_MEMBERS_EVER.to_vec(), codec::encode(&ever)?);
+    }
     Ok(Computed { responses, published, layers, registrations, writes: Some(overlay.into_writes()) })
+}
+
+/// Every node id ever a member of the cluster, as far as the applied log tells. A state older
+/// than the record holds at least the membership it last applied.
+pub fn members_ever(reader: &dyn KvRead) -> Result<BTreeSet<NodeId>> {
+    if let Some(bytes) = reader.get(Space::Meta, META_MEMBERS_EVER)? {
+        return codec::decode(&bytes);
+    }
+    let last: Option<StoredMembership> = match reader.get(Space::Meta, META_MEMBERSHIP)? {
+        Some(bytes) => Some(codec::decode(&bytes)?),
+        None => None,
+    };
+    Ok(last.map(|last| last.membership().nodes().map(|(node, _)| *node).collect()).unwrap_or_default())
 }
 
 /// Invariant: seqs are gapless and each event links to the previous hash.
