@@ -65,10 +65,16 @@ impl Checker {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Records a broken invariant; the same one found again (by a check that repeats) once.
     pub fn violation(&self, text: impl Into<String>) {
         let text = text.into();
+        let mut inner = self.lock();
+        if inner.violations.contains(&text) {
+            return;
+        }
+        inner.violations.push(text.clone());
+        drop(inner);
         self.trace.line(format!("VIOLATION {text}"));
-        self.lock().violations.push(text);
     }
 
     /// Notes something worth seeing in the trace.

@@ -20,6 +20,10 @@ pub struct SimNode {
     pub disk: Disk,
     /// Microseconds its clock is ahead of simulated time (negative: behind).
     pub skew_micros: i64,
+    /// Replaced by a machine with a new id: never started again. (Node ids are never reused:
+    /// a wiped machine that came back under its old id would have forgotten its vote, and an
+    /// old leader that never heard of the removal could count it again.)
+    pub retired: bool,
 }
 
 /// Clones share the cluster.
@@ -72,18 +76,28 @@ impl Cluster {
     /// Adds a node with an empty disk (not started).
     pub fn add(&self, node: NodeId) {
         let disk = Disk::new(self.sync_latency);
-        self.lock().insert(node, SimNode { disk, skew_micros: 0 });
+        self.lock().insert(node, SimNode { disk, skew_micros: 0, retired: false });
     }
 
-    /// Replaces a node's disk with an empty one, as a replaced machine would have.
-    pub fn wipe(&self, node: NodeId) {
-        if let Some(sim) = self.lock().get_mut(&node) {
-            sim.disk = Disk::new(self.sync_latency);
+    /// Takes `node` out of service for good (it has left the membership) and adds its
+    /// replacement, a machine with an empty disk under the next unused id (not started).
+    pub fn replace(&self, node: NodeId) -> NodeId {
+        let mut nodes = self.lock();
+        if let Some(sim) = nodes.get_mut(&node) {
+            sim.retired = true;
         }
+        let successor = nodes.keys().max().copied().unwrap_or_default() + 1;
+        nodes.insert(successor, SimNode { disk: Disk::new(self.sync_latency), skew_micros: 0, retired: false });
+        successor
     }
 
+    /// The nodes in service (retired ones left out).
     pub fn nodes(&self) -> Vec<NodeId> {
-        self.lock().keys().copied().collect()
+        self.lock().iter().filter(|(_, sim)| !sim.retired).map(|(node, _)| *node).collect()
+    }
+
+    fn is_retired(&self, node: NodeId) -> bool {
+        self.lock().get(&node).is_none_or(|sim| sim.retired)
     }
 
     pub fn disk(&self, node: NodeId) -> Disk {
@@ -101,8 +115,12 @@ impl Cluster {
     /// Starts the node over its disk. Starting reads the disk and may apply entries: an injected
     /// failure met there stops the start, as it would stop the process, and it starts again.
     pub async fn start(&self, node: NodeId) {
+        if self.is_retired(node) {
+            return;
+        }
         for _ in 0..3 {
             let disk = self.disk(node);
+            disk.recover();
             let log_store = LogStore::open(disk.clone(), self.bug);
             let state_machine = StateMachine::open(node, disk.clone(), self.checker.clone(), self.bug);
             let network = Network::new(node, self.fabric.clone());

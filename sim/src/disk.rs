@@ -20,13 +20,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fleetlog_raft::consensus::types::{Entry, LogId, SnapshotMeta, Vote};
-use fleetlog_raft::domain::kv::{KvRead, MemoryKv, Writes};
+use fleetlog_raft::domain::kv::Writes;
+
+use crate::kv::{Previous, SharedKv};
 
 /// A stored snapshot: its meta and the state it holds.
 #[derive(Clone, Debug)]
 pub struct StoredSnapshot {
     pub meta: SnapshotMeta,
-    pub data: Arc<MemoryKv>,
+    pub data: Arc<SharedKv>,
 }
 
 /// Everything a node keeps: the Raft log and its metadata, the state machine's key-value
@@ -37,7 +39,7 @@ pub struct Stored {
     pub vote: Option<Vote>,
     pub committed: Option<LogId>,
     pub purged: Option<LogId>,
-    pub state: MemoryKv,
+    pub state: SharedKv,
     pub snapshot: Option<StoredSnapshot>,
 }
 
@@ -53,9 +55,12 @@ pub enum Change {
     Committed(Option<LogId>),
     /// State machine writes of one apply step.
     State(Writes),
-    /// A snapshot install: the whole state replaced.
-    ReplaceState(MemoryKv),
+    /// The whole state replaced (as a snapshot install does).
+    ReplaceState(SharedKv),
     Snapshot(StoredSnapshot),
+    /// A snapshot install in one write, as the RocksDB store makes it: the state replaced, the
+    /// log it covers purged and the snapshot kept. A power loss keeps all of it or none.
+    Install(StoredSnapshot),
 }
 
 /// What puts the state back as it was before one write.
@@ -68,9 +73,11 @@ enum Undo {
     Vote(Option<Vote>),
     Committed(Option<LogId>),
     /// Values of state machine keys as they were (`None`: absent).
-    State(Writes),
-    ReplaceState(MemoryKv),
+    State(Previous),
+    ReplaceState(SharedKv),
     Snapshot(Option<StoredSnapshot>),
+    /// Several undone in reverse order.
+    Several(Vec<Undo>),
 }
 
 impl Stored {
@@ -97,19 +104,17 @@ impl Stored {
             }
             Change::Vote(vote) => Undo::Vote(self.vote.replace(vote)),
             Change::Committed(committed) => Undo::Committed(std::mem::replace(&mut self.committed, committed)),
-            Change::State(writes) => {
-                let before = writes
-                    .keys()
-                    .map(|(space, key)| {
-                        let value = self.state.get(*space, key).expect("the in-memory state reads");
-                        ((*space, key.clone()), value)
-                    })
-                    .collect();
-                self.state.apply(writes);
-                Undo::State(before)
-            }
+            Change::State(writes) => Undo::State(self.state.apply_undoable(writes)),
             Change::ReplaceState(state) => Undo::ReplaceState(std::mem::replace(&mut self.state, state)),
             Change::Snapshot(snapshot) => Undo::Snapshot(self.snapshot.replace(snapshot)),
+            Change::Install(snapshot) => {
+                let mut undone = vec![self.apply(Change::ReplaceState((*snapshot.data).clone()))];
+                if let Some(last) = snapshot.meta.last_log_id {
+                    undone.push(self.apply(Change::Purge(last)));
+                }
+                undone.push(self.apply(Change::Snapshot(snapshot)));
+                Undo::Several(undone)
+            }
         }
     }
 
@@ -129,9 +134,14 @@ impl Stored {
             }
             Undo::Vote(vote) => self.vote = vote,
             Undo::Committed(committed) => self.committed = committed,
-            Undo::State(writes) => self.state.apply(writes),
+            Undo::State(previous) => self.state.undo(previous),
             Undo::ReplaceState(state) => self.state = state,
             Undo::Snapshot(snapshot) => self.snapshot = snapshot,
+            Undo::Several(undone) => {
+                for undo in undone.into_iter().rev() {
+                    self.undo(undo);
+                }
+            }
         }
     }
 }
@@ -227,6 +237,14 @@ impl Disk {
         }
         inner.unsynced.clear();
         Ok(())
+    }
+
+    /// A node opening the disk recovers whatever the last process wrote, synced or not, and
+    /// makes it durable at once, as RocksDB's recovery does (it flushes what it replays from
+    /// the write-ahead log, and the node syncs after opening): a restarted node must not report
+    /// as held what a power loss could still take.
+    pub fn recover(&self) {
+        self.lock().unsynced.clear();
     }
 
     /// Writes, then syncs.
@@ -355,7 +373,7 @@ mod tests {
         disk.write(first, Change::Append(vec![entry(2, 5)])).unwrap();
         disk.write(first, Change::Purge(entry(1, 2).log_id)).unwrap();
         disk.write(first, Change::State(state(b"lost"))).unwrap();
-        let mut replaced = MemoryKv::new();
+        let mut replaced = SharedKv::new();
         replaced.apply(state(b"installed"));
         disk.write(first, Change::ReplaceState(replaced)).unwrap();
         disk.write(first, Change::Committed(Some(entry(2, 5).log_id))).unwrap();

@@ -21,6 +21,7 @@ pub mod checker;
 pub mod cluster;
 pub mod disk;
 pub mod faults;
+pub mod kv;
 pub mod network;
 pub mod runtime;
 pub mod storage;
@@ -31,7 +32,6 @@ use std::time::Duration;
 
 use fleetlog_raft::consensus::types::NodeId;
 use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ClusterIdentity, ExpectedVersion, LedgerCommand};
-use fleetlog_raft::domain::kv::MemoryKv;
 use fleetlog_raft::domain::records;
 use fleetlog_raft::domain::views::{self, EventFilter};
 use fleetlog_raft::storage::apply::compute;
@@ -43,7 +43,8 @@ use tokio::time::Instant;
 
 use crate::checker::Checker;
 use crate::cluster::{raft_config, Cluster};
-use crate::faults::{calm, initial_members, rejoin, Faults};
+use crate::faults::{calm, initial_members, rejoin, Faults, SnapshotRaces};
+use crate::kv::SharedKv;
 use crate::network::Fabric;
 use crate::runtime::seed_this_thread;
 pub use crate::storage::Bug;
@@ -182,6 +183,13 @@ async fn simulate(options: RunOptions) -> RunReport {
         sync_latency,
     };
     let faults = tokio::spawn(faults.run());
+    // A quarter of the seeds also stage snapshot builds racing installs, from a stream of their
+    // own: the other seeds run as they would without them.
+    let mut races = stream(options.seed, 4);
+    let snapshot_races = races.gen_bool(0.25).then(|| {
+        trace.line("this seed stages snapshot races");
+        tokio::spawn(SnapshotRaces { random: races, cluster: cluster.clone(), until, sync_latency }.run())
+    });
     let client_count = setup.gen_range(2..=4usize);
     // Each client pauses 0.1-0.8 s on average between operations: a few to twenty appends a
     // second in all, enough to keep every fault meeting writes in flight.
@@ -203,10 +211,16 @@ async fn simulate(options: RunOptions) -> RunReport {
     if faults.await.is_err() {
         checker.violation("the fault task panicked");
     }
+    if let Some(races) = snapshot_races {
+        if races.await.is_err() {
+            checker.violation("the snapshot race task panicked");
+        }
+    }
     let _ = monitor.await;
 
-    settle(&cluster, &nodes).await;
-    let head_seq = final_checks(&cluster, &nodes);
+    settle(&cluster).await;
+    // The nodes in service now: replaced machines have left.
+    let head_seq = final_checks(&cluster, &cluster.nodes());
     let (appends_acknowledged, reads_answered) = checker.counts();
     let simulated = started.elapsed();
     trace.line(format!("done: head {head_seq}, {appends_acknowledged} appends acknowledged, {reads_answered} reads"));
@@ -274,6 +288,22 @@ async fn monitor(cluster: Cluster, mut random: StdRng, until: Instant) {
             last_leader = leader;
         }
         restart_stopped(&cluster, &mut random).await;
+        check_snapshots(&cluster);
+    }
+}
+
+/// Every node's kept snapshot covers the log it purged: a follower further behind can only be
+/// caught up from that snapshot.
+fn check_snapshots(cluster: &Cluster) {
+    for node in cluster.nodes() {
+        let (purged, snapshot) = cluster
+            .disk(node)
+            .inspect(|stored| (stored.purged, stored.snapshot.as_ref().and_then(|snapshot| snapshot.meta.last_log_id)));
+        if purged > snapshot {
+            cluster.checker.violation(format!(
+                "node {node} purged its log up to {purged:?} but its snapshot stops at {snapshot:?}"
+            ));
+        }
     }
 }
 
@@ -303,13 +333,13 @@ async fn restart_stopped(cluster: &Cluster, random: &mut StdRng) {
 
 /// Ends the faults and waits until every node has applied the same log: all links healed, the
 /// disks fast and sound, every node running and a voter, a marker appended in the final term.
-async fn settle(cluster: &Cluster, nodes: &[NodeId]) {
+async fn settle(cluster: &Cluster) {
     let trace = &cluster.trace;
     trace.line("faults end; settling");
     cluster.fabric.heal();
     cluster.fabric.set_conditions(calm());
-    for node in nodes {
-        cluster.disk(*node).set_faults(|faults| {
+    for node in cluster.nodes() {
+        cluster.disk(node).set_faults(|faults| {
             faults.failing_syncs = 0;
             faults.failing_writes = 0;
         });
@@ -319,12 +349,14 @@ async fn settle(cluster: &Cluster, nodes: &[NodeId]) {
     // Pending restarts happen within eight seconds; then every node is started.
     tokio::time::sleep(Duration::from_secs(9)).await;
     restart_stopped(cluster, &mut random).await;
-    for node in nodes {
-        if !cluster.is_running(*node) {
-            cluster.start(*node).await;
+    for node in cluster.nodes() {
+        if !cluster.is_running(node) {
+            cluster.start(node).await;
         }
     }
     loop {
+        // Read each time: a replacement under way when the faults ended may still add a node.
+        let nodes = cluster.nodes();
         let voters: Vec<NodeId> = match cluster.leader() {
             Some((_, raft)) => raft.metrics().borrow_watched().membership_config.voter_ids().collect(),
             None => Vec::new(),
@@ -350,6 +382,7 @@ async fn settle(cluster: &Cluster, nodes: &[NodeId]) {
         return;
     }
     loop {
+        let nodes = cluster.nodes();
         let positions: Vec<(NodeId, Option<u64>, Option<u64>)> = cluster
             .fabric
             .running()
@@ -377,7 +410,7 @@ async fn settle(cluster: &Cluster, nodes: &[NodeId]) {
     }
 }
 
-fn state_digest(state: &MemoryKv) -> String {
+fn state_digest(state: &SharedKv) -> String {
     let mut digest = Sha256::new();
     for (space, key, value) in state.iter() {
         digest.update([space.tag()]);
@@ -394,7 +427,8 @@ fn state_digest(state: &MemoryKv) -> String {
 /// are checked against the ledger. Returns the head seq.
 fn final_checks(cluster: &Cluster, nodes: &[NodeId]) -> u64 {
     let checker = &cluster.checker;
-    let mut replayed = MemoryKv::new();
+    check_snapshots(cluster);
+    let mut replayed = SharedKv::new();
     for chunk in checker.applied_entries().chunks(64) {
         match compute(&replayed, chunk.to_vec()) {
             Ok(mut computed) => replayed.apply(computed.writes.take().unwrap_or_default()),

@@ -73,6 +73,15 @@ fn replay_command(seed: u64, seconds: u64, bug: Option<Bug>) -> String {
 
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
+    // openraft's log, for reading one seed's run closely; its lines carry no time because the
+    // wall clock means nothing in a simulation (the trace has the simulated time).
+    if let Ok(filter) = std::env::var("FLEETLOG_SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .without_time()
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let duration = Duration::from_secs(arguments.seconds);
     if let Some(seed) = arguments.seed {
         let report = run_caught(&RunOptions { seed, duration, keep_trace: arguments.trace, bug: arguments.bug });

@@ -96,6 +96,11 @@ impl Fabric {
         self.lock().cut.insert((from, to));
     }
 
+    /// Heals the one link `from` -> `to`.
+    pub fn mend(&self, from: NodeId, to: NodeId) {
+        self.lock().cut.remove(&(from, to));
+    }
+
     pub fn heal(&self) {
         self.lock().cut.clear();
     }

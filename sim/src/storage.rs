@@ -17,7 +17,7 @@ use std::time::Duration;
 use fleetlog_raft::consensus::types::{Entry, LogId, SnapshotMeta, StoredMembership, Vote};
 use fleetlog_raft::domain::codec;
 use fleetlog_raft::domain::keys::{META_APPLIED, META_MEMBERSHIP};
-use fleetlog_raft::domain::kv::{KvRead, MemoryKv, Space};
+use fleetlog_raft::domain::kv::{KvRead, Space};
 use fleetlog_raft::domain::records;
 use fleetlog_raft::storage::apply::compute;
 use futures::TryStreamExt;
@@ -28,12 +28,13 @@ use openraft::{OptionalSend, RaftSnapshotBuilder};
 
 use crate::checker::Checker;
 use crate::disk::{Change, Disk, StoredSnapshot};
+use crate::kv::SharedKv;
 use crate::runtime::SimConfig;
 
 /// What a snapshot holds: the whole state machine as it was. Shared, not serialised: the bytes of
 /// the RocksDB snapshot files are not what the simulation is about, and copying them was a
 /// tenth of its time.
-pub type SnapshotData = Arc<MemoryKv>;
+pub type SnapshotData = Arc<SharedKv>;
 type MemorySnapshot = openraft::type_config::alias::SnapshotOf<SimConfig, SnapshotData>;
 
 fn storage_error(what: &str, error: &dyn std::fmt::Display) -> io::Error {
@@ -170,7 +171,7 @@ impl StateMachine {
     }
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(state: &MemoryKv, key: &[u8]) -> io::Result<Option<T>> {
+fn read_meta<T: serde::de::DeserializeOwned>(state: &SharedKv, key: &[u8]) -> io::Result<Option<T>> {
     match state.get(Space::Meta, key).map_err(|error| storage_error("reading meta", &error))? {
         Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(|error| storage_error("decoding meta", &error))?)),
         None => Ok(None),
@@ -232,23 +233,20 @@ impl RaftStateMachine<SimConfig> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
-        let state = Arc::unwrap_or_clone(snapshot.clone());
-        let applied: Option<LogId> = read_meta::<Option<LogId>>(&state, META_APPLIED)?.flatten();
+        let state: &SharedKv = &snapshot;
+        let applied: Option<LogId> = read_meta::<Option<LogId>>(state, META_APPLIED)?.flatten();
         if applied != meta.last_log_id {
             self.checker.violation(format!(
                 "node {} received a snapshot whose meta says {:?} but whose state is at {applied:?}",
                 self.node, meta.last_log_id
             ));
         }
-        let head = records::head(&state).map_err(|error| storage_error("reading a snapshot's head", &error))?;
+        let head = records::head(state).map_err(|error| storage_error("reading a snapshot's head", &error))?;
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
-        self.disk.write(self.incarnation, Change::ReplaceState(state))?;
-        // As the RocksDB store does: the log the snapshot covers goes in the same synced write,
-        // so no restart finds entries older than the state it has.
-        if let Some(last) = meta.last_log_id {
-            self.disk.write(self.incarnation, Change::Purge(last))?;
-        }
-        self.disk.write_synced(self.incarnation, Change::Snapshot(stored)).await?;
+        // As the RocksDB store does: the state, the purge of the log the snapshot covers and the
+        // snapshot in one synced write, so no restart finds entries older than its state, or a
+        // purged log that no kept snapshot covers.
+        self.disk.write_synced(self.incarnation, Change::Install(stored)).await?;
         self.checker.installed(self.node, meta.last_log_id, head.seq, head.hash);
         Ok(())
     }

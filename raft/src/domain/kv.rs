@@ -271,23 +271,28 @@ impl KvRead for MemoryKv {
         }
         let range =
             self.entries.range((Bound::Included((space, start.to_vec())), Bound::Excluded((space, end.to_vec()))));
-        match direction {
-            Direction::Forward => {
-                for ((_, key), value) in range {
-                    if !visit(key, value)? {
-                        break;
-                    }
-                }
-            }
-            Direction::Reverse => {
-                for ((_, key), value) in range.rev() {
-                    if !visit(key, value)? {
-                        break;
-                    }
-                }
+        visit_in_order(range.map(|((_, key), value)| (key.as_slice(), value.as_slice())), direction, visit)
+    }
+}
+
+/// Visits `entries` (given in key order) in `direction` until `visit` returns false or fails:
+/// the `scan` of an in-memory store.
+pub fn visit_in_order<'a>(
+    entries: impl DoubleEndedIterator<Item = (&'a [u8], &'a [u8])>,
+    direction: Direction,
+    visit: &mut Visitor<'_>,
+) -> Result<()> {
+    let mut visit_all = |entries: &mut dyn Iterator<Item = (&'a [u8], &'a [u8])>| {
+        for (key, value) in entries {
+            if !visit(key, value)? {
+                break;
             }
         }
         Ok(())
+    };
+    match direction {
+        Direction::Forward => visit_all(&mut entries.into_iter()),
+        Direction::Reverse => visit_all(&mut entries.rev()),
     }
 }
 
