@@ -1,5 +1,5 @@
 //! The policy evaluator: on the leader, soon after each applied change and at least every 250 ms,
-//! every active deployment with a policy is evaluated ([`crate::domain::gates::evaluate`]) and what it decides is appended as
+//! every active deployment with a policy is evaluated ([`crate::domain::gates::pending_decisions`]) and what it decides is appended as
 //! events by `system:policy`.
 //!
 //! Exactly once: each decision's event id derives from the deployment, the wave and the step,
@@ -12,12 +12,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::consensus::node::{now_micros, Node, WeakNode};
-use crate::domain::calendar::freeze_reason;
 use crate::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
-use crate::domain::gates::{evaluate, events_of, hold_starts, POLICY_ACTOR};
-use crate::domain::keys::{Key, RecordTag};
-use crate::domain::kv::KvRead;
-use crate::domain::records::{self, EnvironmentRecord};
+use crate::domain::gates::{pending_decisions, POLICY_ACTOR};
 use crate::domain::rejection::RejectionCode;
 
 /// How often the leader looks at its deployments when nothing is applied: what time alone
@@ -84,33 +80,8 @@ async fn run(weak: WeakNode, mut applied: tokio::sync::watch::Receiver<u64>) {
     }
 }
 
-/// The events each active deployment's policy decides now, by deployment.
+/// The events each active deployment's policy decides now, on the leader's applied state.
 fn decisions(node: &Node) -> crate::Result<Vec<(String, Vec<ProposedEvent>)>> {
     let reader = node.database().consistent_reader()?;
-    let kv: &dyn KvRead = &reader;
-    let environments: Vec<EnvironmentRecord> = records::scan_records(kv, &Key::record(RecordTag::Environment))?
-        .into_iter()
-        .map(|(_, record)| record)
-        .collect();
-    let now = now_micros();
-    let mut pending = Vec::new();
-    for environment in environments {
-        let Some(id) = &environment.active_deployment else { continue };
-        let Some(policy) = records::policy(kv, &environment.service, &environment.env, None)? else { continue };
-        let Some(deployment) = records::deployment(kv, id)? else { continue };
-        let alerts = records::alerts_of(kv, Some(&environment.service), Some(&environment.env))?;
-        let mut decision = evaluate(&deployment, &policy.policy, policy.set.seq, &alerts, now);
-        // A freeze holds the next wave (the ledger would refuse it); the gates are evaluated afresh
-        // on every look, so the wave starts at the first look after the window closes, unless
-        // something tripped meanwhile.
-        let calendars = records::calendars_for(kv, &environment.service, &environment.env)?;
-        if environment.freeze.is_some() || freeze_reason(&calendars, now).is_some() {
-            decision = hold_starts(decision);
-        }
-        let events = events_of(&deployment, decision);
-        if !events.is_empty() {
-            pending.push((deployment.id.clone(), events));
-        }
-    }
-    Ok(pending)
+    pending_decisions(&reader, now_micros())
 }

@@ -8,9 +8,12 @@
 
 use serde_json::{json, Value};
 
+use crate::domain::calendar::freeze_reason;
 use crate::domain::event::ProposedEvent;
+use crate::domain::keys::{Key, RecordTag};
+use crate::domain::kv::KvRead;
 use crate::domain::policy::{NoData, OnTrip, Policy};
-use crate::domain::records::{AlertRecord, DeploymentRecord, DeploymentState, WaveState};
+use crate::domain::records::{self, AlertRecord, DeploymentRecord, DeploymentState, EnvironmentRecord, WaveState};
 
 /// The actor of every event the cluster appends by itself.
 pub const POLICY_ACTOR: &str = "system:policy";
@@ -357,6 +360,35 @@ pub fn events_of(deployment: &DeploymentRecord, decision: Decision) -> Vec<Propo
             }
         }
     }
+}
+
+/// The events each active deployment's policy decides at `now_micros`, by deployment: what the
+/// leader's evaluator appends (the simulator calls it the same way on its leader's state).
+pub fn pending_decisions(kv: &dyn KvRead, now_micros: i64) -> crate::Result<Vec<(String, Vec<ProposedEvent>)>> {
+    let environments: Vec<EnvironmentRecord> = records::scan_records(kv, &Key::record(RecordTag::Environment))?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect();
+    let mut pending = Vec::new();
+    for environment in environments {
+        let Some(id) = &environment.active_deployment else { continue };
+        let Some(policy) = records::policy(kv, &environment.service, &environment.env, None)? else { continue };
+        let Some(deployment) = records::deployment(kv, id)? else { continue };
+        let alerts = records::alerts_of(kv, Some(&environment.service), Some(&environment.env))?;
+        let mut decision = evaluate(&deployment, &policy.policy, policy.set.seq, &alerts, now_micros);
+        // A freeze holds the next wave (the ledger would refuse it); the gates are evaluated afresh
+        // on every look, so the wave starts at the first look after the window closes, unless
+        // something tripped meanwhile.
+        let calendars = records::calendars_for(kv, &environment.service, &environment.env)?;
+        if environment.freeze.is_some() || freeze_reason(&calendars, now_micros).is_some() {
+            decision = hold_starts(decision);
+        }
+        let events = events_of(&deployment, decision);
+        if !events.is_empty() {
+            pending.push((deployment.id.clone(), events));
+        }
+    }
+    Ok(pending)
 }
 
 fn elapsed_seconds(from_micros: i64, to_micros: i64) -> u64 {

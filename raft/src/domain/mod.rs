@@ -7,11 +7,14 @@
 //!   peer messages.
 //! - `kv`, `keys`, `records`: the key-value interface, key layout and the view records.
 //! - `desired`: which release each host should run, resolved from the desired layer.
+//! - `agent_state`: which directive an agent applies next (the agent and the simulator share it).
+//! - `policy`, `gates`: release-safety policies, and what they decide for a deployment now.
 //! - `merkle`, `checkpoint`: the RFC 9162 tree over the events, its proofs, signed checkpoints.
 //! - `views`: read-side queries (log reads, fleet, hosts, deployments, releases, as-of reads).
 //! - `resume`, `limits`, `invariant`: where a stream starts, the bounds on input, the checks that
 //!   stay on in every build.
 
+pub mod agent_state;
 pub mod calendar;
 pub mod canonical;
 pub mod checkpoint;
