@@ -108,6 +108,11 @@ impl Cluster {
         change(self.lock().get_mut(&node).expect("a known node"))
     }
 
+    /// The bug put back in this run, if any.
+    pub fn bug(&self) -> Option<Bug> {
+        self.bug
+    }
+
     pub fn is_running(&self, node: NodeId) -> bool {
         self.fabric.raft(node).is_some()
     }

@@ -12,17 +12,21 @@
 //! - [`runtime`]: the type config and runtime: tokio, seeded, with ordered watch channels.
 //! - [`network`]: delays, loss, duplication, reordering, partitions and one-way cuts.
 //! - [`cluster`]: starting, crashing and restarting nodes.
-//! - [`workload`]: clients appending and reading, retrying unknown outcomes.
+//! - [`workload`]: clients appending and reading, retrying unknown outcomes; subscribers.
+//! - [`agents`]: one agent per host, following its directives and reporting.
+//! - [`policy`]: the leader's policy evaluator, deciding deployments' next steps.
 //! - [`faults`]: the fault schedule.
 //! - [`checker`]: the invariants, during the run and after it settles.
 //! - [`trace`]: what happened, in simulated time.
 
+pub mod agents;
 pub mod checker;
 pub mod cluster;
 pub mod disk;
 pub mod faults;
 pub mod kv;
 pub mod network;
+pub mod policy;
 pub mod runtime;
 pub mod storage;
 pub mod trace;
@@ -41,15 +45,17 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use crate::agents::Agent;
 use crate::checker::Checker;
 use crate::cluster::{raft_config, Cluster};
 use crate::faults::{calm, initial_members, rejoin, Faults, SnapshotRaces};
 use crate::kv::SharedKv;
 use crate::network::Fabric;
+use crate::policy::PolicyEvaluator;
 use crate::runtime::seed_this_thread;
 pub use crate::storage::Bug;
 use crate::trace::Trace;
-use crate::workload::{Client, Subscriber, EPOCH_MICROS};
+use crate::workload::{Client, Subscriber, EPOCH_MICROS, HOSTS};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -77,6 +83,10 @@ pub struct RunReport {
     pub appends_acknowledged: usize,
     pub reads_answered: usize,
     pub head_seq: u64,
+    /// Directives the agents heard, one by one, after their first state.
+    pub directives_heard: usize,
+    /// Decisions the policy evaluator appended.
+    pub policy_decisions: usize,
 }
 
 /// How long the cluster may take to agree again once faults stop.
@@ -203,9 +213,30 @@ async fn simulate(options: RunOptions) -> RunReport {
     let subscribers: Vec<_> = (0..2)
         .map(|id| tokio::spawn(Subscriber::new(id, stream(options.seed, 20 + id as u64), cluster.clone(), until).run()))
         .collect();
+    // The fleet: an agent per host, and the leader deciding what deployments' policies say.
+    let agents: Vec<_> = HOSTS
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let agent = Agent::new(host, stream(options.seed, 30 + index as u64), cluster.clone(), started, until);
+            tokio::spawn(agent.run())
+        })
+        .collect();
+    let policy = tokio::spawn(PolicyEvaluator { cluster: cluster.clone(), started, until }.run());
     for task in clients.into_iter().chain(subscribers) {
         if task.await.is_err() {
             checker.violation("a client task panicked");
+        }
+    }
+    let policy_decisions = policy.await.unwrap_or_else(|_| {
+        checker.violation("the policy evaluator panicked");
+        0
+    });
+    let mut finished_agents = Vec::new();
+    for task in agents {
+        match task.await {
+            Ok(agent) => finished_agents.push(agent),
+            Err(_) => checker.violation("an agent task panicked"),
         }
     }
     if faults.await.is_err() {
@@ -220,7 +251,7 @@ async fn simulate(options: RunOptions) -> RunReport {
 
     settle(&cluster).await;
     // The nodes in service now: replaced machines have left.
-    let head_seq = final_checks(&cluster, &cluster.nodes());
+    let (head_seq, directives_heard) = final_checks(&cluster, &cluster.nodes(), finished_agents);
     let (appends_acknowledged, reads_answered) = checker.counts();
     let simulated = started.elapsed();
     trace.line(format!("done: head {head_seq}, {appends_acknowledged} appends acknowledged, {reads_answered} reads"));
@@ -240,6 +271,8 @@ async fn simulate(options: RunOptions) -> RunReport {
         appends_acknowledged,
         reads_answered,
         head_seq,
+        directives_heard,
+        policy_decisions,
     }
 }
 
@@ -424,8 +457,9 @@ fn state_digest(state: &SharedKv) -> String {
 
 /// Once settled: every replica's state (events, chain, Merkle tree, indexes, views) equals every
 /// other's and equals a replay of the applied log on an empty state; then the clients' answers
-/// are checked against the ledger. Returns the head seq.
-fn final_checks(cluster: &Cluster, nodes: &[NodeId]) -> u64 {
+/// and the agents are checked against the ledger. Returns the head seq and the directives the
+/// agents heard.
+fn final_checks(cluster: &Cluster, nodes: &[NodeId], agents: Vec<Agent>) -> (u64, usize) {
     let checker = &cluster.checker;
     check_snapshots(cluster);
     let mut replayed = SharedKv::new();
@@ -434,7 +468,7 @@ fn final_checks(cluster: &Cluster, nodes: &[NodeId]) -> u64 {
             Ok(mut computed) => replayed.apply(computed.writes.take().unwrap_or_default()),
             Err(error) => {
                 checker.violation(format!("replaying the applied log failed: {error}"));
-                return 0;
+                return (0, 0);
             }
         }
     }
@@ -452,7 +486,7 @@ fn final_checks(cluster: &Cluster, nodes: &[NodeId]) -> u64 {
         Ok(head) => head.seq,
         Err(error) => {
             checker.violation(format!("the replayed ledger has no head: {error}"));
-            return 0;
+            return (0, 0);
         }
     };
     let mut events = Vec::new();
@@ -466,7 +500,7 @@ fn final_checks(cluster: &Cluster, nodes: &[NodeId]) -> u64 {
             Ok(_) => break,
             Err(error) => {
                 checker.violation(format!("reading the replayed ledger failed: {error}"));
-                return head;
+                return (head, 0);
             }
         }
     }
@@ -474,5 +508,6 @@ fn final_checks(cluster: &Cluster, nodes: &[NodeId]) -> u64 {
         checker.violation(format!("the ledger's head is {head} but it holds {} events", events.len()));
     }
     checker.check_history(&events);
-    head
+    let heard = agents.into_iter().map(|agent| agent.final_checks(&replayed)).sum();
+    (head, heard)
 }

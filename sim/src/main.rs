@@ -31,8 +31,8 @@ struct Arguments {
     /// Print the trace of --seed.
     #[arg(long)]
     trace: bool,
-    /// Put a known storage bug back (ack-before-sync, stale-snapshot-wins), to see how soon
-    /// the simulation finds it.
+    /// Put a known bug back (ack-before-sync, stale-snapshot-wins, watch-resumes-at-head), to
+    /// see how soon the simulation finds it.
     #[arg(long)]
     bug: Option<Bug>,
 }
@@ -56,6 +56,8 @@ fn run_caught(options: &RunOptions) -> RunReport {
             appends_acknowledged: 0,
             reads_answered: 0,
             head_seq: 0,
+            directives_heard: 0,
+            policy_decisions: 0,
         },
     }
 }
@@ -66,6 +68,7 @@ fn replay_command(seed: u64, seconds: u64, bug: Option<Bug>) -> String {
     let bug = match bug {
         Some(Bug::AckBeforeSync) => " --bug ack-before-sync",
         Some(Bug::StaleSnapshotWins) => " --bug stale-snapshot-wins",
+        Some(Bug::WatchResumesAtHead) => " --bug watch-resumes-at-head",
         None => "",
     };
     format!("{program} --seed {seed} --seconds {seconds}{bug} --trace")
@@ -89,11 +92,14 @@ fn main() -> ExitCode {
             println!("{line}");
         }
         println!(
-            "seed {seed}: {} nodes, head {}, {} appends acknowledged, {} reads, {:.0} simulated s, trace {} lines, digest {}",
+            "seed {seed}: {} nodes, head {}, {} appends acknowledged, {} reads, {} directives heard, {} policy \
+             decisions, {:.0} simulated s, trace {} lines, digest {}",
             report.nodes,
             report.head_seq,
             report.appends_acknowledged,
             report.reads_answered,
+            report.directives_heard,
+            report.policy_decisions,
             report.simulated.as_secs_f64(),
             report.trace_lines,
             report.trace_digest

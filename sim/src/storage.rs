@@ -41,8 +41,8 @@ fn storage_error(what: &str, error: &dyn std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {error}"))
 }
 
-/// A known storage bug, put back on purpose: a run with one shows whether the simulator finds
-/// it. Each undoes a rule the RocksDB stores follow too.
+/// A known bug, put back on purpose: a run with one shows whether the simulator finds it. Each
+/// undoes a rule the product follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bug {
     /// Report appended entries durable before the sync that makes them so.
@@ -50,6 +50,9 @@ pub enum Bug {
     /// Let a snapshot built from an older state replace a newer one installed meanwhile (the
     /// RocksDB store keeps builds and installs single-flight).
     StaleSnapshotWins,
+    /// Resume a host's watch on another node from that node's head, as if the agent's position
+    /// were a fresh watch's, instead of after the last seq the agent took in.
+    WatchResumesAtHead,
 }
 
 impl std::str::FromStr for Bug {
@@ -59,7 +62,10 @@ impl std::str::FromStr for Bug {
         match text {
             "ack-before-sync" => Ok(Bug::AckBeforeSync),
             "stale-snapshot-wins" => Ok(Bug::StaleSnapshotWins),
-            other => Err(format!("unknown bug {other:?}: ack-before-sync or stale-snapshot-wins")),
+            "watch-resumes-at-head" => Ok(Bug::WatchResumesAtHead),
+            other => {
+                Err(format!("unknown bug {other:?}: ack-before-sync, stale-snapshot-wins or watch-resumes-at-head"))
+            }
         }
     }
 }

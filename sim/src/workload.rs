@@ -22,11 +22,16 @@ use tokio::time::Instant;
 use crate::checker::{AckedAppend, AnsweredRead};
 use crate::cluster::Cluster;
 
-const HOSTS: [&str; 6] = ["h1", "h2", "h3", "h4", "h5", "h6"];
+pub const HOSTS: [&str; 6] = ["h1", "h2", "h3", "h4", "h5", "h6"];
 const RELEASES: [&str; 3] = ["r1", "r2", "r3"];
-const DEPLOYMENTS: [&str; 4] = ["d1", "d2", "d3", "d4"];
+const DEPLOYMENTS: [&str; 8] = ["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8"];
 const STREAMS: [&str; 3] = ["notes-a", "notes-b", "notes-c"];
 const WAVES: [&str; 2] = ["canary", "rest"];
+
+/// The (service, env) every host registers in, deployed to and watched by the agents.
+pub const ENVIRONMENT: (&str, &str) = ("svc", "prod");
+/// The time alerts say they started at (any valid time: only their labels count).
+const ALERT_STARTS_AT: &str = "2026-01-01T00:00:00Z";
 
 /// 2026-01-01T00:00:00Z: simulated clocks start here.
 pub const EPOCH_MICROS: i64 = 1_767_225_600_000_000;
@@ -112,7 +117,7 @@ impl Client {
         };
         let status = *["applying", "running", "running", "failed"].choose(random).expect("statuses");
         let group = format!("g{}", random.gen_range(0..2));
-        let env = [("service", "svc"), ("env", "prod")];
+        let env = [("service", ENVIRONMENT.0), ("env", ENVIRONMENT.1)];
         let (events, expected_version) = match kind {
             0..=7 => {
                 (vec![self.event("release.created", &[env[0], ("release", release)], json!({}))], ExpectedVersion::Any)
@@ -154,6 +159,17 @@ impl Client {
                     .map(|_| self.event("host.reported", &fields, json!({"status": status, "applied_seq": 0})));
                 (reports.collect(), ExpectedVersion::Any)
             }
+            66..=67 => {
+                let policy = self.policy();
+                (vec![self.event("policy.set", &env, json!({ "policy": policy }))], ExpectedVersion::Any)
+            }
+            68..=69 => {
+                let event_type = if kind == 68 { "alert.fired" } else { "alert.resolved" };
+                let severity = *["critical", "warning"].choose(&mut self.random).expect("severities");
+                let data = json!({"source": "sim", "fingerprint": format!("f{}", count), "starts_at": ALERT_STARTS_AT,
+                                  "labels": {"severity": severity}});
+                (vec![self.event(event_type, &env, data)], ExpectedVersion::Any)
+            }
             _ => {
                 let notes =
                     (0..count).map(|index| self.event("sim.note", &[("stream", stream)], json!({ "n": index })));
@@ -161,6 +177,31 @@ impl Client {
             }
         };
         AppendRequest { events, expected_version, actor: format!("client-{}", self.id) }
+    }
+
+    /// A release-safety policy for the environment: short bakes and deadlines, so that runs of
+    /// minutes see waves advance, gates trip and deployments roll back or halt by themselves.
+    fn policy(&mut self) -> serde_json::Value {
+        let random = &mut self.random;
+        let mut policy = json!({
+            "bake_seconds": random.gen_range(0..10),
+            "on_trip": *["rollback", "rollback", "halt", "none"].choose(random).expect("trip actions"),
+            "auto_advance": random.gen_bool(0.8),
+            "no_data": *["ignore", "halt"].choose(random).expect("no-data actions"),
+        });
+        if random.gen_bool(0.5) {
+            policy["min_healthy"] = json!({"percent": random.gen_range(25..=100)});
+        }
+        if random.gen_bool(0.5) {
+            policy["max_failed"] = json!({"count": random.gen_range(0..3)});
+        }
+        if random.gen_bool(0.5) {
+            policy["converge_deadline_seconds"] = json!(random.gen_range(5..60));
+        }
+        if random.gen_bool(0.3) {
+            policy["alerts"] = json!([{"severity": "critical"}]);
+        }
+        policy
     }
 
     /// A node to send to: the leader it believes in, or any running node.
@@ -175,8 +216,7 @@ impl Client {
     }
 
     fn micros_at(&self, node: NodeId) -> i64 {
-        let skew = self.cluster.with_node(node, |sim| sim.skew_micros);
-        EPOCH_MICROS + self.started.elapsed().as_micros() as i64 + skew
+        micros_at(&self.cluster, self.started, node)
     }
 
     async fn append(&mut self, request: AppendRequest) {
@@ -282,6 +322,25 @@ impl Client {
     fn target_any(&mut self) -> Option<NodeId> {
         let running: Vec<NodeId> = self.cluster.fabric.running().into_iter().map(|(node, _)| node).collect();
         running.choose(&mut self.random).copied()
+    }
+}
+
+/// The time on `node`'s clock, skew and all, in a run started at `started`.
+pub fn micros_at(cluster: &Cluster, started: Instant, node: NodeId) -> i64 {
+    let skew = cluster.with_node(node, |sim| sim.skew_micros);
+    EPOCH_MICROS + started.elapsed().as_micros() as i64 + skew
+}
+
+/// One attempt to append `request` on the node that leads now, stamped with its clock: the
+/// outcome, or None when there is no leader or no answer in time (the outcome is then unknown,
+/// and a retry with the same ids is answered with the original).
+pub async fn append_on_leader(cluster: &Cluster, started: Instant, request: AppendRequest) -> Option<AppendOutcome> {
+    let (node, raft) = cluster.leader()?;
+    let command =
+        LedgerCommand { time_micros: micros_at(cluster, started, node), requests: vec![request], identity: None };
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, raft.client_write(command)).await {
+        Ok(Ok(response)) => response.data.outcomes.into_iter().next(),
+        _ => None,
     }
 }
 
