@@ -37,14 +37,16 @@ run: build
 # The deterministic cluster simulation (docs/simulation.md): SEEDS seeds from FIRST on, DURATION
 # simulated seconds of faults and traffic each, one seed per core at a time. It prints every
 # failing seed with its first broken invariant and the one command that replays it; SEED=n
-# replays one seed and prints its trace; BUG=ack-before-sync puts a known bug back. Built on its
-# own profile (optimised, without RocksDB: three minutes from a cold cache).
+# replays one seed and prints its trace; BUG=ack-before-sync puts a known bug back;
+# CLIENTS_ONLY=1 leaves out agents and policies (the workload the regression seeds were found
+# with). Built on its own profile (optimised, without RocksDB: about five minutes from a cold
+# cache).
 SEEDS ?= 1000
 FIRST ?= 0
 DURATION ?= 300
 sim: prerequisites
 	cargo build --profile sim -p fleetlog-sim
-	$(CARGO_TARGET_DIR)/sim/fleetlog-sim $(if $(SEED),--seed $(SEED) --trace,--seeds $(SEEDS) --first $(FIRST)) --seconds $(DURATION) $(if $(BUG),--bug $(BUG))
+	$(CARGO_TARGET_DIR)/sim/fleetlog-sim $(if $(SEED),--seed $(SEED) --trace,--seeds $(SEEDS) --first $(FIRST)) --seconds $(DURATION) $(if $(BUG),--bug $(BUG)) $(if $(CLIENTS_ONLY),--clients-only)
 
 # A local 3-node cluster on 127.0.0.1:7071-7073 (data in ./fleetlog-dev), until Ctrl-C.
 cluster: build

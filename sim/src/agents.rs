@@ -171,7 +171,11 @@ impl Agent {
     fn take(&mut self, node: NodeId, read: Read) {
         match read {
             Read::State { seq, directive } => {
-                self.first_state.get_or_insert(seq);
+                // A node that has applied nothing yet answers with an empty state at seq 0: the
+                // agent's position stays 0, and its next watch starts afresh with a state again.
+                if seq > 0 {
+                    self.first_state.get_or_insert(seq);
+                }
                 self.state.take(seq, directive);
                 self.watch = Some((node, seq + 1));
             }

@@ -55,6 +55,7 @@ use crate::policy::PolicyEvaluator;
 use crate::runtime::seed_this_thread;
 pub use crate::storage::Bug;
 use crate::trace::Trace;
+pub use crate::workload::Workload;
 use crate::workload::{Client, Subscriber, EPOCH_MICROS, HOSTS};
 
 /// What to run.
@@ -65,8 +66,9 @@ pub struct RunOptions {
     pub duration: Duration,
     /// Keep the trace's lines (to print them); its digest is always computed.
     pub keep_trace: bool,
-    /// A known storage bug to put back, to see the simulator find it.
+    /// A known bug to put back, to see the simulator find it.
     pub bug: Option<Bug>,
+    pub workload: Workload,
 }
 
 /// What a run found.
@@ -206,7 +208,8 @@ async fn simulate(options: RunOptions) -> RunReport {
     let pause = Duration::from_millis(setup.gen_range(100..800));
     let clients: Vec<_> = (0..client_count)
         .map(|id| {
-            let client = Client::new(id, stream(options.seed, 10 + id as u64), cluster.clone(), started, until, pause);
+            let random = stream(options.seed, 10 + id as u64);
+            let client = Client::new(id, random, cluster.clone(), started, until, pause, options.workload);
             tokio::spawn(client.run())
         })
         .collect();
@@ -214,7 +217,8 @@ async fn simulate(options: RunOptions) -> RunReport {
         .map(|id| tokio::spawn(Subscriber::new(id, stream(options.seed, 20 + id as u64), cluster.clone(), until).run()))
         .collect();
     // The fleet: an agent per host, and the leader deciding what deployments' policies say.
-    let agents: Vec<_> = HOSTS
+    let fleet = options.workload == Workload::Fleet;
+    let agents: Vec<_> = HOSTS[..if fleet { HOSTS.len() } else { 0 }]
         .iter()
         .enumerate()
         .map(|(index, host)| {
@@ -222,16 +226,19 @@ async fn simulate(options: RunOptions) -> RunReport {
             tokio::spawn(agent.run())
         })
         .collect();
-    let policy = tokio::spawn(PolicyEvaluator { cluster: cluster.clone(), started, until }.run());
+    let policy = fleet.then(|| tokio::spawn(PolicyEvaluator { cluster: cluster.clone(), started, until }.run()));
     for task in clients.into_iter().chain(subscribers) {
         if task.await.is_err() {
             checker.violation("a client task panicked");
         }
     }
-    let policy_decisions = policy.await.unwrap_or_else(|_| {
-        checker.violation("the policy evaluator panicked");
-        0
-    });
+    let policy_decisions = match policy {
+        Some(policy) => policy.await.unwrap_or_else(|_| {
+            checker.violation("the policy evaluator panicked");
+            0
+        }),
+        None => 0,
+    };
     let mut finished_agents = Vec::new();
     for task in agents {
         match task.await {

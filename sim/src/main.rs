@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use clap::Parser;
-use fleetlog_sim::{run, Bug, RunOptions, RunReport};
+use fleetlog_sim::{run, Bug, RunOptions, RunReport, Workload};
 
 #[derive(Parser, Debug)]
 #[command(name = "fleetlog-sim", about = "Deterministic simulation of a fleetlog cluster under seeded faults")]
@@ -35,6 +35,10 @@ struct Arguments {
     /// see how soon the simulation finds it.
     #[arg(long)]
     bug: Option<Bug>,
+    /// Run clients and subscribers only, without agents and policies, as the simulator did
+    /// before it had them (the seeds that found bugs then replay with it).
+    #[arg(long)]
+    clients_only: bool,
 }
 
 /// Runs one seed, turning a panic into a violation.
@@ -62,7 +66,15 @@ fn run_caught(options: &RunOptions) -> RunReport {
     }
 }
 
-fn replay_command(seed: u64, seconds: u64, bug: Option<Bug>) -> String {
+fn workload(arguments: &Arguments) -> Workload {
+    if arguments.clients_only {
+        Workload::ClientsOnly
+    } else {
+        Workload::Fleet
+    }
+}
+
+fn replay_command(seed: u64, seconds: u64, bug: Option<Bug>, workload: Workload) -> String {
     let program =
         std::env::current_exe().map(|path| path.display().to_string()).unwrap_or_else(|_| "fleetlog-sim".into());
     let bug = match bug {
@@ -71,7 +83,8 @@ fn replay_command(seed: u64, seconds: u64, bug: Option<Bug>) -> String {
         Some(Bug::WatchResumesAtHead) => " --bug watch-resumes-at-head",
         None => "",
     };
-    format!("{program} --seed {seed} --seconds {seconds}{bug} --trace")
+    let workload = if workload == Workload::ClientsOnly { " --clients-only" } else { "" };
+    format!("{program} --seed {seed} --seconds {seconds}{bug}{workload} --trace")
 }
 
 fn main() -> ExitCode {
@@ -87,7 +100,13 @@ fn main() -> ExitCode {
     }
     let duration = Duration::from_secs(arguments.seconds);
     if let Some(seed) = arguments.seed {
-        let report = run_caught(&RunOptions { seed, duration, keep_trace: arguments.trace, bug: arguments.bug });
+        let report = run_caught(&RunOptions {
+            seed,
+            duration,
+            keep_trace: arguments.trace,
+            bug: arguments.bug,
+            workload: workload(&arguments),
+        });
         for line in &report.trace {
             println!("{line}");
         }
@@ -123,13 +142,13 @@ fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let workers: Vec<_> = (0..jobs)
         .map(|_| {
-            let (next, reports, bug) = (next.clone(), reports.clone(), arguments.bug);
+            let (next, reports, bug, workload) = (next.clone(), reports.clone(), arguments.bug, workload(&arguments));
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
                 if seed >= end {
                     return;
                 }
-                let report = run_caught(&RunOptions { seed, duration, keep_trace: false, bug });
+                let report = run_caught(&RunOptions { seed, duration, keep_trace: false, bug, workload });
                 if reports.send(report).is_err() {
                     return;
                 }
@@ -145,7 +164,10 @@ fn main() -> ExitCode {
         simulated += report.simulated;
         if let Some(first) = report.violations.first() {
             println!("seed {} FAILED: {first}", report.seed);
-            println!("  replay: {}", replay_command(report.seed, arguments.seconds, arguments.bug));
+            println!(
+                "  replay: {}",
+                replay_command(report.seed, arguments.seconds, arguments.bug, workload(&arguments))
+            );
             failed.push(report.seed);
         }
         if done.is_multiple_of(100) {

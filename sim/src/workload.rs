@@ -41,6 +41,17 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Attempts of one append before the client gives up (its outcome then stays unknown).
 const ATTEMPTS_MAX: u32 = 6;
 
+/// What a run's traffic holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Clients, subscribers, an agent per host, the leader's policy evaluator; clients also set
+    /// policies and fire alerts.
+    Fleet,
+    /// Clients and subscribers only, as the simulator ran before it had agents and policies: the
+    /// seeds that found bugs then replay the schedules that found them.
+    ClientsOnly,
+}
+
 /// One client: its own random numbers, drawn from the run's seed.
 pub struct Client {
     pub id: usize,
@@ -54,6 +65,7 @@ pub struct Client {
     next_id: u64,
     /// The node it believes leads.
     leader_guess: Option<NodeId>,
+    workload: Workload,
 }
 
 impl Client {
@@ -64,8 +76,9 @@ impl Client {
         started: Instant,
         until: Instant,
         pause: Duration,
+        workload: Workload,
     ) -> Client {
-        Client { id, random, cluster, started, until, pause, next_id: 0, leader_guess: None }
+        Client { id, random, cluster, started, until, pause, next_id: 0, leader_guess: None, workload }
     }
 
     pub async fn run(mut self) {
@@ -104,7 +117,10 @@ impl Client {
         let random = &mut self.random;
         let host = *HOSTS.choose(random).expect("hosts");
         let release = *RELEASES.choose(random).expect("releases");
-        let deployment = *DEPLOYMENTS.choose(random).expect("deployments");
+        let fleet = self.workload == Workload::Fleet;
+        // Without the fleet, the four deployments the simulator had before it.
+        let deployments = if fleet { &DEPLOYMENTS[..] } else { &DEPLOYMENTS[..4] };
+        let deployment = *deployments.choose(random).expect("deployments");
         let wave = *WAVES.choose(random).expect("waves");
         let stream = *STREAMS.choose(random).expect("streams");
         let count = random.gen_range(1..=3);
@@ -159,11 +175,11 @@ impl Client {
                     .map(|_| self.event("host.reported", &fields, json!({"status": status, "applied_seq": 0})));
                 (reports.collect(), ExpectedVersion::Any)
             }
-            66..=67 => {
+            66..=67 if fleet => {
                 let policy = self.policy();
                 (vec![self.event("policy.set", &env, json!({ "policy": policy }))], ExpectedVersion::Any)
             }
-            68..=69 => {
+            68..=69 if fleet => {
                 let event_type = if kind == 68 { "alert.fired" } else { "alert.resolved" };
                 let severity = *["critical", "warning"].choose(&mut self.random).expect("severities");
                 let data = json!({"source": "sim", "fingerprint": format!("f{}", count), "starts_at": ALERT_STARTS_AT,

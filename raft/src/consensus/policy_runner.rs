@@ -1,6 +1,7 @@
 //! The policy evaluator: on the leader, soon after each applied change and at least every 250 ms,
-//! every active deployment with a policy is evaluated ([`crate::domain::gates::pending_decisions`]) and what it decides is appended as
-//! events by `system:policy`.
+//! every active deployment with a policy is evaluated
+//! ([`crate::domain::gates::pending_decisions`]) and what it decides is appended as events by
+//! `system:policy`.
 //!
 //! Exactly once: each decision's event id derives from the deployment, the wave and the step,
 //! so a leader that decides again what its predecessor decided (or what it decided itself a tick
