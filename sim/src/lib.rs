@@ -218,7 +218,8 @@ async fn simulate(options: RunOptions) -> RunReport {
         .collect();
     // The fleet: an agent per host, and the leader deciding what deployments' policies say.
     let fleet = options.workload == Workload::Fleet;
-    let agents: Vec<_> = HOSTS[..if fleet { HOSTS.len() } else { 0 }]
+    let agent_hosts: &[&'static str] = if fleet { &HOSTS } else { &[] };
+    let agents: Vec<_> = agent_hosts
         .iter()
         .enumerate()
         .map(|(index, host)| {
