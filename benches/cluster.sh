@@ -6,23 +6,25 @@
 #   benches/cluster.sh failover [N]      leader killed (SIGKILL) -> first acknowledged write, N times
 #   benches/cluster.sh learner [EVENTS]  load EVENTS events (default 1,000,000), then time a new
 #                                        learner catching up; checks it serves the same chain head
-#   benches/cluster.sh alert-failover [N] `fleetlog bench alert --kill-leader`: N rounds of an
+#   benches/cluster.sh alert-failover [N] `fleetlog-bench alert --kill-leader`: N rounds of an
 #                                        alert the policy rolls back on, the leader SIGKILLed
 #                                        right after acknowledging it (and started again)
 #   benches/cluster.sh up                start a cluster, print the leader's URL and keep it running
-#                                        until interrupted (for `fleetlog bench append` or perf)
+#                                        until interrupted (for `fleetlog-bench append` or perf)
 #   benches/cluster.sh fanout [AGENTS] [one|all]
-#                                        `fleetlog bench fanout`: AGENTS (default 10,000) simulated
+#                                        `fleetlog-bench fanout`: AGENTS (default 10,000) simulated
 #                                        agents on node 1 (one) or spread over the 3 nodes (all),
 #                                        a rollback timed to each; then etcd the same way if installed,
 #                                        then the machine's loopback floor (HOSTS=N registers N hosts)
 #
-# Uses the debug binary `make test` builds (dependencies -O2, workspace crates -O3). Set FLEETLOG to use
-# another, SNAPSHOT_EVERY to change the snapshot interval (entries) the nodes run with.
+# Uses the debug binary `make test` builds (dependencies -O2, workspace crates -O3). Set FLEETLOG (and BENCH) to use
+# others, SNAPSHOT_EVERY to change the snapshot interval (entries) the nodes run with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fleetlog-target}"
 FLEETLOG="${FLEETLOG:-$CARGO_TARGET_DIR/debug/fleetlog}"
+# The load generators are a binary of their own, built next to fleetlog.
+BENCH="${BENCH:-$(dirname "$FLEETLOG")/fleetlog-bench}"
 BASE_PORT="${BASE_PORT:-7401}"
 SNAPSHOT_EVERY="${SNAPSHOT_EVERY:-500000}"
 WORK="$(mktemp -d /tmp/fleetlog-bench.XXXXXX)"
@@ -68,7 +70,7 @@ start_cluster() {
 alert_failover() {
   start_cluster
   echo "== an alert to the policy's rollback, the leader killed right after acknowledging it ($1 rounds)"
-  "$FLEETLOG" --server "http://$(address 1),http://$(address 2),http://$(address 3)" bench alert --kill-leader --rounds "$1"
+  "$BENCH" --server "http://$(address 1),http://$(address 2),http://$(address 3)" alert --kill-leader --rounds "$1"
   # The bench started the nodes it killed again itself: stop those too.
   pkill -f -- "--data $WORK/" || true
 }
@@ -83,7 +85,7 @@ throughput() {
   start_cluster
   for clients in 1 64; do
     echo "== $clients client(s), single-event requests, 256-byte payloads, sent to the leader"
-    "$FLEETLOG" --server "http://$(address "$(leader 1)")" bench append \
+    "$BENCH" --server "http://$(address "$(leader 1)")" append \
       --clients "$clients" --batch 1 --payload-bytes 256 --total $((clients == 1 ? 5000 : 30000))
   done
 }
@@ -131,7 +133,7 @@ learner() {
   echo "== loading $events events (batches of 1,000 events, 8 clients)"
   local started
   started=$(now_ms)
-  "$FLEETLOG" --server "http://$(address "$(leader 1)")" bench append \
+  "$BENCH" --server "http://$(address "$(leader 1)")" append \
     --clients 8 --batch 1000 --payload-bytes 256 --total "$events" >/dev/null
   echo "loaded in $(( $(now_ms) - started )) ms"
   curl -sf "http://$(address 1)/v1/cluster" | python3 -c 'import json,sys; d=json.load(sys.stdin)["this_node"]; print("node 1: snapshot_index", d["snapshot_index"], "purged_index", d["purged_index"])'
@@ -174,7 +176,7 @@ fanout() {
   if [ "$spread" = all ]; then servers="http://$(address 1),http://$(address 2),http://$(address 3)"; fi
   echo "fan-out: $agents agents on $spread of 3 nodes (fresh cluster, so memory per watcher is of this run)"
   # HOSTS: hosts registered in the environment rolled back (default: one per agent).
-  "$FLEETLOG" --server "$servers" bench fanout --agents "$agents" --rounds "${ROUNDS:-5}" ${HOSTS:+--hosts "$HOSTS"}
+  "$BENCH" --server "$servers" fanout --agents "$agents" --rounds "${ROUNDS:-5}" ${HOSTS:+--hosts "$HOSTS"}
 }
 
 up() {

@@ -18,7 +18,7 @@ use crate::output::print;
 
 /// A local cluster of child `fleetlog serve` processes, each with a data directory and a log
 /// file under one parent directory. Stops every node (SIGTERM, then waits) when dropped, so an
-/// error on the way never leaves them running. `fleetlog dev` and `fleetlog bench compare` use it.
+/// error on the way never leaves them running. `fleetlog dev` and `fleetlog-bench compare` use it.
 pub struct LocalCluster {
     children: Vec<Child>,
     /// Positions in `children` of the nodes already reported as exited.
@@ -44,17 +44,17 @@ impl Drop for LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts one node per member (data in `data/node-N`, log in `data/node-N.log`), forms the
-    /// cluster unless it already is, and returns once every node is ready.
-    pub async fn start(data: &Path, members: Vec<(u64, String)>) -> Result<LocalCluster> {
-        let executable = std::env::current_exe().context("cannot find the fleetlog executable")?;
+    /// Starts one node per member (`executable serve`, data in `data/node-N`, log in
+    /// `data/node-N.log`), forms the cluster unless it already is, and returns once every node is
+    /// ready.
+    pub async fn start(executable: &Path, data: &Path, members: Vec<(u64, String)>) -> Result<LocalCluster> {
         std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
         let mut cluster = LocalCluster { children: Vec::new(), reported: Vec::new(), members, formed: false };
         for (id, address) in &cluster.members {
             let log_path = data.join(format!("node-{id}.log"));
             let log =
                 std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
-            let child = Command::new(&executable)
+            let child = Command::new(executable)
                 .args(["serve", "--node-id", &id.to_string(), "--listen", address, "--data"])
                 .arg(data.join(format!("node-{id}")))
                 .stdout(Stdio::null())
@@ -109,7 +109,8 @@ pub async fn run(output: Output, args: DevArgs) -> Result<()> {
     for (id, address) in &members {
         eprintln!("node {id}: http://{address} (log: {})", args.data.join(format!("node-{id}.log")).display());
     }
-    let cluster = LocalCluster::start(&args.data, members).await?;
+    let executable = std::env::current_exe().context("cannot find the fleetlog executable")?;
+    let cluster = LocalCluster::start(&executable, &args.data, members).await?;
     if cluster.formed {
         eprintln!("formed a new {}-node cluster", args.nodes);
     } else {

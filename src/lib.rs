@@ -5,7 +5,6 @@
 
 pub mod agent;
 pub mod backoff;
-pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
@@ -34,13 +33,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dev(args) => return dev::run(output, args).await,
         Command::Agent(args) => return agent::run(&cli.server, &credentials, args).await,
         Command::Token(command) => return token::run(command),
-        // Benches take their own server lists (`bench fanout` spreads watchers over several).
-        Command::Bench(command) => return bench::run(&cli.server, command).await,
         _ => {}
     }
     let client = Client::configured(&cli.server, &credentials)?;
     match cli.command {
-        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Token(_) | Command::Bench(_) => {
+        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Token(_) => {
             unreachable!("handled above")
         }
         Command::Cluster(command) => cluster::run(&client, output, command).await,

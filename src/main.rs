@@ -42,11 +42,11 @@ fn main() {
     }
 }
 
-/// Commands that serve, follow streams or drive load: they keep Rust's default (SIGPIPE ignored),
+/// Commands that serve or follow streams: they keep Rust's default (SIGPIPE ignored),
 /// so a closed pipe or socket is an error they handle, never a signal that ends them.
 fn long_running(command: &fleetlog::cli::Command) -> bool {
     use fleetlog::cli::Command;
-    matches!(command, Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Bench(_))
+    matches!(command, Command::Serve(_) | Command::Dev(_) | Command::Agent(_))
 }
 
 /// A command whose output goes to a pipe that closes early (`fleetlog history | head`) ends the

@@ -158,14 +158,11 @@ fn connection_errors_say_what_happened_and_what_to_try() {
     assert!(!stderr.contains("builder error"), "{stderr}");
 }
 
-/// `bench fanout` takes a list of servers to spread its watchers over: the list reaches the bench
-/// (which checks its own arguments first) instead of being refused as one malformed URL.
+/// The production binary carries no load generator: they live in `fleetlog-bench`.
 #[test]
-fn a_bench_takes_a_list_of_servers() {
-    let servers = format!("http://127.0.0.1:{},http://127.0.0.1:{}", common::free_port(), common::free_port());
-    let (ok, stderr) = fleetlog_failing(&["--server", &servers, "bench", "fanout", "--agents", "0"]);
-    assert!(!ok && stderr.contains("--agents and --rounds must be at least 1"), "{stderr}");
-    assert!(!stderr.contains("must be a URL"), "{stderr}");
+fn the_production_binary_has_no_bench_command() {
+    let (ok, stderr) = fleetlog_failing(&["bench", "append"]);
+    assert!(!ok && stderr.contains("unrecognized subcommand 'bench'"), "{stderr}");
 }
 
 /// A 401 names the flag and the variable that carry a token.

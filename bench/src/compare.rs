@@ -7,7 +7,7 @@
 //! fsynced it (etcd by default, fleetlog always).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,16 +15,16 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::bench::load::{self, LoadReport, LoadShape};
-use crate::bench::{append, etcd};
 use crate::cli::BenchCompareArgs;
-use crate::dev::LocalCluster;
+use crate::load::{self, LoadReport, LoadShape};
+use crate::{append, etcd};
+use fleetlog::dev::LocalCluster;
 
 const MEMBERS: u64 = 3;
 /// A short load before measuring: connections, caches and the first WAL files.
 const WARM_UP: Duration = Duration::from_secs(2);
 
-pub async fn run(args: BenchCompareArgs) -> Result<()> {
+pub async fn run(fleetlog_executable: &Path, args: BenchCompareArgs) -> Result<()> {
     let client_counts = parse_counts(&args.clients)?;
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
@@ -32,7 +32,7 @@ pub async fn run(args: BenchCompareArgs) -> Result<()> {
     let run_length = load::duration("--seconds", args.seconds)?;
     ensure_etcd_installed()?;
     println!("starting a 3-node fleetlog cluster and a 3-member etcd cluster on 127.0.0.1 …");
-    let fleetlog = LocalFleetlog::start().await?;
+    let fleetlog = LocalFleetlog::start(fleetlog_executable).await?;
     let etcd_cluster = etcd::LocalCluster::start().await?;
     let fleetlog_leader = fleetlog.leader_url().await?;
     let etcd_leader = etcd::leader_url(&etcd_cluster.urls).await?;
@@ -210,13 +210,13 @@ impl Drop for RemovedOnDrop {
 }
 
 impl LocalFleetlog {
-    async fn start() -> Result<LocalFleetlog> {
+    async fn start(executable: &Path) -> Result<LocalFleetlog> {
         let directory =
             RemovedOnDrop(std::env::temp_dir().join(format!("fleetlog-bench-compare-{}", std::process::id())));
         let members = (1..=MEMBERS)
             .map(|id| Ok((id, format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))))
             .collect::<Result<Vec<_>>>()?;
-        let cluster = LocalCluster::start(&directory.0, members).await?;
+        let cluster = LocalCluster::start(executable, &directory.0, members).await?;
         Ok(LocalFleetlog { cluster, _directory: directory })
     }
 

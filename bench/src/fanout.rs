@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::bench::{etcd, floor};
 use crate::cli::BenchFanoutArgs;
+use crate::{etcd, floor};
 
 /// How long one round may take before the bench gives up on missing agents.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);

@@ -11,9 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::bench::fanout::socket_address;
-use crate::bench::load::{self, CpuProbe, LoadReport, LoadShape, Sender};
 use crate::cli::BenchAppendArgs;
+use crate::fanout::socket_address;
+use crate::load::{self, CpuProbe, LoadReport, LoadShape, Sender};
 
 pub async fn run(server: &str, args: BenchAppendArgs) -> Result<()> {
     let server = server.split(',').next().unwrap_or(server).trim().trim_end_matches('/').to_string();

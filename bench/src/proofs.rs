@@ -18,7 +18,7 @@ pub async fn run(server: &str, args: BenchProofsArgs) -> Result<()> {
     if args.requests == 0 {
         bail!("--requests must be at least 1");
     }
-    let http = super::http_client(1)?;
+    let http = crate::fleet::http_client(1)?;
     let base = server.trim_end_matches('/').to_string();
     let local = if args.local { "&consistency=local" } else { "" };
     let note = http.get(format!("{base}/v1/checkpoint")).send().await?.error_for_status()?.text().await?;
@@ -40,7 +40,7 @@ pub async fn run(server: &str, args: BenchProofsArgs) -> Result<()> {
         let hashes = hashes(&serde_json::from_slice(&proof)?)?;
         proof_lengths += hashes.len();
         let text = http.get(format!("{base}/v1/events/{seq}")).send().await?.error_for_status()?.text().await?;
-        let (_, event) = crate::verify::check_event_text(&text)?;
+        let (_, event) = fleetlog::verify::check_event_text(&text)?;
         merkle::verify_inclusion(seq - 1, size, &event.leaf, &hashes, &root)
             .with_context(|| format!("the server's inclusion proof of seq {seq} does not verify"))?;
 

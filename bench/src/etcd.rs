@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 
 use fleetlog_api::metrics::resident_bytes;
 
-use crate::bench::fanout::{connect_watchers, socket_address, Measurement, Round, WatcherSlot};
-use crate::bench::load::{self, CpuProbe, LoadReport, LoadShape, Sender};
 use crate::cli::BenchFanoutArgs;
+use crate::fanout::{connect_watchers, socket_address, Measurement, Round, WatcherSlot};
+use crate::load::{self, CpuProbe, LoadReport, LoadShape, Sender};
 
 const WATCHED_KEY: &[u8] = b"fleetlog-bench/fanout";
 const MEMBERS: usize = 3;

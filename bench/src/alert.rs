@@ -17,8 +17,8 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::bench::{fanout, leader_kill};
 use crate::cli::BenchAlertArgs;
+use crate::{fanout, leader_kill};
 
 /// Longest one step may take before the bench gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,7 +74,7 @@ pub async fn run(server: &str, args: BenchAlertArgs) -> Result<()> {
     if args.kill_leader && urls.len() < 3 {
         bail!("--kill-leader needs the URL of every node of a 3-node (or larger) cluster in --server");
     }
-    let mut api = Api { http: super::http_client(2)?, base: urls[0].clone() };
+    let mut api = Api { http: crate::fleet::http_client(2)?, base: urls[0].clone() };
     // A service of its own per run, so a server can be measured more than once.
     let service = format!("bench-alert-{}", std::process::id());
     let env = "prod";

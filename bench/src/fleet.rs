@@ -1,17 +1,4 @@
-//! `fleetlog bench`: load generators that measure a running server over real HTTP, and
-//! `bench rollback`, which times the apply step in-process.
-
-mod alert;
-mod append;
-mod catchup;
-mod compare;
-mod etcd;
-mod fanout;
-mod floor;
-mod leader_kill;
-mod load;
-mod proofs;
-mod rollback;
+//! `fleetlog-bench fleet`: the fleet view of many registered hosts, timed now and at a past seq.
 
 use std::time::Instant;
 
@@ -19,29 +6,17 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::cli::{BenchCommand, BenchFleetArgs};
+use crate::cli::BenchFleetArgs;
 
-pub async fn run(server: &str, command: BenchCommand) -> Result<()> {
-    match command {
-        BenchCommand::Alert(args) => alert::run(server, args).await,
-        BenchCommand::Append(args) => append::run(server, args).await,
-        BenchCommand::Compare(args) => compare::run(args).await,
-        BenchCommand::Catchup(args) => catchup::run(server, args).await,
-        BenchCommand::Fleet(args) => fleet(server, args).await,
-        BenchCommand::Fanout(args) => fanout::run(server, args).await,
-        BenchCommand::Proofs(args) => proofs::run(server, args).await,
-        BenchCommand::Rollback(args) => rollback::run(args).await,
-    }
-}
-
-fn http_client(connections: usize) -> Result<reqwest::Client> {
+/// An HTTP client for the benches' own requests, keeping `connections` idle connections.
+pub fn http_client(connections: usize) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder().pool_max_idle_per_host(connections).tcp_nodelay(true).build()?)
 }
 
 /// Registers `--registered` targets (in batches; `--hosts` of them in the environment timed),
 /// deploys a release to every host of that environment, lets each host report it running, then
 /// times `GET /v1/fleet` of that environment now and as of a seq halfway through the reports.
-async fn fleet(server: &str, args: BenchFleetArgs) -> Result<()> {
+pub async fn run(server: &str, args: BenchFleetArgs) -> Result<()> {
     let http = http_client(4)?;
     let base = server.trim_end_matches('/').to_string();
     let service = format!("bench{}", std::process::id());
