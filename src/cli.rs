@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `fleetlog --version`: the package version and the commit it was built from (see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("FLEETLOG_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
-#[command(name = "fleetlog", version, about = "A replicated, append-only release ledger and event store")]
+#[command(name = "fleetlog", version = VERSION, about = "A replicated, append-only release ledger and event store")]
 pub struct Cli {
     /// Server to talk to: a URL, or a comma-separated list of them to fail over between.
     #[arg(long, global = true, env = "FLEETLOG_SERVER", default_value = "http://127.0.0.1:7070")]
@@ -123,6 +126,11 @@ pub enum Command {
     /// Make tokens for `serve --token-file`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a shell's completion script for fleetlog on standard output.
+    #[command(
+        after_help = "Examples:\n  fleetlog completions bash > /usr/share/bash-completion/completions/fleetlog\n  fleetlog completions zsh > /usr/local/share/zsh/site-functions/_fleetlog\n  fleetlog completions fish > /usr/share/fish/vendor_completions.d/fleetlog.fish"
+    )]
+    Completions(CompletionsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -241,6 +249,20 @@ pub struct ServeArgs {
     /// Streams one token may hold open on this node; beyond it: 429 too_many_streams_for_token.
     #[arg(long, default_value_t = fleetlog_api::gate::SUBSCRIBERS_PER_TOKEN)]
     pub max_subscribers_per_token: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]

@@ -33,11 +33,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dev(args) => return dev::run(output, args).await,
         Command::Agent(args) => return agent::run(&cli.server, &credentials, args).await,
         Command::Token(command) => return token::run(command),
+        Command::Completions(args) => {
+            completions(args.shell);
+            return Ok(());
+        }
         _ => {}
     }
     let client = Client::configured(&cli.server, &credentials)?;
     match cli.command {
-        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Token(_) => {
+        Command::Serve(_) | Command::Dev(_) | Command::Agent(_) | Command::Token(_) | Command::Completions(_) => {
             unreachable!("handled above")
         }
         Command::Cluster(command) => cluster::run(&client, output, command).await,
@@ -59,4 +63,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tail(args) => reads::tail(&client, output, args).await,
         Command::Append(args) => commands::append(&client, output, args).await,
     }
+}
+
+/// Writes the completion script of `shell`, generated from the same definitions the parser uses,
+/// so it never lags behind a new flag.
+fn completions(shell: cli::Shell) {
+    use clap::CommandFactory;
+    let generator = match shell {
+        cli::Shell::Bash => clap_complete::Shell::Bash,
+        cli::Shell::Zsh => clap_complete::Shell::Zsh,
+        cli::Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(generator, &mut Cli::command(), "fleetlog", &mut std::io::stdout());
 }
