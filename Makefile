@@ -7,7 +7,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/fleetlog-target
 export CARGO_TARGET_DIR
 
-.PHONY: run test cluster demo demo-agents prerequisites build release lint fuzz-check bench-dashboard sim
+.PHONY: run test cluster demo demo-agents prerequisites build release install lint fuzz-check bench-dashboard sim
 
 prerequisites:
 	@./scripts/prerequisites.sh
@@ -21,6 +21,13 @@ build: prerequisites
 # dependencies already cached; longer from a cold cache).
 release: prerequisites
 	cargo build --release -p fleetlog --bin fleetlog
+
+# Installs the release build under PREFIX (default /usr/local): the binary, shell completions,
+# systemd units for a server and an agent, the agent's system user, and example settings in
+# /etc/fleetlog (kept if already there). DESTDIR stages the files elsewhere, for packaging.
+# docs/configuration.md describes the settings and the units.
+install: release
+	./scripts/install.sh $(CARGO_TARGET_DIR)/release/fleetlog
 
 # The operator's page in headless chromium against the release server with 10,000 hosts: its
 # weight, its first full render and the time from an appended report to the screen

@@ -10,7 +10,9 @@
 # - /dev/fuse: the power-cut test mounts a test-only FUSE file system (the kernel's, no package);
 # - with --tests only: chromium and chromium-driver, which the browser tests drive over WebDriver
 #   (tests/common/webdriver.rs). They are left out otherwise, so `make run` and `make build` do not
-#   pull a browser onto a machine that only serves.
+#   pull a browser onto a machine that only serves;
+# - with --tests only: systemd, whose systemd-analyze checks the packaged units (a container image
+#   may have none).
 #
 # Usage: prerequisites.sh [--tests] [--print-missing], the flags in any order.
 # `--print-missing` only prints the packages it would install, one per line, and installs nothing:
@@ -74,6 +76,7 @@ if [ "$tests" = true ]; then
   # Debian names the packages chromium and chromium-driver; the commands are chromium and chromedriver.
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 
 if [ "$print_missing" = true ]; then

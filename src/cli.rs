@@ -22,6 +22,10 @@ pub struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// A TOML file any flag can also come from (docs/configuration.md): flags and environment
+    /// variables override it.
+    #[arg(long, global = true, env = "FLEETLOG_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod config;
 pub mod dev;
 pub mod output;
 pub mod reads;
@@ -20,6 +21,22 @@ use anyhow::{Context, Result};
 use fleetlog_api::client::{Client, Credentials};
 
 use crate::cli::{Cli, Command};
+
+/// The command line, with the defaults of the config file it names (`--config`,
+/// `FLEETLOG_CONFIG`). Exits as clap does on a bad command line, and with code 2 on a bad file.
+pub fn parse_arguments() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let arguments: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = Cli::command();
+    if let Some(path) = config::config_path(&arguments) {
+        command = config::apply_file(command, &path).unwrap_or_else(|error| {
+            eprintln!("error: {error:#}");
+            std::process::exit(2);
+        });
+    }
+    let matches = command.get_matches_from(arguments);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
 
 pub async fn run(cli: Cli) -> Result<()> {
     let output = cli.output;

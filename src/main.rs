@@ -1,4 +1,3 @@
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc: the server makes many small, short-lived allocations on
@@ -17,7 +16,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = fleetlog::cli::Cli::parse();
+    let cli = fleetlog::parse_arguments();
     let json_errors = matches!(cli.output, fleetlog::cli::Output::Json);
     if !long_running(&cli.command) {
         end_quietly_on_a_closed_pipe();

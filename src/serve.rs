@@ -59,8 +59,12 @@ fn tls_config(
     config: &mut NodeConfig,
     peer_ca: Option<Vec<u8>>,
 ) -> Result<Option<Arc<ServerConfig>>> {
-    let (Some(certificate), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
+    let (certificate, key) = match (&args.tls_cert, &args.tls_key) {
+        (Some(certificate), Some(key)) => (certificate, key),
+        (None, None) => return Ok(None),
+        // clap checks the pair on the command line; a config file's values are defaults, which it
+        // does not check, and half a pair must not serve plain HTTP.
+        _ => bail!("--tls-cert and --tls-key go together: give both or neither"),
     };
     let tls = fleetlog_api::tls::server_config(certificate, key).map_err(anyhow::Error::msg)?;
     if config.bootstrap == Bootstrap::AwaitMembership && peer_ca.is_none() {

@@ -61,8 +61,9 @@ fn the_tools_the_tests_need_are_checked() {
 }
 
 /// A browser is a prerequisite of the browser tests only: `--tests` asks for chromium and its
-/// WebDriver (in either order with `--print-missing`), while the plain run that `make run` uses
-/// leaves them out, so building the server never pulls in a browser.
+/// WebDriver (in either order with `--print-missing`), and for systemd, whose `systemd-analyze`
+/// checks the packaged units, while the plain run that `make run` uses leaves them out, so
+/// building the server never pulls in a browser.
 #[test]
 fn the_browser_is_checked_only_for_the_tests() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prerequisites.sh");
@@ -78,7 +79,7 @@ fn the_browser_is_checked_only_for_the_tests() {
         assert!(output.status.success(), "{arguments:?} failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect()
     };
-    let browser = ["chromium", "chromium-driver"];
+    let browser = ["chromium", "chromium-driver", "systemd"];
     for arguments in [["--print-missing", "--tests"], ["--tests", "--print-missing"]] {
         let missing = missing_with(&arguments);
         for package in browser {
