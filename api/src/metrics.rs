@@ -117,27 +117,51 @@ impl Metrics {
     }
 }
 
-/// CPU time (user + system) a process has used, from `/proc/<pid>/stat` (`self` for this one);
-/// 0 where there is no such file. The kernel reports it in USER_HZ ticks, which are 1/100 s on
-/// Linux whatever the kernel's own tick rate.
-pub fn cpu_seconds(process: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
-    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks = |index: usize| fields.get(index).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(11) + ticks(12)) as f64 / 100.0
+/// The process `process` names: `self` or a pid.
+fn process(process: &str) -> Option<procfs::process::Process> {
+    match process {
+        "self" => procfs::process::Process::myself().ok(),
+        pid => procfs::process::Process::new(pid.parse().ok()?).ok(),
+    }
 }
 
-/// Resident set size of a process, from the `VmRSS` line of `/proc/<pid>/status` (`self` for
-/// this one); 0 where there is no such file.
-pub fn resident_bytes(process: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
-    let kibibytes = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    kibibytes * 1024
+/// CPU time (user + system) a process has used (`self` for this one); 0 where it cannot be read.
+/// The kernel counts it in clock ticks of `sysconf(_SC_CLK_TCK)` each.
+pub fn cpu_seconds(process_name: &str) -> f64 {
+    let Some(stat) = process(process_name).and_then(|process| process.stat().ok()) else {
+        return 0.0;
+    };
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
+}
+
+/// Resident set size of a process (`self` for this one); 0 where it cannot be read.
+pub fn resident_bytes(process_name: &str) -> u64 {
+    let status = process(process_name).and_then(|process| process.status().ok());
+    status.and_then(|status| status.vmrss).unwrap_or(0) * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_uses_cpu_and_memory() {
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        // 300 ms spent spinning is at least 0.2 s of CPU (ticks are 10 ms apart).
+        let seconds = cpu_seconds("self");
+        assert!((0.2..3600.0).contains(&seconds), "{seconds}");
+        let own_pid = std::process::id().to_string();
+        assert!((cpu_seconds(&own_pid) - seconds).abs() < 1.0);
+        assert!(resident_bytes("self") > 1024 * 1024);
+    }
+
+    #[test]
+    fn a_missing_process_reads_as_zero() {
+        assert_eq!(cpu_seconds("not-a-pid"), 0.0);
+        assert_eq!(resident_bytes("4194305"), 0);
+    }
 }

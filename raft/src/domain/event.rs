@@ -277,16 +277,13 @@ fn civil_date(days: i64) -> (i64, i64, i64) {
 
 /// Appends lowercase hex; for hashes written into every event's JSON.
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     // Digits go to a stack buffer and into the string as one slice: pushing them one `char` at a
-    // time cost as much as the rest of an event's rendering.
+    // time cost as much as the rest of an event's rendering, and `hex::encode` allocates.
     let mut digits = [0u8; 128];
     for chunk in bytes.chunks(digits.len() / 2) {
-        for (index, byte) in chunk.iter().enumerate() {
-            digits[2 * index] = DIGITS[usize::from(byte >> 4)];
-            digits[2 * index + 1] = DIGITS[usize::from(byte & 0x0f)];
-        }
-        out.push_str(std::str::from_utf8(&digits[..2 * chunk.len()]).expect("hex digits are ASCII"));
+        let digits = &mut digits[..2 * chunk.len()];
+        hex::encode_to_slice(chunk, digits).expect("the buffer holds two digits per byte");
+        out.push_str(std::str::from_utf8(digits).expect("hex digits are ASCII"));
     }
 }
 

@@ -40,18 +40,7 @@ impl DiskGuard {
 
 /// Bytes an unprivileged process may still write on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path holds a NUL byte"))?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string and `stats` is writable memory of the right type;
-    // statvfs fills it completely when it returns 0.
-    let status = unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) };
-    if status != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: initialised by the successful call above.
-    let stats = unsafe { stats.assume_init() };
+    let stats = rustix::fs::statvfs(path)?;
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
