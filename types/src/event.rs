@@ -31,10 +31,11 @@ pub struct Event {
 }
 
 /// `GET /v1/events`: a page of the log. The server splices the events' canonical texts into the
-/// `events` array (it serialises this with no events); a client reads the whole page.
+/// `events` array (it serialises this with no events); a client reads the events as [`Event`]s,
+/// or as `Box<serde_json::value::RawValue>` to keep each one's exact text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EventPage {
-    pub events: Vec<Event>,
+pub struct EventPage<E = Event> {
+    pub events: Vec<E>,
     /// Where the next page starts.
     pub next_seq: u64,
     pub head_seq: u64,
@@ -42,8 +43,8 @@ pub struct EventPage {
 
 /// `GET /v1/streams/{stream}`: a page of one stream, in version order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StreamPage {
-    pub events: Vec<Event>,
+pub struct StreamPage<E = Event> {
+    pub events: Vec<E>,
     pub stream: String,
     pub last_version: u64,
     pub next_version: u64,
@@ -51,8 +52,8 @@ pub struct StreamPage {
 
 /// `GET /v1/deployments/{id}/decisions`: the policy evaluator's events for one deployment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DecisionList {
-    pub events: Vec<Event>,
+pub struct DecisionList<E = Event> {
+    pub events: Vec<E>,
     pub deployment: String,
 }
 

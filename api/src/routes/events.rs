@@ -122,7 +122,8 @@ pub async fn read(State(app): State<AppState>, Query(raw): Query<HashMap<String,
         })
         .await??;
     let events: Vec<String> = page.events.iter().map(|event| event.canonical_json()).collect();
-    let page = types::EventPage { events: Vec::new(), next_seq: page.next_seq, head_seq: page.head_seq };
+    let page =
+        types::EventPage { events: Vec::<types::Event>::new(), next_seq: page.next_seq, head_seq: page.head_seq };
     let body = wire::events_document(&events, &page)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -161,7 +162,7 @@ pub async fn stream(
     };
     let next_version = events.last().map_or(from_version, |event| event.version + 1);
     let texts: Vec<String> = events.iter().map(|event| event.canonical_json()).collect();
-    let page = types::StreamPage { events: Vec::new(), stream, last_version, next_version };
+    let page = types::StreamPage { events: Vec::<types::Event>::new(), stream, last_version, next_version };
     let body = wire::events_document(&texts, &page)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

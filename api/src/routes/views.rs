@@ -254,7 +254,10 @@ pub async fn decisions(
         .await?;
     match events {
         Some(events) => {
-            let body = wire::events_document(&events, &types::DecisionList { events: Vec::new(), deployment: id })?;
+            let body = wire::events_document(
+                &events,
+                &types::DecisionList { events: Vec::<types::Event>::new(), deployment: id },
+            )?;
             Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         None => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist"))),
