@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fleetlog_api::client::Client;
+use fleetlog_types as types;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::cli::{ClusterCommand, Output};
 use crate::output::{cell, print, Table};
@@ -34,8 +35,7 @@ pub async fn run(client: &Client, output: Output, command: ClusterCommand) -> Re
         }
         ClusterCommand::Status => client.get("/v1/cluster", &[]).await?,
     };
-    print(output, &status, render_status);
-    Ok(())
+    print(output, &status, render_status)
 }
 
 /// `ID=HOST:PORT` items (`cluster init --members`, `serve --peer-route`) by node id; `flag` names
@@ -56,27 +56,23 @@ pub fn parse_node_addresses(items: &[String], flag: &str) -> Result<BTreeMap<u64
     Ok(parsed)
 }
 
-pub fn render_status(status: &Value) -> String {
-    let mut text = format!(
-        "cluster {}  leader {}  term {}\n",
-        cell(&status["cluster_id"]),
-        cell(&status["leader_id"]),
-        cell(&status["term"])
-    );
+pub fn render_status(status: &types::ClusterStatus) -> String {
+    let mut text =
+        format!("cluster {}  leader {}  term {}\n", cell(&status.cluster_id), cell(&status.leader_id), status.term);
     let mut table = Table::new(&["NODE", "ADDRESS", "ROLE", "LAST LOG", "APPLIED", "LAG", "REACHABLE"]);
-    for node in status["nodes"].as_array().into_iter().flatten() {
+    for node in &status.nodes {
         table.row(vec![
-            cell(&node["id"]),
-            cell(&node["addr"]),
-            cell(&node["role"]),
-            cell(&node["last_log_index"]),
-            cell(&node["applied_index"]),
-            cell(&node["lag"]),
-            if node["reachable"] == true { "yes".into() } else { "no".into() },
+            cell(&node.id),
+            cell(&node.addr),
+            cell(&node.role),
+            cell(&node.last_log_index),
+            cell(&node.applied_index),
+            cell(&node.lag),
+            if node.reachable { "yes".into() } else { "no".into() },
         ]);
     }
     text.push_str(&table.render());
-    text.push_str(&format!("checkpoint key: {}\n", cell(&status["checkpoint_key"])));
+    text.push_str(&format!("checkpoint key: {}\n", cell(&status.checkpoint_key)));
     text
 }
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use fleetlog_api::client::Client;
+use fleetlog_types as types;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{
@@ -15,18 +17,25 @@ use crate::reads;
 use crate::wait::Goal;
 
 /// Prints the event a typed command appended.
-fn print_appended(output: Output, response: &Value) {
-    print(output, response, |response| {
-        let event = &response["event"];
-        let replay = if response["duplicate"] == Value::Bool(true) { " (already in the ledger)" } else { "" };
-        let mut line = format!("seq {} {}", cell(&event["seq"]), cell(&event["type"]));
-        for field in ["service", "env", "host", "release", "deployment"] {
-            if !event[field].is_null() {
-                line.push_str(&format!(" {field}={}", cell(&event[field])));
+fn print_appended(output: Output, response: &Value) -> Result<()> {
+    print(output, response, |response: &types::CommandAnswer| {
+        let event = &response.event;
+        let replay = if response.duplicate { " (already in the ledger)" } else { "" };
+        let mut line = format!("seq {} {}", event.seq, event.event_type);
+        let envelope = [
+            ("service", &event.service),
+            ("env", &event.env),
+            ("host", &event.host),
+            ("release", &event.release),
+            ("deployment", &event.deployment),
+        ];
+        for (field, value) in envelope {
+            if let Some(value) = value {
+                line.push_str(&format!(" {field}={value}"));
             }
         }
         format!("{line}{replay}\n")
-    });
+    })
 }
 
 fn without_nulls(value: Value) -> Value {
@@ -58,12 +67,10 @@ pub async fn release(client: &Client, output: Output, command: ReleaseCommand) -
         }
         ReleaseCommand::List { service } => {
             let response = client.get(&format!("/v1/services/{service}/releases"), &[]).await?;
-            print(output, &response, reads::render_releases);
-            return Ok(());
+            return print(output, &response, reads::render_releases);
         }
     };
-    print_appended(output, &response);
-    Ok(())
+    print_appended(output, &response)
 }
 
 pub async fn target(client: &Client, output: Output, command: TargetCommand) -> Result<()> {
@@ -83,8 +90,7 @@ pub async fn target(client: &Client, output: Output, command: TargetCommand) -> 
             client.delete(&format!("/v1/targets/{service}/{env}/{host}"), &json!({})).await?
         }
     };
-    print_appended(output, &response);
-    Ok(())
+    print_appended(output, &response)
 }
 
 pub async fn report(client: &Client, output: Output, args: ReportArgs) -> Result<()> {
@@ -93,8 +99,7 @@ pub async fn report(client: &Client, output: Output, args: ReportArgs) -> Result
         "status": args.status, "applied_seq": args.applied_seq, "message": args.message,
     });
     let response = client.post("/v1/reports", &without_nulls(body)).await?;
-    print_appended(output, &response);
-    Ok(())
+    print_appended(output, &response)
 }
 
 /// Parses `NAME:percent=N`, `NAME:group=G` or `NAME:hosts=a,b`.
@@ -123,28 +128,32 @@ pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> 
                 "force_reason": force, "override_reason": freeze_override,
             });
             let response = client.post("/v1/deployments", &without_nulls(body)).await?;
-            print_appended(output, &response);
+            print_appended(output, &response)?;
             if !wait {
                 return Ok(());
             }
-            let deployment = response["event"]["deployment"].as_str().context("the server named no deployment")?;
+            let answer = types::CommandAnswer::<types::Event>::deserialize(&response)?;
+            let deployment = answer.event.deployment.context("the server named no deployment")?;
             let timeout = Duration::from_secs(timeout_seconds);
-            return crate::wait::wait(client, output, deployment, Goal::Ended, timeout, WAIT_INTERVAL).await;
+            return crate::wait::wait(client, output, &deployment, Goal::Ended, timeout, WAIT_INTERVAL).await;
         }
         DeployCommand::Wave { deployment, wave, complete, force, freeze_override, wait, timeout_seconds } => {
             let action = if complete { "complete" } else { "start" };
             let body = without_nulls(json!({ "force_reason": force, "override_reason": freeze_override }));
             let response = client.post(&format!("/v1/deployments/{deployment}/waves/{wave}/{action}"), &body).await?;
-            print_appended(output, &response);
+            print_appended(output, &response)?;
             if complete {
                 return Ok(());
             }
             if matches!(output, Output::Table) {
-                let view = client.get(&format!("/v1/deployments/{deployment}"), &[]).await?;
-                let selected = view["waves"]
-                    .as_array()
-                    .and_then(|waves| waves.iter().find(|started| started["name"] == wave.as_str()))
-                    .and_then(|started| started["hosts"]["selected"].as_u64());
+                let view: types::DeploymentDetail =
+                    client.get_as(&format!("/v1/deployments/{deployment}"), &[]).await?;
+                let selected = view
+                    .deployment
+                    .waves
+                    .iter()
+                    .find(|started| started.name == wave)
+                    .map(|started| started.hosts.selected);
                 if let Some(selected) = selected {
                     println!("wave {wave} selected {selected} host{}", if selected == 1 { "" } else { "s" });
                 }
@@ -182,15 +191,13 @@ pub async fn deploy(client: &Client, output: Output, command: DeployCommand) -> 
             return reads::deployment_status(client, output, deployment, moment, service, env).await;
         }
     };
-    print_appended(output, &response);
-    Ok(())
+    print_appended(output, &response)
 }
 
 pub async fn rollback(client: &Client, output: Output, args: RollbackArgs) -> Result<()> {
     let body = json!({ "service": args.service, "env": args.env, "reason": args.reason, "release": args.release });
     let response = client.post("/v1/rollbacks", &without_nulls(body)).await?;
-    print_appended(output, &response);
-    Ok(())
+    print_appended(output, &response)
 }
 
 pub async fn freeze(client: &Client, output: Output, command: FreezeCommand) -> Result<()> {
@@ -202,8 +209,7 @@ pub async fn freeze(client: &Client, output: Output, command: FreezeCommand) -> 
             client.delete(&format!("/v1/freezes/{service}/{env}"), &json!({ "reason": reason })).await?
         }
     };
-    print_appended(output, &response);
-    Ok(())
+    print_appended(output, &response)
 }
 
 pub async fn policy(client: &Client, output: Output, command: PolicyCommand) -> Result<()> {
@@ -274,11 +280,11 @@ pub async fn policy(client: &Client, output: Output, command: PolicyCommand) -> 
                     Duration::from_secs(60),
                 )
                 .await?;
-            print_appended(output, &response);
+            print_appended(output, &response)?;
         }
         PolicyCommand::Show { service, env, moment } => {
             let response = client.get(&format!("/v1/policies/{service}/{env}"), &reads::moment_query(&moment)).await?;
-            print(output, &response, render_policy);
+            print(output, &response, render_policy)?;
         }
     }
     Ok(())
@@ -320,17 +326,12 @@ fn alert_matcher(text: &str) -> Result<Value> {
     Ok(Value::Object(matcher))
 }
 
-fn render_policy(response: &Value) -> String {
-    let policy = &response["policy"];
-    let mut text = format!(
-        "policy of {}/{} (set at seq {} by {})\n",
-        cell(&response["service"]),
-        cell(&response["env"]),
-        cell(&response["set"]["seq"]),
-        cell(&response["set"]["actor"])
-    );
+fn render_policy(view: &types::PolicyView) -> String {
+    let mut text =
+        format!("policy of {}/{} (set at seq {} by {})\n", view.service, view.env, view.set.seq, view.set.actor);
     let mut table = Table::new(&["setting", "value"]);
-    if let Value::Object(fields) = policy {
+    // Every setting the policy has, in the order the server writes them.
+    if let Ok(Value::Object(fields)) = serde_json::to_value(&view.policy) {
         for (name, value) in fields {
             let shown = match value {
                 Value::String(text) => text.clone(),
@@ -361,14 +362,13 @@ pub async fn append(client: &Client, output: Output, args: AppendArgs) -> Result
     };
     let body = without_nulls(json!({ "events": [without_nulls(event)], "expected_version": expected }));
     let response = client.post("/v1/events", &body).await?;
-    print(output, &response, |response| {
+    print(output, &response, |answer: &types::AppendAnswer| {
         let mut table = Table::new(&["SEQ", "ID", "HASH"]);
-        for event in response["events"].as_array().into_iter().flatten() {
-            table.row(vec![cell(&event["seq"]), cell(&event["id"]), cell(&event["hash"])]);
+        for event in &answer.events {
+            table.row(vec![cell(&event.seq), cell(&event.id), cell(&event.hash)]);
         }
         table.render()
-    });
-    Ok(())
+    })
 }
 
 pub async fn calendar(client: &Client, output: Output, command: CalendarCommand) -> Result<()> {
@@ -393,7 +393,7 @@ pub async fn calendar(client: &Client, output: Output, command: CalendarCommand)
             };
             for (kind, texts) in [("deny", &deny), ("allow", &allow)] {
                 for text in texts {
-                    windows.push(window_from_flag(kind, text, reason.as_deref())?);
+                    windows.push(serde_json::to_value(window_from_flag(kind, text, reason.as_deref())?)?);
                 }
             }
             if windows.is_empty() && !clear {
@@ -402,7 +402,7 @@ pub async fn calendar(client: &Client, output: Output, command: CalendarCommand)
             let body = without_nulls(json!({"service": service, "env": env, "windows": windows}));
             let response =
                 client.call(reqwest::Method::PUT, "/v1/calendars", Some(&body), Duration::from_secs(60)).await?;
-            print_appended(output, &response);
+            print_appended(output, &response)?;
         }
         CalendarCommand::Show { service, env } => {
             let mut query = Vec::new();
@@ -410,55 +410,47 @@ pub async fn calendar(client: &Client, output: Output, command: CalendarCommand)
                 query = vec![("service", service), ("env", env)];
             }
             let response = client.get("/v1/calendars", &query).await?;
-            print(output, &response, render_calendars);
+            print(output, &response, render_calendars)?;
         }
     }
     Ok(())
 }
 
 /// `CRON for DURATION in ZONE` or `START..END` → a window of `kind`.
-fn window_from_flag(kind: &str, text: &str, reason: Option<&str>) -> Result<Value> {
+fn window_from_flag(kind: &str, text: &str, reason: Option<&str>) -> Result<types::Window> {
     let flag = format!("--{kind} {text:?}");
-    let mut window = if let Some((cron, rest)) = text.split_once(" for ") {
+    let owned = |text: &str| Some(text.trim().to_string());
+    let window = if let Some((cron, rest)) = text.split_once(" for ") {
         let Some((duration, zone)) = rest.split_once(" in ") else {
             bail!("{flag}: write CRON for DURATION in TIME_ZONE, e.g. \"0 18 * * fri for 2d15h in Europe/Berlin\"");
         };
-        json!({"kind": kind, "cron": cron.trim(), "duration": duration.trim(), "time_zone": zone.trim()})
+        types::Window { cron: owned(cron), duration: owned(duration), time_zone: owned(zone), ..Default::default() }
     } else if let Some((start, end)) = text.split_once("..") {
-        json!({"kind": kind, "start": start.trim(), "end": end.trim()})
+        types::Window { start: owned(start), end: owned(end), ..Default::default() }
     } else {
         bail!("{flag}: write CRON for DURATION in TIME_ZONE, or START..END (RFC 3339)");
     };
-    if let Some(reason) = reason {
-        window["reason"] = json!(reason);
-    }
-    Ok(window)
+    Ok(types::Window { kind: kind.to_string(), reason: reason.map(str::to_string), ..window })
 }
 
-fn render_calendars(response: &Value) -> String {
+fn render_calendars(list: &types::CalendarList) -> String {
     let mut text = String::new();
-    if let Some(frozen) = response["frozen"].as_bool() {
-        let (service, env) = (cell(&response["service"]), cell(&response["env"]));
-        text.push_str(&match frozen {
-            true => format!("{service}/{env} is FROZEN now: {}\n", cell(&response["why"])),
+    if let Some(scope) = &list.scope {
+        let (service, env) = (&scope.service, &scope.env);
+        text.push_str(&match scope.frozen {
+            true => format!("{service}/{env} is FROZEN now: {}\n", cell(&scope.why)),
             false => format!("{service}/{env} is not frozen now\n"),
         });
     }
-    let calendars = response["calendars"].as_array().cloned().unwrap_or_default();
-    if calendars.is_empty() {
+    if list.calendars.is_empty() {
         text.push_str("no calendar\n");
         return text;
     }
     let mut table = Table::new(&["CALENDAR", "#", "KIND", "WHEN", "REASON", "OPEN NOW"]);
-    for calendar in &calendars {
-        let open: Vec<(u64, String)> = calendar["open_now"]
-            .as_array()
-            .map(|open| open.iter().map(|item| (item["window"].as_u64().unwrap_or(0), cell(&item["until"]))).collect())
-            .unwrap_or_default();
-        let windows = calendar["windows"].as_array().cloned().unwrap_or_default();
-        if windows.is_empty() {
+    for calendar in &list.calendars {
+        if calendar.windows.is_empty() {
             table.row(vec![
-                cell(&calendar["scope"]),
+                cell(&calendar.scope),
                 "-".into(),
                 "-".into(),
                 "(no window)".into(),
@@ -466,18 +458,19 @@ fn render_calendars(response: &Value) -> String {
                 String::new(),
             ]);
         }
-        for (index, window) in windows.iter().enumerate() {
-            let when = match window["cron"].as_str() {
-                Some(cron) => format!("{cron} for {} in {}", cell(&window["duration"]), cell(&window["time_zone"])),
-                None => format!("{}..{}", cell(&window["start"]), cell(&window["end"])),
+        for (index, window) in calendar.windows.iter().enumerate() {
+            let when = match &window.cron {
+                Some(cron) => format!("{cron} for {} in {}", cell(&window.duration), cell(&window.time_zone)),
+                None => format!("{}..{}", cell(&window.start), cell(&window.end)),
             };
-            let open_now = open
+            let open_now = calendar
+                .open_now
                 .iter()
-                .find(|(open_index, _)| *open_index == index as u64)
-                .map(|(_, until)| format!("until {until}"))
+                .find(|open| open.window == index as u64)
+                .map(|open| format!("until {}", open.until))
                 .unwrap_or_default();
-            let reason = if window["reason"].is_null() { String::new() } else { cell(&window["reason"]) };
-            table.row(vec![cell(&calendar["scope"]), index.to_string(), cell(&window["kind"]), when, reason, open_now]);
+            let reason = window.reason.clone().unwrap_or_default();
+            table.row(vec![cell(&calendar.scope), index.to_string(), cell(&window.kind), when, reason, open_now]);
         }
     }
     text.push_str(&table.render());

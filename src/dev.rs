@@ -118,7 +118,7 @@ pub async fn run(output: Output, args: DevArgs) -> Result<()> {
     }
     let mut cluster = cluster;
     let first = Client::new(&cluster.urls()[0])?;
-    print(output, &first.get("/v1/cluster", &[]).await?, render_status);
+    print(output, &first.get("/v1/cluster", &[]).await?, render_status)?;
     eprintln!("try: fleetlog --server {} cluster status; Ctrl-C stops the cluster", cluster.urls().join(","));
     let shutdown = crate::serve::shutdown_signal();
     tokio::pin!(shutdown);

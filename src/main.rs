@@ -68,9 +68,14 @@ fn error_json(error: &anyhow::Error) -> serde_json::Value {
         Some(protocol @ ClientError::Protocol { .. }) => ("bad_response".to_string(), protocol.to_string(), None),
         None => ("cli_error".to_string(), format!("{error:#}"), None),
     };
-    let mut body = serde_json::json!({ "code": code, "message": message });
-    if let Some(status) = status {
-        body["status"] = status.into();
-    }
-    serde_json::json!({ "error": body })
+    serde_json::json!({ "error": CliError { code, message, status } })
+}
+
+/// The member of [`error_json`]: the API's error with the HTTP status a server answered with.
+#[derive(serde::Serialize)]
+struct CliError {
+    code: String,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
 }

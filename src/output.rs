@@ -1,5 +1,7 @@
 //! Human tables and JSON output.
 
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cli::Output;
@@ -46,21 +48,78 @@ impl Table {
     }
 }
 
-/// A JSON value as a table cell: strings bare, null as "-".
-pub fn cell(value: &Value) -> String {
-    match value {
-        Value::Null => "-".to_string(),
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+/// A value as a table cell: text bare, numbers and booleans as written, nothing as "-".
+pub trait Cell {
+    fn cell(&self) -> String;
+}
+
+impl Cell for str {
+    fn cell(&self) -> String {
+        self.to_string()
     }
 }
 
-/// Prints `value` as JSON, or calls `human` to print it for people.
-pub fn print(output: Output, value: &Value, human: impl FnOnce(&Value) -> String) {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
-        Output::Table => print!("{}", human(value)),
+impl Cell for String {
+    fn cell(&self) -> String {
+        self.clone()
     }
+}
+
+impl Cell for std::borrow::Cow<'_, str> {
+    fn cell(&self) -> String {
+        self.to_string()
+    }
+}
+
+macro_rules! cell_as_written {
+    ($($type:ty),*) => {$(
+        impl Cell for $type {
+            fn cell(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+cell_as_written!(u64, u32, u8, bool);
+
+impl<T: Cell> Cell for Option<T> {
+    fn cell(&self) -> String {
+        self.as_ref().map_or_else(|| "-".to_string(), Cell::cell)
+    }
+}
+
+impl<T: Cell + ?Sized> Cell for &T {
+    fn cell(&self) -> String {
+        (**self).cell()
+    }
+}
+
+/// A JSON value the API leaves free-form (event data, a decision's inputs): strings bare, null
+/// as "-", anything else as JSON.
+impl Cell for Value {
+    fn cell(&self) -> String {
+        match self {
+            Value::Null => "-".to_string(),
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+pub fn cell(value: &(impl Cell + ?Sized)) -> String {
+    value.cell()
+}
+
+/// Prints the server's answer as it was sent (`--output json`), or read into its type `T` and
+/// rendered by `human` for people. The answer is read into `T` either way, so an answer of an
+/// unexpected shape is an error in both.
+pub fn print<T: DeserializeOwned>(output: Output, answer: &Value, human: impl FnOnce(&T) -> String) -> Result<()> {
+    let typed = T::deserialize(answer).context("the server's answer is not of the shape this client reads")?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(answer).unwrap_or_default()),
+        Output::Table => print!("{}", human(&typed)),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

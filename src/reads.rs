@@ -2,15 +2,19 @@
 
 use std::io::IsTerminal;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result};
 use fleetlog_api::client::{Client, ClientError};
+use fleetlog_types as types;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::backoff::Backoff;
 use crate::cli::{
     AlertsArgs, DiffArgs, DoraArgs, FilterArgs, FleetArgs, HistoryArgs, HostArgs, MomentArgs, Output, TailArgs,
 };
-use crate::output::{cell, print, Table};
+use crate::output::{cell, print, Cell, Table};
 
 pub fn moment_query(moment: &MomentArgs) -> Vec<(&'static str, String)> {
     let mut query = Vec::new();
@@ -48,7 +52,7 @@ pub async fn fleet(client: &Client, output: Output, args: FleetArgs) -> Result<(
         query.push(("env", env));
     }
     let response = client.get("/v1/fleet", &query).await?;
-    print(output, &response, |view| {
+    print(output, &response, |view: &types::FleetView| {
         let mut table = Table::new(&[
             "HOST",
             "SERVICE",
@@ -60,37 +64,35 @@ pub async fn fleet(client: &Client, output: Output, args: FleetArgs) -> Result<(
             "CONVERGED",
             "FAILED INSTALL",
         ]);
-        for host in view["hosts"].as_array().into_iter().flatten() {
+        for host in &view.hosts {
             table.row(vec![
-                cell(&host["host"]),
-                cell(&host["service"]),
-                cell(&host["env"]),
-                cell(&host["group"]),
-                cell(&host["desired_release"]),
-                cell(&host["observed_release"]),
-                cell(&host["status"]),
-                if host["converged"] == Value::Bool(true) { "yes".into() } else { "no".into() },
-                failure_cell(&host["failure"]),
+                cell(&host.host),
+                cell(&host.service),
+                cell(&host.env),
+                cell(&host.group),
+                cell(&host.desired_release),
+                cell(&host.observed_release),
+                cell(&host.status),
+                if host.converged { "yes".into() } else { "no".into() },
+                failure_cell(host.failure.as_ref()),
             ]);
         }
-        let summary = &view["summary"];
+        let summary = &view.summary;
         format!(
             "{}as of seq {}: {} hosts, {} converged, {} failing; desired {}; observed {}\n",
             table.render(),
-            cell(&view["as_of_seq"]),
-            cell(&summary["total"]),
-            cell(&summary["converged"]),
-            cell(&summary["failing"]),
-            counts(&summary["desired"]),
-            counts(&summary["observed"]),
+            view.as_of_seq,
+            summary.total,
+            summary.converged,
+            summary.failing,
+            counts(&summary.desired),
+            counts(&summary.observed),
         )
-    });
-    Ok(())
+    })
 }
 
-fn counts(value: &Value) -> String {
-    let parts: Vec<String> =
-        value.as_object().into_iter().flatten().map(|(release, count)| format!("{release}×{}", cell(count))).collect();
+fn counts(hosts_per_release: &BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = hosts_per_release.iter().map(|(release, count)| format!("{release}×{count}")).collect();
     if parts.is_empty() {
         "none".into()
     } else {
@@ -100,49 +102,47 @@ fn counts(value: &Value) -> String {
 
 pub async fn host(client: &Client, output: Output, args: HostArgs) -> Result<()> {
     let response = client.get(&format!("/v1/hosts/{}", args.host), &moment_query(&args.moment)).await?;
-    print(output, &response, |view| {
+    print(output, &response, |view: &types::HostDocument| {
         let mut table =
             Table::new(&["SERVICE", "ENV", "REGISTERED", "DESIRED", "CAUSE", "OBSERVED", "STATUS", "FAILED INSTALL"]);
         let mut failures = String::new();
-        for target in view["targets"].as_array().into_iter().flatten() {
+        for target in &view.targets {
             table.row(vec![
-                cell(&target["service"]),
-                cell(&target["env"]),
-                cell(&target["registered"]),
-                cell(&target["desired_release"]),
-                cell(&target["desired_cause"]),
-                cell(&target["observed_release"]),
-                cell(&target["status"]),
-                failure_cell(&target["failure"]),
+                cell(&target.service),
+                cell(&target.env),
+                cell(&target.registered),
+                cell(&target.desired_release),
+                cell(&target.desired_cause),
+                cell(&target.observed_release),
+                cell(&target.status),
+                failure_cell(target.failure.as_ref()),
             ]);
-            let failure = &target["failure"];
-            if !failure.is_null() {
+            if let Some(failure) = &target.failure {
                 failures.push_str(&format!(
                     "{}/{}: installing {} failed (attempt {}) at seq {}, {}: {}\n",
-                    cell(&target["service"]),
-                    cell(&target["env"]),
-                    cell(&failure["release"]),
-                    cell(&failure["attempt"]),
-                    cell(&failure["seq"]),
-                    cell(&failure["time"]),
-                    failure["message"].as_str().unwrap_or("no message"),
+                    target.service,
+                    target.env,
+                    failure.release,
+                    failure.attempt,
+                    failure.seq,
+                    failure.time,
+                    failure.message.as_deref().unwrap_or("no message"),
                 ));
             }
         }
         let mut history = Table::new(&["SEQ", "SERVICE", "ENV", "DESIRED", "OBSERVED", "STATUS"]);
-        for version in view["history"].as_array().into_iter().flatten() {
+        for version in &view.history {
             history.row(vec![
-                cell(&version["changed_seq"]),
-                cell(&version["service"]),
-                cell(&version["env"]),
-                cell(&version["desired_release"]),
-                cell(&version["observed_release"]),
-                cell(&version["status"]),
+                cell(&version.changed_seq),
+                cell(&version.service),
+                cell(&version.env),
+                cell(&version.desired_release),
+                cell(&version.observed_release),
+                cell(&version.status),
             ]);
         }
         format!("{}{failures}\nrecent changes:\n{}", table.render(), history.render())
-    });
-    Ok(())
+    })
 }
 
 pub async fn deployment_status(
@@ -156,7 +156,7 @@ pub async fn deployment_status(
     match deployment {
         Some(id) => {
             let response = client.get(&format!("/v1/deployments/{id}"), &moment_query(&moment)).await?;
-            print(output, &response, render_deployment);
+            print(output, &response, render_deployment)
         }
         None => {
             let mut query = Vec::new();
@@ -167,124 +167,112 @@ pub async fn deployment_status(
                 query.push(("env", env));
             }
             let response = client.get("/v1/deployments", &query).await?;
-            print(output, &response, |list| {
+            print(output, &response, |list: &types::DeploymentList| {
                 let mut table = Table::new(&["DEPLOYMENT", "SERVICE", "ENV", "RELEASE", "STATE", "STARTED", "BY"]);
-                for deployment in list["deployments"].as_array().into_iter().flatten() {
+                for deployment in &list.deployments {
                     table.row(vec![
-                        cell(&deployment["deployment"]),
-                        cell(&deployment["service"]),
-                        cell(&deployment["env"]),
-                        cell(&deployment["release"]),
-                        cell(&deployment["state"]),
-                        cell(&deployment["started"]["time"]),
-                        cell(&deployment["started"]["actor"]),
+                        cell(&deployment.deployment),
+                        cell(&deployment.service),
+                        cell(&deployment.env),
+                        cell(&deployment.release),
+                        cell(&deployment.state),
+                        cell(&deployment.started.time),
+                        cell(&deployment.started.actor),
                     ]);
                 }
                 table.render()
-            });
+            })
         }
     }
-    Ok(())
 }
 
-fn render_deployment(deployment: &Value) -> String {
+fn render_deployment(detail: &types::DeploymentDetail) -> String {
+    let deployment = &detail.deployment;
     let mut text = format!(
         "deployment {} of {}@{} to {}: {}\n",
-        cell(&deployment["deployment"]),
-        cell(&deployment["service"]),
-        cell(&deployment["release"]),
-        cell(&deployment["env"]),
-        cell(&deployment["state"]),
+        deployment.deployment, deployment.service, deployment.release, deployment.env, deployment.state,
     );
     let mut table = Table::new(&["WAVE", "SELECTOR", "STATE", "SELECTED", "CONVERGED", "FAILED", "STARTED BY"]);
-    for wave in deployment["waves"].as_array().into_iter().flatten() {
+    for wave in &deployment.waves {
         table.row(vec![
-            cell(&wave["name"]),
-            wave["selector"].to_string(),
-            cell(&wave["state"]),
-            cell(&wave["hosts"]["selected"]),
-            cell(&wave["hosts"]["converged"]),
-            cell(&wave["hosts"]["failed"]),
-            cell(&wave["started"]["actor"]),
+            cell(&wave.name),
+            serde_json::to_string(&wave.selector).unwrap_or_default(),
+            cell(&wave.state),
+            cell(&wave.hosts.selected),
+            cell(&wave.hosts.converged),
+            cell(&wave.hosts.failed),
+            cell(&wave.started.as_ref().map(|step| &step.actor)),
         ]);
     }
     text.push_str(&table.render());
-    if !deployment["end_reason"].is_null() {
-        text.push_str(&format!("ended: {}\n", cell(&deployment["end_reason"])));
+    if let Some(reason) = &deployment.end_reason {
+        text.push_str(&format!("ended: {reason}\n"));
     }
-    let failures = deployment["failures"].as_array().map_or(&[][..], Vec::as_slice);
-    if !failures.is_empty() {
+    if !detail.failures.is_empty() {
         text.push_str("failed hosts:\n");
-        for failure in failures {
+        for failure in &detail.failures {
             text.push_str(&format!(
                 "  {} (wave {}): attempt {} at seq {} ({}): {}; runs {}\n",
-                cell(&failure["host"]),
-                cell(&failure["wave"]),
-                cell(&failure["attempt"]),
-                cell(&failure["seq"]),
-                cell(&failure["time"]),
-                failure["message"].as_str().unwrap_or("no message"),
-                cell(&failure["observed_release"]),
+                failure.host,
+                cell(&failure.wave),
+                cell(&failure.attempt),
+                cell(&failure.seq),
+                cell(&failure.time),
+                failure.message.as_deref().unwrap_or("no message"),
+                cell(&failure.observed_release),
             ));
         }
     }
-    let overrides = deployment["overrides"].as_array().map_or(&[][..], Vec::as_slice);
-    if !overrides.is_empty() {
+    if !deployment.overrides.is_empty() {
         text.push_str("guards overridden:\n");
-        for item in overrides {
-            text.push_str(&format!(
-                "  seq {}: {} ({})\n",
-                cell(&item["seq"]),
-                cell(&item["guard"]),
-                cell(&item["reason"])
-            ));
+        for item in &deployment.overrides {
+            text.push_str(&format!("  seq {}: {} ({})\n", item.seq, item.guard, item.reason));
         }
     }
     text
 }
 
 /// A host's failed install in one cell: release, attempt and message.
-fn failure_cell(failure: &Value) -> String {
-    if failure.is_null() {
+fn failure_cell(failure: Option<&types::FailureView>) -> String {
+    let Some(failure) = failure else {
         return "-".to_string();
-    }
+    };
     // A table cell keeps the start of the message; `fleetlog host` shows it whole.
     const SHOWN_CHARS: usize = 40;
-    let message = failure["message"].as_str().unwrap_or("no message");
+    let message = failure.message.as_deref().unwrap_or("no message");
     let shown: String = match message.char_indices().nth(SHOWN_CHARS) {
         Some((end, _)) => format!("{}…", &message[..end]),
         None => message.to_string(),
     };
-    format!("{} #{}: {shown}", cell(&failure["release"]), cell(&failure["attempt"]))
+    format!("{} #{}: {shown}", failure.release, failure.attempt)
 }
 
-pub fn render_releases(view: &Value) -> String {
+pub fn render_releases(view: &types::ReleasesView) -> String {
     let mut text = String::new();
-    let releases = view["releases"].as_array().map_or(&[][..], Vec::as_slice);
-    text.push_str(&format!("RELEASES ({}), oldest first, each with its timeline\n", releases.len()));
-    for release in releases {
-        let blocked = match release["blocked_reason"].as_str() {
-            Some(reason) if release["blocked"] == Value::Bool(true) => format!(" [blocked: {reason}]"),
-            _ if release["blocked"] == Value::Bool(true) => " [blocked]".to_string(),
+    text.push_str(&format!("RELEASES ({}), oldest first, each with its timeline\n", view.releases.len()));
+    for release in &view.releases {
+        let blocked = match &release.blocked_reason {
+            Some(reason) if release.blocked => format!(" [blocked: {reason}]"),
+            _ if release.blocked => " [blocked]".to_string(),
             _ => String::new(),
         };
-        text.push_str(&format!("{}@{}{}\n", cell(&release["service"]), cell(&release["release"]), blocked));
-        for field in ["artifact", "notes"] {
-            if let Some(value) = release[field].as_str() {
+        text.push_str(&format!("{}@{}{}\n", release.service, release.release, blocked));
+        for (field, value) in [("artifact", &release.artifact), ("notes", &release.notes)] {
+            if let Some(value) = value {
                 text.push_str(&format!("  {field}: {value}\n"));
             }
         }
-        for entry in release["timeline"].as_array().into_iter().flatten() {
-            let mut line = format!(
-                "  seq {:>6}  {}  {:<20} by {}",
-                cell(&entry["seq"]),
-                cell(&entry["time"]),
-                cell(&entry["kind"]),
-                cell(&entry["actor"])
-            );
-            for field in ["env", "deployment", "wave", "detail"] {
-                if !entry[field].is_null() {
-                    line.push_str(&format!(" {field}={}", cell(&entry[field])));
+        for entry in &release.timeline {
+            let mut line = format!("  seq {:>6}  {}  {:<20} by {}", entry.seq, entry.time, entry.kind, entry.actor);
+            let fields = [
+                ("env", &entry.env),
+                ("deployment", &entry.deployment),
+                ("wave", &entry.wave),
+                ("detail", &entry.detail),
+            ];
+            for (field, value) in fields {
+                if let Some(value) = value {
+                    line.push_str(&format!(" {field}={value}"));
                 }
             }
             text.push_str(&line);
@@ -293,34 +281,28 @@ pub fn render_releases(view: &Value) -> String {
     }
     text.push_str("\nENVIRONMENTS\n");
     let mut environments = Table::new(&["ENV", "DESIRED", "ACTIVE DEPLOYMENT", "FROZEN"]);
-    for environment in view["environments"].as_array().into_iter().flatten() {
+    for environment in &view.environments {
         environments.row(vec![
-            cell(&environment["env"]),
-            cell(&environment["desired_release"]),
-            cell(&environment["active_deployment"]),
-            cell(&environment["frozen"]),
+            cell(&environment.env),
+            cell(&environment.desired_release),
+            cell(&environment.active_deployment),
+            cell(&environment.frozen),
         ]);
     }
     text.push_str(&environments.render());
     text
 }
 
-fn event_line(event: &Value) -> String {
-    let mut line = format!(
-        "{:>6}  {}  {:<22} {:<18} {}",
-        cell(&event["seq"]),
-        cell(&event["time"]),
-        cell(&event["type"]),
-        cell(&event["stream"]),
-        cell(&event["actor"]),
-    );
-    for field in ["host", "release", "deployment"] {
-        if !event[field].is_null() {
-            line.push_str(&format!(" {field}={}", cell(&event[field])));
+fn event_line(event: &types::Event) -> String {
+    let mut line =
+        format!("{:>6}  {}  {:<22} {:<18} {}", event.seq, event.time, event.event_type, event.stream, event.actor,);
+    for (field, value) in [("host", &event.host), ("release", &event.release), ("deployment", &event.deployment)] {
+        if let Some(value) = value {
+            line.push_str(&format!(" {field}={value}"));
         }
     }
-    if event["data"].as_object().is_some_and(|data| !data.is_empty()) {
-        line.push_str(&format!(" {}", event["data"]));
+    if !event.data.is_empty() {
+        line.push_str(&format!(" {}", serde_json::to_string(&event.data).unwrap_or_default()));
     }
     line
 }
@@ -353,8 +335,9 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
         let mut query = filter_query(&filter);
         query.push(("from_seq", from_seq.to_string()));
         query.push(("limit", remaining.min(10_000).to_string()));
-        let page = client.get("/v1/events", &query).await?;
-        let batch = page["events"].as_array().cloned().unwrap_or_default();
+        // Each event is kept as the text the server sent: `--output json` prints it as it is.
+        let page: types::EventPage<Box<RawValue>> = client.get_as("/v1/events", &query).await?;
+        let batch = page.events;
         if newest_only {
             // Keep reading to the moment, holding only the newest `limit`.
             events.extend(batch);
@@ -366,9 +349,8 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
             progress.inc(batch.len() as u64);
             events.extend(batch);
         }
-        let next = page["next_seq"].as_u64().unwrap_or(from_seq);
-        let head = page["head_seq"].as_u64().unwrap_or(0);
-        if next <= from_seq || next > head {
+        let next = page.next_seq;
+        if next <= from_seq || next > page.head_seq {
             break;
         }
         from_seq = next;
@@ -377,12 +359,13 @@ pub async fn history(client: &Client, output: Output, args: HistoryArgs) -> Resu
     match output {
         Output::Json => {
             for event in &events {
-                println!("{event}");
+                println!("{}", event.get());
             }
         }
         Output::Table => {
             for event in &events {
-                println!("{}", event_line(event));
+                let event: types::Event = serde_json::from_str(event.get()).context("an event of unexpected shape")?;
+                println!("{}", event_line(&event));
             }
         }
     }
@@ -394,10 +377,10 @@ async fn seq_at_time(client: &Client, time: &str) -> Result<u64> {
     let moment = chrono::DateTime::parse_from_rfc3339(time)
         .with_context(|| format!("--at {time:?} is not an RFC 3339 time such as 2026-11-28T06:00:00Z"))?;
     let after = (moment + chrono::Duration::microseconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let page = client.get("/v1/events", &[("since", after), ("limit", "1".into())]).await?;
-    Ok(match page["events"].get(0).and_then(|event| event["seq"].as_u64()) {
-        Some(first_after) => first_after - 1,
-        None => page["head_seq"].as_u64().unwrap_or(0),
+    let page: types::EventPage = client.get_as("/v1/events", &[("since", after), ("limit", "1".into())]).await?;
+    Ok(match page.events.first() {
+        Some(first_after) => first_after.seq - 1,
+        None => page.head_seq,
     })
 }
 
@@ -410,36 +393,37 @@ pub async fn diff(client: &Client, output: Output, args: DiffArgs) -> Result<()>
         }
     }
     let response = client.get("/v1/fleet/diff", &query).await?;
-    print(output, &response, |diff| {
+    print(output, &response, |diff: &types::FleetDiff| {
         let mut table = Table::new(&["HOST", "SERVICE", "ENV", "DESIRED", "OBSERVED", "REGISTERED"]);
-        let change = |host: &Value, field: &str| {
-            let before = cell(&host["before"][field]);
-            let after = cell(&host["after"][field]);
+        // One member of the host before and after: "a → b" when it changed. A host without a
+        // record before shows "-" there.
+        fn change<T: Cell>(change: &types::HostChange, member: impl Fn(&types::HostView) -> T) -> String {
+            let before = cell(&change.before.as_ref().map(&member));
+            let after = cell(&member(&change.after));
             if before == after {
                 after
             } else {
                 format!("{before} → {after}")
             }
-        };
-        for host in diff["hosts"].as_array().into_iter().flatten() {
+        }
+        for host in &diff.hosts {
             table.row(vec![
-                cell(&host["host"]),
-                cell(&host["service"]),
-                cell(&host["env"]),
-                change(host, "desired_release"),
-                change(host, "observed_release"),
-                change(host, "registered"),
+                cell(&host.host),
+                cell(&host.service),
+                cell(&host.env),
+                change(host, |view| cell(&view.desired_release)),
+                change(host, |view| cell(&view.observed_release)),
+                change(host, |view| view.registered),
             ]);
         }
         format!(
             "{}{} hosts changed between seq {} and seq {}\n",
             table.render(),
-            cell(&diff["changed"]),
-            cell(&diff["from_seq"]),
-            cell(&diff["to_seq"])
+            diff.changed,
+            diff.from_seq,
+            diff.to_seq
         )
-    });
-    Ok(())
+    })
 }
 
 /// Follows the log, reconnecting with `Last-Event-ID` after a dropped connection.
@@ -474,10 +458,10 @@ pub async fn tail(client: &Client, output: Output, args: TailArgs) -> Result<()>
                     }
                     match output {
                         Output::Json => println!("{}", message.data),
-                        Output::Table => {
-                            let event: Value = serde_json::from_str(&message.data).unwrap_or(Value::Null);
-                            println!("{}", event_line(&event));
-                        }
+                        Output::Table => match serde_json::from_str::<types::Event>(&message.data) {
+                            Ok(event) => println!("{}", event_line(&event)),
+                            Err(error) => eprintln!("an event of unexpected shape ({error}): {}", message.data),
+                        },
                     }
                 }
                 Ok(None) | Err(_) => {
@@ -492,34 +476,54 @@ pub async fn tail(client: &Client, output: Output, args: TailArgs) -> Result<()>
 /// The decisions the policy made for `deployment` (`GET /v1/deployments/{id}/decisions`), oldest
 /// first.
 pub async fn decisions(client: &Client, output: Output, deployment: &str) -> Result<()> {
-    let answer = client.get(&format!("/v1/deployments/{deployment}/decisions"), &[]).await?;
-    let events = answer["events"].as_array().cloned().unwrap_or_default();
-    let document = serde_json::json!({ "deployment": deployment, "decisions": events });
-    print(output, &document, |document| {
-        let decisions = document["decisions"].as_array().map_or(&[][..], Vec::as_slice);
-        if decisions.is_empty() {
+    // The events as the server sent them, for `--output json`.
+    let answer: types::DecisionList<Box<RawValue>> =
+        client.get_as(&format!("/v1/deployments/{deployment}/decisions"), &[]).await?;
+    let document = serde_json::json!({ "deployment": deployment, "decisions": answer.events });
+    print(output, &document, |document: &Decisions| {
+        if document.decisions.is_empty() {
             return format!("the policy made no decision for {deployment}\n");
         }
         let mut text = String::new();
-        for event in decisions {
-            let decision = &event["data"]["decision"];
+        for event in &document.decisions {
+            let data: types::PolicyEventData =
+                serde_json::from_value(Value::Object(event.data.clone())).unwrap_or_default();
             text.push_str(&format!(
                 "seq {} {} {}: {}\n",
-                cell(&event["seq"]),
-                cell(&event["time"]),
-                cell(&event["type"]),
-                event["data"]["reason"].as_str().unwrap_or("the policy moved the rollout on"),
+                event.seq,
+                event.time,
+                event.event_type,
+                data.reason.as_deref().unwrap_or("the policy moved the rollout on"),
             ));
+            let Some(decision) = data.decision else { continue };
             // `alerts`: the alerts an alert gate counted, each with its fingerprint and labels.
-            for field in ["gate", "wave", "alerts", "observed", "threshold", "policy_seq"] {
-                if !decision[field].is_null() {
-                    text.push_str(&format!("    {field}: {}\n", decision[field]));
+            let fields: [(&str, Option<String>); 6] = [
+                ("gate", decision.gate.as_ref().map(json_text)),
+                ("wave", decision.wave.as_ref().map(json_text)),
+                ("alerts", decision.alerts.as_ref().map(json_text)),
+                ("observed", decision.observed.as_ref().map(json_text)),
+                ("threshold", decision.threshold.as_ref().map(json_text)),
+                ("policy_seq", decision.policy_seq.as_ref().map(json_text)),
+            ];
+            for (field, value) in fields {
+                if let Some(value) = value {
+                    text.push_str(&format!("    {field}: {value}\n"));
                 }
             }
         }
         text
-    });
-    Ok(())
+    })
+}
+
+/// A decision's input as the evaluator wrote it, in JSON.
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// What `fleetlog deploy why --output json` prints: the deployment and its decision events.
+#[derive(serde::Deserialize)]
+struct Decisions {
+    decisions: Vec<types::Event>,
 }
 
 /// The alerts received, as a table: which environment each counts against, and when it fired.
@@ -528,32 +532,29 @@ pub async fn alerts(client: &Client, output: Output, args: AlertsArgs) -> Result
     query.extend(args.service.map(|service| ("service", service)));
     query.extend(args.env.map(|env| ("env", env)));
     let response = client.get("/v1/alerts", &query).await?;
-    print(output, &response, |response| {
-        let alerts = response["alerts"].as_array().cloned().unwrap_or_default();
-        if alerts.is_empty() {
+    print(output, &response, |response: &types::AlertList| {
+        if response.alerts.is_empty() {
             return "no alert\n".to_string();
         }
         let mut table = Table::new(&["STATE", "ENVIRONMENT", "HOST", "ALERT", "FINGERPRINT", "FIRED SEQ", "SINCE"]);
-        for alert in &alerts {
-            let environment = match (alert["service"].as_str(), alert["env"].as_str()) {
+        for alert in &response.alerts {
+            let environment = match (&alert.service, &alert.env) {
                 (Some(service), Some(env)) => format!("{service}/{env}"),
                 (Some(service), None) => service.to_string(),
                 _ => "(unmapped)".to_string(),
             };
-            let host = if alert["host"].is_null() { String::new() } else { cell(&alert["host"]) };
             table.row(vec![
-                cell(&alert["state"]),
+                cell(&alert.state),
                 environment,
-                host,
-                cell(&alert["labels"]["alertname"]),
-                cell(&alert["fingerprint"]),
-                cell(&alert["fired"]["seq"]),
-                cell(&alert["starts_at"]),
+                alert.host.clone().unwrap_or_default(),
+                cell(&alert.labels.get("alertname")),
+                cell(&alert.fingerprint),
+                cell(&alert.fired.as_ref().map(|fired| fired.seq)),
+                cell(&alert.starts_at),
             ]);
         }
         table.render()
-    });
-    Ok(())
+    })
 }
 
 /// DORA's four keys, as a table with the 2024 report's band of each.
@@ -563,60 +564,48 @@ pub async fn dora(client: &Client, output: Output, args: DoraArgs) -> Result<()>
         query.extend(value.map(|value| (name, value)));
     }
     let response = client.get("/v1/dora", &query).await?;
-    print(output, &response, |response| {
-        let scope = match (response["service"].as_str(), response["env"].as_str()) {
+    print(output, &response, |report: &types::DoraReport| {
+        let scope = match (&report.service, &report.env) {
             (Some(service), Some(env)) => format!("{service}/{env}"),
             (Some(service), None) => service.to_string(),
             _ => "every service".to_string(),
         };
         let mut text = format!(
             "{scope}, {} to {} ({:.1} days); bands of the {}\n",
-            cell(&response["since"]),
-            cell(&response["until"]),
-            response["days"].as_f64().unwrap_or(0.0),
-            cell(&response["bands_from"])
+            report.since, report.until, report.days, report.bands_from
         );
         let mut table = Table::new(&["KEY", "VALUE", "FROM", "BAND"]);
-        let frequency = &response["deployment_frequency"];
+        let frequency = &report.deployment_frequency;
         table.row(vec![
             "deployment frequency".into(),
-            format!("{:.2}/day", frequency["per_day"].as_f64().unwrap_or(0.0)),
-            format!("{} completed", cell(&frequency["completed"])),
-            cell(&frequency["band"]),
+            format!("{:.2}/day", frequency.per_day),
+            format!("{} completed", frequency.completed),
+            cell(&frequency.band),
         ]);
-        let lead = &response["change_lead_time"];
+        let lead = &report.change_lead_time;
         table.row(vec![
             "change lead time".into(),
-            duration_text(lead["median_seconds"].as_f64()),
-            format!("median of {}", cell(&lead["samples"])),
-            band_text(&lead["band"]),
+            duration_text(lead.median_seconds),
+            format!("median of {}", lead.samples),
+            cell(&lead.band),
         ]);
-        let fail = &response["change_fail_rate"];
+        let fail = &report.change_fail_rate;
         table.row(vec![
             "change fail rate".into(),
-            fail["rate"].as_f64().map_or("-".into(), |rate| format!("{:.1}%", rate * 100.0)),
-            format!("{} of {} deployments", cell(&fail["failed"]), cell(&fail["started"])),
-            band_text(&fail["band"]),
+            fail.rate.map_or("-".into(), |rate| format!("{:.1}%", rate * 100.0)),
+            format!("{} of {} deployments", fail.failed, fail.started),
+            cell(&fail.band),
         ]);
-        let recovery = &response["failed_deployment_recovery_time"];
+        let recovery = &report.failed_deployment_recovery_time;
         table.row(vec![
             "failed deployment recovery time".into(),
-            duration_text(recovery["median_seconds"].as_f64()),
-            format!("median of {}", cell(&recovery["samples"])),
-            band_text(&recovery["band"]),
+            duration_text(recovery.median_seconds),
+            format!("median of {}", recovery.samples),
+            cell(&recovery.band),
         ]);
         text.push_str(&table.render());
         text
-    });
-    Ok(())
-}
-
-fn band_text(band: &Value) -> String {
-    if band.is_null() {
-        "-".to_string()
-    } else {
-        cell(band)
-    }
+    })
 }
 
 /// Seconds as `42s`, `3.5h` or `2.1d`; `-` for none.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fleetlog_api::client::Client;
-use serde_json::Value;
+use fleetlog_types as types;
+use serde::Deserialize;
 
 use crate::cli::Output;
 
@@ -57,23 +58,18 @@ impl Progress {
     }
 }
 
-fn waves_of(view: &Value) -> Vec<Progress> {
-    let count = |wave: &Value, name: &str| wave["hosts"][name].as_u64().unwrap_or(0);
-    view["waves"]
-        .as_array()
-        .map(|waves| {
-            waves
-                .iter()
-                .map(|wave| Progress {
-                    name: wave["name"].as_str().unwrap_or("?").to_string(),
-                    state: wave["state"].as_str().unwrap_or("?").to_string(),
-                    selected: count(wave, "selected"),
-                    converged: count(wave, "converged"),
-                    failed: count(wave, "failed"),
-                })
-                .collect()
+fn waves_of(deployment: &types::Deployment) -> Vec<Progress> {
+    deployment
+        .waves
+        .iter()
+        .map(|wave| Progress {
+            name: wave.name.clone(),
+            state: wave.state.clone(),
+            selected: wave.hosts.selected,
+            converged: wave.hosts.converged,
+            failed: wave.hosts.failed,
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// What a wait waits for.
@@ -105,8 +101,10 @@ pub async fn wait(
     let started = Instant::now();
     let mut shown: Vec<Progress> = Vec::new();
     loop {
+        // Kept as sent for `--output json`, and read into its type for everything else.
         let view = client.get(&format!("/v1/deployments/{deployment}"), &[]).await?;
-        let all = waves_of(&view);
+        let detail = types::DeploymentDetail::deserialize(&view)?;
+        let all = waves_of(&detail.deployment);
         let watched: Vec<Progress> = match wave {
             Some(name) => match all.iter().find(|progress| progress.name == name) {
                 Some(progress) => vec![progress.clone()],
@@ -124,21 +122,18 @@ pub async fn wait(
             show(&watched, &shown, terminal);
             shown = watched.clone();
         }
-        let state = view["state"].as_str().unwrap_or("?");
+        let state = detail.deployment.state.as_str();
         if let Some(failed) = watched.iter().find(|progress| progress.failed > 0) {
             return Err(ended(
                 EXIT_FAILED,
                 format!(
                     "wave {} of {deployment}: {} host(s) failed; `fleetlog fleet --service {} --env {}` shows which",
-                    failed.name,
-                    failed.failed,
-                    view["service"].as_str().unwrap_or("?"),
-                    view["env"].as_str().unwrap_or("?")
+                    failed.name, failed.failed, detail.deployment.service, detail.deployment.env
                 ),
             ));
         }
         if state == "aborted" {
-            let reason = view["end_reason"].as_str().unwrap_or("no reason given");
+            let reason = detail.deployment.end_reason.as_deref().unwrap_or("no reason given");
             return Err(ended(EXIT_FAILED, format!("deployment {deployment} was aborted: {reason}")));
         }
         let pending = wave.is_some() && watched.iter().all(|progress| progress.state == "pending");

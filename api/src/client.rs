@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetlog_types::ErrorBody;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +93,13 @@ impl Client {
         &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
+    /// A GET whose answer is kept as the JSON the server sent (what `--output json` prints).
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        self.get_as(path, query).await
+    }
+
+    /// A GET whose answer is read into its type (one of `fleetlog_types`).
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, ClientError> {
         self.send(path, |url| self.http.get(url).query(query).timeout(Duration::from_secs(60))).await
     }
 
@@ -107,6 +115,15 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.post_as(path, body).await
+    }
+
+    /// A POST whose answer is read into its type.
+    pub async fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, ClientError> {
         self.send(path, |url| self.http.post(url).json(body).timeout(Duration::from_secs(60))).await
     }
 
@@ -178,14 +195,18 @@ impl Client {
         Ok((url, status, bytes))
     }
 
-    async fn send(&self, path: &str, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let (url, status, bytes) = self.exchange(path, build).await?;
         if !status.is_success() {
             return Err(error_from(&url, status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
             url: url.clone(),
-            reason: format!("HTTP {status}, body is not JSON: {error}"),
+            reason: format!("HTTP {status}, the body is not the JSON expected: {error}"),
         })
     }
 
@@ -207,8 +228,18 @@ impl Client {
             .await?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            return Err(api_error(status, &body));
+            // A stream refused with a body that is not an API error still fails with its status,
+            // which callers act on (retry a 503, give up on a 403).
+            let body = response.bytes().await.unwrap_or_default();
+            let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
+                error: fleetlog_types::ErrorDetail {
+                    code: "unknown".into(),
+                    message: "no message".into(),
+                    event_index: None,
+                    field: None,
+                },
+            });
+            return Err(api_error(status, body));
         }
         Ok(SseReader { url, response, buffer: Vec::new() })
     }
@@ -264,20 +295,22 @@ fn find_message_end(buffer: &[u8]) -> Option<(usize, usize)> {
 
 /// The error an API answer with a non-success status stands for.
 fn error_from(url: &str, status: reqwest::StatusCode, body: &[u8]) -> ClientError {
-    let Ok(body) = serde_json::from_slice::<Value>(body) else {
-        return ClientError::Protocol { url: url.to_string(), reason: format!("HTTP {status}, body is not JSON") };
+    let Ok(body) = serde_json::from_slice::<ErrorBody>(body) else {
+        return ClientError::Protocol {
+            url: url.to_string(),
+            reason: format!("HTTP {status}, body is not an API error"),
+        };
     };
-    api_error(status.as_u16(), &body)
+    api_error(status.as_u16(), body)
 }
 
 /// An API error answer (`{"error": {"code", "message"}}`), with what to try when it is a 401.
-fn api_error(status: u16, body: &Value) -> ClientError {
-    let error = &body["error"];
-    let mut message = error["message"].as_str().unwrap_or("no message").to_string();
+fn api_error(status: u16, body: ErrorBody) -> ClientError {
+    let mut message = body.error.message;
     if status == 401 {
         message.push_str("; give a token with --token or FLEETLOG_TOKEN");
     }
-    ClientError::Api { status, code: error["code"].as_str().unwrap_or("unknown").to_string(), message }
+    ClientError::Api { status, code: body.error.code, message }
 }
 
 /// Refuses a server address that is not an http(s) URL, which reqwest would only call a

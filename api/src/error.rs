@@ -111,15 +111,15 @@ impl ApiError {
     }
 
     /// The JSON body: `{"error": {"code", "message", "event_index"?, "field"?}}`.
-    pub fn body(&self) -> serde_json::Value {
-        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
-        if let Some(index) = self.event_index {
-            error["event_index"] = index.into();
+    pub fn body(&self) -> fleetlog_types::ErrorBody {
+        fleetlog_types::ErrorBody {
+            error: fleetlog_types::ErrorDetail {
+                code: self.code.clone(),
+                message: self.message.clone(),
+                event_index: self.event_index,
+                field: self.field.clone(),
+            },
         }
-        if let Some(field) = &self.field {
-            error["field"] = field.as_str().into();
-        }
-        serde_json::json!({ "error": error })
     }
 }
 

@@ -24,9 +24,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Context, Result};
 use fleetlog_api::client::{ClientError, Credentials, SseMessage};
-use serde_json::{json, Value};
+use fleetlog_types as types;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -259,24 +261,39 @@ async fn register(servers: &Servers, identity: &Identity, args: &AgentArgs) -> R
         let Some((name, value)) = label.split_once('=') else { bail!("--label wants NAME=VALUE, not {label:?}") };
         labels.insert(name.to_string(), value.to_string());
     }
-    let mut body = json!({ "host": identity.host, "service": identity.service, "env": identity.env });
-    if let Some(group) = &args.group {
-        body["group"] = json!(group);
-    }
-    if !labels.is_empty() {
-        body["labels"] = json!(labels);
-    }
-    let digest = Sha256::digest(body.to_string().as_bytes());
+    let mut body = Registration {
+        host: &identity.host,
+        service: &identity.service,
+        env: &identity.env,
+        group: args.group.as_deref(),
+        labels: (!labels.is_empty()).then_some(labels),
+        id: None,
+    };
+    // The id is a digest of the body's JSON without it, as agents have always derived it.
+    let digest = Sha256::digest(serde_json::to_string(&body)?.as_bytes());
     let id: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
-    body["id"] = json!(format!("agent-register-{id}"));
-    match servers.post("/v1/targets", &body).await {
+    body.id = Some(format!("agent-register-{id}"));
+    match servers.post::<types::CommandAnswer>("/v1/targets", &body).await {
         Ok(answer) => {
-            let seq = answer["seq"].as_u64().unwrap_or(0);
-            tracing::info!(seq, "registered");
+            tracing::info!(seq = answer.seq, "registered");
             Ok(())
         }
         Err(error) => Err(error).context("registering the target failed"),
     }
+}
+
+/// The body of `POST /v1/targets`.
+#[derive(serde::Serialize)]
+struct Registration<'a> {
+    host: &'a str,
+    service: &'a str,
+    env: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
 }
 
 /// Follows the host's watch stream for ever, passing on what concerns this (service, env).
@@ -333,38 +350,37 @@ fn parse(identity: &Identity, message: &SseMessage) -> Result<Option<Update>> {
     if kind != "state" && kind != "directive" {
         return Ok(None);
     }
-    let data: Value = serde_json::from_str(&message.data).context("the message is not JSON")?;
-    let ours = |entry: &Value| entry["service"] == identity.service.as_str() && entry["env"] == identity.env.as_str();
-    let text = |entry: &Value, name: &str| entry[name].as_str().map(str::to_string);
+    let ours = |service: &str, env: &str| service == identity.service && env == identity.env;
     if kind == "state" {
-        let position = data["seq"].as_u64().context("a state without seq")?;
-        let targets = data["targets"].as_array().context("a state without targets")?;
-        let directive = targets.iter().find(|entry| ours(entry)).and_then(|entry| {
-            Some(Directive {
-                seq: entry["desired_seq"].as_u64()?,
-                release: text(entry, "desired_release")?,
-                cause: text(entry, "desired_cause").unwrap_or_default(),
-                deployment: text(entry, "deployment"),
-            })
-        });
-        return Ok(Some(Update { position, directive }));
+        let state: types::WatchState =
+            serde_json::from_str(&message.data).context("the state message is not a host's state")?;
+        let directive =
+            state.targets.into_iter().find(|target| ours(&target.service, &target.env)).and_then(|target| {
+                Some(Directive {
+                    seq: target.desired_seq?,
+                    release: target.desired_release?.into_owned(),
+                    cause: target.desired_cause.map(Cow::into_owned).unwrap_or_default(),
+                    deployment: target.deployment.map(Cow::into_owned),
+                })
+            });
+        return Ok(Some(Update { position: state.seq, directive }));
     }
-    let seq = data["seq"].as_u64().context("a directive without seq")?;
-    let directive = ours(&data)
-        .then(|| -> Result<Directive> {
-            Ok(Directive {
-                seq,
-                release: text(&data, "release").context("a directive without release")?,
-                cause: text(&data, "cause").unwrap_or_default(),
-                deployment: text(&data, "deployment"),
-            })
-        })
-        .transpose()?;
+    let directive: types::Directive =
+        serde_json::from_str(&message.data).context("the directive message is not a directive")?;
+    let seq = directive.seq;
+    let directive = ours(&directive.service, &directive.env).then(|| Directive {
+        seq,
+        release: directive.release.into_owned(),
+        cause: directive.cause.into_owned(),
+        deployment: directive.deployment.map(Cow::into_owned),
+    });
     Ok(Some(Update { position: seq, directive }))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
 
     fn identity() -> Identity {
@@ -375,12 +391,20 @@ mod tests {
         SseMessage { id: None, event: Some(event.into()), data: data.to_string(), comment: None }
     }
 
+    /// The host object of a watch's state, as the server writes it.
+    fn target(service: &str, desired: Option<(&str, u64)>, cause: Option<&str>, deployment: Option<&str>) -> Value {
+        json!({"host": "web-1", "service": service, "env": "prod", "group": null, "labels": {}, "registered": true,
+               "desired_release": desired.map(|(release, _)| release), "desired_seq": desired.map(|(_, seq)| seq),
+               "desired_cause": cause, "deployment": deployment, "observed_release": null, "status": null,
+               "reported_release": null, "message": null, "applied_seq": null, "reported_seq": null,
+               "reported_at": null, "failure": null, "health": null, "converged": false, "changed_seq": 1})
+    }
+
     #[test]
     fn takes_its_own_environment_from_a_state_and_ignores_others() {
         let state = json!({"seq": 40, "host": "web-1", "targets": [
-            {"service": "search", "env": "prod", "desired_release": "9", "desired_seq": 39},
-            {"service": "checkout", "env": "prod", "desired_release": "1.2", "desired_seq": 30,
-             "desired_cause": "wave.started", "deployment": "d-1"},
+            target("search", Some(("9", 39)), Some("rollback"), None),
+            target("checkout", Some(("1.2", 30)), Some("wave.started"), Some("d-1")),
         ]});
         let update = parse(&identity(), &message("state", state)).unwrap().unwrap();
         assert_eq!(update.position, 40);
@@ -390,15 +414,15 @@ mod tests {
             (30, "1.2", Some("d-1"))
         );
 
-        let other = json!({"seq": 41, "host": "web-1", "service": "search", "env": "prod", "release": "10", "cause": "rollback"});
+        let other = json!({"seq": 41, "host": "web-1", "service": "search", "env": "prod", "release": "10",
+                           "cause": "rollback", "deployment": null});
         let update = parse(&identity(), &message("directive", other)).unwrap().unwrap();
         assert_eq!((update.position, update.directive), (41, None));
     }
 
     #[test]
     fn a_state_with_nothing_desired_only_moves_the_position() {
-        let state = json!({"seq": 7, "host": "web-1", "targets": [
-            {"service": "checkout", "env": "prod", "desired_release": null, "desired_seq": null}]});
+        let state = json!({"seq": 7, "host": "web-1", "targets": [target("checkout", None, None, None)]});
         let update = parse(&identity(), &message("state", state)).unwrap().unwrap();
         assert_eq!((update.position, update.directive), (7, None));
         assert!(parse(&identity(), &SseMessage { comment: Some("head 9".into()), ..SseMessage::default() })

@@ -2,7 +2,8 @@
 //! yet is replaced by a newer one, and delivery is retried across servers until it succeeds, so
 //! the fleet view converges even when reports were attempted during an outage.
 
-use serde_json::{json, Value};
+use fleetlog_types as types;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -27,7 +28,7 @@ pub struct Report {
 impl Report {
     /// The event id is derived from what is reported, so a retry after an unknown outcome is
     /// recognised by the ledger as the same report instead of being recorded twice.
-    fn body(&self, identity: &Identity) -> Value {
+    fn body<'a>(&'a self, identity: &'a Identity) -> ReportBody<'a> {
         let mut hasher = Sha256::new();
         for part in [&identity.host, &identity.service, &identity.env, &self.release, self.status] {
             hasher.update(part.as_bytes());
@@ -41,23 +42,35 @@ impl Report {
         }
         let digest = hasher.finalize();
         let id: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
-        let mut body = json!({
-            "id": format!("agent-report-{id}"),
-            "host": identity.host,
-            "service": identity.service,
-            "env": identity.env,
-            "release": self.release,
-            "status": self.status,
-            "applied_seq": self.seq,
-        });
-        if let Some(message) = &self.message {
-            body["message"] = Value::String(message.clone());
+        ReportBody {
+            id: format!("agent-report-{id}"),
+            host: &identity.host,
+            service: &identity.service,
+            env: &identity.env,
+            release: &self.release,
+            status: self.status,
+            applied_seq: self.seq,
+            message: self.message.as_deref(),
+            health: self.health.as_ref().map(|health| if health.healthy { "healthy" } else { "unhealthy" }),
         }
-        if let Some(health) = &self.health {
-            body["health"] = Value::String(if health.healthy { "healthy" } else { "unhealthy" }.into());
-        }
-        body
     }
+}
+
+/// The body of `POST /v1/reports`.
+#[derive(Serialize)]
+struct ReportBody<'a> {
+    id: String,
+    host: &'a str,
+    service: &'a str,
+    env: &'a str,
+    release: &'a str,
+    status: &'a str,
+    applied_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    /// Left out when the agent has no check: the host's health stays as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<&'a str>,
 }
 
 pub fn spawn(servers: std::sync::Arc<Servers>, identity: Identity) -> watch::Sender<Option<Report>> {
@@ -70,7 +83,7 @@ pub fn spawn(servers: std::sync::Arc<Servers>, identity: Identity) -> watch::Sen
             // One request at a time: were an older report still in flight when a newer one is
             // sent, the ledger could record them in the wrong order.
             loop {
-                match servers.try_post("/v1/reports", &body).await {
+                match servers.try_post::<types::CommandAnswer>("/v1/reports", &body).await {
                     Some(Ok(_)) => tracing::debug!(seq = report.seq, status = report.status, "reported"),
                     Some(Err(error)) => {
                         tracing::error!(%error, seq = report.seq, status = report.status, "report refused")

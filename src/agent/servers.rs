@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Result};
 use fleetlog_api::client::{Client, ClientError, Credentials};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backoff::Backoff;
@@ -47,7 +48,7 @@ impl Servers {
 
     /// Posts until some server answers. Unreachable servers and 503s (no leader, shutting down)
     /// move on to the next server; any other answer, success or refusal, is returned.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, ClientError> {
         let mut backoff = Backoff::new();
         loop {
             if let Some(answer) = self.try_post(path, body).await {
@@ -59,9 +60,13 @@ impl Servers {
 
     /// One attempt on the current server: `None` when it did not answer usefully (and the next
     /// server is now current).
-    pub async fn try_post(&self, path: &str, body: &Value) -> Option<Result<Value, ClientError>> {
+    pub async fn try_post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Option<Result<T, ClientError>> {
         let client = self.current();
-        match client.post(path, body).await {
+        match client.post_as(path, body).await {
             Err(ClientError::Transport { url, reason }) => {
                 tracing::warn!(%url, %reason, "server unreachable; trying the next one");
             }

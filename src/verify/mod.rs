@@ -19,6 +19,8 @@ use fleetlog_api::client::Client;
 use fleetlog_raft::domain::canonical;
 use fleetlog_raft::domain::checkpoint::{Checkpoint, NoteVerifier};
 use fleetlog_raft::domain::merkle::{self, Hash};
+use fleetlog_types as types;
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -82,22 +84,28 @@ pub struct CheckedEvent {
 /// Checks one event as served: its text must be exactly its RFC 8785 form (so there is only one
 /// way to read it: no duplicate key, no spacing, no other number form), its hash must be the
 /// SHA-256 of that form without `hash`, and its Merkle leaf is the hash of the text itself.
-pub fn check_event_text(text: &str) -> Result<(Value, CheckedEvent)> {
-    let event: Value = serde_json::from_str(text).context("MISMATCH: the event is not JSON")?;
-    let object = event.as_object().context("MISMATCH: an event is a JSON object")?;
-    let seq = object.get("seq").and_then(Value::as_u64).filter(|seq| *seq >= 1).context("an event has a seq ≥ 1")?;
-    let served = canonical::to_canonical_string(&event).with_context(|| format!("seq {seq}"))?;
+pub fn check_event_text(text: &str) -> Result<(types::Event, CheckedEvent)> {
+    // Read twice: as the event type for what it says, and as a JSON object for what its hash
+    // covers, which is every member but `hash`, whichever members the server writes.
+    let mut content: Value = serde_json::from_str(text).context("MISMATCH: the event is not JSON")?;
+    let event = types::Event::deserialize(&content).context("MISMATCH: the text is not an event")?;
+    let seq = event.seq;
+    if seq == 0 {
+        bail!("MISMATCH: an event has a seq ≥ 1");
+    }
+    let served = canonical::to_canonical_string(&content).with_context(|| format!("seq {seq}"))?;
     if served != text {
         bail!(
             "MISMATCH: seq {seq} is not in its canonical form (RFC 8785), so readers could disagree on what it \
              says (a repeated key, spacing or another number form)"
         );
     }
-    let stated = hex_hash(object.get("hash"), "hash").with_context(|| format!("seq {seq}"))?;
-    let prev_hash = hex_hash(object.get("prev_hash"), "prev_hash").with_context(|| format!("seq {seq}"))?;
-    let mut without = object.clone();
-    without.remove("hash");
-    let content = canonical::to_canonical_string(&Value::Object(without)).with_context(|| format!("seq {seq}"))?;
+    let stated = hex_hash(&event.hash, "hash").with_context(|| format!("seq {seq}"))?;
+    let prev_hash = hex_hash(&event.prev_hash, "prev_hash").with_context(|| format!("seq {seq}"))?;
+    if let Some(members) = content.as_object_mut() {
+        members.remove("hash");
+    }
+    let content = canonical::to_canonical_string(&content).with_context(|| format!("seq {seq}"))?;
     let computed: Hash = Sha256::digest(content.as_bytes()).into();
     if computed != stated {
         bail!(
@@ -110,22 +118,20 @@ pub fn check_event_text(text: &str) -> Result<(Value, CheckedEvent)> {
     Ok((event, checked))
 }
 
-fn hex_hash(value: Option<&Value>, name: &str) -> Result<Hash> {
-    let text = value.and_then(Value::as_str).with_context(|| format!("{name} is missing"))?;
+fn hex_hash(text: &str, name: &str) -> Result<Hash> {
     let bytes = hex::decode(text).ok().and_then(|bytes| <Hash>::try_from(bytes).ok());
     bytes.with_context(|| format!("{name} is not 64 hex digits"))
 }
 
-/// Base64 hashes of a proof document.
-fn proof_hashes(document: &Value) -> Result<Vec<Hash>> {
+/// The base64 hashes of a proof.
+fn proof_hashes(hashes: &[String]) -> Result<Vec<Hash>> {
     use base64::Engine;
-    let hashes = document["hashes"].as_array().context("a proof has a hashes array")?;
     hashes
         .iter()
         .map(|hash| {
-            let bytes = hash
-                .as_str()
-                .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(hash)
+                .ok()
                 .and_then(|bytes| <Hash>::try_from(bytes).ok());
             bytes.context("a proof hash is not 32 bytes of base64")
         })
@@ -133,14 +139,14 @@ fn proof_hashes(document: &Value) -> Result<Vec<Hash>> {
 }
 
 /// Fetches event `seq` as served, checks it, and proves it is leaf `seq - 1` of `checkpoint`.
-async fn prove_event(client: &Client, checkpoint: &Checkpoint, seq: u64) -> Result<(Value, CheckedEvent)> {
+async fn prove_event(client: &Client, checkpoint: &Checkpoint, seq: u64) -> Result<(types::Event, CheckedEvent)> {
     let (event, checked) = fetch_event(client, seq).await?;
     prove_included(client, checkpoint, &checked).await?;
     Ok((event, checked))
 }
 
 /// Fetches event `seq` as text and checks it.
-async fn fetch_event(client: &Client, seq: u64) -> Result<(Value, CheckedEvent)> {
+async fn fetch_event(client: &Client, seq: u64) -> Result<(types::Event, CheckedEvent)> {
     let text =
         client.get_text(&format!("/v1/events/{seq}"), &[]).await.with_context(|| format!("fetching seq {seq}"))?;
     let (event, checked) = check_event_text(&text)?;
@@ -154,8 +160,9 @@ async fn fetch_event(client: &Client, seq: u64) -> Result<(Value, CheckedEvent)>
 async fn prove_included(client: &Client, checkpoint: &Checkpoint, checked: &CheckedEvent) -> Result<()> {
     let seq = checked.seq;
     let query = [("seq", seq.to_string()), ("tree_size", checkpoint.size.to_string())];
-    let proof = client.get("/v1/proofs/inclusion", &query).await.with_context(|| format!("proof of seq {seq}"))?;
-    let hashes = proof_hashes(&proof)?;
+    let proof: types::InclusionProof =
+        client.get_as("/v1/proofs/inclusion", &query).await.with_context(|| format!("proof of seq {seq}"))?;
+    let hashes = proof_hashes(&proof.hashes)?;
     merkle::verify_inclusion(seq - 1, checkpoint.size, &checked.leaf, &hashes, &checkpoint.root).map_err(|error| {
         anyhow::anyhow!("MISMATCH: seq {seq} is not proven in the checkpoint of size {}: {error}", checkpoint.size)
     })
@@ -187,7 +194,7 @@ mod tests {
     fn an_event_checks_and_its_leaf_is_the_served_text() {
         let served = text(&event());
         let (parsed, checked) = check_event_text(&served).unwrap();
-        assert_eq!(parsed, event());
+        assert_eq!(parsed, serde_json::from_value::<types::Event>(event()).unwrap());
         assert_eq!(checked.seq, 1);
         assert_eq!(checked.prev_hash, [0; 32]);
         assert_eq!(checked.leaf, merkle::leaf_hash(served.as_bytes()));

@@ -9,6 +9,7 @@ use base64::Engine;
 use fleetlog_api::client::Client;
 use fleetlog_raft::domain::checkpoint::{Checkpoint, NoteVerifier};
 use fleetlog_raft::domain::merkle;
+use fleetlog_types as types;
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::json;
@@ -95,8 +96,9 @@ pub(super) async fn check_consistency(
         return Ok("the earlier checkpoint was of the empty log".to_string());
     }
     let query = [("from_size", previous.size.to_string()), ("to_size", checkpoint.size.to_string())];
-    let proof = client.get("/v1/proofs/consistency", &query).await.context("fetching the consistency proof")?;
-    let hashes = proof_hashes(&proof)?;
+    let proof: types::ConsistencyProof =
+        client.get_as("/v1/proofs/consistency", &query).await.context("fetching the consistency proof")?;
+    let hashes = proof_hashes(&proof.hashes)?;
     merkle::verify_consistency(previous.size, checkpoint.size, &previous.root, &checkpoint.root, &hashes).map_err(
         |error| {
             anyhow::anyhow!(

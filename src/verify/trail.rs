@@ -9,7 +9,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use fleetlog_api::client::Client;
 use fleetlog_raft::domain::checkpoint::NoteVerifier;
+use fleetlog_types as types;
 use futures::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::online::check_consistency;
@@ -75,7 +77,8 @@ pub async fn run(
                 "tree_size": checkpoint.size,
                 "root": BASE64.encode(checkpoint.root),
                 "consistency": consistency,
-                "events": events.values().collect::<Vec<_>>(),
+                // As the server sent them.
+                "events": texts.values().map(|text| RawValue::from_string(text.clone())).collect::<Result<Vec<_>, _>>()?,
             })
         ),
         Output::Table => {
@@ -83,12 +86,12 @@ pub async fn run(
             let mut table = Table::new(&["SEQ", "TIME", "ACTOR", "EVENT", "ENV", "DEPLOYMENT", "DETAIL", "PROOF"]);
             for event in events.values() {
                 table.row(vec![
-                    cell(&event["seq"]),
-                    cell(&event["time"]),
-                    cell(&event["actor"]),
-                    cell(&event["type"]),
-                    cell(&event["env"]),
-                    cell(&event["deployment"]),
+                    cell(&event.seq),
+                    cell(&event.time),
+                    cell(&event.actor),
+                    cell(&event.event_type),
+                    cell(&event.env),
+                    cell(&event.deployment),
                     detail(event, release),
                     "ok".into(),
                 ]);
@@ -111,42 +114,29 @@ pub async fn run(
 /// events of its deployments, and the release timeline's steps (rollbacks away from it name
 /// another release).
 async fn collect(client: &Client, service: &str, release: &str) -> Result<BTreeMap<u64, String>> {
-    let releases = client.get(&format!("/v1/services/{service}/releases"), &[]).await?;
-    let record = releases["releases"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|record| record["release"] == release)
+    let releases: types::ReleasesView = client.get_as(&format!("/v1/services/{service}/releases"), &[]).await?;
+    let record = releases
+        .releases
+        .iter()
+        .find(|record| record.release == release)
         .with_context(|| format!("{service} has no release {release:?}"))?;
     let mut events = BTreeMap::new();
     read_all(client, &[("service", service.to_string()), ("release", release.to_string())], &mut events).await?;
-    let deployments = client
-        .get(
+    let deployments: types::DeploymentList = client
+        .get_as(
             "/v1/deployments",
             &[("service", service.to_string()), ("release", release.to_string()), ("limit", "1000".into())],
         )
         .await?;
-    for deployment in deployments["deployments"].as_array().into_iter().flatten() {
-        if let Some(id) = deployment["deployment"].as_str() {
-            read_all(client, &[("deployment", id.to_string())], &mut events).await?;
-        }
+    for deployment in &deployments.deployments {
+        read_all(client, &[("deployment", deployment.deployment.clone())], &mut events).await?;
     }
-    for entry in record["timeline"].as_array().into_iter().flatten() {
-        if let Some(seq) = entry["seq"].as_u64() {
-            if let std::collections::btree_map::Entry::Vacant(slot) = events.entry(seq) {
-                slot.insert(client.get_text(&format!("/v1/events/{seq}"), &[]).await?);
-            }
+    for entry in &record.timeline {
+        if let std::collections::btree_map::Entry::Vacant(slot) = events.entry(entry.seq) {
+            slot.insert(client.get_text(&format!("/v1/events/{}", entry.seq), &[]).await?);
         }
     }
     Ok(events)
-}
-
-/// A page of `GET /v1/events`, each event kept as the exact text served.
-#[derive(serde::Deserialize)]
-struct Page {
-    events: Vec<Box<serde_json::value::RawValue>>,
-    next_seq: u64,
-    head_seq: u64,
 }
 
 async fn read_all(client: &Client, filter: &[(&str, String)], events: &mut BTreeMap<u64, String>) -> Result<()> {
@@ -156,9 +146,11 @@ async fn read_all(client: &Client, filter: &[(&str, String)], events: &mut BTree
         query.push(("from_seq", from_seq.to_string()));
         query.push(("limit", PAGE.to_string()));
         let text = client.get_text("/v1/events", &query).await?;
-        let page: Page = serde_json::from_str(&text).context("a page of events is malformed")?;
+        // Each event kept as the exact text served: that text is what its hash covers.
+        let page: types::EventPage<Box<RawValue>> =
+            serde_json::from_str(&text).context("a page of events is malformed")?;
         for event in page.events {
-            let seq = serde_json::from_str::<Value>(event.get())?["seq"].as_u64().context("an event without a seq")?;
+            let seq = serde_json::from_str::<types::Event>(event.get()).context("an event is malformed")?.seq;
             events.insert(seq, event.get().to_string());
         }
         if page.next_seq <= from_seq || page.next_seq > page.head_seq {
@@ -169,14 +161,22 @@ async fn read_all(client: &Client, filter: &[(&str, String)], events: &mut BTree
 }
 
 /// What the event did, in a few words.
-fn detail(event: &Value, release: &str) -> String {
-    let data = &event["data"];
-    match event["type"].as_str().unwrap_or("") {
-        "wave.started" | "wave.completed" => format!("wave {}", cell(&data["wave"])),
-        "host.reported" => format!("{} {}", cell(&event["host"]), cell(&data["status"])),
-        "rollback" if event["release"] == release => format!("rolled back to it: {}", cell(&data["reason"])),
-        "rollback" => format!("rolled back to {}: {}", cell(&event["release"]), cell(&data["reason"])),
-        "deployment.aborted" | "release.blocked" | "release.unblocked" => cell(&data["reason"]),
+fn detail(event: &types::Event, release: &str) -> String {
+    let data: StepData = serde_json::from_value(Value::Object(event.data.clone())).unwrap_or_default();
+    match event.event_type.as_str() {
+        "wave.started" | "wave.completed" => format!("wave {}", cell(&data.wave)),
+        "host.reported" => format!("{} {}", cell(&event.host), cell(&data.status)),
+        "rollback" if event.release.as_deref() == Some(release) => format!("rolled back to it: {}", cell(&data.reason)),
+        "rollback" => format!("rolled back to {}: {}", cell(&event.release), cell(&data.reason)),
+        "deployment.aborted" | "release.blocked" | "release.unblocked" => cell(&data.reason),
         _ => String::new(),
     }
+}
+
+/// The members of a domain event's `data` the trail shows.
+#[derive(Default, serde::Deserialize)]
+struct StepData {
+    wave: Option<String>,
+    status: Option<String>,
+    reason: Option<String>,
 }

@@ -15,8 +15,9 @@ use axum::{Extension, Json};
 use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
 use fleetlog_raft::domain::ledger::validate::{check_event, check_name, is_name_char};
 use fleetlog_raft::domain::limits::{ANNOTATION_CHARS_MAX, LABELS_MAX, LABEL_VALUE_CHARS_MAX, NAME_CHARS_MAX};
-use fleetlog_raft::domain::records::{self, AlertRecord};
+use fleetlog_raft::domain::records;
 use fleetlog_raft::domain::rejection::RejectionCode;
+use fleetlog_types as types;
 use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
@@ -47,8 +48,8 @@ pub async fn alertmanager(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let events = events_of_payload(&body, &app.alert_labels)?;
-    let unmapped = events.iter().filter(|event| event.service.is_none()).count();
-    let mut written = 0;
+    let unmapped = events.iter().filter(|event| event.service.is_none()).count() as u64;
+    let mut written: u64 = 0;
     for event in &events {
         let request = AppendRequest {
             events: vec![event.clone()],
@@ -64,10 +65,8 @@ pub async fn alertmanager(
             AppendOutcome::Rejected(rejection) => return Err(rejection.into()),
         }
     }
-    Ok(Json(json!({
-        "received": events.len(), "written": written, "duplicates": events.len() - written, "unmapped": unmapped,
-    }))
-    .into_response())
+    let received = events.len() as u64;
+    Ok(Json(types::AlertmanagerAnswer { received, written, duplicates: received - written, unmapped }).into_response())
 }
 
 fn events_of_payload(body: &Map<String, Value>, names: &AlertLabels) -> ApiResult<Vec<ProposedEvent>> {
@@ -166,7 +165,10 @@ fn strings(value: Option<&Value>, field: &str, value_chars_max: usize) -> ApiRes
 /// `GET /v1/alerts`: the alerts as the ledger keeps them (the latest firing of each).
 /// `state`: `firing` (default), `resolved`, `unmapped` (every alert that named no environment) or
 /// `all`; `service` and `env` narrow the list.
-pub async fn list(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(app): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Json<types::AlertList>> {
     let params = Params::new(raw, &["state", "service", "env"])?;
     let state = params.text("state").unwrap_or_else(|| "firing".to_string());
     if !matches!(state.as_str(), "firing" | "resolved" | "unmapped" | "all") {
@@ -174,7 +176,7 @@ pub async fn list(State(app): State<AppState>, Query(raw): Query<HashMap<String,
     }
     let (service, env) = (params.text("service"), params.text("env"));
     let alerts = app.read(params.linearizable(), move |kv| records::all_alerts(kv)).await?;
-    let listed: Vec<Value> = alerts
+    let listed: Vec<types::AlertView> = alerts
         .iter()
         .filter(|alert| match state.as_str() {
             "firing" => alert.firing,
@@ -184,16 +186,7 @@ pub async fn list(State(app): State<AppState>, Query(raw): Query<HashMap<String,
         })
         .filter(|alert| service.is_none() || alert.service == service)
         .filter(|alert| env.is_none() || alert.env == env)
-        .map(alert_json)
+        .map(wire::alert)
         .collect();
-    Ok(Json(json!({ "alerts": listed })))
-}
-
-fn alert_json(alert: &AlertRecord) -> Value {
-    json!({
-        "source": alert.source, "fingerprint": alert.fingerprint, "starts_at": alert.starts_at,
-        "service": alert.service, "env": alert.env, "host": alert.host, "labels": alert.labels,
-        "state": if alert.firing { "firing" } else { "resolved" },
-        "fired": alert.fired.as_ref().map(wire::step), "resolved": alert.resolved.as_ref().map(wire::step),
-    })
+    Ok(Json(types::AlertList { alerts: listed }))
 }

@@ -19,8 +19,8 @@ use fleetlog_raft::domain::kv::KvRead;
 use fleetlog_raft::domain::merkle::store::StoredTree;
 use fleetlog_raft::domain::merkle::Hash;
 use fleetlog_raft::domain::{ledger, views};
+use fleetlog_types as types;
 use futures::StreamExt;
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -101,7 +101,7 @@ pub async fn checkpoint_key(State(app): State<AppState>) -> ApiResult<Response> 
 pub async fn inclusion(
     State(app): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<types::InclusionProof>> {
     let params = Params::new(raw, &["seq", "tree_size"])?;
     let seq = params
         .number("seq")?
@@ -123,7 +123,7 @@ pub async fn inclusion(
             Ok(Ok((size, StoredTree::new(kv).inclusion_proof(seq - 1, size)?)))
         })
         .await??;
-    Ok(Json(json!({ "seq": seq, "leaf_index": seq - 1, "tree_size": size, "hashes": encode_hashes(&hashes) })))
+    Ok(Json(types::InclusionProof { seq, leaf_index: seq - 1, tree_size: size, hashes: encode_hashes(&hashes) }))
 }
 
 /// `GET /v1/proofs/consistency?from_size=M[&to_size=N]`: proof that the tree of M events is a
@@ -131,7 +131,7 @@ pub async fn inclusion(
 pub async fn consistency(
     State(app): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<types::ConsistencyProof>> {
     let params = Params::new(raw, &["from_size", "to_size"])?;
     let from = params
         .number("from_size")?
@@ -153,7 +153,7 @@ pub async fn consistency(
             Ok(Ok((to, StoredTree::new(kv).consistency_proof(from, to)?)))
         })
         .await??;
-    Ok(Json(json!({ "from_size": from, "to_size": to, "hashes": encode_hashes(&hashes) })))
+    Ok(Json(types::ConsistencyProof { from_size: from, to_size: to, hashes: encode_hashes(&hashes) }))
 }
 
 /// `GET /v1/export[?from_seq=A][&to_seq=B]`: committed events as NDJSON, one canonical event per
@@ -262,7 +262,7 @@ fn resolve(kv: &dyn KvRead, moment: Moment, head: u64) -> fleetlog_raft::Result<
 pub async fn fleet_diff(
     State(app): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let params = Params::new(raw, &["from", "to", "service", "env"])?;
     let from = moment(&params, "from")?
         .ok_or_else(|| ApiError::bad_request("invalid_parameter", "from (a seq or an RFC 3339 time) is required"))?;
@@ -291,17 +291,15 @@ pub async fn fleet_diff(
             Ok(Ok((from_seq, to_seq, changes)))
         })
         .await??;
-    let hosts: Vec<Value> = changes
+    let hosts: Vec<types::HostChange> = changes
         .iter()
-        .map(|change| {
-            json!({
-                "host": change.after.host,
-                "service": change.after.service,
-                "env": change.after.env,
-                "before": change.before.as_ref().map(wire::host),
-                "after": wire::host(&change.after),
-            })
+        .map(|change| types::HostChange {
+            host: change.after.host.as_str().into(),
+            service: change.after.service.as_str().into(),
+            env: change.after.env.as_str().into(),
+            before: change.before.as_ref().map(wire::host),
+            after: wire::host(&change.after),
         })
         .collect();
-    Ok(Json(json!({ "from_seq": from_seq, "to_seq": to_seq, "changed": hosts.len(), "hosts": hosts })))
+    Ok(Json(types::FleetDiff { from_seq, to_seq, changed: hosts.len() as u64, hosts }).into_response())
 }

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use fleetlog_raft::domain::calendar::freeze_reason;
 use fleetlog_raft::domain::records::{self, CalendarRecord};
-use serde_json::{json, Value};
+use fleetlog_types as types;
 
 use crate::error::{ApiError, ApiResult};
 use crate::input::Params;
@@ -17,7 +17,10 @@ use crate::state::AppState;
 use crate::wire;
 use fleetlog_raft::domain::event::format_time;
 
-pub async fn list(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(app): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Json<types::CalendarList>> {
     let params = Params::new(raw, &["service", "env"])?;
     let scope = match (name_param(&params, "service")?, name_param(&params, "env")?) {
         (Some(service), Some(env)) => Some((service, env)),
@@ -39,35 +42,36 @@ pub async fn list(State(app): State<AppState>, Query(raw): Query<HashMap<String,
     // Evaluated at this node's clock: what a deployment appended now would meet, to within the
     // clock difference to the leader that stamps it.
     let now = chrono::Utc::now().timestamp_micros();
-    let mut answer = json!({
-        "now": format_time(now),
-        "calendars": calendars.iter().map(|record| calendar_json(record, now)).collect::<Vec<_>>(),
-    });
-    if let Some((service, env)) = scope {
+    let scope = scope.map(|(service, env)| {
         let why = match manual_freeze {
             Some(reason) => Some(format!("frozen: {reason}")),
             None => freeze_reason(&calendars, now).map(|why| format!("in a freeze window: {why}")),
         };
-        answer["service"] = service.into();
-        answer["env"] = env.into();
-        answer["frozen"] = why.is_some().into();
-        answer["why"] = why.into();
-    }
-    Ok(Json(answer))
+        types::FreezeScope { service, env, frozen: why.is_some(), why }
+    });
+    Ok(Json(types::CalendarList {
+        now: format_time(now),
+        calendars: calendars.iter().map(|record| calendar(record, now)).collect::<ApiResult<_>>()?,
+        scope,
+    }))
 }
 
-fn calendar_json(record: &CalendarRecord, now: i64) -> Value {
-    let open: Vec<Value> = record
+fn calendar(record: &CalendarRecord, now: i64) -> ApiResult<types::CalendarView> {
+    let open_now = record
         .calendar
         .windows
         .iter()
         .enumerate()
         .filter_map(|(index, window)| {
-            window.open_until(now).map(|until| json!({"window": index, "until": format_time(until)}))
+            window.open_until(now).map(|until| types::OpenWindow { window: index as u64, until: format_time(until) })
         })
         .collect();
-    json!({
-        "scope": record.scope(), "service": record.service, "env": record.env,
-        "windows": record.calendar.windows_json(), "open_now": open, "set": wire::step(&record.set),
+    Ok(types::CalendarView {
+        scope: record.scope(),
+        service: record.service.clone(),
+        env: record.env.clone(),
+        windows: wire::windows(&record.calendar)?,
+        open_now,
+        set: wire::step(&record.set),
     })
 }

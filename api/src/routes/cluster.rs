@@ -14,7 +14,8 @@ use axum::Json;
 use fleetlog_raft::consensus::cluster::{ClusterStatus, MembershipError};
 use fleetlog_raft::consensus::peer::client::NodeStatus;
 use fleetlog_raft::consensus::types::NodeId;
-use serde_json::{json, Map, Value};
+use fleetlog_types as types;
+use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult};
 use crate::input::{only_fields, JsonObject, PathParams};
@@ -28,11 +29,11 @@ const FIRST_ELECTION_WAIT: Duration = Duration::from_secs(10);
 /// Upper bound for a passed-on change (adding a learner waits for it to catch up).
 const FORWARDED_CHANGE_TIMEOUT: Duration = Duration::from_secs(660);
 
-pub async fn status(State(app): State<AppState>) -> Json<Value> {
+pub async fn status(State(app): State<AppState>) -> Json<types::ClusterStatus> {
     Json(status_document(&app.node.cluster_status().await))
 }
 
-pub async fn init(State(app): State<AppState>, JsonObject(body): JsonObject) -> ApiResult<Json<Value>> {
+pub async fn init(State(app): State<AppState>, JsonObject(body): JsonObject) -> ApiResult<Json<types::ClusterStatus>> {
     only_fields(&body, &["members"], "a cluster init")?;
     let members = parse_members(body.get("members"))?;
     app.node.initialize(members).await.map_err(membership_error)?;
@@ -198,14 +199,14 @@ fn address(value: Option<&Value>) -> ApiResult<String> {
     Ok(text.clone())
 }
 
-fn status_document(status: &ClusterStatus) -> Value {
+fn status_document(status: &ClusterStatus) -> types::ClusterStatus {
     let leader_log = status
         .members
         .iter()
         .find(|member| Some(member.id) == status.leader_id)
         .and_then(|member| member.report.as_ref())
         .and_then(|report| report.last_log_index);
-    let nodes: Vec<Value> = status
+    let nodes = status
         .members
         .iter()
         .map(|member| {
@@ -218,35 +219,34 @@ fn status_document(status: &ClusterStatus) -> Value {
             };
             let report = member.report.as_ref();
             let applied = report.and_then(|report| report.applied_index);
-            let lag = leader_log.map(|head| head.saturating_sub(applied.unwrap_or(0)));
-            json!({
-                "id": member.id,
-                "addr": member.addr,
-                "role": role,
-                "reachable": report.is_some(),
-                "last_log_index": report.and_then(|report| report.last_log_index),
-                "applied_index": applied,
-                "lag": lag,
-            })
+            types::NodeView {
+                id: member.id,
+                addr: member.addr.clone(),
+                role: role.to_string(),
+                reachable: report.is_some(),
+                last_log_index: report.and_then(|report| report.last_log_index),
+                applied_index: applied,
+                lag: leader_log.map(|head| head.saturating_sub(applied.unwrap_or(0))),
+            }
         })
         .collect();
-    json!({
-        "cluster_id": status.cluster_id,
-        "checkpoint_key": status.checkpoint_key,
-        "leader_id": status.leader_id,
-        "term": status.term,
-        "nodes": nodes,
-        "this_node": node_document(&status.this_node),
-    })
+    types::ClusterStatus {
+        cluster_id: status.cluster_id.clone(),
+        checkpoint_key: status.checkpoint_key.clone(),
+        leader_id: status.leader_id,
+        term: status.term,
+        nodes,
+        this_node: node_document(&status.this_node),
+    }
 }
 
-fn node_document(report: &NodeStatus) -> Value {
-    let mut document = Map::new();
-    document.insert("id".into(), report.id.into());
-    document.insert("leader_id".into(), json!(report.leader));
-    document.insert("last_log_index".into(), json!(report.last_log_index));
-    document.insert("applied_index".into(), json!(report.applied_index));
-    document.insert("snapshot_index".into(), json!(report.snapshot_index));
-    document.insert("purged_index".into(), json!(report.purged_index));
-    Value::Object(document)
+fn node_document(report: &NodeStatus) -> types::ThisNode {
+    types::ThisNode {
+        id: report.id,
+        leader_id: report.leader,
+        last_log_index: report.last_log_index,
+        applied_index: report.applied_index,
+        snapshot_index: report.snapshot_index,
+        purged_index: report.purged_index,
+    }
 }

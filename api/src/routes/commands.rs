@@ -7,6 +7,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use fleetlog_raft::domain::event::{AppendOutcome, AppendRequest, ExpectedVersion, ProposedEvent};
+use fleetlog_types as types;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::auth::{Principal, Role};
@@ -131,7 +133,9 @@ async fn run(
     app.wait_applied(seq).await?;
     let event = app.event(seq).await?.ok_or_else(|| ApiError::internal(format!("appended event {seq} is missing")))?;
     let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
-    let body = format!("{{\"seq\":{seq},\"duplicate\":{duplicate},\"event\":{}}}", event.canonical_json());
+    // The event goes out as its canonical text, the one its hash covers.
+    let event = RawValue::from_string(event.canonical_json()).map_err(ApiError::internal)?;
+    let body = serde_json::to_vec(&types::CommandAnswer { seq, duplicate, event }).map_err(ApiError::internal)?;
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -10,7 +10,7 @@ use fleetlog_raft::domain::dora::{self, Band, Dora};
 use fleetlog_raft::domain::event::format_time;
 use fleetlog_raft::domain::records;
 use fleetlog_raft::domain::views::{self, DeploymentFilter};
-use serde_json::{json, Value};
+use fleetlog_types as types;
 
 use crate::error::{ApiError, ApiResult};
 use crate::input::Params;
@@ -23,7 +23,10 @@ const DEFAULT_DAYS: i64 = 30;
 /// Most deployments and recoveries listed one by one (the figures count them all).
 const LISTED_MAX: usize = 1_000;
 
-pub async fn dora(State(app): State<AppState>, Query(raw): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+pub async fn dora(
+    State(app): State<AppState>,
+    Query(raw): Query<HashMap<String, String>>,
+) -> ApiResult<Json<types::DoraReport>> {
     let params = Params::new(raw, &["service", "env", "since", "until"])?;
     let (service, env) = (name_param(&params, "service")?, name_param(&params, "env")?);
     if env.is_some() && service.is_none() {
@@ -56,55 +59,77 @@ pub async fn dora(State(app): State<AppState>, Query(raw): Query<HashMap<String,
     Ok(Json(dora_json(&figures, service, env, since, until)))
 }
 
-fn dora_json(figures: &Dora, service: Option<String>, env: Option<String>, since: i64, until: i64) -> Value {
-    let band = |band: Option<Band>| band.map(Band::as_str);
-    let deployments: Vec<Value> = figures
+fn dora_json(
+    figures: &Dora,
+    service: Option<String>,
+    env: Option<String>,
+    since: i64,
+    until: i64,
+) -> types::DoraReport {
+    let band = |band: Option<Band>| band.map(|band| band.as_str().to_string());
+    let deployments = figures
         .deployments
         .iter()
         .take(LISTED_MAX)
-        .map(|facts| {
-            json!({
-                "deployment": facts.id, "service": facts.service, "env": facts.env, "release": facts.release,
-                "started_seq": facts.started_seq, "ended_seq": facts.ended_seq, "completed_in_window": facts.completed,
-                "failed": facts.failed, "lead_seconds": facts.lead_seconds,
-                "lead_from": facts.lead_seconds.map(|_| if facts.lead_from_commit { "commit" } else { "creation" }),
-            })
+        .map(|facts| types::DoraDeployment {
+            deployment: facts.id.clone(),
+            service: facts.service.clone(),
+            env: facts.env.clone(),
+            release: facts.release.clone(),
+            started_seq: facts.started_seq,
+            ended_seq: facts.ended_seq,
+            completed_in_window: facts.completed,
+            failed: facts.failed,
+            lead_seconds: facts.lead_seconds,
+            lead_from: facts
+                .lead_seconds
+                .map(|_| if facts.lead_from_commit { "commit" } else { "creation" }.to_string()),
         })
         .collect();
-    let recoveries: Vec<Value> = figures
+    let recoveries = figures
         .recoveries
         .iter()
         .take(LISTED_MAX)
-        .map(|recovery| {
-            json!({
-                "service": recovery.service, "env": recovery.env, "deployment": recovery.deployment,
-                "target": recovery.target, "failure": wire::step(&recovery.failure),
-                "recovered": wire::step(&recovery.recovered),
-                "seconds": (recovery.recovered.time_micros - recovery.failure.time_micros) as f64 / 1e6,
-            })
+        .map(|recovery| types::DoraRecovery {
+            service: recovery.service.clone(),
+            env: recovery.env.clone(),
+            deployment: recovery.deployment.clone(),
+            target: recovery.target.clone(),
+            failure: wire::step(&recovery.failure),
+            recovered: wire::step(&recovery.recovered),
+            seconds: (recovery.recovered.time_micros - recovery.failure.time_micros) as f64 / 1e6,
         })
         .collect();
-    json!({
-        "service": service, "env": env, "since": format_time(since), "until": format_time(until),
-        "days": figures.days,
-        "bands_from": "Accelerate State of DevOps report 2024",
-        "deployment_frequency": {
-            "completed": figures.completed, "per_day": figures.per_day, "per_week": figures.per_day * 7.0,
-            "band": figures.frequency_band.as_str(),
+    types::DoraReport {
+        service,
+        env,
+        since: format_time(since),
+        until: format_time(until),
+        days: figures.days,
+        bands_from: "Accelerate State of DevOps report 2024".to_string(),
+        deployment_frequency: types::dora::DeploymentFrequency {
+            completed: figures.completed,
+            per_day: figures.per_day,
+            per_week: figures.per_day * 7.0,
+            band: figures.frequency_band.as_str().to_string(),
         },
-        "change_lead_time": {
-            "median_seconds": figures.lead_median_seconds, "samples": figures.lead_samples,
-            "band": band(figures.lead_band),
+        change_lead_time: types::dora::MedianDuration {
+            median_seconds: figures.lead_median_seconds,
+            samples: figures.lead_samples,
+            band: band(figures.lead_band),
         },
-        "change_fail_rate": {
-            "started": figures.started, "failed": figures.failed, "rate": figures.fail_rate,
-            "band": band(figures.fail_band),
+        change_fail_rate: types::dora::ChangeFailRate {
+            started: figures.started,
+            failed: figures.failed,
+            rate: figures.fail_rate,
+            band: band(figures.fail_band),
         },
-        "failed_deployment_recovery_time": {
-            "median_seconds": figures.recovery_median_seconds, "samples": figures.recovery_samples,
-            "band": band(figures.recovery_band),
+        failed_deployment_recovery_time: types::dora::MedianDuration {
+            median_seconds: figures.recovery_median_seconds,
+            samples: figures.recovery_samples,
+            band: band(figures.recovery_band),
         },
-        "deployments": deployments,
-        "recoveries": recoveries,
-    })
+        deployments,
+        recoveries,
+    }
 }

@@ -4,13 +4,13 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use fleetlog_types as types;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn healthz() -> Json<types::Health> {
+    Json(types::Health { status: "ok".to_string() })
 }
 
 /// Ready when this node knows a leader and has applied everything in its log.
@@ -28,7 +28,8 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         )
         .into_response();
     }
-    (StatusCode::OK, Json(json!({ "status": "ready", "head_seq": app.node.feed().head_seq() }))).into_response()
+    let ready = types::Ready { status: "ready".to_string(), head_seq: app.node.feed().head_seq() };
+    (StatusCode::OK, Json(ready)).into_response()
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {

@@ -11,7 +11,7 @@ use fleetlog_raft::domain::gates::{self, POLICY_ACTOR};
 use fleetlog_raft::domain::kv::KvRead;
 use fleetlog_raft::domain::records::{self, DeploymentState};
 use fleetlog_raft::domain::views::{self, DeploymentFilter};
-use serde_json::{json, Value};
+use fleetlog_types as types;
 
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Params, PathParams};
@@ -100,7 +100,7 @@ pub async fn host(
     State(app): State<AppState>,
     PathParams(host): PathParams<String>,
     Query(raw): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     path_name("host", &host)?;
     let params = Params::new(raw, &["at_seq", "at_time", "limit"])?;
     let moment = moment(&params)?;
@@ -121,19 +121,20 @@ pub async fn host(
     if states.is_empty() && history.is_empty() {
         return Err(ApiError::not_found("host_not_found", format!("host {host:?} was never registered")));
     }
-    Ok(Json(json!({
-        "host": host,
-        "as_of_seq": as_of_seq,
-        "targets": states.iter().map(wire::host).collect::<Vec<_>>(),
-        "history": history.iter().map(wire::host).collect::<Vec<_>>(),
-    })))
+    Ok(Json(types::HostDocument {
+        host: host.as_str().into(),
+        as_of_seq,
+        targets: states.iter().map(wire::host).collect(),
+        history: history.iter().map(wire::host).collect(),
+    })
+    .into_response())
 }
 
 pub async fn deployment(
     State(app): State<AppState>,
     PathParams(id): PathParams<String>,
     Query(raw): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<types::DeploymentDetail>> {
     path_name("deployment", &id)?;
     let params = Params::new(raw, &["at_seq", "at_time"])?;
     let moment = moment(&params)?;
@@ -153,7 +154,7 @@ pub async fn deployment(
                             Some(policy) => {
                                 let alerts = records::alerts_of(kv, Some(&record.service), Some(&record.env))?;
                                 let now = chrono::Utc::now().timestamp_micros();
-                                gates::status(record, &policy.policy, &alerts, now)
+                                gates::status(record, &policy.policy, &alerts, now).as_ref().map(wire::gate_status)
                             }
                             None => None,
                         },
@@ -166,12 +167,11 @@ pub async fn deployment(
         })
         .await??;
     match record {
-        (_, Some((record, failures, gates))) => {
-            let mut document = wire::deployment(&record);
-            document["failures"] = failures.iter().map(|host| wire::host_failure(&record, host)).collect();
-            document["gates"] = gates.unwrap_or(Value::Null);
-            Ok(Json(document))
-        }
+        (_, Some((record, failures, gates))) => Ok(Json(types::DeploymentDetail {
+            deployment: wire::deployment(&record),
+            failures: failures.iter().map(|host| wire::host_failure(&record, host)).collect(),
+            gates,
+        })),
         (None, None) => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist"))),
         (Some(seq), None) => Err(ApiError::not_found(
             "deployment_not_found",
@@ -185,7 +185,7 @@ pub async fn policy(
     State(app): State<AppState>,
     PathParams((service, env)): PathParams<(String, String)>,
     Query(raw): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<types::PolicyView>> {
     path_name("service", &service)?;
     path_name("env", &env)?;
     let params = Params::new(raw, &["at_seq", "at_time"])?;
@@ -200,13 +200,13 @@ pub async fn policy(
         })
         .await??;
     match record {
-        Some(record) => Ok(Json(json!({
-            "service": service,
-            "env": env,
-            "policy": record.policy.to_json(),
-            "set": wire::step(&record.set),
-            "as_of_seq": at_seq,
-        }))),
+        Some(record) => Ok(Json(types::PolicyView {
+            service,
+            env,
+            policy: wire::policy(&record.policy)?,
+            set: wire::step(&record.set),
+            as_of_seq: at_seq,
+        })),
         None => Err(ApiError::not_found(
             "policy_not_found",
             match at_seq {
@@ -254,7 +254,10 @@ pub async fn decisions(
         .await?;
     match events {
         Some(events) => {
-            let body = wire::events_document(&events, &[("deployment", Value::String(id))]);
+            let body = wire::events_document(
+                &events,
+                &types::DecisionList { events: Vec::<types::Event>::new(), deployment: id },
+            )?;
             Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         None => Err(ApiError::not_found("deployment_not_found", format!("deployment {id:?} does not exist"))),
@@ -264,7 +267,7 @@ pub async fn decisions(
 pub async fn deployments(
     State(app): State<AppState>,
     Query(raw): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<types::DeploymentList>> {
     let params = Params::new(raw, &["service", "env", "state", "release", "limit"])?;
     let state = match params.text("state").as_deref() {
         None => None,
@@ -286,21 +289,21 @@ pub async fn deployments(
     };
     let limit = params.limit(100, DEPLOYMENT_LIST_MAX)?;
     let records = app.read(params.linearizable(), move |kv| views::deployments(kv, &filter, limit)).await?;
-    Ok(Json(json!({ "deployments": records.iter().map(wire::deployment).collect::<Vec<_>>() })))
+    Ok(Json(types::DeploymentList { deployments: records.iter().map(wire::deployment).collect() }))
 }
 
 pub async fn releases(
     State(app): State<AppState>,
     PathParams(service): PathParams<String>,
     Query(raw): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<types::ReleasesView>> {
     path_name("service", &service)?;
     let params = Params::new(raw, &[])?;
     let name = service.clone();
     let (releases, environments) = app.read(params.linearizable(), move |kv| views::releases(kv, &name)).await?;
-    Ok(Json(json!({
-        "service": service,
-        "releases": releases.iter().map(wire::release).collect::<Vec<_>>(),
-        "environments": environments.iter().map(wire::environment).collect::<Vec<_>>(),
-    })))
+    Ok(Json(types::ReleasesView {
+        service,
+        releases: releases.iter().map(wire::release).collect(),
+        environments: environments.iter().map(wire::environment).collect(),
+    }))
 }

@@ -3,16 +3,16 @@
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use serde_json::{json, Value};
+use fleetlog_types as types;
 
 use crate::auth::{Permission, Principal};
 use crate::state::AppState;
 
-pub async fn whoami(State(app): State<AppState>, Extension(principal): Extension<Principal>) -> Json<Value> {
-    Json(json!({
-        "name": principal.name,
-        "role": principal.role.as_str(),
-        "may_write": Permission::Write.allows(principal.role),
-        "tokens_required": !app.gate.is_open(),
-    }))
+pub async fn whoami(State(app): State<AppState>, Extension(principal): Extension<Principal>) -> Json<types::WhoAmI> {
+    Json(types::WhoAmI {
+        name: principal.name,
+        role: principal.role.as_str().to_string(),
+        may_write: Permission::Write.allows(principal.role),
+        tokens_required: !app.gate.is_open(),
+    })
 }

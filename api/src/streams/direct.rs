@@ -160,7 +160,7 @@ fn parse(head: &[u8]) -> Result<StreamRequest, ApiError> {
 
 /// A complete HTTP/1.1 answer carrying `error`, for connections served without the router.
 pub(crate) fn error_response(error: &ApiError) -> String {
-    let body = error.body().to_string();
+    let body = serde_json::to_string(&error.body()).unwrap_or_default();
     let mut extra = String::new();
     if let Some(seconds) = error.retry_after_header() {
         extra.push_str(&format!("retry-after: {seconds}\r\n"));

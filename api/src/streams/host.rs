@@ -13,11 +13,11 @@ use fleetlog_raft::domain::ledger::Directive;
 use fleetlog_raft::domain::records::HostRecord;
 use fleetlog_raft::domain::views;
 use fleetlog_raft::storage::feed::{Feed, HostWatch, WatchMessage};
-use serde_json::json;
+use fleetlog_types as types;
 use tokio::sync::broadcast;
 
 use super::{push_message, Live, LiveStep, Source, StreamEnd};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::wire;
 
@@ -48,13 +48,11 @@ impl HostSource {
     pub async fn fresh(app: &AppState, host: String) -> ApiResult<(u64, Bytes, HostSource)> {
         let name = host.clone();
         let (seq, records) = app.read(false, move |kv| views::watch_state(kv, &name)).await?;
-        let state = json!({
-            "seq": seq,
-            "host": host,
-            "targets": records.iter().map(wire::host).collect::<Vec<_>>(),
-        });
+        let state =
+            types::WatchState { seq, host: host.as_str().into(), targets: records.iter().map(wire::host).collect() };
+        let state = serde_json::to_string(&state).map_err(ApiError::internal)?;
         let mut text = String::new();
-        push_message(&mut text, seq, "state", &state.to_string());
+        push_message(&mut text, seq, "state", &state);
         let source = HostSource { host, caught_up: Arc::new(Mutex::new(Some(CaughtUp { seq, records }))) };
         Ok((seq, Bytes::from(text), source))
     }

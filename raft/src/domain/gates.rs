@@ -197,15 +197,45 @@ pub fn evaluate(
     }
 }
 
-/// Where the deployment's current wave stands against each gate of its policy at `now_micros`,
-/// with the thresholds [`evaluate`] applies: what the operator's page shows beside the wave.
-/// `None` when no wave has started or the deployment is over.
+/// Where the deployment's current wave stands against each gate of its policy at a moment, with
+/// the thresholds [`evaluate`] applies: what the operator's page shows beside the wave. Times are
+/// microseconds; the API writes them as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateStatus {
+    pub wave: String,
+    pub wave_state: &'static str,
+    pub auto_advance: bool,
+    pub allowed_failed: u64,
+    pub failed: u64,
+    pub max_failed_passing: bool,
+    pub required_healthy: u64,
+    pub healthy: u64,
+    /// Judged once the wave has settled, as the evaluator judges it.
+    pub min_healthy_passing: bool,
+    pub bake_seconds: u64,
+    pub settled_micros: Option<i64>,
+    /// None until the wave has settled.
+    pub bake_remaining_seconds: Option<u64>,
+    pub converge_deadline: Option<DeadlineStatus>,
+    pub alerts_counted: u64,
+    pub now_micros: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadlineStatus {
+    pub seconds: u64,
+    pub elapsed_seconds: u64,
+    pub passing: bool,
+}
+
+/// The gates of the deployment's current wave at `now_micros`; `None` when no wave has started
+/// or the deployment is over.
 pub fn status(
     deployment: &DeploymentRecord,
     policy: &Policy,
     alerts: &[AlertRecord],
     now_micros: i64,
-) -> Option<Value> {
+) -> Option<GateStatus> {
     if deployment.state != DeploymentState::Active {
         return None;
     }
@@ -219,31 +249,28 @@ pub fn status(
     let bake = gates.bake_seconds + extra;
     let baked = wave.settled_micros.map(|settled| elapsed_seconds(settled, now_micros));
     let started_micros = wave.started.as_ref().map_or(now_micros, |step| step.time_micros);
-    let counted = counted_alerts(deployment, policy, alerts).len();
-    Some(json!({
-        "wave": wave.name,
-        "wave_state": wave.state.as_str(),
-        "auto_advance": policy.auto_advance,
-        "max_failed": { "allowed": allowed_failed, "failed": wave.failed, "passing": wave.failed <= allowed_failed },
-        "min_healthy": {
-            "required": required_healthy,
-            "healthy": healthy,
-            // Judged once the wave has settled, as the evaluator judges it.
-            "passing": wave.settled_micros.is_none() || healthy >= required_healthy,
-        },
-        "bake": {
-            "seconds": bake,
-            "settled_since": wave.settled_micros.map(micros_text),
-            "remaining_seconds": baked.map(|baked| bake.saturating_sub(baked)),
-        },
-        "converge_deadline": gates.converge_deadline_seconds.map(|deadline| json!({
-            "seconds": deadline,
-            "elapsed_seconds": elapsed_seconds(started_micros, now_micros),
-            "passing": wave.settled_micros.is_some() || elapsed_seconds(started_micros, now_micros) < deadline,
-        })),
-        "alerts": { "counted": counted, "passing": counted == 0 },
-        "now": micros_text(now_micros),
-    }))
+    let counted = counted_alerts(deployment, policy, alerts).len() as u64;
+    Some(GateStatus {
+        wave: wave.name.clone(),
+        wave_state: wave.state.as_str(),
+        auto_advance: policy.auto_advance,
+        allowed_failed,
+        failed: wave.failed,
+        max_failed_passing: wave.failed <= allowed_failed,
+        required_healthy,
+        healthy,
+        min_healthy_passing: wave.settled_micros.is_none() || healthy >= required_healthy,
+        bake_seconds: bake,
+        settled_micros: wave.settled_micros,
+        bake_remaining_seconds: baked.map(|baked| bake.saturating_sub(baked)),
+        converge_deadline: gates.converge_deadline_seconds.map(|deadline| DeadlineStatus {
+            seconds: deadline,
+            elapsed_seconds: elapsed_seconds(started_micros, now_micros),
+            passing: wave.settled_micros.is_some() || elapsed_seconds(started_micros, now_micros) < deadline,
+        }),
+        alerts_counted: counted,
+        now_micros,
+    })
 }
 
 /// The alert gate of wave `current`: a trip naming every counted alert, if there is one.
@@ -395,7 +422,8 @@ fn elapsed_seconds(from_micros: i64, to_micros: i64) -> u64 {
     (to_micros.saturating_sub(from_micros).max(0) / 1_000_000) as u64
 }
 
-fn micros_text(micros: i64) -> String {
+/// A moment as RFC 3339 with microseconds, as decisions and gate statuses write it.
+pub fn micros_text(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
         .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()
@@ -483,25 +511,27 @@ mod tests {
         assert_eq!(status(&deployment(2), &policy, &[], at(5)), None, "no wave has started");
 
         let converging = status(&started(deployment(2), 0, 4, 2, 1), &policy, &[], at(70)).unwrap();
-        assert_eq!(converging["wave"], "w0");
-        assert_eq!(converging["max_failed"], json!({"allowed": 1, "failed": 1, "passing": true}));
-        assert_eq!(converging["min_healthy"], json!({"required": 3, "healthy": 2, "passing": true}), "not settled yet");
-        assert_eq!(converging["bake"]["seconds"], 90, "the first wave bakes 60 + 30 s");
-        assert_eq!(converging["bake"]["remaining_seconds"], Value::Null, "the bake starts once settled");
-        assert_eq!(converging["converge_deadline"], json!({"seconds": 300, "elapsed_seconds": 60, "passing": true}));
-        assert_eq!(converging["alerts"], json!({"counted": 0, "passing": true}));
+        assert_eq!(converging.wave, "w0");
+        assert_eq!((converging.allowed_failed, converging.failed, converging.max_failed_passing), (1, 1, true));
+        assert_eq!((converging.required_healthy, converging.healthy), (3, 2));
+        assert!(converging.min_healthy_passing, "not settled yet");
+        assert_eq!(converging.bake_seconds, 90, "the first wave bakes 60 + 30 s");
+        assert_eq!(converging.bake_remaining_seconds, None, "the bake starts once settled");
+        let deadline = DeadlineStatus { seconds: 300, elapsed_seconds: 60, passing: true };
+        assert_eq!(converging.converge_deadline, Some(deadline));
+        assert_eq!(converging.alerts_counted, 0);
 
         let baking = status(&started(deployment(2), 0, 4, 4, 0), &policy, &[], at(20 + 50)).unwrap();
-        assert_eq!(baking["bake"]["remaining_seconds"], 40);
-        assert_eq!(baking["min_healthy"]["passing"], true);
+        assert_eq!(baking.bake_remaining_seconds, Some(40));
+        assert!(baking.min_healthy_passing);
         assert_eq!(evaluate(&started(deployment(2), 0, 4, 4, 0), &policy, 5, &[], at(20 + 50)), Decision::Wait);
 
         let second = status(&started(deployment(2), 1, 4, 3, 1), &policy, &[], at(20 + 10)).unwrap();
-        assert_eq!(second["bake"]["seconds"], 60, "later waves bake without the extra");
-        assert_eq!(second["min_healthy"], json!({"required": 3, "healthy": 3, "passing": true}));
+        assert_eq!(second.bake_seconds, 60, "later waves bake without the extra");
+        assert_eq!((second.required_healthy, second.healthy, second.min_healthy_passing), (3, 3, true));
         let failing = started(deployment(2), 1, 4, 2, 2);
         let tripped = status(&failing, &policy, &[], at(30)).unwrap();
-        assert_eq!(tripped["max_failed"]["passing"], false);
+        assert!(!tripped.max_failed_passing);
         assert!(matches!(evaluate(&failing, &policy, 5, &[], at(30)), Decision::Trip { gate: Gate::MaxFailed, .. }));
 
         let mut over = started(deployment(1), 0, 4, 4, 0);
