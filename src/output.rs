@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use unicode_width::UnicodeWidthStr;
 
 use crate::cli::Output;
 
@@ -21,23 +22,30 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// Columns two spaces apart, each as wide as its widest cell on a terminal: widths are
+    /// display columns (unicode-width), so wide characters (CJK, most emoji) and combining marks
+    /// keep the columns aligned.
     pub fn render(&self) -> String {
-        let mut widths: Vec<usize> = self.headers.iter().map(|header| header.chars().count()).collect();
+        let mut widths: Vec<usize> = self.headers.iter().map(|header| header.width()).collect();
         for row in &self.rows {
             for (index, cell) in row.iter().enumerate() {
                 if let Some(width) = widths.get_mut(index) {
-                    *width = (*width).max(cell.chars().count());
+                    *width = (*width).max(cell.width());
                 }
             }
         }
         let mut text = String::new();
         let mut line = |cells: &[String]| {
-            let padded: Vec<String> = cells
-                .iter()
-                .enumerate()
-                .map(|(index, cell)| format!("{cell:<width$}", width = widths[index]))
-                .collect();
-            text.push_str(padded.join("  ").trim_end());
+            let mut written = String::new();
+            for (index, cell) in cells.iter().enumerate() {
+                if index > 0 {
+                    written.push_str("  ");
+                }
+                written.push_str(cell);
+                let width = widths.get(index).copied().unwrap_or(0);
+                written.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.width())));
+            }
+            text.push_str(written.trim_end());
             text.push('\n');
         };
         line(&self.headers);
@@ -131,5 +139,14 @@ mod tests {
         let mut table = Table::new(&["HOST", "RELEASE"]);
         table.row(vec!["web-10".into(), "1.0".into()]);
         assert_eq!(table.render(), "HOST    RELEASE\nweb-10  1.0\n");
+    }
+
+    #[test]
+    fn wide_characters_count_as_the_columns_they_take() {
+        let mut table = Table::new(&["NOTE", "BY"]);
+        table.row(vec!["発売".into(), "ops".into()]);
+        table.row(vec!["e\u{301}t\u{e9}".into(), "ci".into()]);
+        // "発売" takes four columns; "e\u{301}té" three (the accent combines with the e).
+        assert_eq!(table.render(), "NOTE  BY\n発売  ops\ne\u{301}t\u{e9}   ci\n");
     }
 }

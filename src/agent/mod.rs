@@ -271,7 +271,7 @@ async fn register(servers: &Servers, identity: &Identity, args: &AgentArgs) -> R
     };
     // The id is a digest of the body's JSON without it, as agents have always derived it.
     let digest = Sha256::digest(serde_json::to_string(&body)?.as_bytes());
-    let id: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
+    let id = hex::encode(&digest[..16]);
     body.id = Some(format!("agent-register-{id}"));
     match servers.post::<types::CommandAnswer>("/v1/targets", &body).await {
         Ok(answer) => {

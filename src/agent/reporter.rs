@@ -41,7 +41,7 @@ impl Report {
             hasher.update(health.changes.to_be_bytes());
         }
         let digest = hasher.finalize();
-        let id: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
+        let id = hex::encode(&digest[..16]);
         ReportBody {
             id: format!("agent-report-{id}"),
             host: &identity.host,
