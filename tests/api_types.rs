@@ -194,6 +194,14 @@ async fn every_shape_reads_into_its_type_and_writes_back_unchanged() {
     assert_eq!((answer.written, answer.unmapped), (2, 1));
     let listed: types::AlertList = get(&server, "/v1/alerts?state=all").await;
     assert_eq!(listed.alerts.len(), 2);
+    let cdevent = json!({
+        "context": {"specversion": "0.5.1", "id": "c-1", "source": "/ci", "type": "dev.cdevents.service.deployed.0.3.0",
+                    "timestamp": "2026-12-07T03:00:00Z"},
+        "subject": {"id": "shop", "content": {"environment": {"id": "prod"}, "artifactId": "pkg:generic/shop@1.0"}}});
+    let cloud = json!({"specversion": "1.0", "id": "c-1", "source": "/ci", "type": "dev.cdevents.service.deployed.0.3.0",
+                       "data": cdevent});
+    let answer: types::CdEventsAnswer = post(&server, "/v1/cdevents", cloud).await;
+    assert_eq!((answer.received, answer.written.len()), (1, 1));
 
     // Appends, pages and streams of events.
     let appended: types::AppendAnswer = post(

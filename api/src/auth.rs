@@ -129,6 +129,7 @@ pub const ACCESS_RULES: &[(&str, &str, Permission)] = &[
     ("GET", "/v1/dora", Permission::Read),
     ("GET", "/v1/alerts", Permission::Read),
     ("POST", "/v1/alerts/alertmanager", Permission::Write),
+    ("POST", "/v1/cdevents", Permission::Write),
     ("POST", "/v1/releases", Permission::Write),
     ("GET", "/v1/services/{service}/releases", Permission::Read),
     ("POST", "/v1/services/{service}/releases/{release}/block", Permission::Write),

@@ -16,6 +16,7 @@
 //! hash contract and lives in `fleetlog-raft`).
 
 pub mod auth;
+pub mod cdevents;
 pub mod client;
 pub mod error;
 pub mod gate;
@@ -47,7 +48,8 @@ pub const LISTEN_BACKLOG: u32 = 4_096;
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        alerts, audit, calendars, cluster, commands, dashboard, dora, events, health, peer, stream, views, whoami,
+        alerts, audit, calendars, cdevents, cluster, commands, dashboard, dora, events, health, peer, stream, views,
+        whoami,
     };
     Router::new()
         .route("/v1/events", post(events::append).get(events::read))
@@ -77,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dora", get(dora::dora))
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/alerts/alertmanager", post(alerts::alertmanager))
+        .route("/v1/cdevents", post(cdevents::receive))
         .route("/v1/releases", post(commands::create_release))
         .route("/v1/services/{service}/releases", get(views::releases))
         .route("/v1/services/{service}/releases/{release}/block", post(commands::block_release))

@@ -14,6 +14,7 @@
 pub mod alert;
 pub mod audit;
 pub mod calendar;
+pub mod cdevents;
 pub mod cluster;
 pub mod deployment;
 pub mod dora;
@@ -27,6 +28,7 @@ pub mod release;
 pub use alert::{AlertList, AlertView, AlertmanagerAnswer};
 pub use audit::{ConsistencyProof, InclusionProof};
 pub use calendar::{CalendarList, CalendarView, FreezeScope, OpenWindow, Window};
+pub use cdevents::CdEventsAnswer;
 pub use cluster::{ClusterStatus, NodeView, ThisNode};
 pub use deployment::{
     Deployment, DeploymentDetail, DeploymentFailure, DeploymentList, GateStatus, Halt, Override, Selector, Step, Wave,

@@ -120,22 +120,45 @@ fn event_of_alert(alert: &Value, path: &str, names: &AlertLabels) -> ApiResult<P
     let labels = strings(alert.get("labels"), &field("labels"), LABEL_VALUE_CHARS_MAX)?;
     let annotations = strings(alert.get("annotations"), &field("annotations"), ANNOTATION_CHARS_MAX)?;
 
-    use sha2::Digest;
-    let status = if firing { "firing" } else { "resolved" };
-    let digest = sha2::Sha256::digest(format!("{SOURCE}\n{fingerprint}\n{starts_at}\n{status}").as_bytes());
-    let event_type = if firing { "alert.fired" } else { "alert.resolved" };
-    let mut event = ProposedEvent::new(format!("alert/{SOURCE}/{}", &hex::encode(digest)[..40]), event_type);
     // Labels that are not valid names map the alert nowhere: it is kept unmapped.
     let name =
         |label: &str| labels.get(label).filter(|value| check_name(label, value, NAME_CHARS_MAX, is_name_char).is_ok());
-    if let (Some(service), Some(env)) = (name(&names.service), name(&names.env)) {
-        event.service = Some(service.clone());
-        event.env = Some(env.clone());
-        event.host = name(&names.host).cloned();
-    }
+    let (service, env, host) = match (name(&names.service), name(&names.env)) {
+        (Some(service), Some(env)) => (Some(service.clone()), Some(env.clone()), name(&names.host).cloned()),
+        _ => (None, None, None),
+    };
+    alert_event(AlertFacts { source: SOURCE, firing, fingerprint, starts_at, service, env, host, labels, annotations })
+}
+
+/// One firing or resolution of an alert, from any source.
+pub(crate) struct AlertFacts<'a> {
+    pub source: &'a str,
+    pub firing: bool,
+    pub fingerprint: &'a str,
+    /// When this firing began (RFC 3339): a resolution names the firing it ends by it.
+    pub starts_at: &'a str,
+    pub service: Option<String>,
+    pub env: Option<String>,
+    pub host: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The `alert.fired` or `alert.resolved` event of `facts`. Its id derives from (source,
+/// fingerprint, starts_at, status), so a source that sends the same thing again writes nothing.
+pub(crate) fn alert_event(facts: AlertFacts<'_>) -> ApiResult<ProposedEvent> {
+    use sha2::Digest;
+    let AlertFacts { source, firing, fingerprint, starts_at, .. } = facts;
+    let status = if firing { "firing" } else { "resolved" };
+    let digest = sha2::Sha256::digest(format!("{source}\n{fingerprint}\n{starts_at}\n{status}").as_bytes());
+    let event_type = if firing { "alert.fired" } else { "alert.resolved" };
+    let mut event = ProposedEvent::new(format!("alert/{source}/{}", &hex::encode(digest)[..40]), event_type);
+    event.service = facts.service;
+    event.env = facts.env;
+    event.host = facts.host;
     let data = json!({
-        "source": SOURCE, "fingerprint": fingerprint, "starts_at": starts_at,
-        "labels": labels, "annotations": annotations,
+        "source": source, "fingerprint": fingerprint, "starts_at": starts_at,
+        "labels": facts.labels, "annotations": facts.annotations,
     });
     event.data = canonical_data(&data)?;
     Ok(event)

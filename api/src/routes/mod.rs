@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod calendars;
+pub mod cdevents;
 pub mod cluster;
 pub mod commands;
 pub mod dashboard;

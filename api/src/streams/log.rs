@@ -1,4 +1,5 @@
-//! The log, filtered: every committed event that matches, in seq order.
+//! The log, filtered: every committed event that matches, in seq order, as fleetlog events or
+//! as CDEvents.
 
 use bytes::Bytes;
 use fleetlog_raft::domain::views::{self, EventFilter};
@@ -6,23 +7,43 @@ use fleetlog_raft::storage::feed::{BatchReceiver, CommittedEvent, Feed};
 use tokio::sync::broadcast;
 
 use super::{push_message, Live, LiveStep, Source, StreamEnd};
+use crate::cdevents::outgoing::cloud_event;
 use crate::state::AppState;
 
 /// Events read from disk per catch-up step.
 const CATCH_UP_EVENTS: usize = 1_000;
 
+/// What each message carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// The event as every endpoint serves it.
+    Fleetlog,
+    /// The event as a CloudEvent carrying a CDEvent; events with no CDEvents form are left out
+    /// (the heartbeats still say how far the stream has read).
+    CdEvents,
+}
+
 pub struct LogSource {
     filter: EventFilter,
+    format: LogFormat,
 }
 
 impl LogSource {
-    pub fn new(filter: EventFilter) -> LogSource {
-        LogSource { filter }
+    pub fn new(filter: EventFilter, format: LogFormat) -> LogSource {
+        LogSource { filter, format }
     }
 }
 
-fn push_event(text: &mut String, event: &CommittedEvent) {
-    push_message(text, event.event.seq, event.event.event_type.as_str(), &event.json);
+fn push_event(text: &mut String, event: &CommittedEvent, format: LogFormat) {
+    match format {
+        LogFormat::Fleetlog => push_message(text, event.event.seq, event.event.event_type.as_str(), &event.json),
+        LogFormat::CdEvents => {
+            if let Some(cloud) = cloud_event(&event.event) {
+                let kind = cloud["type"].as_str().unwrap_or_default().to_string();
+                push_message(text, event.event.seq, &kind, &cloud.to_string());
+            }
+        }
+    }
 }
 
 fn non_empty(text: String) -> Option<Bytes> {
@@ -33,7 +54,7 @@ impl Source for LogSource {
     type Live = LogLive;
 
     fn subscribe(&self, feed: &Feed) -> LogLive {
-        LogLive { receiver: feed.subscribe(), filter: self.filter.clone() }
+        LogLive { receiver: feed.subscribe(), filter: self.filter.clone(), format: self.format }
     }
 
     async fn read_disk(&self, app: &AppState, from: u64, _until: u64) -> Result<(Option<Bytes>, u64), StreamEnd> {
@@ -46,7 +67,7 @@ impl Source for LogSource {
         // copies it again and again.
         let mut text = String::with_capacity(page.events.iter().map(|event| event.data.len() + 700).sum());
         for event in page.events {
-            push_event(&mut text, &CommittedEvent::new(event));
+            push_event(&mut text, &CommittedEvent::new(event), self.format);
         }
         Ok((non_empty(text), page.next_seq))
     }
@@ -57,6 +78,7 @@ impl Source for LogSource {
 pub struct LogLive {
     receiver: BatchReceiver,
     filter: EventFilter,
+    format: LogFormat,
 }
 
 impl Live for LogLive {
@@ -78,7 +100,7 @@ impl Live for LogLive {
             for event in
                 batch.events.iter().filter(|event| event.event.seq >= next && self.filter.matches(&event.event))
             {
-                push_event(&mut text, event);
+                push_event(&mut text, event, self.format);
             }
             return LiveStep::Messages { text: non_empty(text), head_seq: batch.head_seq };
         }

@@ -32,7 +32,7 @@ use crate::routes::events::{beyond_head, parse_filter, FILTER_PARAMS};
 use crate::state::AppState;
 
 use self::host::HostSource;
-use self::log::LogSource;
+use self::log::{LogFormat, LogSource};
 
 /// A `: head <seq>` comment goes out at least this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -173,12 +173,17 @@ pub async fn open(
     let head = app.node.feed().head_seq();
     if path == "/v1/subscribe" {
         let mut allowed = FILTER_PARAMS.to_vec();
-        allowed.push("from_seq");
+        allowed.extend(["from_seq", "format"]);
         let params = Params::new(query, &allowed)?;
         let filter = parse_filter(&params)?;
+        let format = match params.text("format").as_deref() {
+            None | Some("fleetlog") => LogFormat::Fleetlog,
+            Some("cdevents") => LogFormat::CdEvents,
+            Some(_) => return Err(ApiError::bad_request("invalid_parameter", "format is fleetlog or cdevents")),
+        };
         let next = resume_seq(last_event_id, &params, head)?.unwrap_or(head + 1);
         let slot = Slot::take(app, principal)?;
-        return Ok(Opened { _slot: slot, first: None, next, kind: Kind::Log(LogSource::new(filter)) });
+        return Ok(Opened { _slot: slot, first: None, next, kind: Kind::Log(LogSource::new(filter, format)) });
     }
     let Some(host) = path.strip_prefix("/v1/watch/") else {
         return Err(ApiError::not_found("not_found", format!("no stream at {path}")));
