@@ -466,6 +466,10 @@ pub async fn tail(client: &Client, output: Output, args: TailArgs) -> Result<()>
                 }
                 Ok(None) | Err(_) => {
                     eprintln!("stream closed; reconnecting");
+                    // A server that asked for a reconnection delay with `retry:` gets it.
+                    if let Some(delay) = stream.retry() {
+                        tokio::time::sleep(delay).await;
+                    }
                     break;
                 }
             }

@@ -241,55 +241,141 @@ impl Client {
             });
             return Err(api_error(status, body));
         }
-        Ok(SseReader { url, response, buffer: Vec::new() })
+        Ok(SseReader::new(url, response))
     }
 }
 
-/// One SSE message. A heartbeat is a message with only a comment.
+/// One SSE message (an event block of the stream; a block with only an `id:` or a `retry:` has
+/// empty `data`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SseMessage {
     pub id: Option<String>,
     pub event: Option<String>,
     pub data: String,
-    pub comment: Option<String>,
+    /// The reconnection delay the server asked for, in milliseconds.
+    pub retry: Option<u64>,
 }
 
-/// Bytes of one SSE message the reader accepts before giving up on the stream.
+/// Bytes the reader takes in without a message coming out before it gives up on the stream: a
+/// bound on what one message may hold in memory.
 const SSE_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
+type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<sse_stream::Sse, sse_stream::Error>> + Send>>;
+
+/// Reads a stream's messages with the `sse-stream` crate, which follows the format in full (CR,
+/// LF and CRLF line endings, `retry:`, comments). Comments are not passed on: the server's
+/// heartbeats are comments, so a reader that wants to notice a stream gone silent sets a
+/// silence limit ([`SseReader::with_silence_limit`]), which counts any bytes received, a
+/// heartbeat's included.
 pub struct SseReader {
     url: String,
-    response: reqwest::Response,
-    buffer: Vec<u8>,
+    events: EventStream,
+    activity: Arc<Activity>,
+    silence_limit: Option<Duration>,
+    retry: Option<Duration>,
 }
 
-impl SseReader {
-    /// The next message, or `None` when the server closed the stream.
-    pub async fn next(&mut self) -> Result<Option<SseMessage>, ClientError> {
-        loop {
-            if let Some(end) = find_message_end(&self.buffer) {
-                let raw: Vec<u8> = self.buffer.drain(..end.0 + end.1).collect();
-                return Ok(Some(parse_message(&raw[..end.0])));
-            }
-            if self.buffer.len() > SSE_MESSAGE_BYTES_MAX {
-                return Err(ClientError::Protocol { url: self.url.clone(), reason: "SSE message too large".into() });
-            }
-            match self.response.chunk().await {
-                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
-                Ok(None) => return Ok(None),
-                Err(error) => return Err(ClientError::Transport { url: self.url.clone(), reason: describe(&error) }),
-            }
-        }
+/// What the byte stream under the parser has seen, shared with the reader.
+struct Activity {
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last bytes received.
+    last_bytes_millis: std::sync::atomic::AtomicU64,
+    /// Bytes received since the last message came out of the parser.
+    bytes_since_message: AtomicUsize,
+}
+
+impl Activity {
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_bytes_millis.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
     }
 }
 
-/// Position and length of the blank line that ends the first message.
-fn find_message_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let lf = buffer.windows(2).position(|pair| pair == b"\n\n").map(|at| (at, 2));
-    let crlf = buffer.windows(4).position(|quad| quad == b"\r\n\r\n").map(|at| (at, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+impl SseReader {
+    fn new(url: String, response: reqwest::Response) -> SseReader {
+        let activity = Arc::new(Activity {
+            started: std::time::Instant::now(),
+            last_bytes_millis: Default::default(),
+            bytes_since_message: AtomicUsize::new(0),
+        });
+        let seen = activity.clone();
+        let source = url.clone();
+        let bytes = futures::StreamExt::map(response.bytes_stream(), move |chunk| {
+            let chunk = chunk.map_err(|error| std::io::Error::other(describe(&error)))?;
+            seen.last_bytes_millis.store(seen.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if seen.bytes_since_message.fetch_add(chunk.len(), Ordering::Relaxed) > SSE_MESSAGE_BYTES_MAX {
+                return Err(std::io::Error::other(format!(
+                    "{source}: an SSE message over {SSE_MESSAGE_BYTES_MAX} bytes"
+                )));
+            }
+            Ok(chunk)
+        });
+        SseReader {
+            url,
+            events: Box::pin(sse_stream::SseByteStream::new(bytes)),
+            activity,
+            silence_limit: None,
+            retry: None,
+        }
+    }
+
+    /// Makes [`SseReader::next`] fail when nothing at all (not even a heartbeat) arrives for
+    /// `limit`.
+    pub fn with_silence_limit(mut self, limit: Duration) -> SseReader {
+        self.silence_limit = Some(limit);
+        self
+    }
+
+    /// The reconnection delay the server last asked for with `retry:`.
+    pub fn retry(&self) -> Option<Duration> {
+        self.retry
+    }
+
+    /// The next message, or `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<SseMessage>, ClientError> {
+        loop {
+            let waited = match self.silence_limit {
+                None => Ok(futures::StreamExt::next(&mut self.events).await),
+                Some(limit) => {
+                    let remaining = limit.saturating_sub(self.activity.idle_for());
+                    tokio::time::timeout(
+                        remaining.max(Duration::from_millis(1)),
+                        futures::StreamExt::next(&mut self.events),
+                    )
+                    .await
+                }
+            };
+            let block = match waited {
+                Ok(block) => block,
+                // Bytes may have come in without a message (a heartbeat): only a stream silent
+                // for the whole limit fails.
+                Err(_) => match self.silence_limit {
+                    Some(limit) if self.activity.idle_for() >= limit => {
+                        return Err(ClientError::Transport {
+                            url: self.url.clone(),
+                            reason: format!("the stream went silent for {} s", limit.as_secs()),
+                        })
+                    }
+                    _ => continue,
+                },
+            };
+            self.activity.bytes_since_message.store(0, Ordering::Relaxed);
+            return match block {
+                None => Ok(None),
+                Some(Ok(block)) => {
+                    if let Some(retry) = block.retry {
+                        self.retry = Some(Duration::from_millis(retry));
+                    }
+                    Ok(Some(SseMessage {
+                        id: block.id,
+                        event: block.event,
+                        data: block.data.unwrap_or_default(),
+                        retry: block.retry,
+                    }))
+                }
+                Some(Err(error)) => Err(ClientError::Transport { url: self.url.clone(), reason: error.to_string() }),
+            };
+        }
     }
 }
 
@@ -367,38 +453,52 @@ fn describe(error: &reqwest::Error) -> String {
     format!("{hint} ({raw}{})", if chain.is_empty() { String::new() } else { format!(": {chain}") })
 }
 
-pub fn parse_message(raw: &[u8]) -> SseMessage {
-    let text = String::from_utf8_lossy(raw);
-    let mut message = SseMessage::default();
-    let mut data_lines = Vec::new();
-    for line in text.lines() {
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "" => message.comment = Some(value.to_string()),
-            "id" => message.id = Some(value.to_string()),
-            "event" => message.event = Some(value.to_string()),
-            "data" => data_lines.push(value.to_string()),
-            _ => {}
-        }
-    }
-    message.data = data_lines.join("\n");
-    message
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_fields_comments_and_multiline_data() {
-        let message = parse_message(b"id: 7\nevent: wave.started\ndata: {\"a\":1}\ndata: more");
-        assert_eq!(message.id.as_deref(), Some("7"));
-        assert_eq!(message.event.as_deref(), Some("wave.started"));
+    /// A server that writes `body` after an SSE response head, then a heartbeat every 200 ms
+    /// for 2 s, then nothing (the connection stays open).
+    async fn sse_server(body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(body.as_bytes()).await.unwrap();
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                socket.write_all(b": head 8\n\n").await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn reads_every_line_ending_and_retry_and_notices_only_real_silence() {
+        // A retry block, a message with lone CR line endings, a heartbeat, a CRLF message.
+        let body = "retry: 2500\r\rid: 7\revent: wave.started\rdata: {\"a\":1}\rdata: more\r\r: head 7\n\n\
+                    id: 8\r\nevent: rollback\r\ndata: x\r\n\r\n";
+        let client = Client::new(&sse_server(body).await).unwrap();
+        let stream = client.stream("/v1/subscribe", &[], None).await.unwrap();
+        let mut stream = stream.with_silence_limit(Duration::from_secs(1));
+        let retry = stream.next().await.unwrap().unwrap();
+        assert_eq!((retry.data.as_str(), retry.retry), ("", Some(2500)));
+        assert_eq!(stream.retry(), Some(Duration::from_millis(2500)));
+        let message = stream.next().await.unwrap().unwrap();
+        assert_eq!((message.id.as_deref(), message.event.as_deref()), (Some("7"), Some("wave.started")));
         assert_eq!(message.data, "{\"a\":1}\nmore");
-        assert_eq!(parse_message(b": head 12").comment.as_deref(), Some("head 12"));
-        assert_eq!(find_message_end(b"a\n\nb"), Some((1, 2)));
+        let message = stream.next().await.unwrap().unwrap();
+        assert_eq!((message.id.as_deref(), message.data.as_str()), (Some("8"), "x"));
+        // Two seconds of heartbeats are not silence; the silence after them is.
+        let waiting = std::time::Instant::now();
+        let error = stream.next().await.unwrap_err();
+        assert!(error.to_string().contains("went silent"), "{error}");
+        assert!(waiting.elapsed() >= Duration::from_secs(2), "failed during the heartbeats: {:?}", waiting.elapsed());
     }
 }

@@ -304,22 +304,22 @@ async fn watch(servers: Arc<Servers>, identity: Identity, mut position: u64, upd
         let path = format!("/v1/watch/{}", identity.host);
         // Resume after the last seq passed on; with none yet, start with the host's whole state.
         let resume = (position > 0).then_some(position);
+        let mut retry = None;
         match client.stream(&path, &[], resume).await {
-            Ok(mut stream) => {
+            Ok(stream) => {
+                // Heartbeats come at least every 5 s: nothing at all for longer means the
+                // server or the way to it is gone, even when the connection looks open.
+                let mut stream = stream.with_silence_limit(STREAM_SILENCE_MAX);
                 tracing::info!(server = client.base(), resume = ?resume, "watching");
                 loop {
-                    let message = match tokio::time::timeout(STREAM_SILENCE_MAX, stream.next()).await {
-                        Ok(Ok(Some(message))) => message,
-                        Ok(Ok(None)) => {
+                    let message = match stream.next().await {
+                        Ok(Some(message)) => message,
+                        Ok(None) => {
                             tracing::warn!(server = client.base(), "the server closed the stream");
                             break;
                         }
-                        Ok(Err(error)) => {
+                        Err(error) => {
                             tracing::warn!(%error, "the stream failed");
-                            break;
-                        }
-                        Err(_) => {
-                            tracing::warn!(server = client.base(), silence = ?STREAM_SILENCE_MAX, "the stream went silent");
                             break;
                         }
                     };
@@ -335,12 +335,18 @@ async fn watch(servers: Arc<Servers>, identity: Identity, mut position: u64, upd
                         Err(error) => tracing::warn!(%error, "ignoring a watch message"),
                     }
                 }
+                retry = stream.retry();
             }
             Err(ClientError::Transport { url, reason }) => tracing::warn!(%url, %reason, "cannot reach the server"),
             Err(error) => tracing::warn!(server = client.base(), %error, "the server refused the watch"),
         }
         servers.next_after(client);
+        // The longer of our own backoff and the delay the server asked for with `retry:`.
+        let waiting = std::time::Instant::now();
         backoff.wait().await;
+        if let Some(delay) = retry {
+            tokio::time::sleep(delay.saturating_sub(waiting.elapsed())).await;
+        }
     }
 }
 
@@ -388,7 +394,7 @@ mod tests {
     }
 
     fn message(event: &str, data: Value) -> SseMessage {
-        SseMessage { id: None, event: Some(event.into()), data: data.to_string(), comment: None }
+        SseMessage { id: None, event: Some(event.into()), data: data.to_string(), retry: None }
     }
 
     /// The host object of a watch's state, as the server writes it.
@@ -425,8 +431,6 @@ mod tests {
         let state = json!({"seq": 7, "host": "web-1", "targets": [target("checkout", None, None, None)]});
         let update = parse(&identity(), &message("state", state)).unwrap().unwrap();
         assert_eq!((update.position, update.directive), (7, None));
-        assert!(parse(&identity(), &SseMessage { comment: Some("head 9".into()), ..SseMessage::default() })
-            .unwrap()
-            .is_none());
+        assert!(parse(&identity(), &SseMessage { retry: Some(1_000), ..SseMessage::default() }).unwrap().is_none());
     }
 }

@@ -19,11 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use fleetlog_api::client::SseMessage;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::common::binary;
+use crate::common::{binary, parse_raw_message, RawMessage};
 
 /// Longest a test waits for agents to act, or for the fleet view to converge.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -587,7 +586,7 @@ pub struct RawStream {
     /// Body bytes not yet split into messages.
     pending: Vec<u8>,
     /// Messages split off and not yet returned.
-    messages: std::collections::VecDeque<SseMessage>,
+    messages: std::collections::VecDeque<RawMessage>,
     local_port: u16,
     server_port: u16,
 }
@@ -668,7 +667,7 @@ impl RawStream {
     }
 
     /// The next SSE message, or None at the end of the body.
-    pub async fn next(&mut self) -> Option<SseMessage> {
+    pub async fn next(&mut self) -> Option<RawMessage> {
         loop {
             if let Some(message) = self.messages.pop_front() {
                 return Some(message);
@@ -680,7 +679,7 @@ impl RawStream {
             let mut start = 0;
             while let Some(end) = self.pending[start..].windows(2).position(|pair| pair == b"\n\n") {
                 let message = &self.pending[start..start + end];
-                self.messages.push_back(fleetlog_api::client::parse_message(message));
+                self.messages.push_back(parse_raw_message(message));
                 start += end + 2;
             }
             self.pending.drain(..start);

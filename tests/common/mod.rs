@@ -287,3 +287,36 @@ pub async fn deployment_until(server: &Server, id: &str, what: &str, check: impl
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// One SSE message as the server wrote it, comments included: tests that check the wire itself
+/// read it with this (the client's reader passes comments over).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawMessage {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub comment: Option<String>,
+}
+
+/// The fields of one message's text (without the blank line that ends it). The server ends
+/// lines with LF only.
+pub fn parse_raw_message(raw: &[u8]) -> RawMessage {
+    let text = String::from_utf8_lossy(raw);
+    let mut message = RawMessage::default();
+    let mut data = Vec::new();
+    for line in text.split('\n') {
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "" => message.comment = Some(value.to_string()),
+            "id" => message.id = Some(value.to_string()),
+            "event" => message.event = Some(value.to_string()),
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    message.data = data.join("\n");
+    message
+}
