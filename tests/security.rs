@@ -305,7 +305,7 @@ enum Who {
     Writers,
     /// Writers, and agents for the hosts their token names.
     WritersAndHostAgents,
-    /// Admin only: cluster membership.
+    /// Admin only: cluster membership, webhooks.
     Admin,
 }
 
@@ -378,6 +378,9 @@ const ROLE_TABLE: &[(&str, &str, Who, HostIn)] = {
         ("POST", "/v1/reports", WritersAndHostAgents, Body),
         ("POST", "/v1/freezes", Writers, Nowhere),
         ("DELETE", "/v1/freezes/{service}/{env}", Writers, Nowhere),
+        ("POST", "/v1/webhooks", Admin, Nowhere),
+        ("GET", "/v1/webhooks", Admin, Nowhere),
+        ("DELETE", "/v1/webhooks/{id}", Admin, Nowhere),
         ("GET", "/v1/whoami", Readers, Nowhere),
         ("GET", "/v1/cluster", Readers, Nowhere),
         ("POST", "/v1/cluster/init", Admin, Nowhere),
