@@ -166,9 +166,8 @@ async fn receive(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, body:
     let (mode, signature_valid) = {
         let seen = seen.lock().unwrap();
         let timestamp = header("fleetlog-timestamp");
-        let fresh = timestamp
-            .parse::<i64>()
-            .is_ok_and(|seconds| (chrono::Utc::now().timestamp() - seconds).abs() < 300);
+        let fresh =
+            timestamp.parse::<i64>().is_ok_and(|seconds| (chrono::Utc::now().timestamp() - seconds).abs() < 300);
         let expected = seen.secret.as_ref().map(|secret| {
             format!("sha256={}", hex::encode(hmac_sha256(secret.as_bytes(), &[timestamp.as_bytes(), b".", &body])))
         });
@@ -228,11 +227,7 @@ async fn add_webhook(server: &str, receiver: &Receiver) -> (String, String, u64)
     // People are told to keep it, since it is shown once.
     let human = cli(server, &["webhook", "list"]).await;
     assert!(!human.contains(&secret), "the list shows the secret: {human}");
-    (
-        created["webhook"]["id"].as_str().unwrap().to_string(),
-        secret,
-        created["webhook"]["added_seq"].as_u64().unwrap(),
-    )
+    (created["webhook"]["id"].as_str().unwrap().to_string(), secret, created["webhook"]["added_seq"].as_u64().unwrap())
 }
 
 /// Appends `count` events of [`TYPES`] in turn, numbered from `first`, one request each, to
@@ -240,16 +235,13 @@ async fn add_webhook(server: &str, receiver: &Receiver) -> (String, String, u64)
 async fn append(http: &reqwest::Client, servers: &[String], first: u64, count: u64) {
     for number in first..first + count {
         let event_type = TYPES[(number % TYPES.len() as u64) as usize];
-        let body = json!({"events": [{"id": format!("event-{number}"), "type": event_type, "data": {"number": number}}]});
+        let body =
+            json!({"events": [{"id": format!("event-{number}"), "type": event_type, "data": {"number": number}}]});
         let deadline = Instant::now() + CATCH_UP;
         'retry: loop {
             for server in servers {
-                let answer = http
-                    .post(format!("{server}/v1/events"))
-                    .json(&body)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await;
+                let answer =
+                    http.post(format!("{server}/v1/events")).json(&body).timeout(Duration::from_secs(10)).send().await;
                 if let Ok(answer) = answer {
                     if answer.status().is_success() {
                         break 'retry;
@@ -348,8 +340,10 @@ async fn deliveries_survive_failures_timeouts_a_stopped_receiver_and_a_restarted
     let settled = *wanted.last().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, page) = server.get(&format!("/v1/streams/webhooks/{webhook}/progress?from_version=0&limit=10000")).await;
-        let recorded = page["events"].as_array().and_then(|events| events.last()).map(|event| event["data"]["seq"].clone());
+        let (_, page) =
+            server.get(&format!("/v1/streams/webhooks/{webhook}/progress?from_version=0&limit=10000")).await;
+        let recorded =
+            page["events"].as_array().and_then(|events| events.last()).map(|event| event["data"]["seq"].clone());
         if recorded == Some(json!(settled)) {
             assert!(page["events"].as_array().unwrap().iter().all(|event| event["actor"] == "system:webhooks"));
             break;
@@ -375,7 +369,8 @@ async fn deliveries_survive_failures_timeouts_a_stopped_receiver_and_a_restarted
     let attempts = receiver.attempts();
     check_attempts(&attempts, &webhook, &wanted);
     // What was recorded before the kill is not sent again: only the unrecorded tail is.
-    let resent: Vec<&Attempt> = attempts.iter().filter(|attempt| attempt.phase == 6 && attempt.seq <= settled).collect();
+    let resent: Vec<&Attempt> =
+        attempts.iter().filter(|attempt| attempt.phase == 6 && attempt.seq <= settled).collect();
     assert!(resent.is_empty(), "events acknowledged and recorded before the restart were sent again: {resent:?}");
     for phase in [2, 3, 4] {
         assert!(attempts.iter().any(|attempt| attempt.phase == phase), "phase {phase} saw no attempt");
@@ -423,7 +418,7 @@ async fn a_new_leader_resumes_deliveries_with_the_same_delivery_ids() {
     let wanted = matching_seqs(&log, added_seq);
     receiver.wait_acknowledged(&wanted, &|| format!("{:?}\n{}", receiver.attempts(), cluster.logs())).await;
 
-    // The old leader comes back as a follower: it sends nothing of its own.
+    // The old leader comes back as a follower; deliveries go on from the new leader.
     cluster.restart(leader).await;
     receiver.set_phase(3);
     append(&cluster.http, &all, 40, 8).await;
@@ -440,7 +435,11 @@ async fn bad_webhooks_are_refused_with_a_code_and_write_nothing() {
     for (body, code, field) in [
         (json!({"url": "ftp://example.com/x", "events": ["wave."]}), "invalid_field", Some("data.url")),
         (json!({"url": "not a url", "events": ["wave."]}), "invalid_field", None),
-        (json!({"url": "http://127.0.0.1:9/x", "events": ["wave."], "format": "xml"}), "invalid_field", Some("data.format")),
+        (
+            json!({"url": "http://127.0.0.1:9/x", "events": ["wave."], "format": "xml"}),
+            "invalid_field",
+            Some("data.format"),
+        ),
         (json!({"url": "http://127.0.0.1:9/x", "events": []}), "invalid_field", Some("data.events")),
         (json!({"url": "http://127.0.0.1:9/x", "events": ["Wave."]}), "invalid_type", Some("data.events[0]")),
         (json!({"url": "http://127.0.0.1:9/x", "events": "wave."}), "invalid_field", Some("data.events")),
