@@ -73,6 +73,10 @@ pub enum Command {
     /// Stop deployments to an environment for a while, and allow them again.
     #[command(subcommand)]
     Freeze(FreezeCommand),
+    /// Send the log's events to HTTP receivers as they are committed, signed, in order, retried
+    /// until acknowledged (admin).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Set or show the release-safety policy of an environment: bake times, healthy and failed
     /// hosts per wave, alerts, what a tripped gate does.
     #[command(subcommand)]
@@ -228,6 +232,14 @@ pub struct ServeArgs {
     /// dropping them.
     #[arg(long, default_value_t = fleetlog_api::limits::SHUTDOWN_GRACE_SECONDS)]
     pub shutdown_grace_seconds: u64,
+    /// Seconds a webhook's receiver has to answer a delivery; no answer in time is a failed
+    /// attempt, retried.
+    #[arg(long, env = "FLEETLOG_WEBHOOK_TIMEOUT_SECONDS", default_value_t = fleetlog_api::webhooks::TIMEOUT.as_secs())]
+    pub webhook_timeout_seconds: u64,
+    /// The longest pause, in seconds, between two attempts at one webhook delivery (the pause
+    /// doubles from 0.2 s after each failure).
+    #[arg(long, env = "FLEETLOG_WEBHOOK_RETRY_MAX_SECONDS", default_value_t = fleetlog_api::webhooks::RETRY_PAUSE_MAX.as_secs())]
+    pub webhook_retry_max_seconds: u64,
     /// Which alert labels name the service, env and host of an Alertmanager alert, as
     /// FIELD=LABEL pairs (default service=service,env=env,host=host). Give every node the same.
     #[arg(long, value_name = "FIELD=LABEL,...")]
@@ -645,6 +657,48 @@ pub struct RollbackArgs {
     /// Target release (default: the last completed release before the one rolled back).
     #[arg(long)]
     pub release: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhookCommand {
+    /// Register a receiver; its signing secret is printed once.
+    #[command(
+        after_help = "Example:\n  fleetlog webhook add --url https://hooks.example.com/fleetlog --events wave.,rollback --format fleetlog"
+    )]
+    Add {
+        /// Where each event is POSTed (http:// or https://).
+        #[arg(long)]
+        url: String,
+        /// Event types, or prefixes ending with a dot, comma-separated: `wave.,rollback`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// What a receiver is sent: the event's JSON, or a CDEvents document.
+        #[arg(long, value_enum, default_value_t = WebhookFormat::Fleetlog)]
+        format: WebhookFormat,
+    },
+    /// The webhooks, with the last seq each receiver acknowledged and its last error.
+    List,
+    /// Stop sending to a webhook. Removing and adding again is how its secret is rotated.
+    #[command(after_help = "Example:\n  fleetlog webhook remove wh-3f9a0c1d2e4b5a69")]
+    Remove {
+        /// The webhook's id, as `webhook list` shows it.
+        id: String,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookFormat {
+    Fleetlog,
+    Cdevents,
+}
+
+impl WebhookFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Fleetlog => "fleetlog",
+            WebhookFormat::Cdevents => "cdevents",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

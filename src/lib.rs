@@ -16,6 +16,7 @@ pub mod serve;
 pub mod token;
 pub mod verify;
 pub mod wait;
+pub mod webhook;
 
 use anyhow::{Context, Result};
 use fleetlog_api::client::{Client, Credentials};
@@ -69,6 +70,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Rollback(args) => commands::rollback(&client, output, args).await,
         Command::Freeze(command) => commands::freeze(&client, output, command).await,
         Command::Policy(command) => commands::policy(&client, output, command).await,
+        Command::Webhook(command) => webhook::run(&client, output, command).await,
         Command::Calendar(command) => commands::calendar(&client, output, command).await,
         Command::Alerts(args) => reads::alerts(&client, output, args).await,
         Command::Dora(args) => reads::dora(&client, output, args).await,

@@ -89,6 +89,9 @@ fn api_options(args: &ServeArgs, tokens: Option<Tokens>, tls: Option<Arc<ServerC
     if args.send_timeout_seconds == 0 {
         bail!("--send-timeout-seconds must be at least 1");
     }
+    if args.webhook_timeout_seconds == 0 || args.webhook_retry_max_seconds == 0 {
+        bail!("--webhook-timeout-seconds and --webhook-retry-max-seconds must be at least 1");
+    }
     if args.max_connections == 0 {
         bail!("--max-connections must be at least 1");
     }
@@ -107,6 +110,10 @@ fn api_options(args: &ServeArgs, tokens: Option<Tokens>, tls: Option<Arc<ServerC
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
         tls,
         alert_labels: alert_labels(&args.alert_labels)?,
+        webhooks: fleetlog_api::webhooks::WebhookOptions {
+            timeout: std::time::Duration::from_secs(args.webhook_timeout_seconds),
+            retry_pause_max: std::time::Duration::from_secs(args.webhook_retry_max_seconds),
+        },
     })
 }
 

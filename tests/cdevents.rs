@@ -288,3 +288,66 @@ async fn a_deployments_life_goes_out_as_cdevents_that_match_the_schemas() {
     let missing: Vec<&&str> = expected.iter().filter(|kind| !seen.contains(**kind)).collect();
     assert!(missing.is_empty(), "no CDEvent of {missing:?}; seen {seen:?}");
 }
+
+/// What a `cdevents` webhook's receiver saw: each request's content type, signature check and
+/// body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, bool, Value)>>>;
+
+#[tokio::test]
+async fn a_cdevents_webhook_receives_signed_cloudevents_that_match_the_schemas() {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+
+    async fn receive(State((received, secret)): State<(Received, String)>, headers: HeaderMap, body: Bytes) {
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("").to_string();
+        let expected = fleetlog_raft::domain::webhooks::signature(&secret, &header("fleetlog-timestamp"), &body);
+        let document = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        received.lock().unwrap().push((header("content-type"), header("fleetlog-signature") == expected, document));
+    }
+
+    let server = Server::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let registration = json!({"url": format!("http://{address}/hook"), "events": ["deployment.", "wave.", "rollback"],
+                              "format": "cdevents"});
+    let (status, created) = server.post("/v1/webhooks", &registration).await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().expect("the secret, shown once").to_string();
+    let received: Received = Default::default();
+    let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state((received.clone(), secret));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    seed_fleet(&server).await;
+    server.ok("/v1/rollbacks", &json!({"service": "shop", "env": "prod", "release": "1.0", "reason": "drill"})).await;
+
+    let schemas = Schemas::load();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let types: Vec<String> =
+            received.lock().unwrap().iter().map(|(_, _, cloud)| cloud["type"].to_string()).collect();
+        if types.iter().any(|kind| kind.contains("service.rolledback")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rollback delivered within 30 s; got {types:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = received.lock().unwrap().clone();
+    let types: Vec<&str> = received.iter().map(|(_, _, cloud)| cloud["type"].as_str().unwrap_or("")).collect();
+    assert_eq!(
+        types,
+        [
+            "dev.cdeventsx.fleetlog-deployment.started.0.1.0",
+            "dev.cdeventsx.fleetlog-wave.started.0.1.0",
+            "dev.cdeventsx.fleetlog-wave.finished.0.1.0",
+            "dev.cdevents.service.deployed.0.3.0",
+            "dev.cdevents.service.rolledback.0.3.0",
+        ],
+        "in seq order, one each"
+    );
+    for (content_type, signed, cloud) in &received {
+        assert_eq!(content_type, "application/cloudevents+json");
+        assert!(signed, "a valid signature: {cloud}");
+        assert_eq!(schemas.errors(&cloud["data"]), Vec::<String>::new(), "{cloud}");
+    }
+}

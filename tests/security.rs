@@ -305,7 +305,7 @@ enum Who {
     Writers,
     /// Writers, and agents for the hosts their token names.
     WritersAndHostAgents,
-    /// Admin only: cluster membership.
+    /// Admin only: cluster membership, webhooks.
     Admin,
 }
 
@@ -368,6 +368,7 @@ const ROLE_TABLE: &[(&str, &str, Who, HostIn)] = {
         ("GET", "/v1/dora", Readers, Nowhere),
         ("GET", "/v1/alerts", Readers, Nowhere),
         ("POST", "/v1/alerts/alertmanager", Writers, Nowhere),
+        ("POST", "/v1/cdevents", Writers, Nowhere),
         ("POST", "/v1/releases", Writers, Nowhere),
         ("GET", "/v1/services/{service}/releases", Readers, Nowhere),
         ("POST", "/v1/services/{service}/releases/{release}/block", Writers, Nowhere),
@@ -378,6 +379,9 @@ const ROLE_TABLE: &[(&str, &str, Who, HostIn)] = {
         ("POST", "/v1/reports", WritersAndHostAgents, Body),
         ("POST", "/v1/freezes", Writers, Nowhere),
         ("DELETE", "/v1/freezes/{service}/{env}", Writers, Nowhere),
+        ("POST", "/v1/webhooks", Admin, Nowhere),
+        ("GET", "/v1/webhooks", Admin, Nowhere),
+        ("DELETE", "/v1/webhooks/{id}", Admin, Nowhere),
         ("GET", "/v1/whoami", Readers, Nowhere),
         ("GET", "/v1/cluster", Readers, Nowhere),
         ("POST", "/v1/cluster/init", Admin, Nowhere),

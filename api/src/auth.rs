@@ -74,6 +74,9 @@ pub enum Permission {
     Write,
     /// Cluster membership: admin.
     Membership,
+    /// Webhooks, which send the log outside the cluster (and whose URLs may hold credentials):
+    /// admin.
+    Admin,
 }
 
 impl Permission {
@@ -86,7 +89,7 @@ impl Permission {
             Permission::HostRead => true,
             Permission::HostWrite => role != Role::Auditor,
             Permission::Write => matches!(role, Role::Admin | Role::Deployer),
-            Permission::Membership => role == Role::Admin,
+            Permission::Membership | Permission::Admin => role == Role::Admin,
         }
     }
 }
@@ -140,6 +143,9 @@ pub const ACCESS_RULES: &[(&str, &str, Permission)] = &[
     ("POST", "/v1/reports", Permission::HostWrite),
     ("POST", "/v1/freezes", Permission::Write),
     ("DELETE", "/v1/freezes/{service}/{env}", Permission::Write),
+    ("POST", "/v1/webhooks", Permission::Admin),
+    ("GET", "/v1/webhooks", Permission::Admin),
+    ("DELETE", "/v1/webhooks/{id}", Permission::Admin),
     ("GET", "/v1/whoami", Permission::Read),
     ("GET", "/v1/cluster", Permission::Read),
     ("POST", "/v1/cluster/init", Permission::Membership),
@@ -464,12 +470,12 @@ mod tests {
     fn roles_get_what_section_7_gives_them() {
         use Permission::*;
         let allowed = |role: Role| -> Vec<Permission> {
-            [Public, Peer, Read, HostRead, HostWrite, Write, Membership]
+            [Public, Peer, Read, HostRead, HostWrite, Write, Membership, Admin]
                 .into_iter()
                 .filter(|permission| permission.allows(role))
                 .collect()
         };
-        assert_eq!(allowed(Role::Admin), vec![Public, Read, HostRead, HostWrite, Write, Membership]);
+        assert_eq!(allowed(Role::Admin), vec![Public, Read, HostRead, HostWrite, Write, Membership, Admin]);
         assert_eq!(allowed(Role::Deployer), vec![Public, Read, HostRead, HostWrite, Write]);
         assert_eq!(allowed(Role::Agent), vec![Public, HostRead, HostWrite]);
         assert_eq!(allowed(Role::Auditor), vec![Public, Read, HostRead]);

@@ -3,7 +3,8 @@
 //! - `routes`: handlers. `events` (append, read, stream), `stream` (SSE subscribe and watch via
 //!   the router), `views` (fleet, hosts, deployments, releases), `commands` (typed conveniences),
 //!   `health`, `cluster` (membership), `peer` (Raft traffic), `audit` (checkpoints, proofs,
-//!   export, fleet diff).
+//!   export, fleet diff), `webhooks` (registering and listing webhooks).
+//! - `webhooks`: delivering the committed log to webhooks, on the leader (decision 102).
 //! - `streams`: the SSE streams themselves (catch-up from disk, live channels, heartbeats), and
 //!   `streams::direct`, which serves connections that start with a stream without the router.
 //! - `listener`: accepts connections and sends each to the router or to `streams::direct`.
@@ -29,6 +30,7 @@ pub mod routes;
 pub mod state;
 pub mod streams;
 pub mod tls;
+pub mod webhooks;
 pub mod wire;
 
 use std::future::Future;
@@ -49,7 +51,7 @@ pub const LISTEN_BACKLOG: u32 = 4_096;
 pub fn router(state: AppState) -> Router {
     use routes::{
         alerts, audit, calendars, cdevents, cluster, commands, dashboard, dora, events, health, peer, stream, views,
-        whoami,
+        webhooks, whoami,
     };
     Router::new()
         .route("/v1/events", post(events::append).get(events::read))
@@ -90,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports", post(commands::report))
         .route("/v1/freezes", post(commands::start_freeze))
         .route("/v1/freezes/{service}/{env}", delete(commands::end_freeze))
+        .route("/v1/webhooks", post(webhooks::add).get(webhooks::list))
+        .route("/v1/webhooks/{id}", delete(webhooks::remove))
         .route("/v1/whoami", get(whoami::whoami))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/init", post(cluster::init))
@@ -133,6 +137,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = AppState::new(node, &options);
+    webhooks::spawn(&state.node, state.webhooks.clone(), options.webhooks.clone());
     let closing = state.closing.clone();
     let app = router(state.clone());
     let shutdown = async move {

@@ -15,6 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::gate::{Gate, GateOptions};
 use crate::limits::{CONNECTIONS_MAX, SEND_TIMEOUT, SHUTDOWN_GRACE};
 use crate::metrics::Metrics;
+use crate::webhooks::{self, WebhookOptions};
 
 /// Concurrent SSE streams (subscribe and watch) one node serves unless configured otherwise.
 /// A process may hold 20,000 open files here; the rest is headroom for peers and other requests.
@@ -43,6 +44,8 @@ pub struct ApiOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Which labels of an incoming alert name its service, env and host.
     pub alert_labels: AlertLabels,
+    /// Timeouts and retries of webhook deliveries.
+    pub webhooks: WebhookOptions,
 }
 
 /// The label names an incoming alert is mapped by. Every node of a cluster should be given the
@@ -71,6 +74,7 @@ impl Default for ApiOptions {
             shutdown_grace: SHUTDOWN_GRACE,
             tls: None,
             alert_labels: AlertLabels::default(),
+            webhooks: WebhookOptions::default(),
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct AppState {
     /// Turns true when the server shuts down, so open streams end and connections drain.
     pub closing: Arc<watch::Sender<bool>>,
     pub alert_labels: Arc<AlertLabels>,
+    /// What this node's webhook deliveries know beyond the log (while it leads).
+    pub webhooks: Arc<webhooks::Live>,
 }
 
 impl AppState {
@@ -103,6 +109,7 @@ impl AppState {
             send_timeout: options.send_timeout,
             closing: Arc::new(watch::channel(false).0),
             alert_labels: Arc::new(options.alert_labels.clone()),
+            webhooks: Arc::new(webhooks::Live::default()),
         }
     }
 

@@ -24,6 +24,7 @@ pub mod health;
 pub mod host;
 pub mod policy;
 pub mod release;
+pub mod webhook;
 
 pub use alert::{AlertList, AlertView, AlertmanagerAnswer};
 pub use audit::{ConsistencyProof, InclusionProof};
@@ -47,3 +48,4 @@ pub use host::{
 };
 pub use policy::{Amount, Policy, PolicyView, WaveGates};
 pub use release::{EnvironmentView, ReleaseView, ReleasesView, TimelineEntry};
+pub use webhook::{WebhookCreated, WebhookList, WebhookRemoved, WebhookRequest, WebhookView};

@@ -32,6 +32,13 @@ pub async fn append(
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let (events, expected_version) = parse_append(&body)?;
+    // Webhooks are admin's, and their progress the cluster's: their events take their own paths.
+    if let Some(event) = events.iter().find(|event| event.event_type.starts_with("webhook.")) {
+        return Err(ApiError::invalid(
+            "reserved_type",
+            format!("{:?} events are written through /v1/webhooks, not appended", event.event_type),
+        ));
+    }
     let request = AppendRequest { events, expected_version, actor: principal.name };
     outcome_response(app.append(request).await?)
 }

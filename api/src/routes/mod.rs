@@ -13,4 +13,5 @@ pub mod health;
 pub mod peer;
 pub mod stream;
 pub mod views;
+pub mod webhooks;
 pub mod whoami;

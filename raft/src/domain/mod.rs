@@ -11,6 +11,8 @@
 //! - `policy`, `gates`: release-safety policies, and what they decide for a deployment now.
 //! - `merkle`, `checkpoint`: the RFC 9162 tree over the events, its proofs, signed checkpoints.
 //! - `views`: read-side queries (log reads, fleet, hosts, deployments, releases, as-of reads).
+//! - `webhooks`: webhook events' rules, derived secrets, delivery signatures, type filters, the
+//!   list read back from the log.
 //! - `resume`, `limits`, `invariant`: where a stream starts, the bounds on input, the checks that
 //!   stay on in every build.
 
@@ -34,3 +36,4 @@ pub mod records;
 pub mod rejection;
 pub mod resume;
 pub mod views;
+pub mod webhooks;

@@ -53,6 +53,7 @@ rejection_codes! {
     InvalidCron => ("invalid_cron", Invalid),
     InvalidTimeZone => ("invalid_time_zone", Invalid),
     FieldMismatch => ("field_mismatch", Invalid),
+    ReservedForSystem => ("reserved_for_system", Invalid),
     EventTooLarge => ("event_too_large", TooLarge),
     BatchTooLarge => ("batch_too_large", TooLarge),
     IdConflict => ("id_conflict", Conflict),

@@ -119,6 +119,15 @@ pub(crate) fn apply(state: &mut Overlay<'_>, context: &Context<'_>, command: &Co
         Command::FreezeStarted { reason } => freeze(state, context, Some(reason))?,
         Command::FreezeEnded { .. } => freeze(state, context, None)?,
         Command::CalendarSet { calendar } => calendar_set(state, context, calendar)?,
+        Command::WebhookAdded | Command::WebhookRemoved => {}
+        Command::WebhookProgressed => {
+            if context.actor != crate::domain::webhooks::WEBHOOK_ACTOR {
+                return reject(
+                    RejectionCode::ReservedForSystem,
+                    format!("only {} records a webhook's progress", crate::domain::webhooks::WEBHOOK_ACTOR),
+                );
+            }
+        }
         Command::Custom => {}
     }
     Ok(effect)

@@ -1467,3 +1467,64 @@ fn a_rollback_is_recovered_from_when_every_host_runs_its_target() {
     bench.ok(start);
     assert_eq!(records::environment(&bench.kv, "web", "prod").unwrap().recovering, None);
 }
+
+#[test]
+fn webhooks_are_checked_in_apply_listed_and_progress_is_the_system_s() {
+    use crate::domain::webhooks;
+    let mut bench = Bench::new();
+    let added = |bench: &mut Bench, data: Value| bench.event("webhook.added", &[("stream", "webhooks/wh-1")], data);
+    let good = json!({"webhook": "wh-1", "url": "http://127.0.0.1:9000/hook", "events": ["wave.", "rollback"], "format": "fleetlog"});
+    for (change, code) in [
+        (json!({"url": "ftp://example.com"}), RejectionCode::InvalidField),
+        (json!({"events": []}), RejectionCode::InvalidField),
+        (json!({"events": ["Wave."]}), RejectionCode::InvalidType),
+        (json!({"format": "xml"}), RejectionCode::InvalidField),
+        (json!({"webhook": "no/slashes"}), RejectionCode::InvalidName),
+        (json!({"secret": "mine"}), RejectionCode::UnknownField),
+    ] {
+        let mut data = good.clone();
+        for (name, value) in change.as_object().unwrap() {
+            data[name] = value.clone();
+        }
+        let event = added(&mut bench, data);
+        assert_eq!(bench.refused(event), code, "{change}");
+    }
+    let event = added(&mut bench, good.clone());
+    let added_seq = bench.ok(event);
+    let listed = webhooks::list(&bench.kv).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].added_seq, listed[0].acknowledged_seq), (added_seq, added_seq));
+    assert_eq!(listed[0].events, vec!["wave.".to_string(), "rollback".to_string()]);
+
+    // Progress only from the cluster itself.
+    let progress = |bench: &mut Bench, seq: u64| {
+        let mut event = bench.event(
+            "webhook.progressed",
+            &[("stream", "webhooks/wh-1/progress")],
+            json!({"webhook": "wh-1", "seq": seq}),
+        );
+        event.id = webhooks::progress_event_id("wh-1", seq);
+        event
+    };
+    let forged = progress(&mut bench, 99);
+    assert_eq!(bench.refused(forged), RejectionCode::ReservedForSystem);
+    let command = LedgerCommand {
+        time_micros: bench.time_micros,
+        requests: vec![AppendRequest {
+            events: vec![progress(&mut bench, 7)],
+            expected_version: ExpectedVersion::Any,
+            actor: webhooks::WEBHOOK_ACTOR.into(),
+        }],
+        identity: None,
+    };
+    let mut overlay = Overlay::new(&bench.kv);
+    let applied = apply_command(&mut overlay, &command).unwrap();
+    assert!(matches!(applied.outcomes[0], AppendOutcome::Appended { .. }), "{:?}", applied.outcomes[0]);
+    bench.kv.apply(overlay.into_writes());
+    assert_eq!(webhooks::recorded_progress(&bench.kv, "wh-1").unwrap(), Some(7));
+    assert_eq!(webhooks::list(&bench.kv).unwrap()[0].acknowledged_seq, 7);
+
+    let removed = bench.event("webhook.removed", &[], json!({"webhook": "wh-1"}));
+    bench.ok(removed);
+    assert!(webhooks::list(&bench.kv).unwrap().is_empty());
+}

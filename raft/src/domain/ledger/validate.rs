@@ -11,6 +11,7 @@ use crate::domain::event::{AppendRequest, ProposedEvent};
 use crate::domain::limits::*;
 use crate::domain::policy::Policy;
 use crate::domain::rejection::{Rejection, RejectionCode};
+use crate::domain::webhooks;
 
 /// What a proposed event means to the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +90,11 @@ pub enum Command {
     CalendarSet {
         calendar: Calendar,
     },
+    /// A webhook's registration (decision 102); checked here, kept in the log only.
+    WebhookAdded,
+    WebhookRemoved,
+    /// The last seq a webhook's receiver acknowledged; only the cluster itself records it.
+    WebhookProgressed,
     /// A client type outside the domain namespaces: stored and served as-is.
     Custom,
 }
@@ -144,8 +150,19 @@ impl HostStatus {
 }
 
 /// Type prefixes owned by fleetlog; a client type may not start with one.
-pub const DOMAIN_PREFIXES: &[&str] =
-    &["release.", "target.", "deployment.", "wave.", "rollback.", "host.", "freeze.", "fleetlog.", "policy.", "alert."];
+pub const DOMAIN_PREFIXES: &[&str] = &[
+    "release.",
+    "target.",
+    "deployment.",
+    "wave.",
+    "rollback.",
+    "host.",
+    "freeze.",
+    "fleetlog.",
+    "policy.",
+    "alert.",
+    "webhook.",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
@@ -200,6 +217,8 @@ const SERVICE_ENV: Envelope = Envelope { required: &[Service, Env], optional: &[
 const ALERT: Envelope = Envelope { required: &[], optional: &[Service, Env, Host] };
 // A calendar of one (service, env), or with neither the global one.
 const CALENDAR: Envelope = Envelope { required: &[], optional: &[Service, Env] };
+// Webhooks belong to no environment.
+const NO_FIELDS: Envelope = Envelope { required: &[], optional: &[] };
 
 /// Checks the whole request statically and returns the meaning of each event.
 pub fn check_request(request: &AppendRequest) -> Result<Vec<Command>, Rejection> {
@@ -394,6 +413,32 @@ pub fn check_event(event: &ProposedEvent) -> Result<Command, Rejection> {
             let firing = event.event_type == "alert.fired";
             Command::Alert { firing, alert: AlertFacts { source, fingerprint, starts_at, labels } }
         }
+        "webhook.added" => {
+            envelope(event, &NO_FIELDS)?;
+            webhooks::check_id(&data.required_text("webhook", webhooks::ID_CHARS_MAX)?)?;
+            webhooks::check_url(&data.required_text("url", webhooks::URL_CHARS_MAX)?)?;
+            webhooks::check_filters(&data.text_list("events")?)?;
+            let format = data.required_text("format", 16)?;
+            if webhooks::Format::parse(&format).is_none() {
+                return Err(Rejection::new(
+                    RejectionCode::InvalidField,
+                    format!("data.format must be fleetlog or cdevents, not {format:?}"),
+                )
+                .on("data.format"));
+            }
+            Command::WebhookAdded
+        }
+        "webhook.removed" => {
+            envelope(event, &NO_FIELDS)?;
+            webhooks::check_id(&data.required_text("webhook", webhooks::ID_CHARS_MAX)?)?;
+            Command::WebhookRemoved
+        }
+        "webhook.progressed" => {
+            envelope(event, &NO_FIELDS)?;
+            webhooks::check_id(&data.required_text("webhook", webhooks::ID_CHARS_MAX)?)?;
+            data.required_u64("seq")?;
+            Command::WebhookProgressed
+        }
         other => {
             if DOMAIN_PREFIXES.iter().any(|prefix| other.starts_with(prefix)) {
                 return Err(Rejection::new(
@@ -536,6 +581,21 @@ impl<'a> DataFields<'a> {
             None | Some(Value::Null) => Err(self.missing(name)),
             Some(Value::Number(number)) => number.as_u64().ok_or_else(|| self.wrong(name, "a whole number ≥ 0")),
             Some(_) => Err(self.wrong(name, "a whole number ≥ 0")),
+        }
+    }
+
+    /// A required array of strings (empty allowed: the caller checks the count).
+    fn text_list(&mut self, name: &str) -> Result<Vec<String>, Rejection> {
+        match self.map.remove(name) {
+            None | Some(Value::Null) => Err(self.missing(name)),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(text) => Ok(text),
+                    _ => Err(self.wrong(name, "an array of strings").on(&format!("data.{name}"))),
+                })
+                .collect(),
+            Some(_) => Err(self.wrong(name, "an array of strings").on(&format!("data.{name}"))),
         }
     }
 
