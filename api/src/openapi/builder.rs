@@ -2,7 +2,7 @@
 //! operation (its parameters, body and answers) and the schemas it refers to; a [`Document`]
 //! puts the endpoints and their schemas together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fleetlog_raft::domain::limits::{NAME_CHARS_MAX, STREAM_CHARS_MAX};
 use fleetlog_types::ErrorBody;
@@ -15,7 +15,7 @@ use utoipa::openapi::{
     ComponentsBuilder, Content, HeaderBuilder, HttpMethod, InfoBuilder, KnownFormat, OpenApi, OpenApiBuilder, Paths,
     Ref, RefOr, Required, ResponseBuilder, Schema, SecurityRequirement,
 };
-use utoipa::ToSchema;
+use utoipa::{PartialSchema, ToSchema};
 
 /// The name of the bearer-token security scheme.
 const BEARER: &str = "bearer";
@@ -71,6 +71,8 @@ pub struct Endpoint {
     schemas: Vec<(String, RefOr<Schema>)>,
     /// Needs no token.
     public: bool,
+    /// The statuses of its error answers.
+    errors: Vec<u16>,
 }
 
 pub fn get(path: &'static str, tag: &str, summary: &str) -> Endpoint {
@@ -92,7 +94,7 @@ pub fn delete(path: &'static str, tag: &str, summary: &str) -> Endpoint {
 impl Endpoint {
     fn new(method: HttpMethod, path: &'static str, tag: &str, summary: &str) -> Endpoint {
         let operation = OperationBuilder::new().tag(tag).summary(Some(summary));
-        Endpoint { method, path, operation, schemas: Vec::new(), public: false }
+        Endpoint { method, path, operation, schemas: Vec::new(), public: false, errors: Vec::new() }
     }
 
     /// Anyone may call it, without a token.
@@ -223,9 +225,9 @@ impl Endpoint {
     }
 
     /// Error answers (the one error shape) for each status, besides those every endpoint that
-    /// needs a token may give (401, 403, 429).
+    /// needs a token may give (401, 403, 429). Each refers to the document's one answer for its
+    /// status, so the long lists of codes are written once.
     pub fn errors(mut self, statuses: &[u16]) -> Endpoint {
-        let schema = self.reference::<ErrorBody>();
         let mut statuses = statuses.to_vec();
         if !self.public {
             statuses.extend([401, 403, 429]);
@@ -233,18 +235,32 @@ impl Endpoint {
         statuses.sort_unstable();
         statuses.dedup();
         for status in statuses {
-            let mut response = ResponseBuilder::new()
-                .description(error_description(status))
-                .content("application/json", Content::new(Some(schema.clone())));
-            if status == 503 || status == 429 {
-                let seconds = Schema::Object(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).build());
-                let header = HeaderBuilder::new().schema(seconds).description(Some("Seconds to wait before retrying."));
-                response = response.header("Retry-After", header.build());
-            }
-            self.operation = self.operation.response(status.to_string(), response.build());
+            let reference = Ref::from_response_name(error_name(status));
+            self.operation = self.operation.response(status.to_string(), RefOr::Ref(reference));
+            self.errors.push(status);
         }
         self
     }
+}
+
+/// The name of the document's error answer for `status`.
+fn error_name(status: u16) -> String {
+    let reason = axum::http::StatusCode::from_u16(status).ok().and_then(|status| status.canonical_reason());
+    reason.unwrap_or("Error").split([' ', '-']).collect()
+}
+
+/// The error answer of `status`: the one error shape, with `Retry-After` where one is sent.
+fn error_response(status: u16) -> utoipa::openapi::Response {
+    let schema = RefOr::Ref(Ref::from_schema_name(ErrorBody::name()));
+    let mut response = ResponseBuilder::new()
+        .description(error_description(status))
+        .content("application/json", Content::new(Some(schema)));
+    if status == 503 || status == 429 {
+        let seconds = Schema::Object(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).build());
+        let header = HeaderBuilder::new().schema(seconds).description(Some("Seconds to wait before retrying."));
+        response = response.header("Retry-After", header.build());
+    }
+    response.build()
 }
 
 /// What an error status means here, with its stable codes (docs/api.md, "Conventions").
@@ -294,13 +310,15 @@ fn error_description(status: u16) -> &'static str {
 pub struct Document {
     paths: Paths,
     schemas: BTreeMap<String, RefOr<Schema>>,
+    /// The statuses of every error answer an endpoint gives.
+    errors: BTreeSet<u16>,
     tags: Vec<(&'static str, &'static str)>,
 }
 
 impl Document {
     /// `tags`: each tag's name and description, in the order readers should see them.
     pub fn new(tags: Vec<(&'static str, &'static str)>) -> Document {
-        Document { paths: Paths::new(), schemas: BTreeMap::new(), tags }
+        Document { paths: Paths::new(), schemas: BTreeMap::new(), errors: BTreeSet::new(), tags }
     }
 
     pub fn add(&mut self, endpoint: Endpoint) {
@@ -312,6 +330,13 @@ impl Document {
         let path = endpoint.path.replace("{*", "{");
         self.paths.add_path_operation(path, vec![endpoint.method], operation.build());
         self.schemas.extend(endpoint.schemas);
+        self.errors.extend(endpoint.errors);
+        if !self.errors.is_empty() {
+            self.schemas.insert(ErrorBody::name().to_string(), ErrorBody::schema());
+            let mut nested = Vec::new();
+            ErrorBody::schemas(&mut nested);
+            self.schemas.extend(nested);
+        }
     }
 
     pub fn finish(self, description: &str) -> OpenApi {
@@ -326,8 +351,12 @@ impl Document {
                 .description(Some("A token from the server's token file; not needed when it runs without one."))
                 .build(),
         );
-        let components =
-            ComponentsBuilder::new().schemas_from_iter(self.schemas).security_scheme(BEARER, bearer).build();
+        let errors = self.errors.into_iter().map(|status| (error_name(status), error_response(status)));
+        let components = ComponentsBuilder::new()
+            .schemas_from_iter(self.schemas)
+            .responses_from_iter(errors)
+            .security_scheme(BEARER, bearer)
+            .build();
         let tags = self
             .tags
             .into_iter()
