@@ -206,7 +206,8 @@ impl Endpoint {
         self
     }
 
-    /// An answer of `status` with a response header (the last answer added gets it).
+    /// An answer of `status` whose body is text of `media_type`, with one response header:
+    /// its name and what it says.
     pub fn text_with_header(
         mut self,
         status: u16,
