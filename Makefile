@@ -7,7 +7,7 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/fleetlog-target
 export CARGO_TARGET_DIR
 
-.PHONY: run test cluster demo demo-agents prerequisites build release install lint fuzz-check bench-dashboard sim
+.PHONY: run test cluster demo demo-agents prerequisites build release install lint fuzz-check bench-dashboard sim openapi
 
 prerequisites:
 	@./scripts/prerequisites.sh
@@ -78,6 +78,11 @@ test:
 lint: prerequisites
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# Rewrites docs/openapi.json from the API's types and endpoint descriptions (api/src/openapi/): a
+# test fails while the committed copy differs from what the server serves.
+openapi:
+	FLEETLOG_WRITE_OPENAPI=1 cargo test -p fleetlog-api --lib openapi::tests::the_committed_document_is_the_generated_one
 
 # The fuzz targets compile (on the stable toolchain; running them needs nightly: scripts/fuzz.sh).
 fuzz-check: prerequisites

@@ -12,7 +12,12 @@
 #   (tests/common/webdriver.rs). They are left out otherwise, so `make run` and `make build` do not
 #   pull a browser onto a machine that only serves;
 # - with --tests only: systemd, whose systemd-analyze checks the packaged units (a container image
-#   may have none).
+#   may have none);
+# - with --tests only: Schemathesis (from PyPI, pinned below), which tests/openapi.rs runs against a
+#   real server with the served OpenAPI document. It goes into a virtual environment of its own
+#   under the tools directory (FLEETLOG_TOOLS_DIR, default ~/.cache/fleetlog-tools), so it needs
+#   no root and leaves the system's Python alone; python3-venv is asked for where the Python has
+#   no venv module (Debian's own python3).
 #
 # Usage: prerequisites.sh [--tests] [--print-missing], the flags in any order.
 # `--print-missing` only prints the packages it would install, one per line, and installs nothing:
@@ -51,6 +56,30 @@ find_libclang() {
   return 1
 }
 
+# The Schemathesis the tests run: tests/openapi.rs finds it at this path.
+SCHEMATHESIS_VERSION=4.32.5
+tools_directory=${FLEETLOG_TOOLS_DIR:-$HOME/.cache/fleetlog-tools}
+schemathesis_environment=$tools_directory/schemathesis
+
+# Whether the pinned Schemathesis is installed; a venv of another version counts as missing.
+have_schemathesis() {
+  local version
+  version=$("$schemathesis_environment/bin/schemathesis" --version 2>/dev/null) || return 1
+  [[ "$version" == *" $SCHEMATHESIS_VERSION" ]]
+}
+
+install_schemathesis() {
+  echo "installing: schemathesis $SCHEMATHESIS_VERSION into $schemathesis_environment" >&2
+  rm -rf "$schemathesis_environment"
+  mkdir -p "$tools_directory"
+  python3 -m venv "$schemathesis_environment"
+  "$schemathesis_environment/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
+  if ! have_schemathesis; then
+    echo "schemathesis $SCHEMATHESIS_VERSION was installed, yet $schemathesis_environment/bin/schemathesis does not run" >&2
+    exit 1
+  fi
+}
+
 print_missing=false
 tests=false
 for argument in "$@"; do
@@ -77,10 +106,17 @@ if [ "$tests" = true ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+fi
+# Tools from PyPI rather than Debian: installed after the packages, with the Python they bring.
+missing_python_tools=()
+if [ "$tests" = true ]; then
+  have_schemathesis || missing_python_tools+=(schemathesis)
 fi
 
 if [ "$print_missing" = true ]; then
   [ ${#missing[@]} -gt 0 ] && printf '%s\n' "${missing[@]}"
+  [ ${#missing_python_tools[@]} -gt 0 ] && printf '%s\n' "${missing_python_tools[@]}"
   exit 0
 fi
 
@@ -102,4 +138,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "libclang-dev is installed, yet no libclang.so or libclang-N.so was found" >&2
     exit 1
   fi
+fi
+if [ ${#missing_python_tools[@]} -gt 0 ]; then
+  install_schemathesis
 fi

@@ -92,3 +92,43 @@ fn the_browser_is_checked_only_for_the_tests() {
         assert!(!missing.iter().any(|line| line == package), "{package} is asked for without --tests: {missing:?}");
     }
 }
+
+/// Schemathesis, which tests/openapi.rs runs, is a prerequisite of the tests only and counts as
+/// installed only at the version the script pins: missing, or another version in the tools
+/// directory, `--tests` asks for it; the plain run never does.
+#[test]
+fn schemathesis_is_checked_for_the_tests_at_its_pinned_version() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prerequisites.sh");
+    let pinned = include_str!("../scripts/prerequisites.sh")
+        .lines()
+        .find_map(|line| line.strip_prefix("SCHEMATHESIS_VERSION="))
+        .expect("the script pins a Schemathesis version");
+    let tools = tempfile::TempDir::new().unwrap();
+    let missing_with = |arguments: &[&str]| -> Vec<String> {
+        let output = Command::new("bash")
+            .arg(script)
+            .args(arguments)
+            .env("FLEETLOG_TOOLS_DIR", tools.path())
+            .output()
+            .expect("run the prerequisites script");
+        assert!(output.status.success(), "{arguments:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect()
+    };
+    let asked = |missing: &[String]| missing.iter().any(|line| line == "schemathesis");
+    assert!(asked(&missing_with(&["--tests", "--print-missing"])), "a missing Schemathesis is not asked for");
+    assert!(!asked(&missing_with(&["--print-missing"])), "Schemathesis is asked for without --tests");
+
+    // A stand-in that answers `--version` as Schemathesis does.
+    let install = |version: &str| {
+        let bin = tools.path().join("schemathesis/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let program = bin.join("schemathesis");
+        std::fs::write(&program, format!("#!/bin/sh\necho 'schemathesis, version {version}'\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    install("3.0.0");
+    assert!(asked(&missing_with(&["--tests", "--print-missing"])), "another version counts as installed");
+    install(pinned);
+    assert!(!asked(&missing_with(&["--tests", "--print-missing"])), "the pinned version is asked for again");
+}

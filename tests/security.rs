@@ -392,8 +392,8 @@ const ROLE_TABLE: &[(&str, &str, Who, HostIn)] = {
     ]
 };
 
-/// The endpoints that need no token: the page and the probes.
-const PROBES: [&str; 3] = ["/", "/healthz", "/readyz"];
+/// The endpoints that need no token: the page, the probes and the API's OpenAPI document.
+const PROBES: [&str; 4] = ["/", "/healthz", "/readyz", "/v1/openapi.json"];
 
 fn is_stream(template: &str) -> bool {
     template == "/v1/subscribe" || template == "/v1/watch/{host}"

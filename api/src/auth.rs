@@ -101,6 +101,8 @@ pub const ACCESS_RULES: &[(&str, &str, Permission)] = &[
     ("GET", "/healthz", Permission::Public),
     ("GET", "/readyz", Permission::Public),
     ("GET", "/metrics", Permission::Read),
+    // The document describes the API, not the ledger: a client needs it before it has a token.
+    ("GET", "/v1/openapi.json", Permission::Public),
     ("POST", "/v1/events", Permission::Write),
     ("GET", "/v1/events", Permission::Read),
     ("GET", "/v1/events/{seq}", Permission::Read),

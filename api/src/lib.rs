@@ -11,6 +11,7 @@
 //! - `input`: reading untrusted bodies and query strings; `limits`: the HTTP layer's named
 //!   bounds (connections, send timeout, shutdown grace); `error`: status + stable code;
 //!   `wire`: JSON shapes of views; `state`: the shared handle and the read/write paths.
+//! - `openapi`: the OpenAPI document of every route, generated from the `fleetlog-types` shapes.
 //! - `client`: a small HTTP client for the CLI (JSON calls and an SSE reader).
 //!
 //! Only this crate knows JSON shapes (apart from the canonical event form, which is part of the
@@ -26,6 +27,7 @@ pub mod input;
 pub mod limits;
 mod listener;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod streams;
@@ -106,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/v1/openapi.json", get(openapi::serve))
         // Only matched routes pass the gate; unknown paths and methods reach the fallbacks.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::middleware))
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })

@@ -8,6 +8,7 @@ use crate::deployment::Step;
 
 /// `POST /v1/alerts/alertmanager`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertmanagerAnswer {
     pub received: u64,
     pub written: u64,
@@ -18,12 +19,14 @@ pub struct AlertmanagerAnswer {
 
 /// `GET /v1/alerts`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertList {
     pub alerts: Vec<AlertView>,
 }
 
 /// The latest firing of one alert.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertView {
     pub source: String,
     pub fingerprint: String,

@@ -7,6 +7,7 @@ use crate::event::AppendedEvent;
 /// `POST /v1/cdevents`: how many CloudEvents the request held, how many were already recorded
 /// (a sender retrying), and where the new ones were written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CdEventsAnswer<'a> {
     pub received: u64,
     pub duplicates: u64,

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterStatus {
     /// Null until the first leader has recorded it.
     pub cluster_id: Option<String>,
@@ -15,6 +16,7 @@ pub struct ClusterStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     pub id: u64,
     pub addr: String,
@@ -30,6 +32,7 @@ pub struct NodeView {
 
 /// The node that answered, as it sees itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ThisNode {
     pub id: u64,
     pub leader_id: Option<u64>,

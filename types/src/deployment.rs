@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Who did something, when, at which seq: a deployment's start, a wave's completion, a policy's
 /// setting.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Step {
     pub seq: u64,
     pub time: String,
@@ -13,6 +14,7 @@ pub struct Step {
 
 /// A deployment as `GET /v1/deployments` lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
     pub deployment: String,
     pub service: String,
@@ -35,6 +37,7 @@ pub struct Deployment {
 
 /// `GET /v1/deployments/{id}`: the deployment with its failed hosts and its gates.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentDetail {
     #[serde(flatten)]
     pub deployment: Deployment,
@@ -47,17 +50,20 @@ pub struct DeploymentDetail {
 
 /// `GET /v1/deployments`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentList {
     pub deployments: Vec<Deployment>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Halt {
     pub reason: String,
     pub since: Step,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Override {
     pub seq: u64,
     pub guard: String,
@@ -65,6 +71,7 @@ pub struct Override {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Wave {
     pub name: String,
     /// `pending`, `started` or `completed`.
@@ -78,6 +85,7 @@ pub struct Wave {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaveHosts {
     pub selected: u64,
     pub converged: u64,
@@ -87,6 +95,7 @@ pub struct WaveHosts {
 
 /// Which hosts a wave selects: `{"hosts": [...]}`, `{"group": ...}` or `{"percent": ...}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Selector {
     Hosts(Vec<String>),
@@ -96,6 +105,7 @@ pub enum Selector {
 
 /// A host a deployment's wave counts as failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentFailure {
     pub host: String,
     pub wave: Option<String>,
@@ -109,6 +119,7 @@ pub struct DeploymentFailure {
 /// Where the current wave stands against each gate of the policy, by the thresholds the
 /// policy's evaluator applies.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GateStatus {
     pub wave: String,
     pub wave_state: String,
@@ -123,6 +134,7 @@ pub struct GateStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MaxFailedGate {
     pub allowed: u64,
     pub failed: u64,
@@ -130,6 +142,7 @@ pub struct MaxFailedGate {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MinHealthyGate {
     pub required: u64,
     pub healthy: u64,
@@ -138,6 +151,7 @@ pub struct MinHealthyGate {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BakeGate {
     pub seconds: u64,
     pub settled_since: Option<String>,
@@ -146,6 +160,7 @@ pub struct BakeGate {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadlineGate {
     pub seconds: u64,
     pub elapsed_seconds: u64,
@@ -153,6 +168,7 @@ pub struct DeadlineGate {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertGate {
     pub counted: u64,
     pub passing: bool,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::deployment::Step;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DoraReport {
     pub service: Option<String>,
     pub env: Option<String>,
@@ -22,6 +23,7 @@ pub struct DoraReport {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentFrequency {
     pub completed: u64,
     pub per_day: f64,
@@ -31,6 +33,7 @@ pub struct DeploymentFrequency {
 
 /// A median over samples; null figures without any.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MedianDuration {
     pub median_seconds: Option<f64>,
     pub samples: u64,
@@ -38,6 +41,7 @@ pub struct MedianDuration {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeFailRate {
     pub started: u64,
     pub failed: u64,
@@ -46,6 +50,7 @@ pub struct ChangeFailRate {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DoraDeployment {
     pub deployment: String,
     pub service: String,
@@ -61,6 +66,7 @@ pub struct DoraDeployment {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DoraRecovery {
     pub service: String,
     pub env: String,

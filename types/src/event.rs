@@ -9,8 +9,10 @@ use serde_json::{Map, Value};
 /// declared in canonical (sorted) order, so serialising one gives back the served text for
 /// ordinary data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub actor: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: Map<String, Value>,
     pub deployment: Option<String>,
     pub env: Option<String>,
@@ -34,6 +36,7 @@ pub struct Event {
 /// `events` array (it serialises this with no events); a client reads the events as [`Event`]s,
 /// or as `Box<serde_json::value::RawValue>` to keep each one's exact text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventPage<E = Event> {
     pub events: Vec<E>,
     /// Where the next page starts.
@@ -43,6 +46,7 @@ pub struct EventPage<E = Event> {
 
 /// `GET /v1/streams/{stream}`: a page of one stream, in version order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamPage<E = Event> {
     pub events: Vec<E>,
     pub stream: String,
@@ -52,6 +56,7 @@ pub struct StreamPage<E = Event> {
 
 /// `GET /v1/deployments/{id}/decisions`: the policy evaluator's events for one deployment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecisionList<E = Event> {
     pub events: Vec<E>,
     pub deployment: String,
@@ -59,6 +64,7 @@ pub struct DecisionList<E = Event> {
 
 /// The `data` of an event the policy evaluator appended: why it moved or stopped the rollout.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyEventData {
     /// The reason of a rollback or halt; none for a wave step.
     #[serde(default)]
@@ -70,6 +76,7 @@ pub struct PolicyEventData {
 /// What one decision looked at. `observed`, `threshold` and `alerts` differ by gate and are kept
 /// as the evaluator wrote them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyDecision {
     #[serde(default)]
     pub gate: Option<String>,
@@ -88,6 +95,7 @@ pub struct PolicyDecision {
 
 /// One event of an append's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppendedEvent<'a> {
     pub seq: u64,
     pub id: Cow<'a, str>,
@@ -96,6 +104,7 @@ pub struct AppendedEvent<'a> {
 
 /// `POST /v1/events`: the positions of the batch (201), or of the original for a replay (200).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppendAnswer<'a> {
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
@@ -107,6 +116,7 @@ pub struct AppendAnswer<'a> {
 /// (a rollback's release, a deployment's id). The server serialises it with `E` the event's
 /// canonical text as a raw JSON value; a client reads it with `E = Event`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandAnswer<E = Event> {
     pub seq: u64,
     pub duplicate: bool,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// One host in one (service, env). A fleet view of ten thousand hosts serialises these straight
 /// from the server's records, so every text member borrows; a client reads [`Host`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostView<'a> {
     pub host: Cow<'a, str>,
     pub service: Cow<'a, str>,
@@ -42,6 +43,7 @@ pub type Host = HostView<'static>;
 
 /// The newest failed install of a host that has not reported running since.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailureView<'a> {
     pub release: Cow<'a, str>,
     pub message: Option<Cow<'a, str>>,
@@ -52,6 +54,7 @@ pub struct FailureView<'a> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthView<'a> {
     /// `healthy` or `unhealthy`.
     pub state: Cow<'a, str>,
@@ -62,6 +65,7 @@ pub struct HealthView<'a> {
 
 /// `GET /v1/fleet`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetView<'a> {
     pub as_of_seq: u64,
     pub hosts: Vec<HostView<'a>>,
@@ -69,6 +73,7 @@ pub struct FleetView<'a> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetSummary<'a> {
     /// Hosts per desired release.
     pub desired: Cow<'a, BTreeMap<String, u64>>,
@@ -82,6 +87,7 @@ pub struct FleetSummary<'a> {
 
 /// `GET /v1/hosts/{host}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostDocument<'a> {
     pub host: Cow<'a, str>,
     pub as_of_seq: u64,
@@ -93,6 +99,7 @@ pub struct HostDocument<'a> {
 
 /// The watch stream's first message (`event: state`) for a fresh watch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WatchState<'a> {
     pub seq: u64,
     pub host: Cow<'a, str>,
@@ -102,6 +109,7 @@ pub struct WatchState<'a> {
 /// A watch stream's `directive` message: a host's desired release changed. Rendered once per
 /// watcher of a changed host, so the server fills it with borrowed text.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Directive<'a> {
     pub seq: u64,
     pub host: Cow<'a, str>,
@@ -116,6 +124,7 @@ pub struct Directive<'a> {
 /// `GET /v1/fleet/diff`: hosts whose registration, desired or observed release differ between
 /// two moments.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetDiff<'a> {
     pub from_seq: u64,
     pub to_seq: u64,
@@ -124,6 +133,7 @@ pub struct FleetDiff<'a> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostChange<'a> {
     pub host: Cow<'a, str>,
     pub service: Cow<'a, str>,

@@ -8,6 +8,7 @@ use serde_json::Number;
 use crate::deployment::Step;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyView {
     pub service: String,
     pub env: String,
@@ -20,6 +21,7 @@ pub struct PolicyView {
 
 /// A policy in the shape `policy.set` takes in `data.policy`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Policy {
     #[serde(flatten)]
     pub defaults: WaveGates,
@@ -39,6 +41,7 @@ pub struct Policy {
 
 /// The gates of a wave; a member a wave's own settings leave out is absent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaveGates {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_seconds: Option<u64>,
@@ -53,9 +56,12 @@ pub struct WaveGates {
 /// A number of hosts: `{"count": N}`, or a share `{"percent": P}` (min_healthy) or
 /// `{"ratio": R}` (max_failed), whole shares written whole.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Amount {
     Count(u64),
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     Percent(Number),
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     Ratio(Number),
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::deployment::Step;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleasesView {
     pub service: String,
     /// Oldest first.
@@ -14,6 +15,7 @@ pub struct ReleasesView {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseView {
     pub service: String,
     pub release: String,
@@ -28,6 +30,7 @@ pub struct ReleaseView {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimelineEntry {
     /// `created`, `blocked`, `wave.started`, `rolled_back`, … (docs/api.md lists them).
     pub kind: String,
@@ -41,6 +44,7 @@ pub struct TimelineEntry {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvironmentView {
     pub service: String,
     pub env: String,

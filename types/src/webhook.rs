@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The body of `POST /v1/webhooks`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookRequest {
     /// Where deliveries are POSTed: an http:// or https:// URL.
     pub url: String,
@@ -16,6 +17,7 @@ pub struct WebhookRequest {
 
 /// `POST /v1/webhooks` (201): the webhook and its secret, which is shown this once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookCreated {
     pub webhook: WebhookView,
     /// The HMAC key of `Fleetlog-Signature`, as text. Not stored anywhere readable: removing
@@ -25,12 +27,14 @@ pub struct WebhookCreated {
 
 /// `GET /v1/webhooks`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookList {
     pub webhooks: Vec<WebhookView>,
 }
 
 /// One webhook, never with its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookView {
     pub id: String,
     pub url: String,
@@ -48,6 +52,7 @@ pub struct WebhookView {
 
 /// `DELETE /v1/webhooks/{id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookRemoved {
     pub id: String,
     /// Seq of its `webhook.removed`.
