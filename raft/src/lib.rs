@@ -15,6 +15,8 @@
 pub mod consensus;
 pub mod domain;
 pub mod error;
+#[cfg(feature = "model")]
+pub mod model;
 pub mod storage;
 
 pub use domain::rejection::{Rejection, RejectionCode, RejectionKind};

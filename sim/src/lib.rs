@@ -17,6 +17,7 @@
 //! - [`policy`]: the leader's policy evaluator, deciding deployments' next steps.
 //! - [`faults`]: the fault schedule.
 //! - [`checker`]: the invariants, during the run and after it settles.
+//! - [`views_model`]: the ledger's views against the independent model of its rules.
 //! - [`trace`]: what happened, in simulated time.
 
 pub mod agents;
@@ -30,6 +31,7 @@ pub mod policy;
 pub mod runtime;
 pub mod storage;
 pub mod trace;
+pub mod views_model;
 pub mod workload;
 
 use std::time::Duration;
@@ -516,6 +518,11 @@ fn final_checks(cluster: &Cluster, nodes: &[NodeId], agents: Vec<Agent>) -> (u64
         checker.violation(format!("the ledger's head is {head} but it holds {} events", events.len()));
     }
     checker.check_history(&events);
+    let differences = views_model::differences(&replayed, &events);
+    match differences.is_empty() {
+        true => cluster.trace.line("the ledger's views agree with the model's"),
+        false => differences.into_iter().for_each(|difference| checker.violation(difference)),
+    }
     let heard = agents.into_iter().map(|agent| agent.final_checks(&replayed)).sum();
     (head, heard)
 }

@@ -30,6 +30,10 @@ const WAVES: [&str; 2] = ["canary", "rest"];
 
 /// The (service, env) every host registers in, deployed to and watched by the agents.
 pub const ENVIRONMENT: (&str, &str) = ("svc", "prod");
+
+/// The reason of a rollback that names no release: the ledger then chooses the target and
+/// writes it into the event, so the model check knows by this that it should choose it too.
+pub const ROLLBACK_TO_PREVIOUS: &str = "simulated, to the previous release";
 /// The time alerts say they started at (any valid time: only their labels count).
 const ALERT_STARTS_AT: &str = "2026-01-01T00:00:00Z";
 
@@ -164,10 +168,12 @@ impl Client {
             ),
             38..=40 => {
                 let mut fields = env.to_vec();
+                let mut reason = ROLLBACK_TO_PREVIOUS;
                 if kind != 40 {
                     fields.push(("release", release));
+                    reason = "simulated";
                 }
-                (vec![self.event("rollback", &fields, json!({"reason": "simulated"}))], ExpectedVersion::Any)
+                (vec![self.event("rollback", &fields, json!({ "reason": reason }))], ExpectedVersion::Any)
             }
             41..=65 => {
                 let fields = [env[0], env[1], ("host", host), ("release", release)];
