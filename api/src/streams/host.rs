@@ -1,20 +1,18 @@
 //! One host's directives: its state first, then every change of its desired release.
 //!
-//! Live, a watcher follows the layer channel of each environment of its host and resolves its
-//! own directives from each new layer and its host's registration (read from disk when it caught
-//! up, and again whenever that registration changes): a rollback costs the server one message
-//! per environment, and each watcher a little arithmetic.
+//! Live, a watcher follows its host with a [`HostFollower`]: it resolves its own directives from
+//! the layer changes of its host's environments, so a rollback costs the server one message per
+//! environment, and each watcher a little arithmetic.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fleetlog_raft::domain::desired;
 use fleetlog_raft::domain::ledger::Directive;
 use fleetlog_raft::domain::records::HostRecord;
 use fleetlog_raft::domain::views;
-use fleetlog_raft::storage::feed::{Feed, HostWatch, WatchMessage};
+use fleetlog_raft::storage::feed::Feed;
+use fleetlog_raft::storage::host_follow::{FollowStep, HostFollower};
 use fleetlog_types as types;
-use tokio::sync::broadcast;
 
 use super::{push_message, Live, LiveStep, Source, StreamEnd};
 use crate::error::{ApiError, ApiResult};
@@ -70,7 +68,7 @@ impl Source for HostSource {
     type Live = HostLive;
 
     fn subscribe(&self, feed: &Feed) -> HostLive {
-        HostLive { watch: feed.watch_host(&self.host), caught_up: self.caught_up.clone(), records: Vec::new() }
+        HostLive { follower: HostFollower::new(feed, &self.host), caught_up: self.caught_up.clone() }
     }
 
     async fn read_disk(&self, app: &AppState, from: u64, until: u64) -> Result<(Option<Bytes>, u64), StreamEnd> {
@@ -98,73 +96,29 @@ fn lock(caught_up: &Mutex<Option<CaughtUp>>) -> std::sync::MutexGuard<'_, Option
     caught_up.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The host's channels, and its records as of the last seq the stream covered.
+/// The host's live channels, and the records read when the stream last caught up, not yet taken.
 pub struct HostLive {
-    watch: HostWatch,
+    follower: HostFollower,
     caught_up: Arc<Mutex<Option<CaughtUp>>>,
-    /// The host in each of its environments, desired release as of what was sent: only what
-    /// resolving needs is kept (no labels, no report), as 10,000 watchers each hold one.
-    records: Vec<HostRecord>,
-}
-
-impl HostLive {
-    /// Takes the records read when the stream last caught up. Following an environment for the
-    /// first time may have missed what was announced since that read: then the disk is read
-    /// again (the environment is followed from now on, so this happens once).
-    fn take_caught_up(&mut self) -> Option<LiveStep> {
-        let caught_up = lock(&self.caught_up).take()?;
-        let mut newly_followed = false;
-        self.records.clear();
-        for mut record in caught_up.records {
-            newly_followed |= self.watch.follow(&record.service, &record.env);
-            record.labels = Default::default();
-            record.observed = None;
-            self.records.push(record);
-        }
-        self.records.shrink_to_fit();
-        (newly_followed && self.watch.announced() > caught_up.seq).then_some(LiveStep::Gap)
-    }
-
-    /// The directives that the layer changes from `next` on make for this host.
-    fn directives(&mut self, changes: &[fleetlog_raft::domain::ledger::LayerChange], next: u64) -> Vec<Directive> {
-        let mut directives = Vec::new();
-        for change in changes.iter().filter(|change| change.seq >= next) {
-            let Some(record) =
-                self.records.iter_mut().find(|record| record.service == change.service && record.env == change.env)
-            else {
-                continue;
-            };
-            let before = record.desired.as_ref().map(|desired| desired.release.as_str());
-            if let Some(directive) = desired::directive_at(&change.layer, record, change.seq, before) {
-                directives.push(directive);
-            }
-            record.desired = desired::resolve(&change.layer, record);
-        }
-        directives
-    }
 }
 
 impl Live for HostLive {
     async fn next(&mut self, next: u64) -> LiveStep {
-        if let Some(step) = self.take_caught_up() {
-            return step;
-        }
-        loop {
-            match self.watch.recv().await {
-                // The registration changed after what the stream covered: read it again.
-                Ok(WatchMessage::Registration(seq)) if seq >= next => return LiveStep::Gap,
-                Ok(WatchMessage::Registration(_)) => continue,
-                Ok(WatchMessage::Layers(batch)) => {
-                    let directives = self.directives(&batch.changes, next);
-                    return LiveStep::Messages { text: push_directives(directives.iter()), head_seq: batch.head_seq };
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => return LiveStep::Gap,
-                Err(broadcast::error::RecvError::Closed) => return LiveStep::Closed,
+        if let Some(caught_up) = lock(&self.caught_up).take() {
+            if self.follower.caught_up(caught_up.seq, caught_up.records) {
+                return LiveStep::Gap;
             }
+        }
+        match self.follower.next(next).await {
+            FollowStep::Directives { directives, head_seq } => {
+                LiveStep::Messages { text: push_directives(directives.iter()), head_seq }
+            }
+            FollowStep::Gap => LiveStep::Gap,
+            FollowStep::Closed => LiveStep::Closed,
         }
     }
 
     fn disk_until(&self) -> u64 {
-        self.watch.announced()
+        self.follower.disk_until()
     }
 }

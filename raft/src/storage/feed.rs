@@ -114,7 +114,8 @@ type Environment = (String, String);
 
 struct WatchChannels {
     environments: HashMap<Environment, broadcast::Sender<Arc<LayerBatch>>>,
-    /// Seqs at which a watched host's registration began, moved or ended.
+    /// Seqs at which a watched host's registration began, moved or ended, or at which a
+    /// snapshot replaced the whole state (which may have changed it too).
     hosts: HashMap<String, broadcast::Sender<u64>>,
     /// Every watch message up to this seq has been sent to the channels.
     announced: u64,
@@ -207,8 +208,20 @@ impl Feed {
     }
 
     /// Resets the head after a snapshot replaced the state (it may move backwards only then).
+    ///
+    /// The layer changes the snapshot brought were never announced, so every host watcher is
+    /// told, as of the new head, that its registration may have changed: a watcher owing seqs up
+    /// to that head reads them from disk again instead of resolving later layers against what
+    /// it held before. (Without it, a watch on a follower that caught up by a snapshot skipped
+    /// every directive the snapshot covered; the simulator found it, seed 68.)
     pub fn reset_head(&self, head_seq: u64) {
-        self.watches().announced = head_seq;
+        let mut watches = self.watches();
+        watches.announced = head_seq;
+        for channel in watches.hosts.values() {
+            // No receivers left is fine: the last watcher is leaving.
+            let _ = channel.send(head_seq);
+        }
+        drop(watches);
         self.head.send_replace(head_seq);
     }
 
@@ -284,7 +297,8 @@ fn lock(watches: &Mutex<WatchChannels>) -> MutexGuard<'_, WatchChannels> {
 /// What a watcher hears.
 #[derive(Debug)]
 pub enum WatchMessage {
-    /// The host's registration began, moved or ended at this seq.
+    /// The host's registration began, moved or ended at this seq, or a snapshot that may have
+    /// changed it was installed up to it.
     Registration(u64),
     /// Layers changed in an apply step that changed one of the followed environments.
     Layers(Arc<LayerBatch>),
@@ -490,5 +504,19 @@ mod tests {
         }
         assert!(matches!(watcher.recv().await, Err(broadcast::error::RecvError::Lagged(3))));
         assert_eq!(seq_of(watcher.recv().await.unwrap()), ("layers", 4));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_install_tells_every_host_watcher_its_host_may_have_changed() {
+        let feed = Feed::new(5);
+        let mut first = feed.watch_host("a");
+        first.follow("s", "prod");
+        let mut second = feed.watch_host("b");
+        feed.reset_head(40);
+        for watcher in [&mut first, &mut second] {
+            let heard = tokio::time::timeout(std::time::Duration::from_secs(5), watcher.recv()).await;
+            assert_eq!(seq_of(heard.expect("told within 5 s").unwrap()), ("registration", 40));
+        }
+        assert_eq!(first.announced(), 40);
     }
 }

@@ -10,6 +10,7 @@ pub mod crash_point;
 pub mod db;
 pub mod disk;
 pub mod feed;
+pub mod host_follow;
 // openraft's trait methods return its `StorageError`, which is large; the helpers follow suit.
 #[cfg(feature = "storage")]
 #[allow(clippy::result_large_err)]
