@@ -4,9 +4,11 @@
 //! saved, and reporting what its commands did.
 //!
 //! A simulated agent reads from the node it watches what the server's watch stream is made of:
-//! the host's state on a fresh watch ([`views::watch_state`]), then the host's directives
-//! ([`views::directives_between`]) from where the watch is. The server's live path, which
-//! resolves directives from the feed instead of the disk, is not simulated.
+//! the host's state on a fresh watch ([`views::watch_state`]), then the host's directives. Half
+//! of its watches that resume read them from the node's disk as they come
+//! ([`views::directives_between`]), as a stream catching up does; the other half are live
+//! streams ([`LiveWatch`]): caught up from disk, then resolved from the node's feed by the
+//! product's `HostFollower`, as the server's stream does once it has caught up.
 //!
 //! Checked while it runs: a directive sent again is the one sent before, none arrives out of
 //! order, and the agent never starts an older directive after a newer one (resumes now and then
@@ -31,6 +33,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::storage::Bug;
+use crate::watch_stream::LiveWatch;
 use crate::workload::{append_on_leader, ENVIRONMENT};
 
 /// Directives read at once, as the server's catch-up reads them.
@@ -52,6 +55,8 @@ pub struct Agent {
     state: AgentState,
     /// The node watched, and the seq its stream reads from next.
     watch: Option<(NodeId, u64)>,
+    /// The watch's live stream, when it has one.
+    live: Option<LiveWatch>,
     running: Option<Command>,
     /// The seq of the first state the agent took in: every directive after it reaches the agent
     /// one by one.
@@ -76,6 +81,7 @@ impl Agent {
             until,
             state: AgentState::new(host, service, env),
             watch: None,
+            live: None,
             running: None,
             first_state: None,
             heard: Vec::new(),
@@ -96,6 +102,7 @@ impl Agent {
             self.step_commands(true);
             self.send_report().await;
         }
+        self.live = None;
         self
     }
 
@@ -112,6 +119,7 @@ impl Agent {
         self.state = state;
         self.running = None;
         self.watch = None;
+        self.live = None;
         self.trace(format!("restarted at position {}", self.state.position));
     }
 
@@ -119,7 +127,13 @@ impl Agent {
     /// another node when its own is down or now and then by choice.
     fn follow(&mut self) {
         let staying = self.watch.filter(|(node, _)| self.cluster.is_running(*node) && !self.random.gen_bool(0.03));
+        // A live stream ends with its node's incarnation.
+        let live_ended = |live: &LiveWatch, node: NodeId| {
+            self.cluster.feed(node).is_none_or(|(incarnation, _)| incarnation != live.incarnation)
+        };
+        let staying = staying.filter(|(node, _)| self.live.as_ref().is_none_or(|live| !live_ended(live, *node)));
         if staying.is_none() {
+            self.live = None;
             let running: Vec<NodeId> = self.cluster.fabric.running().into_iter().map(|(node, _)| node).collect();
             let Some(node) = running.choose(&mut self.random).copied() else {
                 self.watch = None;
@@ -127,9 +141,32 @@ impl Agent {
             };
             let from = self.resume_from(node);
             self.watch = Some((node, from));
-            self.trace(format!("watches node {node} from seq {from} (position {})", self.state.position));
+            let live = self.state.position > 0 && self.random.gen_bool(0.5);
+            if let (true, Some((incarnation, feed))) = (live, self.cluster.feed(node)) {
+                match LiveWatch::start(self.cluster.disk(node), incarnation, feed, self.host, from) {
+                    Ok(stream) => self.live = Some(stream),
+                    // A node behind the agent refuses the position; the next poll tries again.
+                    Err(refused) => {
+                        self.trace(format!("node {node} refuses a live watch: {refused}"));
+                        self.watch = None;
+                        return;
+                    }
+                }
+            }
+            let how = if self.live.is_some() { "live" } else { "from disk" };
+            self.trace(format!("watches node {node} {how} from seq {from} (position {})", self.state.position));
         }
         let Some((node, from)) = self.watch else { return };
+        if let Some(live) = &mut self.live {
+            let mut sent = Vec::new();
+            while let Ok(batch) = live.receiver.try_recv() {
+                sent.push(batch);
+            }
+            for (directives, next) in sent {
+                self.take(node, Read::Directives { directives, next });
+            }
+            return;
+        }
         let read = self.cluster.disk(node).inspect(|stored| -> fleetlog_raft::Result<Option<Read>> {
             let kv: &dyn KvRead = &stored.state;
             let head = records::head(kv)?.seq;

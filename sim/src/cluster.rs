@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fleetlog_raft::consensus::types::NodeId;
+use fleetlog_raft::storage::feed::Feed;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
 
@@ -24,6 +25,8 @@ pub struct SimNode {
     /// a wiped machine that came back under its old id would have forgotten its vote, and an
     /// old leader that never heard of the removal could count it again.)
     pub retired: bool,
+    /// The running incarnation and its feed, for live watch streams.
+    pub feed: Option<(u64, Feed)>,
 }
 
 /// Clones share the cluster.
@@ -76,7 +79,7 @@ impl Cluster {
     /// Adds a node with an empty disk (not started).
     pub fn add(&self, node: NodeId) {
         let disk = Disk::new(self.sync_latency);
-        self.lock().insert(node, SimNode { disk, skew_micros: 0, retired: false });
+        self.lock().insert(node, SimNode { disk, skew_micros: 0, retired: false, feed: None });
     }
 
     /// Takes `node` out of service for good (it has left the membership) and adds its
@@ -87,7 +90,10 @@ impl Cluster {
             sim.retired = true;
         }
         let successor = nodes.keys().max().copied().unwrap_or_default() + 1;
-        nodes.insert(successor, SimNode { disk: Disk::new(self.sync_latency), skew_micros: 0, retired: false });
+        nodes.insert(
+            successor,
+            SimNode { disk: Disk::new(self.sync_latency), skew_micros: 0, retired: false, feed: None },
+        );
         successor
     }
 
@@ -113,6 +119,11 @@ impl Cluster {
         self.bug
     }
 
+    /// The running incarnation of `node` and its feed.
+    pub fn feed(&self, node: NodeId) -> Option<(u64, Feed)> {
+        self.lock().get(&node).and_then(|sim| sim.feed.clone())
+    }
+
     pub fn is_running(&self, node: NodeId) -> bool {
         self.fabric.raft(node).is_some()
     }
@@ -128,9 +139,11 @@ impl Cluster {
             disk.recover();
             let log_store = LogStore::open(disk.clone(), self.bug);
             let state_machine = StateMachine::open(node, disk.clone(), self.checker.clone(), self.bug);
+            let feed = (disk.incarnation(), state_machine.feed());
             let network = Network::new(node, self.fabric.clone());
             match Raft::new(node, self.config.clone(), network, log_store, state_machine).await {
                 Ok(raft) => {
+                    self.with_node(node, |sim| sim.feed = Some(feed));
                     self.fabric.up(node, raft);
                     self.trace.line(format!("node {node} started"));
                     return;
@@ -152,6 +165,7 @@ impl Cluster {
     /// (keeping `kept` unsynced writes on a power loss, all of them otherwise).
     pub async fn crash(&self, node: NodeId, power_loss: Option<usize>) {
         let raft = self.fabric.down(node);
+        self.with_node(node, |sim| sim.feed = None);
         let disk = self.disk(node);
         match power_loss {
             Some(kept) => {

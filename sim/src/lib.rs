@@ -14,6 +14,7 @@
 //! - [`cluster`]: starting, crashing and restarting nodes.
 //! - [`workload`]: clients appending and reading, retrying unknown outcomes; subscribers.
 //! - [`agents`]: one agent per host, following its directives and reporting.
+//! - [`watch_stream`]: a live watch stream of one host on one node, over the node's feed.
 //! - [`policy`]: the leader's policy evaluator, deciding deployments' next steps.
 //! - [`faults`]: the fault schedule.
 //! - [`checker`]: the invariants, during the run and after it settles.
@@ -32,6 +33,7 @@ pub mod runtime;
 pub mod storage;
 pub mod trace;
 pub mod views_model;
+pub mod watch_stream;
 pub mod workload;
 
 use std::time::Duration;

@@ -20,6 +20,7 @@ use fleetlog_raft::domain::keys::{META_APPLIED, META_MEMBERSHIP};
 use fleetlog_raft::domain::kv::{KvRead, Space};
 use fleetlog_raft::domain::records;
 use fleetlog_raft::storage::apply::compute;
+use fleetlog_raft::storage::feed::Feed;
 use futures::TryStreamExt;
 use openraft::storage::{
     EntryResponder, IOFlushed, LogState, RaftLogReader, RaftLogStorage, RaftStateMachine, Snapshot,
@@ -168,12 +169,20 @@ pub struct StateMachine {
     incarnation: u64,
     checker: Checker,
     bug: Option<Bug>,
+    /// What this incarnation applied, for its live watch streams, as a node's feed is.
+    feed: Feed,
 }
 
 impl StateMachine {
     pub fn open(node: u64, disk: Disk, checker: Checker, bug: Option<Bug>) -> StateMachine {
         let incarnation = disk.incarnation();
-        StateMachine { node, disk, incarnation, checker, bug }
+        let head = disk.read(incarnation, |stored| records::head(&stored.state).map(|head| head.seq));
+        let feed = Feed::new(head.ok().and_then(Result::ok).unwrap_or(0));
+        StateMachine { node, disk, incarnation, checker, bug, feed }
+    }
+
+    pub fn feed(&self) -> Feed {
+        self.feed.clone()
     }
 }
 
@@ -225,7 +234,16 @@ impl RaftStateMachine<SimConfig> for StateMachine {
         };
         self.checker.appended(node, &computed.published.events);
         let writes = computed.writes.take().unwrap_or_default();
+        // As the RocksDB state machine does: watchers hear of layer changes before the effects
+        // are written, and may run meanwhile; the head moves only once they are.
+        if !computed.layers.is_empty() || !computed.registrations.is_empty() {
+            let (layers, registrations) =
+                (std::mem::take(&mut computed.layers), std::mem::take(&mut computed.registrations));
+            self.feed.announce(layers, registrations, computed.published.head_seq);
+            tokio::task::yield_now().await;
+        }
         self.disk.write(self.incarnation, Change::State(writes))?;
+        self.feed.publish(std::mem::take(&mut computed.published));
         for (responder, response) in responders.into_iter().zip(computed.responses) {
             if let Some(responder) = responder {
                 responder.send(response);
@@ -254,6 +272,7 @@ impl RaftStateMachine<SimConfig> for StateMachine {
         // purged log that no kept snapshot covers.
         self.disk.write_synced(self.incarnation, Change::Install(stored)).await?;
         self.checker.installed(self.node, meta.last_log_id, head.seq, head.hash);
+        self.feed.reset_head(head.seq);
         Ok(())
     }
 

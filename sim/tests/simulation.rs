@@ -22,6 +22,12 @@ const FIXED_SEEDS: std::ops::Range<u64> = 0..40;
 ///   synced, and a power loss then took them (now: opening the disk makes them durable).
 const REGRESSION_SEEDS: &[(u64, u64)] = &[(419, 300), (1443, 300), (3609, 300), (3969, 300)];
 
+/// Seeds that found a bug with the whole workload (agents and policies), which they run with.
+/// - 68: node 3 installed a snapshot up to seq 942 while agent h3 watched it live from seq 711;
+///   the watch skipped every directive the snapshot covered (823 to 931). Now an install tells
+///   every host watcher to read its host from disk again.
+const FLEET_REGRESSION_SEEDS: &[(u64, u64)] = &[(68, 300)];
+
 fn failures(reports: &[RunReport]) -> Vec<String> {
     reports
         .iter()
@@ -48,6 +54,9 @@ fn the_fixed_seeds_break_no_invariant() {
     for (seed, seconds) in REGRESSION_SEEDS {
         reports.push(run(&RunOptions { workload: Workload::ClientsOnly, ..options(*seed, *seconds) }));
     }
+    for (seed, seconds) in FLEET_REGRESSION_SEEDS {
+        reports.push(run(&options(*seed, *seconds)));
+    }
     let failed = failures(&reports);
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     // The runs did work: appends were acknowledged, reads answered, the ledger grew.
@@ -71,6 +80,17 @@ fn the_fixed_seeds_break_no_invariant() {
     let seed_1443 = reports.iter().find(|report| report.seed == 1443).expect("seed 1443 ran");
     let handover = seed_1443.trace.iter().any(|line| line.contains("leads outside the membership"));
     assert!(handover, "seed 1443 no longer puts a leader outside its membership");
+    // Seed 68 still installs a snapshot on node 3 under agent h3's live watch of it.
+    let seed_68 = reports.iter().find(|report| report.seed == 68).expect("seed 68 ran");
+    let mut watching_live = false;
+    let mut installed_under_watch = false;
+    for line in &seed_68.trace {
+        if line.contains("agent h3: watches") || line.contains("agent h3: restarted") {
+            watching_live = line.contains("agent h3: watches node 3 live");
+        }
+        installed_under_watch |= watching_live && line.contains("node 3 installed a snapshot");
+    }
+    assert!(installed_under_watch, "seed 68 no longer installs a snapshot under a live watch");
 }
 
 #[test]
@@ -96,17 +116,23 @@ fn acknowledging_before_the_sync_is_found() {
     eprintln!("seed {seed} found it: {violation}");
 }
 
-/// A snapshot build overwriting a newer install is found: seed 51 of five simulated minutes,
+/// A snapshot build overwriting a newer install is found: seed 249 of five simulated minutes,
 /// the first of seeds 0..999 to find it (`make sim SEEDS=1000 BUG=stale-snapshot-wins`), breaks
 /// the invariant that a kept snapshot covers the purged log, and the same seed without the bug
 /// passes. (Nothing else in CI puts this bug back.)
+const STALE_SNAPSHOT_SEED: u64 = 249;
+
 #[test]
 fn a_stale_snapshot_winning_is_found() {
-    let with_bug = run(&RunOptions { bug: Some(Bug::StaleSnapshotWins), ..options(51, 300) });
+    let with_bug = run(&RunOptions { bug: Some(Bug::StaleSnapshotWins), ..options(STALE_SNAPSHOT_SEED, 300) });
     let first = with_bug.violations.first().cloned().unwrap_or_default();
-    assert!(first.contains("but its snapshot stops at"), "seed 51 with the bug: {:?}", with_bug.violations);
-    let without = run(&options(51, 300));
-    assert!(without.violations.is_empty(), "seed 51 without the bug: {:?}", without.violations);
+    assert!(
+        first.contains("but its snapshot stops at"),
+        "seed {STALE_SNAPSHOT_SEED} with the bug: {:?}",
+        with_bug.violations
+    );
+    let without = run(&options(STALE_SNAPSHOT_SEED, 300));
+    assert!(without.violations.is_empty(), "seed {STALE_SNAPSHOT_SEED} without the bug: {:?}", without.violations);
 }
 
 /// A watch that resumes at the new node's head instead of after the agent's position loses the
